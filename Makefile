@@ -1,0 +1,45 @@
+# Two commands do everything on a fresh machine: `make train` and `make test`.
+# Each creates .venv when it is missing and installs nnlab into it.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.nnlab-installed
+EXTRAS ?= dev
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install train test test-fast lint format tensorboard clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Train the default experiment (sine_lstm, CPU, no download); pass overrides in ARGS="...".
+train: $(STAMP)
+	$(BIN)/nnlab-train $(ARGS)
+
+## The whole test suite (real-data tests run when NNLAB_DATA_DIR points at the data).
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## The suite without the tests that train to a metric bound.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests scripts
+	$(BIN)/ruff check --fix src tests scripts
+
+tensorboard: $(STAMP)
+	$(BIN)/tensorboard --logdir outputs
+
+clean:
+	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -1,0 +1,68 @@
+"""What every task shares: the network built from its config, optimiser and scheduler from
+config, and hyperparameters saved so that `Task.load_from_checkpoint(path)` stands alone."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+
+def plain(cfg: Any) -> Any:
+    """A DictConfig as plain dicts/lists (what checkpoints and TensorBoard can store)."""
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+class Task(L.LightningModule):
+    """The network arrives as its config (a mapping with `_target_`), not as a module, so the
+    checkpoint's hyperparameters are enough to rebuild it anywhere."""
+
+    def __init__(
+        self,
+        net: Mapping[str, Any],
+        optimizer: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
+        scheduler_interval: str = "epoch",
+        scheduler_monitor: str = "val/loss",
+    ):
+        super().__init__()
+        net, optimizer, scheduler = plain(net), plain(optimizer), plain(scheduler)
+        self.save_hyperparameters(
+            {
+                "net": net,
+                "optimizer": optimizer,
+                "scheduler": scheduler,
+                "scheduler_interval": scheduler_interval,
+                "scheduler_monitor": scheduler_monitor,
+            }
+        )
+        self.net: nn.Module = instantiate(net)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def configure_optimizers(self):
+        optimizer_cfg = self.hparams.optimizer or {
+            "_target_": "torch.optim.Adam",
+            "_partial_": True,
+            "lr": 1e-3,
+        }
+        optimizer = instantiate(optimizer_cfg)(params=self.parameters())
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "interval": self.hparams.scheduler_interval,
+                "monitor": self.hparams.scheduler_monitor,
+            },
+        }

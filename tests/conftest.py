@@ -1,0 +1,102 @@
+"""Shared fixtures: Hydra composition of the real configs, and a runner for the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from nnlab import CONF_DIR
+from nnlab.runs import register_resolvers
+
+register_resolvers()
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+def compose_config(
+    overrides: list[str], output_dir: Path, config_name: str = "train"
+) -> DictConfig:
+    """The config nnlab-train would see, with this run's output directory set to `output_dir`."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    def make(*overrides: str) -> DictConfig:
+        return compose_config(list(overrides), tmp_path / "run")
+
+    yield make
+    GlobalHydra.instance().clear()
+
+
+class CLIResult:
+    def __init__(self, proc: subprocess.CompletedProcess, outputs: Path):
+        self.returncode, self.stdout, self.stderr = proc.returncode, proc.stdout, proc.stderr
+        self.outputs = outputs
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def run_dirs(self) -> list[Path]:
+        return sorted(p.parent for p in self.outputs.glob("runs/*/*/.hydra"))
+
+    def run_dir(self) -> Path:
+        dirs = self.run_dirs()
+        assert len(dirs) == 1, f"expected one run directory, found {dirs}\n{self.output[-3000:]}"
+        return dirs[0]
+
+    def metrics(self) -> dict:
+        return json.loads((self.run_dir() / "metrics.json").read_text())
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """Run an nnlab console command as a user would, outputs under a temp dir."""
+    outputs = tmp_path / "outputs"
+
+    def run(
+        *args: str,
+        module: str = "nnlab.train",
+        check: bool = True,
+        env: dict | None = None,
+        timeout: float = 600,
+    ) -> CLIResult:
+        full_env = {
+            **os.environ,
+            "NNLAB_OUTPUT_DIR": str(outputs),
+            "PYTHONUNBUFFERED": "1",
+            "HYDRA_FULL_ERROR": "0",
+            **(env or {}),
+        }
+        proc = subprocess.run(
+            [sys.executable, "-m", module, *args, "print_config=false"]
+            if module == "nnlab.train"
+            else [sys.executable, "-m", module, *args],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=timeout,
+            cwd=tmp_path,
+        )
+        result = CLIResult(proc, outputs)
+        if check:
+            assert proc.returncode == 0, f"exit {proc.returncode}\n{result.output[-5000:]}"
+        return result
+
+    return run
