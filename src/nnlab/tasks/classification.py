@@ -1,0 +1,95 @@
+"""Classification: cross-entropy over `num_classes` logits, or one logit with binary
+cross-entropy (`num_classes: 2` with a single-output net); torchmetrics per split."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryF1Score,
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+)
+
+from nnlab.errors import ConfigError
+from nnlab.tasks.base import Task
+
+
+class ClassificationTask(Task):
+    """Logits (batch, num_classes) or (batch, 1) for binary; targets are class indices.
+
+    After testing, `test_confusion` holds the confusion matrix (rows: true class) and
+    `test_outputs` the test inputs' predictions, for the figure callbacks.
+    """
+
+    def __init__(self, *args, num_classes: int = 10, binary: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.save_hyperparameters({"num_classes": num_classes, "binary": binary})
+        if num_classes < 2:
+            raise ConfigError("task.num_classes", f"must be >= 2, got {num_classes}")
+        if binary and num_classes != 2:
+            raise ConfigError("task.binary", f"binary needs num_classes 2, got {num_classes}")
+        self.num_classes, self.binary = num_classes, binary
+        if binary:
+            metrics = {"acc": BinaryAccuracy(), "f1": BinaryF1Score(), "auroc": BinaryAUROC()}
+            confusion_classes = 2
+        else:
+            metrics = {
+                "acc": MulticlassAccuracy(num_classes, average="micro"),
+                "f1": MulticlassF1Score(num_classes, average="macro"),
+            }
+            confusion_classes = num_classes
+        self.train_acc = metrics["acc"].clone()
+        self.val_metrics = MetricCollection(metrics).clone(prefix="val/")
+        self.test_metrics = MetricCollection(metrics).clone(prefix="test/")
+        self.test_confusion = MulticlassConfusionMatrix(confusion_classes)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.binary:
+            return F.binary_cross_entropy_with_logits(logits.squeeze(-1), y.float())
+        return F.cross_entropy(logits, y)
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Probabilities: of the positive class (binary, shape (batch,)) or of each class."""
+        if self.binary:
+            return torch.sigmoid(logits.squeeze(-1).float())
+        return torch.softmax(logits.float(), dim=-1)
+
+    def predict_classes(self, scores: torch.Tensor) -> torch.Tensor:
+        return (scores > 0.5).long() if self.binary else scores.argmax(dim=-1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch[0], batch[-1]
+        logits = self(x)
+        loss = self.loss(logits, y)
+        self.train_acc(self.scores(logits.detach()), y)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def _evaluate(self, batch, metrics: MetricCollection, stage: str) -> torch.Tensor:
+        x, y = batch[0], batch[-1]
+        logits = self(x)
+        self.log(f"{stage}/loss", self.loss(logits, y), prog_bar=stage == "val")
+        scores = self.scores(logits)
+        metrics.update(scores, y)
+        self.log_dict(metrics, prog_bar=stage == "val")
+        return scores
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, self.val_metrics, "val")
+
+    def test_step(self, batch, batch_idx):
+        scores = self._evaluate(batch, self.test_metrics, "test")
+        self.test_confusion.update(self.predict_classes(scores), batch[-1])
+
+    def on_test_epoch_start(self) -> None:
+        self.test_confusion.reset()
+
+    def predict_step(self, batch, batch_idx):
+        x = batch[0] if isinstance(batch, list | tuple) else batch
+        return self.scores(self(x))
