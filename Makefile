@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.nnlab-installed
-EXTRAS ?= dev
+EXTRAS ?= dev,onnx
 ARGS ?=
 PYTEST_ARGS ?=
 

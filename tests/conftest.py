@@ -65,38 +65,43 @@ class CLIResult:
         return json.loads((self.run_dir() / "metrics.json").read_text())
 
 
+def run_cli(
+    *args: str,
+    outputs: Path,
+    cwd: Path,
+    module: str = "nnlab.train",
+    check: bool = True,
+    env: dict | None = None,
+    timeout: float = 600,
+) -> CLIResult:
+    """Run `python -m <module> args...` as a user would, run directories under `outputs`."""
+    full_env = {
+        **os.environ,
+        "NNLAB_OUTPUT_DIR": str(outputs),
+        "PYTHONUNBUFFERED": "1",
+        "HYDRA_FULL_ERROR": "0",
+        **(env or {}),
+    }
+    extra = ["print_config=false"] if module == "nnlab.train" and "--help" not in args else []
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args, *extra],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=cwd,
+    )
+    result = CLIResult(proc, outputs)
+    if check:
+        assert proc.returncode == 0, f"exit {proc.returncode}\n{result.output[-5000:]}"
+    return result
+
+
 @pytest.fixture
 def cli(tmp_path):
     """Run an nnlab console command as a user would, outputs under a temp dir."""
-    outputs = tmp_path / "outputs"
 
-    def run(
-        *args: str,
-        module: str = "nnlab.train",
-        check: bool = True,
-        env: dict | None = None,
-        timeout: float = 600,
-    ) -> CLIResult:
-        full_env = {
-            **os.environ,
-            "NNLAB_OUTPUT_DIR": str(outputs),
-            "PYTHONUNBUFFERED": "1",
-            "HYDRA_FULL_ERROR": "0",
-            **(env or {}),
-        }
-        proc = subprocess.run(
-            [sys.executable, "-m", module, *args, "print_config=false"]
-            if module == "nnlab.train"
-            else [sys.executable, "-m", module, *args],
-            capture_output=True,
-            text=True,
-            env=full_env,
-            timeout=timeout,
-            cwd=tmp_path,
-        )
-        result = CLIResult(proc, outputs)
-        if check:
-            assert proc.returncode == 0, f"exit {proc.returncode}\n{result.output[-5000:]}"
-        return result
+    def run(*args: str, **kwargs) -> CLIResult:
+        return run_cli(*args, outputs=tmp_path / "outputs", cwd=tmp_path, **kwargs)
 
     return run

@@ -20,19 +20,19 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from nnlab import CONF_DIR
 from nnlab.config import build, build_all
 from nnlab.console import print_config_tree
 from nnlab.errors import UserError
-from nnlab.runs import Run, register_resolvers
+from nnlab.runs import RESOLVED_CONFIG, Run, register_resolvers
 
 log = logging.getLogger("nnlab.train")
 register_resolvers()
 # Noise from the libraries that says nothing about the run (TensorBoard's graph tracing).
 warnings.filterwarnings(
-    "ignore", message=r".*torch\.jit\.trace.* is deprecated", category=FutureWarning
+    "ignore", message=r".*torch\.jit\..* is deprecated", category=FutureWarning
 )
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
@@ -73,14 +73,50 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+GROUPS = ("experiment", "data", "model", "task", "trainer", "callbacks", "logger", "paths", "debug")
+
+
+def resumed_config(run: Run, overrides: list[str]) -> DictConfig:
+    """The run's saved config, the command line's key=value overrides on top, set to continue
+    from its last checkpoint."""
+    dotlist = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in ("resume", "print_config"):
+            continue
+        if key in GROUPS:
+            raise UserError(
+                f"resume: `{override}` would change what the run is; a resumed run keeps its "
+                "config (override single keys such as trainer.max_epochs=20, or start a new run)"
+            )
+        dotlist.append(override.lstrip("+"))
+    cfg = OmegaConf.merge(run.config(), OmegaConf.from_dotlist(dotlist))
+    cfg.resume = str(run.root)
+    cfg.ckpt_path = str(run.resume_checkpoint())
+    return cfg
+
+
+def _start(cfg: DictConfig, run: Run) -> DictConfig:
+    if cfg.get("resume"):
+        Run.open(cfg.resume, key="resume")
+        run.start(resumed=True)
+        cfg = resumed_config(run, list(HydraConfig.get().overrides.task))
+        run.save_config(cfg)  # with this session's overrides, for the next resume or eval
+        log.info("Resuming %s from %s", run.root, cfg.ckpt_path)
+    else:
+        run.start(experiment=cfg.get("name"))
+        run.save_config(cfg)
+    print_config_tree(cfg, save_to=run.root / "config_tree.log", echo=cfg.get("print_config", True))
+    return cfg
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run = Run(hydra_cfg.runtime.output_dir)
-    run.start(experiment=cfg.get("name"))
-    print_config_tree(cfg, save_to=run.root / "config_tree.log", echo=cfg.get("print_config", True))
     try:
+        cfg = _start(cfg, run)
         metrics = train(cfg)
     except UserError as exc:
         run.fail(exc)
@@ -101,6 +137,41 @@ def main(cfg: DictConfig) -> float | None:
     log.info("TensorBoard: tensorboard --logdir %s", run.root)
     optimized = cfg.get("optimized_metric")
     return record.get(optimized) if optimized else None
+
+
+def rerun_overrides(argv: list[str]) -> list[str]:
+    """Re-running a saved config (`-cp <run>/.hydra -cn config`): that config.yaml has no
+    `hydra:` block of ours, so give it our run directory layout and the old run's name."""
+    config_path = None
+    for i, arg in enumerate(argv):
+        if arg in ("-cp", "--config-path") and i + 1 < len(argv):
+            config_path = argv[i + 1]
+        elif arg.startswith("--config-path="):
+            config_path = arg.split("=", 1)[1]
+    if not config_path:
+        return []
+    saved = Path(config_path).expanduser()
+    if not (saved.name == ".hydra" and (saved.parent / RESOLVED_CONFIG).is_file()):
+        return []
+    ours = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "train.yaml").hydra)  # unresolved
+    extra = [f"hydra.run.dir='{ours['run']['dir']}'", f"hydra.sweep.dir='{ours['sweep']['dir']}'"]
+    if not any(arg.startswith("name=") for arg in argv):
+        extra.append(f"name={OmegaConf.load(saved.parent / RESOLVED_CONFIG).get('name', 'rerun')}")
+    return extra
+
+
+def main() -> None:
+    """Console entry. A `resume=` that is not a run directory is refused before Hydra creates
+    (or writes a log into) it; a re-run of a saved config gets our run directory layout."""
+    for arg in sys.argv[1:]:
+        if arg.startswith("resume=") and arg != "resume=null":
+            try:
+                Run.open(arg.split("=", 1)[1], key="resume")
+            except UserError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                sys.exit(exc.exit_code)
+    sys.argv += rerun_overrides(sys.argv[1:])
+    hydra_main()
 
 
 if __name__ == "__main__":

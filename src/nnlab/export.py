@@ -1,0 +1,102 @@
+"""nnlab-export: a run's network as TorchScript or ONNX, checked against the checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from nnlab.errors import UserError
+from nnlab.lifecycle import command, first_batch, load_datamodule, load_task, output_dir, run_config
+from nnlab.runs import Run, write_json
+
+USAGE = """
+usage: nnlab-export run=<run dir> [format=torchscript|onnx] [ckpt=best|last|<path>] [out=<dir>]
+                    [atol=1e-5]
+
+Writes the network of a run's checkpoint to <run dir>/export/ (or out=) as TorchScript
+(model.torchscript.pt, loads with torch.jit.load) or ONNX (model.onnx; needs the `onnx` extra:
+pip install 'nnlab[onnx]'), runs the exported model on a batch of test data and checks that it
+gives the checkpoint's outputs (within atol), and records the check in export.json.
+"""
+
+
+def export_torchscript(net: torch.nn.Module, example: torch.Tensor, path: Path):
+    traced = torch.jit.trace(net, example)
+    traced.save(str(path))
+    loaded = torch.jit.load(str(path))
+    return lambda x: loaded(x)
+
+
+def export_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path):
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError(
+            "format: ONNX export needs the onnx extra; pip install 'nnlab[onnx]' "
+            "(onnx, onnxscript, onnxruntime), or use format=torchscript"
+        ) from None
+    batch = torch.export.Dim("batch", min=1)
+    torch.onnx.export(
+        net,
+        (example,),
+        str(path),
+        input_names=["input"],
+        output_names=["output"],
+        dynamic_shapes={"x": {0: batch}},
+        dynamo=True,
+        verbose=False,
+    )
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+
+
+EXPORTERS = {
+    "torchscript": (export_torchscript, "model.torchscript.pt"),
+    "onnx": (export_onnx, "model.onnx"),
+}
+
+
+@command(USAGE, {"run": None, "format": "torchscript", "ckpt": "best", "out": None, "atol": "1e-5"})
+def main(run, format, ckpt, out, atol, overrides) -> Path:  # noqa: A002 (the CLI's word)
+    if format not in EXPORTERS:
+        raise UserError(f"format: must be one of {', '.join(EXPORTERS)}, got {format!r}")
+    run_dir = Run.open(run)
+    cfg = run_config(run_dir, overrides)
+    task, ckpt_path = load_task(run_dir, cfg, ckpt)
+    net = task.net.eval()
+    example = first_batch(load_datamodule(cfg, "test").test_dataloader()).float()
+    exporter, filename = EXPORTERS[format]
+    path = output_dir(run_dir, out, "export") / filename
+    with torch.no_grad():
+        expected = net(example)
+        exported = exporter(net, example, path)
+        # a different batch size than the traced one: the export must not have baked it in
+        got = (
+            torch.cat([exported(example[:1]), exported(example[1:])])
+            if len(example) > 1
+            else exported(example)
+        )
+    max_diff = (got - expected).abs().max().item()
+    record = {
+        "format": format,
+        "file": str(path),
+        "checkpoint": str(ckpt_path),
+        "input_shape": list(example.shape),
+        "max_abs_diff": max_diff,
+        "atol": float(atol),
+        "matches": max_diff <= float(atol),
+    }
+    write_json(path.parent / "export.json", record)
+    if not record["matches"]:
+        raise UserError(
+            f"format: the {format} export differs from the checkpoint by {max_diff:.3g} > atol {atol}"
+        )
+    print(
+        f"Wrote {path} (max |exported - checkpoint| = {max_diff:.2e} on {len(example)} test inputs)"
+    )
+    return path
+
+
+if __name__ == "__main__":
+    main()
