@@ -18,9 +18,7 @@ from nnlab.config import build
 from nnlab.errors import UserError
 from nnlab.runs import Run, checkpoint_problem, register_resolvers
 
-warnings.filterwarnings(
-    "ignore", message=r".*torch\.jit\..* is deprecated", category=FutureWarning
-)
+warnings.filterwarnings("ignore", message=r".*torch\.jit\..* is deprecated", category=FutureWarning)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 

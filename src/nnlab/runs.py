@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.plugins import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from nnlab.errors import UserError
@@ -35,6 +36,9 @@ METRICS = "metrics.json"
 STATUS = "status.json"
 RESOLVED_CONFIG = "config.resolved.yaml"
 LAST = "last.ckpt"
+# A preempted run (SIGTERM / SIGUSR1) exits with 128 + SIGTERM, as a shell reports a terminated
+# job; its status.json says "preempted" and `nnlab-train resume=<run dir>` continues it.
+PREEMPTED_EXIT_CODE = 143
 
 
 def register_resolvers() -> None:
@@ -158,12 +162,11 @@ class Run:
         )
 
     def resume_checkpoint(self) -> Path:
-        """The newest checkpoint that loads: last.ckpt unless it is damaged, then the others
-        from newest to oldest (each damaged one is reported by name)."""
+        """The newest checkpoint that loads; each damaged one on the way is reported by name."""
+        # newest first: last.ckpt (epoch ends) or a periodic one (every N steps), whichever is later
         found = sorted(
-            self.checkpoints.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True
+            self.checkpoints.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True
         )
-        found.sort(key=lambda p: p.name != LAST)  # last.ckpt first, the rest newest first
         for path in found:
             problem = checkpoint_problem(path)
             if problem is None:
@@ -234,3 +237,31 @@ def checkpoint_problem(path: Path) -> str | None:
 def read_status(run_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(run_dir) / STATUS
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file in the same directory, flushed, fsynced and
+    renamed over the target: a kill during a write never leaves a truncated checkpoint and
+    never destroys the previous one."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path, storage_options: Any | None = None
+    ) -> None:
+        import torch
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:  # make the rename itself durable
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

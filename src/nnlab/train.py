@@ -20,20 +20,27 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from nnlab import CONF_DIR
+from nnlab.callbacks.resilience import NonFiniteLoss, Preemption, RNGState
 from nnlab.config import build, build_all
 from nnlab.console import print_config_tree
 from nnlab.errors import UserError
-from nnlab.runs import RESOLVED_CONFIG, Run, register_resolvers
+from nnlab.runs import (
+    CHECKPOINTS,
+    PREEMPTED_EXIT_CODE,
+    RESOLVED_CONFIG,
+    AtomicCheckpointIO,
+    Run,
+    register_resolvers,
+)
 
 log = logging.getLogger("nnlab.train")
 register_resolvers()
 # Noise from the libraries that says nothing about the run (TensorBoard's graph tracing).
-warnings.filterwarnings(
-    "ignore", message=r".*torch\.jit\..* is deprecated", category=FutureWarning
-)
+warnings.filterwarnings("ignore", message=r".*torch\.jit\..* is deprecated", category=FutureWarning)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
@@ -50,11 +57,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     task = build(cfg.task, "task", net=cfg.model, _recursive_=False)
     if hasattr(datamodule, "example_input"):  # lets TensorBoard draw the model graph
         task.example_input_array = datamodule.example_input()
-    callbacks = build_all(cfg.get("callbacks"), "callbacks")
+    # Always on: exact resume (random states), a checkpoint on preemption, a stop on NaN loss.
+    callbacks = [
+        *build_all(cfg.get("callbacks"), "callbacks"),
+        RNGState(),
+        Preemption(dirpath=str(Path(cfg.paths.output_dir) / CHECKPOINTS)),
+        NonFiniteLoss(),
+    ]
     loggers = build_all(cfg.get("logger"), "logger")
     if not loggers:  # nothing to send learning rates to (logger=none)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer: L.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = build(
+        cfg.trainer,
+        "trainer",
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+    )
 
     log.info("Training %s on %s", type(task.net).__name__, type(datamodule).__name__)
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -125,6 +144,13 @@ def hydra_main(cfg: DictConfig) -> float | None:
             return math.nan
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except SIGTERMException as exc:
+        run.fail(
+            f"stopped by a signal ({exc or 'SIGTERM'}); resume with nnlab-train resume={run.root}",
+            "preempted",
+        )
+        log.warning("Preempted: last.ckpt saved; resume with nnlab-train resume=%s", run.root)
+        sys.exit(PREEMPTED_EXIT_CODE)
     except BaseException as exc:
         run.fail(f"{type(exc).__name__}: {exc}")
         if multirun and isinstance(exc, Exception):
