@@ -106,7 +106,7 @@ def test_cfg_job_and_help(cli):
         ),
         (["data.window=400"], "data.window: window 400 + horizon 1 = 401 points do not fit"),
         (["model.cell=lstmm"], "model.cell: unknown cell 'lstmm'"),
-        (["data.batch_size=0"], "data.batch_size: must be > 0"),
+        (["data.batch_size=0"], "data.batch_size: expected a whole number >= 1, got 0"),
     ],
 )
 def test_clear_errors(cli, args, message):

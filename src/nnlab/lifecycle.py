@@ -74,24 +74,35 @@ def run_config(run: Run, overrides: list[str]) -> DictConfig:
     return cfg
 
 
+def check_checkpoint(
+    path: Path, model_cfg: DictConfig, key: str = "ckpt", owner: str = "this run"
+) -> None:
+    """A complete checkpoint file of the network `model_cfg` describes, or a UserError."""
+    if not path.is_file():
+        raise UserError(f"{key}: checkpoint {path} not found")
+    problem = checkpoint_problem(path)
+    if problem:
+        raise UserError(f"{key}: {path} is damaged ({problem}); use another checkpoint (ckpt=last)")
+    saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    net = (saved.get("hyper_parameters") or {}).get("net") or {}
+    wanted = OmegaConf.to_container(model_cfg, resolve=True)
+    if net.get("_target_") != wanted.get("_target_"):
+        raise UserError(
+            f"{key}: {path} holds a {net.get('_target_', 'non-nnlab')} network, but {owner} "
+            f"uses {wanted.get('_target_')}; pass a checkpoint of the same network"
+        )
+    differ = sorted(k for k in set(net) | set(wanted) if net.get(k) != wanted.get(k))
+    if differ:
+        shown = ", ".join(f"model.{k}={net.get(k)!r} (here: {wanted.get(k)!r})" for k in differ)
+        raise UserError(
+            f"{key}: {path} was trained with {shown}; pass a checkpoint of the same network"
+        )
+
+
 def load_task(run: Run, cfg: DictConfig, ckpt: str | None):
     """The run's task with the checkpoint's weights; refuses a checkpoint of another network."""
     path = run.checkpoint(ckpt)
-    problem = checkpoint_problem(path)
-    if problem:
-        raise UserError(f"ckpt: {path} is damaged ({problem}); use another checkpoint (ckpt=last)")
-    saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    net = (saved.get("hyper_parameters") or {}).get("net") or {}
-    trained = OmegaConf.to_container(cfg.model, resolve=True)
-    if net.get("_target_") != trained.get("_target_"):
-        raise UserError(
-            f"ckpt: {path} holds a {net.get('_target_', 'non-nnlab')} network, but {run.root} "
-            f"trained {trained.get('_target_')}; pass a checkpoint of this run (ckpt=best or ckpt=last)"
-        )
-    differ = sorted(k for k in set(net) | set(trained) if net.get(k) != trained.get(k))
-    if differ:
-        shown = ", ".join(f"model.{k}={net.get(k)!r} (run: {trained.get(k)!r})" for k in differ)
-        raise UserError(f"ckpt: {path} was trained with {shown}; pass a checkpoint of this run")
+    check_checkpoint(path, cfg.model, owner=str(run.root))
     task_class = get_class(cfg.task._target_)
     try:
         task = task_class.load_from_checkpoint(path, map_location="cpu", weights_only=False)

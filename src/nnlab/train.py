@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from nnlab import CONF_DIR
 from nnlab.callbacks.resilience import NonFiniteLoss, Preemption, RNGState
-from nnlab.config import build, build_all
+from nnlab.config import build, build_all, validate
 from nnlab.console import print_config_tree
 from nnlab.errors import UserError
+from nnlab.lifecycle import check_checkpoint
 from nnlab.runs import (
     CHECKPOINTS,
     PREEMPTED_EXIT_CODE,
@@ -50,11 +53,15 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the configured task, then validate and test the best checkpoint; returns metrics."""
+    validate(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data, "data")
     # The net goes in as config: the checkpoint's hyperparameters then rebuild it on their own.
     task = build(cfg.task, "task", net=cfg.model, _recursive_=False)
+    task.check_data(datamodule)
+    if cfg.get("ckpt_path") and not cfg.get("resume"):
+        check_checkpoint(Path(cfg.ckpt_path), cfg.model, key="ckpt_path")
     if hasattr(datamodule, "example_input"):  # lets TensorBoard draw the model graph
         task.example_input_array = datamodule.example_input()
     # Always on: exact resume (random states), a checkpoint on preemption, a stop on NaN loss.
@@ -138,9 +145,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
         cfg = _start(cfg, run)
         metrics = train(cfg)
     except UserError as exc:
-        run.fail(exc)
-        log.error("%s", exc)
+        run.fail(exc)  # the message goes to status.json, and once to the terminal
         if multirun:  # a failed trial must not stop the sweep: the sweeper sees NaN
+            log.error("Trial failed: %s", exc)
             return math.nan
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -186,16 +193,37 @@ def rerun_overrides(argv: list[str]) -> list[str]:
     return extra
 
 
+def check_writable(argv: list[str]) -> None:
+    """Run directories go under paths.log_dir: refuse one that cannot be written, before Hydra
+    tries (and fails with a stack trace)."""
+    given = [
+        a.split("=", 1)[1] for a in argv if a.startswith(("paths.log_dir=", "+paths.log_dir="))
+    ]
+    target = Path(
+        given[-1] if given else os.environ.get("NNLAB_OUTPUT_DIR") or "outputs"
+    ).expanduser()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"paths.log_dir: cannot write run directories under {target} ({exc.strerror}); point "
+            "NNLAB_OUTPUT_DIR or paths.log_dir=... at a writable directory"
+        ) from None
+
+
 def main() -> None:
     """Console entry. A `resume=` that is not a run directory is refused before Hydra creates
     (or writes a log into) it; a re-run of a saved config gets our run directory layout."""
-    for arg in sys.argv[1:]:
-        if arg.startswith("resume=") and arg != "resume=null":
-            try:
+    try:
+        for arg in sys.argv[1:]:
+            if arg.startswith("resume=") and arg != "resume=null":
                 Run.open(arg.split("=", 1)[1], key="resume")
-            except UserError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                sys.exit(exc.exit_code)
+        check_writable(sys.argv[1:])
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     sys.argv += rerun_overrides(sys.argv[1:])
     hydra_main()
 

@@ -32,7 +32,12 @@ class MemoryBatcher:
         if not tensors or any(len(t) != len(tensors[0]) for t in tensors):
             raise ValueError("MemoryBatcher needs tensors of one common length")
         self.tensors = tuple(tensors)
-        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.batch_size, self.shuffle, self.seed, self.drop_last = (
+            batch_size,
+            shuffle,
+            seed,
+            drop_last,
+        )
         self._trainer_fn = trainer_fn or (lambda: None)
         self._epoch = -1  # epochs counted here when no trainer says which one it is
         self._resume: dict[str, int] | None = None
@@ -113,8 +118,15 @@ def fits_on(device: torch.device, tensors: Sequence[torch.Tensor], fraction: flo
     return sum(t.numel() * t.element_size() for t in tensors) <= fraction * free
 
 
-def make_loader(datamodule, tensors: Sequence[torch.Tensor], batch_size: int, shuffle: bool,
-                in_memory: bool | str = "auto", seed: int = 0, num_workers: int = 0):
+def make_loader(
+    datamodule,
+    tensors: Sequence[torch.Tensor],
+    batch_size: int,
+    shuffle: bool,
+    in_memory: bool | str = "auto",
+    seed: int = 0,
+    num_workers: int = 0,
+):
     """A MemoryBatcher over `tensors` (moved to the training device once, when they fit), or a
     plain DataLoader when `in_memory` is false (or 'auto' and they do not fit)."""
     from torch.utils.data import DataLoader, TensorDataset
@@ -123,8 +135,18 @@ def make_loader(datamodule, tensors: Sequence[torch.Tensor], batch_size: int, sh
     device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
     use_memory = in_memory is True or (in_memory == "auto" and fits_on(device, tensors))
     if not use_memory:
-        return DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle,
-                          num_workers=num_workers, persistent_workers=num_workers > 0)
+        return DataLoader(
+            TensorDataset(*tensors),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+        )
     tensors = [t.to(device, non_blocking=True) for t in tensors]
-    return MemoryBatcher(tensors, batch_size, shuffle=shuffle, seed=seed,
-                         trainer_fn=lambda: getattr(datamodule, "_trainer", None))
+    return MemoryBatcher(
+        tensors,
+        batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        trainer_fn=lambda: getattr(datamodule, "_trainer", None),
+    )

@@ -20,7 +20,9 @@ from nnlab.errors import ConfigError, DataError, require_positive
 SPLITS = ("train", "val", "test")
 
 
-def make_windows(series: torch.Tensor, window: int, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
+def make_windows(
+    series: torch.Tensor, window: int, horizon: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs (N, window) and targets (N, horizon): sample t sees series[t:t+window] and
     predicts the `horizon` values that follow it."""
     frames = series.unfold(0, window + horizon, 1)
@@ -111,8 +113,15 @@ class SeriesDataModule(L.LightningDataModule):
             )
 
     def _loader(self, split: str, shuffle: bool = False):
-        return make_loader(self, self.datasets[split].tensors, self.batch_size, shuffle,
-                           in_memory=self.in_memory, seed=self.shuffle_seed, num_workers=self.num_workers)
+        return make_loader(
+            self,
+            self.datasets[split].tensors,
+            self.batch_size,
+            shuffle,
+            in_memory=self.in_memory,
+            seed=self.shuffle_seed,
+            num_workers=self.num_workers,
+        )
 
     def train_dataloader(self):
         return self._loader("train", shuffle=self.shuffle)

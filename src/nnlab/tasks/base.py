@@ -12,6 +12,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from nnlab.errors import ConfigError
+
 
 def plain(cfg: Any) -> Any:
     """A DictConfig as plain dicts/lists (what checkpoints and TensorBoard can store)."""
@@ -66,3 +68,38 @@ class Task(L.LightningModule):
                 "monitor": self.hparams.scheduler_monitor,
             },
         }
+
+    # -- does the network fit the data? (checked before training starts) ------------------------
+    def output_width(self, datamodule) -> int | None:
+        """How many outputs per sample this task scores against `datamodule`'s targets."""
+        return None
+
+    @torch.no_grad()
+    def check_data(self, datamodule) -> None:
+        """Run the network once on the data's example input: a network sized for other data fails
+        here, with the key to change, instead of deep inside the first training step."""
+        example = datamodule.example_input(2) if hasattr(datamodule, "example_input") else None
+        if example is None:
+            return
+        inputs = example if isinstance(example, tuple | list) else (example,)
+        shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
+        was_training = self.training
+        self.eval()
+        try:
+            out = self(*inputs)
+        except (RuntimeError, ValueError, IndexError) as exc:
+            raise ConfigError(
+                "model",
+                f"the network cannot read this data's inputs of shape {shapes}: "
+                f"{str(exc).splitlines()[0]}; size it from the data config (e.g. "
+                "model.input_size: ${data.input_size}) instead of typing sizes",
+            ) from None
+        finally:
+            self.train(was_training)
+        width = self.output_width(datamodule)
+        if width is not None and out.shape[-1] != width:
+            raise ConfigError(
+                "model.output_size",
+                f"the network gives {out.shape[-1]} outputs per sample but {type(self).__name__} "
+                f"needs {width} for this data; take it from the data config",
+            )

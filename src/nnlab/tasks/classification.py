@@ -48,6 +48,15 @@ class ClassificationTask(Task):
         self.test_metrics = MetricCollection(metrics).clone(prefix="test/")
         self.test_confusion = MulticlassConfusionMatrix(confusion_classes)
 
+    def output_width(self, datamodule) -> int | None:
+        classes = getattr(datamodule, "num_classes", None)
+        if classes is not None and classes != self.num_classes:
+            raise ConfigError(
+                "task.num_classes",
+                f"{self.num_classes}, but the data has {classes} classes; use ${{data.num_classes}}",
+            )
+        return 1 if self.binary else self.num_classes
+
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.binary:
             return F.binary_cross_entropy_with_logits(logits.squeeze(-1), y.float())

@@ -16,6 +16,9 @@ class RegressionTask(Task):
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
 
+    def output_width(self, datamodule) -> int | None:
+        return getattr(datamodule, "horizon", None)
+
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = F.mse_loss(self(x), y)

@@ -1,0 +1,215 @@
+"""Bad input ends with one clear message naming the key or file, a non-zero exit status, and no
+run directory that looks finished. Each case runs nnlab-train's real entry point (in this
+process, to keep the suite fast); the data-set specific cases live beside their loaders' tests."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+import nnlab.train
+from nnlab.runs import read_status
+
+
+@pytest.fixture(scope="module")
+def mlp_checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlp")
+    run = run_cli(
+        "experiment=sine_mlp", "debug=limit", "trainer.accelerator=cpu", outputs=root, cwd=root
+    ).run_dir()
+    return run / "checkpoints" / "last.ckpt"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+CASES = [
+    # (id, arguments, expected exit status, message)
+    ("unknown experiment", ["experiment=nope"], 1, "Could not find 'experiment/nope'"),
+    ("unknown model", ["model=nope"], 1, "Could not find 'model/nope'"),
+    ("unknown data", ["data=nope"], 1, "Could not find 'data/nope'"),
+    ("unknown trainer", ["trainer=nope"], 1, "Could not find 'trainer/nope'"),
+    ("unknown key", ["data.windw=3"], 1, "Key 'windw' is not in struct"),
+    (
+        "epochs not a number",
+        ["trainer.max_epochs=abc"],
+        2,
+        "trainer.max_epochs: expected a whole number",
+    ),
+    (
+        "batch size zero",
+        ["data.batch_size=0"],
+        2,
+        "data.batch_size: expected a whole number >= 1, got 0",
+    ),
+    (
+        "batch size text",
+        ["data.batch_size=big"],
+        2,
+        "data.batch_size: expected a whole number >= 1, got 'big'",
+    ),
+    (
+        "learning rate zero",
+        ["task.optimizer.lr=0"],
+        2,
+        "task.optimizer.lr: expected a number > 0, got 0",
+    ),
+    (
+        "learning rate negative",
+        ["task.optimizer.lr=-0.1"],
+        2,
+        "task.optimizer.lr: expected a number > 0",
+    ),
+    (
+        "weight decay negative",
+        ["task.optimizer.weight_decay=-1"],
+        2,
+        "task.optimizer.weight_decay: expected",
+    ),
+    ("window zero", ["data.window=0"], 2, "data.window: must be > 0, got 0"),
+    ("horizon negative", ["data.horizon=-2"], 2, "data.horizon: must be > 0, got -2"),
+    ("points zero", ["data.num_points=0"], 2, "data.num_points: must be > 0"),
+    ("noise negative", ["data.noise=-1"], 2, "data.noise: must be >= 0"),
+    ("splits", ["data.splits=[0.5,0.5,0.5]"], 2, "data.splits: need three positive fractions"),
+    (
+        "window longer than the series",
+        ["data.window=400"],
+        2,
+        "data.window: window 400 + horizon 1 = 401",
+    ),
+    (
+        "batch larger than the data",
+        ["data.batch_size=5000"],
+        2,
+        "data.batch_size: batch size 5000 is larger",
+    ),
+    ("hidden size zero", ["model.hidden_size=0"], 2, "model.hidden_size: must be > 0, got 0"),
+    ("layers zero", ["model.num_layers=0"], 2, "model.num_layers: must be > 0"),
+    (
+        "mlp hidden zero",
+        ["experiment=sine_mlp", "model.hidden_sizes=[8,0]"],
+        2,
+        "model.hidden_sizes[1]: must be > 0",
+    ),
+    ("unknown cell", ["model.cell=lstmm"], 2, "model.cell: unknown cell 'lstmm'"),
+    (
+        "unknown activation",
+        ["experiment=sine_mlp", "model.activation=swish2"],
+        2,
+        "model.activation: unknown",
+    ),
+    ("dropout out of range", ["model.dropout=1.5"], 2, "model.dropout: must be in [0, 1)"),
+    (
+        "input size disagrees",
+        ["experiment=sine_mlp", "model.input_size=5"],
+        2,
+        "the network cannot read this data",
+    ),
+    (
+        "output size disagrees",
+        ["model.output_size=3"],
+        2,
+        "model.output_size: the network gives 3 outputs",
+    ),
+    ("precision", ["trainer.precision=17"], 2, "trainer.precision: expected one of"),
+    ("accelerator", ["trainer.accelerator=quantum"], 2, "trainer.accelerator: expected one of"),
+    ("devices zero", ["trainer.devices=0"], 2, "trainer.devices: expected a count"),
+    (
+        "limit batches",
+        ["trainer.limit_train_batches=1.5"],
+        2,
+        "trainer.limit_train_batches: expected",
+    ),
+    ("monitor mode", ["monitor_mode=up"], 2, "monitor_mode: expected min or max, got 'up'"),
+    (
+        "csv missing",
+        ["data=csv", "data.path=/no/such/file.csv"],
+        2,
+        "data.path: CSV file not found: /no/such/file.csv",
+    ),
+    ("csv path not given", ["data=csv"], 2, "data.path"),
+    (
+        "csv column absent",
+        ["data=csv", "data.path={csv}", "data.column=price"],
+        2,
+        "data.column: no column 'price'",
+    ),
+    ("csv empty", ["data=csv", "data.path={empty_csv}"], 2, "is empty"),
+    (
+        "csv not numeric",
+        ["data=csv", "data.path={text_csv}", "data.column=v"],
+        2,
+        "is not a number",
+    ),
+    (
+        "csv missing values",
+        ["data=csv", "data.path={nan_csv}", "data.column=v"],
+        2,
+        "fill or drop missing values",
+    ),
+    ("resume not a run", ["resume={tmp}"], 2, "resume: "),
+    (
+        "checkpoint of another family",
+        ["ckpt_path={mlp_ckpt}"],
+        2,
+        "holds a nnlab.models.mlp.MLP network",
+    ),
+    (
+        "checkpoint missing",
+        ["ckpt_path=/no/such.ckpt"],
+        2,
+        "ckpt_path: checkpoint /no/such.ckpt not found",
+    ),
+    ("checkpoint damaged", ["ckpt_path={bad_ckpt}"], 2, "is damaged"),
+    (
+        "output directory not writable",
+        ["paths.log_dir=/proc/nnlab"],
+        2,
+        "paths.log_dir: cannot write",
+    ),
+    (
+        "nan loss",
+        ["experiment=sine_mlp", "task.optimizer.lr=1e30", "trainer.max_epochs=30"],
+        2,
+        "training loss became",
+    ),
+]
+
+
+@pytest.mark.parametrize("args,status,message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input(args, status, message, tmp_path, capfd, monkeypatch, mlp_checkpoint):
+    outputs = tmp_path / "outputs"
+    monkeypatch.setenv("NNLAB_OUTPUT_DIR", str(outputs))
+    monkeypatch.chdir(tmp_path)
+    bad_ckpt = write(tmp_path / "bad.ckpt", "PK\x03\x04 not really")
+    names = {
+        "tmp": tmp_path,
+        "csv": write(tmp_path / "a.csv", "a,b\n1,2\n"),
+        "empty_csv": write(tmp_path / "e.csv", ""),
+        "text_csv": write(tmp_path / "t.csv", "v\n1\nhello\n"),
+        "nan_csv": write(tmp_path / "n.csv", "v\n1\nnan\n"),
+        "mlp_ckpt": mlp_checkpoint,
+        "bad_ckpt": bad_ckpt,
+    }
+    argv = [a.format(**names) for a in args]
+    monkeypatch.setattr(
+        sys, "argv", ["nnlab-train", "trainer.accelerator=cpu", *argv, "print_config=false"]
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        nnlab.train.main()
+    out, err = capfd.readouterr()
+    output = out + err
+    assert exit_info.value.code == status, output[-3000:]
+    assert message in output, output[-3000:]
+    assert "Traceback" not in output
+    for run in outputs.glob("runs/*/*"):  # nothing that looks like a finished run
+        assert not (run / "metrics.json").exists()
+        assert read_status(run).get("status") == "failed", json.dumps(read_status(run))
+
+
+def test_there_are_at_least_thirty_cases():
+    assert len(CASES) >= 30
