@@ -8,6 +8,9 @@ A run directory holds
     status.json        running | completed | failed, with the error of a failed run
     metrics.json       final validation/test metrics and wall time; written last, atomically,
                        only by a run that completed, so its presence means success.
+
+In a distributed run (DDP) every process runs the same entry point; only global rank 0 writes
+status.json and metrics.json (Lightning already keeps checkpoints and loggers to rank 0).
 """
 
 from __future__ import annotations
@@ -33,6 +36,28 @@ def register_resolvers() -> None:
     distinct when several runs start in the same second (Hydra's `now` has 1 s resolution)."""
     if not OmegaConf.has_resolver("nnlab.uid"):
         OmegaConf.register_new_resolver("nnlab.uid", lambda: secrets.token_hex(3), use_cache=True)
+    if not OmegaConf.has_resolver("nnlab.sqlite"):
+        OmegaConf.register_new_resolver("nnlab.sqlite", sqlite_url)
+
+
+def sqlite_url(path: str) -> str:
+    """`${nnlab.sqlite:outputs/optuna/study.db}`: an SQLAlchemy URL for a SQLite file (an Optuna
+    study's storage), absolute, with its folder created (SQLite creates files, not folders)."""
+    file = Path(path).expanduser().absolute()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{file}"
+
+
+def is_global_zero() -> bool:
+    """Whether this process is global rank 0 of its distributed job, from the launcher's
+    environment (torchrun: RANK; Lightning's own launcher: NODE_RANK and LOCAL_RANK; srun:
+    SLURM_PROCID). A process alone is rank 0. Known before the Trainer exists."""
+    env = os.environ
+    if "RANK" in env:
+        return int(env["RANK"]) == 0
+    if "LOCAL_RANK" in env:
+        return int(env["LOCAL_RANK"]) == 0 and int(env.get("NODE_RANK", "0")) == 0
+    return int(env.get("SLURM_PROCID", "0")) == 0
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -62,6 +87,8 @@ class Run:
         self.root = Path(root)
         self.started = time.monotonic()
         self._status: dict[str, Any] = {}
+        # Only one process of a distributed run writes the run's files.
+        self.writes = is_global_zero()
 
     @property
     def checkpoints(self) -> Path:
@@ -77,16 +104,21 @@ class Run:
 
     def _write_status(self, status: str, **extra: Any) -> None:
         self._status.update(status=status, updated=_now(), **extra)
-        write_json(self.status_path, self._status)
+        if self.writes:
+            write_json(self.status_path, self._status)
 
     def start(self, experiment: str | None = None) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        # Under SLURM, the job id lets a report ask the scheduler about a run that never
+        # finished (cancelled, killed at its time limit, node failure).
+        slurm = {"slurm_job_id": os.environ["SLURM_JOB_ID"]} if "SLURM_JOB_ID" in os.environ else {}
         self._write_status(
             "running",
             experiment=experiment,
             started=_now(),
             host=socket.gethostname(),
             pid=os.getpid(),
+            **slurm,
         )
 
     def wall_time(self) -> float:
@@ -94,7 +126,8 @@ class Run:
 
     def finish(self, metrics: dict[str, Any]) -> dict[str, Any]:
         record = {**metrics, "wall_time_s": self.wall_time()}
-        write_json(self.metrics_path, record)
+        if self.writes:
+            write_json(self.metrics_path, record)
         self._write_status("completed", wall_time_s=record["wall_time_s"])
         return record
 

@@ -79,7 +79,10 @@ def main(cfg: DictConfig) -> float | None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run = Run(hydra_cfg.runtime.output_dir)
     run.start(experiment=cfg.get("name"))
-    print_config_tree(cfg, save_to=run.root / "config_tree.log", echo=cfg.get("print_config", True))
+    if run.writes:  # rank 0 of a distributed run speaks for it
+        print_config_tree(
+            cfg, save_to=run.root / "config_tree.log", echo=cfg.get("print_config", True)
+        )
     try:
         metrics = train(cfg)
     except UserError as exc:
@@ -96,9 +99,10 @@ def main(cfg: DictConfig) -> float | None:
             return math.nan
         raise
     record = run.finish(metrics)
-    log.info("Run directory: %s", run.root)
-    log.info("Metrics: %s", run.metrics_path)
-    log.info("TensorBoard: tensorboard --logdir %s", run.root)
+    if run.writes:
+        log.info("Run directory: %s", run.root)
+        log.info("Metrics: %s", run.metrics_path)
+        log.info("TensorBoard: tensorboard --logdir %s", run.root)
     optimized = cfg.get("optimized_metric")
     return record.get(optimized) if optimized else None
 

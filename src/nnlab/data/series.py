@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from nnlab.errors import ConfigError, DataError, require_positive
 
 SPLITS = ("train", "val", "test")
 
 
-def make_windows(series: torch.Tensor, window: int, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
+def make_windows(
+    series: torch.Tensor, window: int, horizon: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs (N, window) and targets (N, horizon): sample t sees series[t:t+window] and
     predicts the `horizon` values that follow it."""
     frames = series.unfold(0, window + horizon, 1)
@@ -108,10 +112,20 @@ class SeriesDataModule(L.LightningDataModule):
             )
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        dataset = self.datasets[split]
+        sampler = None
+        if split == "train" and dist.is_available() and dist.is_initialized():
+            # Data-parallel: each rank reads its own shard. Lightning's automatic sampler would
+            # always shuffle the training split; this one keeps `data.shuffle` (the unshuffled
+            # recipes stay unshuffled within each shard).
+            # The run's seed (seed_everything sets PL_GLOBAL_SEED), as Lightning's sampler uses.
+            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+            sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed)
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle if sampler is None else None,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
