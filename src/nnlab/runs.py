@@ -38,6 +38,19 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("nnlab.uid", lambda: secrets.token_hex(3), use_cache=True)
     if not OmegaConf.has_resolver("nnlab.sqlite"):
         OmegaConf.register_new_resolver("nnlab.sqlite", sqlite_url)
+    if not OmegaConf.has_resolver("nnlab.choice"):
+        OmegaConf.register_new_resolver("nnlab.choice", group_choice)
+
+
+def group_choice(group: str, *, _root_: Any) -> Any:
+    """`${nnlab.choice:experiment}`: the option chosen for a config group. Unlike
+    `${hydra:runtime.choices.experiment}` it also resolves where HydraConfig is not set yet: in
+    a multirun's sweeper and launcher, which name the sweep directory before any job runs."""
+    if "hydra" in _root_:  # the whole config, as sweepers and launchers see it
+        return OmegaConf.select(_root_, f"hydra.runtime.choices.{group}")
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
 
 
 def sqlite_url(path: str) -> str:
