@@ -4,7 +4,8 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.nnlab-installed
-EXTRAS ?= dev,onnx
+# The extras `make install` installs: the test suite covers sweeps, search and SLURM submission.
+EXTRAS ?= dev,onnx,sweep,slurm
 ARGS ?=
 PYTEST_ARGS ?=
 

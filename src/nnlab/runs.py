@@ -10,6 +10,9 @@ A run directory holds
     status.json        running | completed | failed, with the error of a failed run
     metrics.json       final validation/test metrics and wall time; written last, atomically,
                        only by a run that completed, so its presence means success.
+
+In a distributed run (DDP) every process runs the same entry point; only global rank 0 writes
+status.json and metrics.json (Lightning already keeps checkpoints and loggers to rank 0).
 """
 
 from __future__ import annotations
@@ -58,6 +61,41 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver(
             "nnlab.unless_resume", lambda resume, v: None if resume else v
         )
+    if not OmegaConf.has_resolver("nnlab.sqlite"):
+        OmegaConf.register_new_resolver("nnlab.sqlite", sqlite_url)
+    if not OmegaConf.has_resolver("nnlab.choice"):
+        OmegaConf.register_new_resolver("nnlab.choice", group_choice)
+
+
+def group_choice(group: str, *, _root_: Any) -> Any:
+    """`${nnlab.choice:experiment}`: the option chosen for a config group. Unlike
+    `${hydra:runtime.choices.experiment}` it also resolves where HydraConfig is not set yet: in
+    a multirun's sweeper and launcher, which name the sweep directory before any job runs."""
+    if "hydra" in _root_:  # the whole config, as sweepers and launchers see it
+        return OmegaConf.select(_root_, f"hydra.runtime.choices.{group}")
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
+
+
+def sqlite_url(path: str) -> str:
+    """`${nnlab.sqlite:outputs/optuna/study.db}`: an SQLAlchemy URL for a SQLite file (an Optuna
+    study's storage), absolute, with its folder created (SQLite creates files, not folders)."""
+    file = Path(path).expanduser().absolute()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{file}"
+
+
+def is_global_zero() -> bool:
+    """Whether this process is global rank 0 of its distributed job, from the launcher's
+    environment (torchrun: RANK; Lightning's own launcher: NODE_RANK and LOCAL_RANK; srun:
+    SLURM_PROCID). A process alone is rank 0. Known before the Trainer exists."""
+    env = os.environ
+    if "RANK" in env:
+        return int(env["RANK"]) == 0
+    if "LOCAL_RANK" in env:
+        return int(env["LOCAL_RANK"]) == 0 and int(env.get("NODE_RANK", "0")) == 0
+    return int(env.get("SLURM_PROCID", "0")) == 0
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -107,6 +145,8 @@ class Run:
         self.started = time.monotonic()
         self._status: dict[str, Any] = {}
         self._previous_wall_time = 0.0
+        # Only one process of a distributed run writes the run's files.
+        self.writes = is_global_zero()
 
     @classmethod
     def open(cls, path: str | os.PathLike | None, key: str = "run") -> Run:
@@ -126,6 +166,8 @@ class Run:
         return cls(root)
 
     def save_config(self, cfg: DictConfig) -> None:
+        if not self.writes:
+            return
         data = relocatable_config(cfg, self.root)
         atomic_write_text(self.root / RESOLVED_CONFIG, OmegaConf.to_yaml(OmegaConf.create(data)))
 
@@ -195,7 +237,8 @@ class Run:
 
     def _write_status(self, status: str, **extra: Any) -> None:
         self._status.update(status=status, updated=_now(), **extra)
-        write_json(self.status_path, self._status)
+        if self.writes:
+            write_json(self.status_path, self._status)
 
     def start(self, experiment: str | None = None, resumed: bool = False) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -206,14 +249,18 @@ class Run:
         else:
             self._status = {"experiment": experiment, "started": _now()}
         self._status.pop("error", None)
-        self._write_status("running", host=socket.gethostname(), pid=os.getpid())
+        # Under SLURM, the job id lets a report ask the scheduler about a run that never
+        # finished (cancelled, killed at its time limit, node failure).
+        slurm = {"slurm_job_id": os.environ["SLURM_JOB_ID"]} if "SLURM_JOB_ID" in os.environ else {}
+        self._write_status("running", host=socket.gethostname(), pid=os.getpid(), **slurm)
 
     def wall_time(self) -> float:
         return round(self._previous_wall_time + time.monotonic() - self.started, 3)
 
     def finish(self, metrics: dict[str, Any]) -> dict[str, Any]:
         record = {**metrics, "wall_time_s": self.wall_time()}
-        write_json(self.metrics_path, record)
+        if self.writes:
+            write_json(self.metrics_path, record)
         self._write_status("completed", wall_time_s=record["wall_time_s"])
         return record
 

@@ -132,7 +132,10 @@ def _start(cfg: DictConfig, run: Run) -> DictConfig:
     else:
         run.start(experiment=cfg.get("name"))
         run.save_config(cfg)
-    print_config_tree(cfg, save_to=run.root / "config_tree.log", echo=cfg.get("print_config", True))
+    if run.writes:  # rank 0 of a distributed run speaks for it
+        print_config_tree(
+            cfg, save_to=run.root / "config_tree.log", echo=cfg.get("print_config", True)
+        )
     return cfg
 
 
@@ -165,9 +168,10 @@ def hydra_main(cfg: DictConfig) -> float | None:
             return math.nan
         raise
     record = run.finish(metrics)
-    log.info("Run directory: %s", run.root)
-    log.info("Metrics: %s", run.metrics_path)
-    log.info("TensorBoard: tensorboard --logdir %s", run.root)
+    if run.writes:
+        log.info("Run directory: %s", run.root)
+        log.info("Metrics: %s", run.metrics_path)
+        log.info("TensorBoard: tensorboard --logdir %s", run.root)
     optimized = cfg.get("optimized_metric")
     return record.get(optimized) if optimized else None
 

@@ -1,0 +1,118 @@
+"""Against a real SLURM cluster (scripts/slurm_cluster.sh start): sweeps submitted with submitit,
+a cancelled job, and DDP under srun. Skipped when no cluster answers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_sweeps import QUICK, check_disjoint_shards, sweep_dirs
+
+from nnlab.runs import read_status
+
+
+def _cluster_up() -> str | None:
+    if not shutil.which("sinfo"):
+        return "no sinfo: SLURM is not installed (see scripts/slurm_cluster.sh)"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"sinfo failed: {exc}"
+    if out.returncode != 0 or not {"idle", "mixed", "allocated"} & set(out.stdout.split()):
+        return f"no SLURM node up (sinfo: {out.stdout.strip() or out.stderr.strip()}); start one with scripts/slurm_cluster.sh start"  # fmt: skip
+    return None
+
+
+_why = _cluster_up()
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(_why is not None, reason=_why or "")]
+
+
+def env_for(outputs: Path) -> dict[str, str]:
+    return {**os.environ, "NNLAB_OUTPUT_DIR": str(outputs), "PYTHONUNBUFFERED": "1"}
+
+
+def sacct_state(job_id: str) -> str:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id], capture_output=True, text=True)  # fmt: skip
+    return out.stdout.split()[0] if out.stdout.split() else ""
+
+
+def test_two_trial_sweep_on_slurm(tmp_path):
+    outputs = tmp_path / "outputs"
+    cmd = [sys.executable, "-m", "nnlab.train", "-m", "cluster=slurm", "experiment=sine_mlp"]
+    cmd += ["seed=1,2", "hydra.launcher.mem_gb=1", *QUICK]
+    proc = subprocess.run(cmd, env=env_for(outputs), cwd=tmp_path, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (sweep,) = sweep_dirs(outputs)
+    assert list(sweep.glob(".submitit/*"))  # submitit's job files sit beside the trials
+    for trial in ("0", "1"):
+        status = read_status(sweep / trial)
+        assert status["status"] == "completed"
+        assert sacct_state(status["slurm_job_id"]) == "COMPLETED"
+        metrics = json.loads((sweep / trial / "metrics.json").read_text())
+        assert metrics["epochs"] == 2 and metrics["val/mse"] > 0
+
+
+def test_cancelled_job_is_reported_failed(tmp_path):
+    outputs = tmp_path / "outputs"
+    cmd = [sys.executable, "-m", "nnlab.train", "-m", "cluster=slurm", "experiment=sine_mlp"]
+    cmd += ["seed=1", "hydra.launcher.mem_gb=1", *QUICK, "trainer.max_epochs=100000"]
+    proc = subprocess.Popen(cmd, env=env_for(outputs), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        status_path = None
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # wait until the trial runs on the node
+            found = list(outputs.glob("multiruns/*/*/0/status.json"))
+            if found and read_status(found[0].parent).get("slurm_job_id"):
+                status_path = found[0]
+                break
+            time.sleep(1)
+        assert status_path is not None, "the job never started"
+        job = read_status(status_path.parent)["slurm_job_id"]
+        subprocess.run(["scancel", job], check=True)
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0  # the sweep says one of its jobs did not complete
+    assert "UncompletedJobError" in output or "CANCELLED" in output
+    for _ in range(30):  # sacct learns of the cancellation within seconds
+        if sacct_state(job).startswith("CANCELLED"):
+            break
+        time.sleep(1)
+    assert sacct_state(job).startswith("CANCELLED")
+    run = status_path.parent
+    assert not (run / "metrics.json").exists()
+    report = subprocess.run(
+        [sys.executable, "-m", "nnlab.report", str(run.parent), "--no-tensorboard"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert report.returncode == 0, report.stderr
+    (row,) = csv.DictReader((run.parent / "report" / "leaderboard.csv").open())
+    assert row["status"] == "failed", row
+
+
+def test_ddp_under_srun_ranks_see_disjoint_data(tmp_path):
+    run = tmp_path / "ddp"
+    cmd = ["srun", "-N1", "--ntasks-per-node=2", "--cpus-per-task=1", "--mem=2G"]
+    cmd += [sys.executable, "-m", "nnlab.train", "experiment=sine_mlp", "trainer=ddp_cpu"]
+    cmd += ["debug=limit", "logger=none", "callbacks=[model_checkpoint,data_shards]"]
+    # Every task resolves the run directory on its own: give it, so both ranks share one.
+    cmd += ["print_config=false", f"hydra.run.dir={run}"]
+    proc = subprocess.run(cmd, env=env_for(tmp_path / "outputs"), cwd=tmp_path, capture_output=True, text=True, timeout=900)  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in output
+    status = read_status(run)
+    assert status["status"] == "completed" and status["slurm_job_id"]
+    assert output.count("Run directory: ") == 1  # rank 0 alone reports and writes
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+    check_disjoint_shards(run)
