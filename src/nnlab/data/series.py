@@ -19,7 +19,9 @@ from nnlab.errors import ConfigError, DataError, require_positive
 SPLITS = ("train", "val", "test")
 
 
-def make_windows(series: torch.Tensor, window: int, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
+def make_windows(
+    series: torch.Tensor, window: int, horizon: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs (N, window) and targets (N, horizon): sample t sees series[t:t+window] and
     predicts the `horizon` values that follow it."""
     frames = series.unfold(0, window + horizon, 1)
