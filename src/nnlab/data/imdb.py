@@ -330,6 +330,8 @@ class IMDBDataModule(L.LightningDataModule):
         self.view, self.num_words, self.min_freq = view, int(num_words), int(min_freq)
         self.max_len, self.truncating, self.val_size = int(max_len), truncating, val_size
         self.batch_size, self.seed, self.num_workers = int(batch_size), seed, num_workers
+        # An all-digit checksum on the command line arrives as an int: keep it as text.
+        sha256 = str(sha256).strip().lower() if sha256 not in (None, "") else None
         self.download, self.url, self.sha256, self.use_cache = download, url, sha256, cache
         self.vocab: list[str] = []  # id -> word, ids 0 and 1 are "<pad>" and "<oov>"
         self.data: dict[str, dict[str, Any]] | None = None  # the cached preprocessing

@@ -33,6 +33,16 @@ def _mask(lengths: torch.Tensor, steps: int) -> torch.Tensor:
     return torch.arange(steps, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def embedding(num_words: int, dim: int, scale: float = 0.05) -> nn.Embedding:
+    """Word vectors started small (uniform in +-scale, as Keras does) with a zero pad row: with
+    PyTorch's N(0, 1) start, Adam's ~lr-sized steps barely move them and training crawls."""
+    layer = nn.Embedding(num_words, dim, padding_idx=PAD)
+    with torch.no_grad():
+        layer.weight.uniform_(-scale, scale)
+        layer.weight[PAD].zero_()
+    return layer
+
+
 def _check_common(num_words: int, output_size: int, embedding_dim: int, dropout: float) -> None:
     require_positive("model.num_words", num_words)
     require_positive("model.output_size", output_size)
@@ -74,7 +84,7 @@ class RecurrentTextClassifier(nn.Module):
             )
         self.pooling = pooling
         self.directions = 2 if bidirectional else 1
-        self.embedding = nn.Embedding(num_words, embedding_dim, padding_idx=PAD)
+        self.embedding = embedding(num_words, embedding_dim)
         self.rnn = self.CELLS[cell](
             embedding_dim,
             hidden_size,
@@ -127,7 +137,7 @@ class ConvTextClassifier(nn.Module):
             raise ConfigError("model.channels", "needs at least one convolution, e.g. [128]")
         for i, c in enumerate(channels):
             require_positive(f"model.channels[{i}]", c)
-        self.embedding = nn.Embedding(num_words, embedding_dim, padding_idx=PAD)
+        self.embedding = embedding(num_words, embedding_dim)
         self.convs = nn.ModuleList()
         self.activations = nn.ModuleList()
         width = embedding_dim
