@@ -101,3 +101,10 @@ def test_the_task_passes_lengths_to_the_net():
     assert probs.shape == (3,) and ((probs >= 0) & (probs <= 1)).all()
     with torch.no_grad():
         torch.testing.assert_close(probs, torch.sigmoid(task.net(ids, lengths)).squeeze(-1))
+
+
+@pytest.mark.parametrize("cls", [RecurrentTextClassifier, ConvTextClassifier])
+def test_embeddings_start_small_with_a_zero_pad_row(cls):
+    weight = cls(100, embedding_dim=16).embedding.weight
+    assert (weight[0] == 0).all()
+    assert weight[1:].abs().max() <= 0.05 and weight[1:].std() > 0.01
