@@ -20,7 +20,8 @@ def test_experiment_instantiates(make_cfg, experiment):
     loggers = build_all(cfg.logger, "logger")
     trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers)
     assert trainer.max_epochs == cfg.trainer.max_epochs
-    out = task(datamodule.example_input(3))
+    example = datamodule.example_input(3)  # a tensor, or a tuple such as (ids, lengths)
+    out = task(*example) if isinstance(example, tuple) else task(example)
     assert out.shape[0] == 3 and torch.isfinite(out).all()
 
 

@@ -47,8 +47,9 @@ class Task(L.LightningModule):
         )
         self.net: nn.Module = instantiate(net)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def forward(self, x: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+        """The net's output; `extra` inputs (e.g. sequence lengths) are passed on to it."""
+        return self.net(x, *extra)
 
     def configure_optimizers(self):
         optimizer_cfg = self.hparams.optimizer or {

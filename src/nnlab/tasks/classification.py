@@ -22,6 +22,9 @@ from nnlab.tasks.base import Task
 class ClassificationTask(Task):
     """Logits (batch, num_classes) or (batch, 1) for binary; targets are class indices.
 
+    Batches are `(x, y)` or `(x, *extra, y)`: everything before the target goes to the net, so
+    text nets get `(ids, lengths)`.
+
     After testing, `test_confusion` holds the confusion matrix (rows: true class) and
     `test_outputs` the test inputs' predictions, for the figure callbacks.
     """
@@ -72,8 +75,8 @@ class ClassificationTask(Task):
         return (scores > 0.5).long() if self.binary else scores.argmax(dim=-1)
 
     def training_step(self, batch, batch_idx):
-        x, y = batch[0], batch[-1]
-        logits = self(x)
+        y = batch[-1]
+        logits = self(*batch[:-1])
         loss = self.loss(logits, y)
         self.train_acc(self.scores(logits.detach()), y)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
@@ -81,8 +84,8 @@ class ClassificationTask(Task):
         return loss
 
     def _evaluate(self, batch, metrics: MetricCollection, stage: str) -> torch.Tensor:
-        x, y = batch[0], batch[-1]
-        logits = self(x)
+        y = batch[-1]
+        logits = self(*batch[:-1])
         self.log(f"{stage}/loss", self.loss(logits, y), prog_bar=stage == "val")
         scores = self.scores(logits)
         metrics.update(scores, y)
@@ -100,5 +103,7 @@ class ClassificationTask(Task):
         self.test_confusion.reset()
 
     def predict_step(self, batch, batch_idx):
-        x = batch[0] if isinstance(batch, list | tuple) else batch
-        return self.scores(self(x))
+        if not isinstance(batch, list | tuple):
+            return self.scores(self(batch))
+        inputs = batch[:-1] if len(batch) > 1 else batch  # (x, ..., y) or just (x,)
+        return self.scores(self(*inputs))
