@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from nnlab.data.memory import make_loader
 from nnlab.errors import ConfigError, DataError, require_positive
 
 log = logging.getLogger(__name__)
@@ -310,6 +311,7 @@ class IMDBDataModule(L.LightningDataModule):
         sha256: str | None = SHA256,
         cache: bool = True,
         num_workers: int = 0,
+        in_memory: bool | str = "auto",
     ):
         super().__init__()
         if view not in VIEWS:
@@ -330,6 +332,7 @@ class IMDBDataModule(L.LightningDataModule):
         self.view, self.num_words, self.min_freq = view, int(num_words), int(min_freq)
         self.max_len, self.truncating, self.val_size = int(max_len), truncating, val_size
         self.batch_size, self.seed, self.num_workers = int(batch_size), seed, num_workers
+        self.in_memory = in_memory
         # An all-digit checksum on the command line arrives as an int: keep it as text.
         sha256 = str(sha256).strip().lower() if sha256 not in (None, "") else None
         self.download, self.url, self.sha256, self.use_cache = download, url, sha256, cache
@@ -464,9 +467,20 @@ class IMDBDataModule(L.LightningDataModule):
         torch.cumsum(lengths[rows], 0, out=sub_offsets[1:])
         return MultiHotDataset(sub_flat, sub_offsets, labels, self.num_words)
 
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool = False):
+        dataset = self.datasets[split]
+        if isinstance(dataset, TensorDataset):  # the sequence view: tensors, batched in memory
+            return make_loader(
+                self,
+                dataset.tensors,
+                self.batch_size,
+                shuffle,
+                in_memory=self.in_memory,
+                seed=int(self.seed),
+                num_workers=self.num_workers,
+            )
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
