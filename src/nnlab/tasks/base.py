@@ -31,6 +31,7 @@ class Task(L.LightningModule):
         scheduler: Mapping[str, Any] | None = None,
         scheduler_interval: str = "epoch",
         scheduler_monitor: str = "val/loss",
+        channels_last: bool = False,
     ):
         super().__init__()
         net, optimizer, scheduler = plain(net), plain(optimizer), plain(scheduler)
@@ -41,11 +42,18 @@ class Task(L.LightningModule):
                 "scheduler": scheduler,
                 "scheduler_interval": scheduler_interval,
                 "scheduler_monitor": scheduler_monitor,
+                "channels_last": channels_last,
             }
         )
         self.net: nn.Module = instantiate(net)
+        # NHWC weights and inputs: tensor-core convolutions skip their layout transposes (GPU).
+        self.channels_last = channels_last
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
     def configure_optimizers(self):
