@@ -139,6 +139,6 @@ class InputAdapter(nn.Module):
                 x = F.interpolate(
                     x, size=(self.size, self.size), mode="bilinear", align_corners=False
                 )
-        if self.channels != x.shape[1]:
+        if self.channels != self.in_channels:
             x = x.repeat(1, self.channels, 1, 1)
         return x
