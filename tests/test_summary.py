@@ -53,6 +53,7 @@ def test_filter_grid_of_the_first_conv():
     assert conv is net.features.c1
     grid = filter_grid(conv)
     assert grid.shape[0] == 3 and grid.min() >= 0 and grid.max() <= 1
+    assert grid.shape[1:] == (2 + 2 * (12 * 5 + 2), 2 + 3 * (12 * 5 + 2))  # 6 tiles of 60 px
     assert first_conv(SeparableCNN(10, [{"channels": 4}])).groups == 1  # depthwise of 1 channel
     assert first_conv(MLP(4, 1)) is None
 
@@ -78,3 +79,11 @@ def test_channels_last_task():
     assert torch.allclose(fast(x), plain(x), atol=1e-5)
     assert seen[0].is_contiguous(memory_format=torch.channels_last)
     assert not seen[0].is_contiguous()
+
+
+def test_every_run_saves_its_summary(cli):
+    """The default callbacks and the series presets write it too (MLP here)."""
+    run = cli("experiment=sine_mlp", "debug=fast_dev_run").run_dir()
+    text = (run / "model_summary.txt").read_text()
+    assert text.startswith("Model: MLP") and "layers.1 (Linear)" in text and "(B, 10)" in text
+    assert "Total params: 61" in text

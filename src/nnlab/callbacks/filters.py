@@ -15,9 +15,10 @@ def first_conv(model: nn.Module) -> nn.Module | None:
     return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
 
 
-def filter_grid(conv: nn.Conv2d, scale: int = 8) -> torch.Tensor:
-    """(3, H, W) grid in [0, 1]: one tile per filter, each min-max scaled on its own; filters
-    of 3 input channels as colour, others as the mean over their input channels."""
+def filter_grid(conv: nn.Conv2d, tile: int = 64) -> torch.Tensor:
+    """(3, H, W) grid in [0, 1]: one tile (about `tile` pixels wide) per filter, each min-max
+    scaled on its own; filters of 3 input channels as colour, others as the mean over their
+    input channels."""
     from torchvision.utils import make_grid
 
     w = conv.weight.detach().float().cpu()
@@ -26,6 +27,7 @@ def filter_grid(conv: nn.Conv2d, scale: int = 8) -> torch.Tensor:
     lo = w.amin(dim=(1, 2, 3), keepdim=True)
     hi = w.amax(dim=(1, 2, 3), keepdim=True)
     w = (w - lo) / (hi - lo).clamp_min(1e-12)
+    scale = max(1, tile // w.shape[-1])
     w = torch.nn.functional.interpolate(w, scale_factor=scale, mode="nearest")
     nrow = max(1, int(len(w) ** 0.5 + 0.999))
     return make_grid(w, nrow=nrow, padding=2, pad_value=1.0)
