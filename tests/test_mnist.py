@@ -233,8 +233,16 @@ def test_each_mnist_experiment_runs_end_to_end(cli, data_dir, experiment):
     for name in ("confusion_matrix.png", "misclassified.png"):
         assert (run / name).read_bytes()[:8] == PNG, name
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-    config = (run / ".hydra" / "config.yaml").read_text()
-    assert "monitor: val/acc" in config and "monitor_mode: max" in config
+    assert "epoch001" in metrics["best_checkpoint"] or "epoch000" in metrics["best_checkpoint"]
+
+
+@pytest.mark.parametrize("experiment", MNIST_EXPERIMENTS)
+def test_classification_presets_watch_validation_accuracy(make_cfg, experiment):
+    cfg = make_cfg(f"experiment={experiment}")
+    assert cfg.monitor == "val/acc" and cfg.monitor_mode == "max"
+    assert cfg.callbacks.model_checkpoint.monitor == "val/acc"
+    assert cfg.trainer.accelerator == "auto"
+    assert "classification_figures" in cfg.callbacks
 
 
 def test_the_reference_recipe_is_the_preset(make_cfg):
