@@ -7,12 +7,16 @@ import sys
 import pytest
 from conftest import EXPERIMENTS
 
+from nnlab import CONF_DIR
 from nnlab.runs import read_status
 
 SHORT = ["debug=limit", "trainer.accelerator=cpu"]
-
-
-SERIES_EXPERIMENTS = [e for e in EXPERIMENTS if e.startswith("sine_")]  # others: own test files
+# The series presets (the others need data files and are run by their own tests).
+SERIES_EXPERIMENTS = [
+    e
+    for e in EXPERIMENTS
+    if "override /data: sine" in (CONF_DIR / "experiment" / f"{e}.yaml").read_text()
+]
 
 
 @pytest.mark.parametrize("experiment", SERIES_EXPERIMENTS)

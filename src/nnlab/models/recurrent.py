@@ -1,8 +1,10 @@
-"""Recurrent networks: a cuDNN-backed RNN / LSTM / GRU encoder and a Linear head.
+"""Recurrent networks: an RNN / LSTM / GRU (cuDNN-backed torch modules) or an old-Keras cell
+(deep_rnn, jzs1, jzs2, jzs3 from `cells.py`) encoder and a Linear head.
 
 One network serves both the sequence classifier (output_size = classes) and the series
 regressor (output_size = horizon): inputs are (batch, steps, features), or (batch, steps) for a
-univariate series.
+univariate series. Stacking (`num_layers`), `bidirectional` and dropout between layers work the
+same for every cell.
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ import torch
 from torch import nn
 
 from nnlab.errors import ConfigError, require_positive
+from nnlab.models.cells import CELLS as CUSTOM_CELLS
+from nnlab.models.cells import CellStack
 
-CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+TORCH_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+CELLS = [*TORCH_CELLS, *CUSTOM_CELLS]
 READOUTS = ("last", "mean")
 
 
@@ -29,6 +34,7 @@ class RecurrentNet(nn.Module):
         readout: str = "last",
         nonlinearity: str = "tanh",
         forget_bias: float = 1.0,
+        depth: int = 3,
     ):
         super().__init__()
         require_positive("model.input_size", input_size)
@@ -45,19 +51,22 @@ class RecurrentNet(nn.Module):
             )
         if not 0.0 <= dropout < 1.0:
             raise ConfigError("model.dropout", f"must be in [0, 1), got {dropout}")
-        kwargs = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
-        if cell == "rnn" and nonlinearity not in ("tanh", "relu"):
+        if cell in ("rnn", "deep_rnn") and nonlinearity not in ("tanh", "relu"):
             raise ConfigError("model.nonlinearity", f"must be tanh or relu, got {nonlinearity!r}")
         self.cell, self.readout, self.bidirectional = cell, readout, bidirectional
-        self.rnn = CELLS[cell](
-            input_size,
-            hidden_size,
-            num_layers=num_layers,
-            batch_first=True,
-            bidirectional=bidirectional,
-            dropout=dropout if num_layers > 1 else 0.0,  # torch applies it between layers only
-            **kwargs,
-        )
+        common = {
+            "num_layers": num_layers,
+            "bidirectional": bidirectional,
+            "dropout": dropout if num_layers > 1 else 0.0,  # applied between layers only
+        }
+        if cell in TORCH_CELLS:
+            kwargs = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
+            self.rnn = TORCH_CELLS[cell](
+                input_size, hidden_size, batch_first=True, **common, **kwargs
+            )
+        else:
+            kwargs = {"depth": depth, "nonlinearity": nonlinearity} if cell == "deep_rnn" else {}
+            self.rnn = CellStack(cell, input_size, hidden_size, **common, **kwargs)
         if cell == "lstm":
             init_forget_bias(self.rnn, forget_bias)
         self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), output_size)

@@ -33,6 +33,7 @@ class Task(L.LightningModule):
         scheduler: Mapping[str, Any] | None = None,
         scheduler_interval: str = "epoch",
         scheduler_monitor: str = "val/loss",
+        channels_last: bool = False,
     ):
         super().__init__()
         net, optimizer, scheduler = plain(net), plain(optimizer), plain(scheduler)
@@ -43,12 +44,19 @@ class Task(L.LightningModule):
                 "scheduler": scheduler,
                 "scheduler_interval": scheduler_interval,
                 "scheduler_monitor": scheduler_monitor,
+                "channels_last": channels_last,
             }
         )
         self.net: nn.Module = instantiate(net)
+        # NHWC weights and inputs: tensor-core convolutions skip their layout transposes (GPU).
+        self.channels_last = channels_last
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
         """The net's output; `extra` inputs (e.g. sequence lengths) are passed on to it."""
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x, *extra)
 
     def configure_optimizers(self):

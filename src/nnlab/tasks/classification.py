@@ -26,12 +26,22 @@ class ClassificationTask(Task):
     text nets get `(ids, lengths)`.
 
     After testing, `test_confusion` holds the confusion matrix (rows: true class) and
-    `test_outputs` the test inputs' predictions, for the figure callbacks.
+    `test_mistakes` the first `keep_mistakes` misclassified test samples as
+    `(inputs, true classes, predicted classes)` on the CPU, for the figure callbacks.
     """
 
-    def __init__(self, *args, num_classes: int = 10, binary: bool = False, **kwargs):
+    def __init__(
+        self,
+        *args,
+        num_classes: int = 10,
+        binary: bool = False,
+        keep_mistakes: int = 36,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
-        self.save_hyperparameters({"num_classes": num_classes, "binary": binary})
+        self.save_hyperparameters(
+            {"num_classes": num_classes, "binary": binary, "keep_mistakes": keep_mistakes}
+        )
         if num_classes < 2:
             raise ConfigError("task.num_classes", f"must be >= 2, got {num_classes}")
         if binary and num_classes != 2:
@@ -50,6 +60,8 @@ class ClassificationTask(Task):
         self.val_metrics = MetricCollection(metrics).clone(prefix="val/")
         self.test_metrics = MetricCollection(metrics).clone(prefix="test/")
         self.test_confusion = MulticlassConfusionMatrix(confusion_classes)
+        self.keep_mistakes = int(keep_mistakes)
+        self.test_mistakes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def output_width(self, datamodule) -> int | None:
         classes = getattr(datamodule, "num_classes", None)
@@ -97,10 +109,21 @@ class ClassificationTask(Task):
 
     def test_step(self, batch, batch_idx):
         scores = self._evaluate(batch, self.test_metrics, "test")
-        self.test_confusion.update(self.predict_classes(scores), batch[-1])
+        predicted = self.predict_classes(scores)
+        self.test_confusion.update(predicted, batch[-1])
+        self.collect_mistakes(batch[0], batch[-1], predicted)
+
+    def collect_mistakes(self, x: torch.Tensor, y: torch.Tensor, predicted: torch.Tensor) -> None:
+        room = self.keep_mistakes - sum(len(m[1]) for m in self.test_mistakes)
+        if room <= 0 or not isinstance(x, torch.Tensor):
+            return
+        wrong = (predicted != y).nonzero().flatten()[:room]
+        if len(wrong):
+            self.test_mistakes.append((x[wrong].cpu(), y[wrong].cpu(), predicted[wrong].cpu()))
 
     def on_test_epoch_start(self) -> None:
         self.test_confusion.reset()
+        self.test_mistakes = []
 
     def predict_step(self, batch, batch_idx):
         if not isinstance(batch, list | tuple):
