@@ -22,9 +22,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 from torchvision import datasets as tv_datasets
 
+from nnlab.data.memory import make_loader
 from nnlab.data.views import HEIGHT, MNIST_VIEWS, NUM_CLASSES, PIXELS, WIDTH
 from nnlab.errors import ConfigError, DataError, require_positive
 
@@ -57,6 +58,7 @@ class MNISTDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         shuffle: bool = True,
         num_workers: int = 0,
+        in_memory: bool | str = "auto",
         # Shapes for interpolation into the model config; derived from `view`, checked here.
         seq_len: int | None = None,
         input_size: int | None = None,
@@ -99,7 +101,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.val_size, self.split_seed = int(val_size), split_seed
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
-        self.shuffle, self.num_workers = shuffle, num_workers
+        self.shuffle, self.num_workers, self.in_memory = shuffle, num_workers, in_memory
         self.seq_len, self.input_size = derived["seq_len"], derived["input_size"]
         self.num_classes = NUM_CLASSES
         self.permutation = torch.randperm(
@@ -240,25 +242,27 @@ class MNISTDataModule(L.LightningDataModule):
         return torch.zeros(batch_size, *self.sample_shape())
 
     # -- loaders -------------------------------------------------------------------------------
-    def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
-        return DataLoader(
-            self.datasets[split],
-            batch_size=batch_size,
-            shuffle=shuffle,
+    def _loader(self, split: str, batch_size: int, shuffle: bool = False):
+        return make_loader(
+            self,
+            self.datasets[split].tensors,
+            batch_size,
+            shuffle,
+            in_memory=self.in_memory,
+            seed=self.split_seed,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self):
         return self._loader("train", self.batch_size, shuffle=self.shuffle)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self):
         return self._loader("val", self.eval_batch_size)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self):
         return self._loader("test", self.eval_batch_size)
 
-    def predict_dataloader(self) -> DataLoader:
+    def predict_dataloader(self):
         return self._loader("test", self.eval_batch_size)
 
 
