@@ -35,6 +35,9 @@ def main(run: str, ckpt: str, split: str, accelerator: str, overrides: list[str]
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
+        # the same share of the split as at training time (debug=limit and the like)
+        limit_test_batches=cfg.trainer.get("limit_test_batches") or 1.0,
+        limit_val_batches=cfg.trainer.get("limit_val_batches") or 1.0,
     )
     started = time.monotonic()
     evaluate = trainer.test if split == "test" else trainer.validate

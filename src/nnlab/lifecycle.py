@@ -51,13 +51,13 @@ def command(usage: str, options: dict[str, Any]) -> Callable:
 
     def wrap(fn: Callable[..., Any]) -> Callable[[], None]:
         @functools.wraps(fn)
-        def main(argv: list[str] | None = None) -> None:
+        def main(argv: list[str] | None = None) -> Any:
             register_resolvers()
             try:
                 values, overrides = parse_args(
                     sys.argv[1:] if argv is None else argv, usage, options
                 )
-                fn(overrides=overrides, **values)
+                return fn(overrides=overrides, **values)
             except UserError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 sys.exit(exc.exit_code)

@@ -17,13 +17,19 @@ from nnlab.lifecycle import command, load_datamodule, load_task, output_dir, run
 from nnlab.runs import Run
 
 USAGE = """
-usage: nnlab-predict run=<run dir> [input=<file or values>] [ckpt=best|last|<path>] [out=<dir>]
-                     [steps=N] [column=NAME]
+usage: nnlab-predict run=<run dir> [input=<file, folder or values>] [text="..."]
+                     [ckpt=best|last|<path>] [out=<dir>] [steps=N] [column=NAME]
 
 Series runs (sine, csv): input is a CSV file (column=NAME picks the column) or inline values
 "0.1,0.5,0.9,..." (at least one window long; without input, the run's test split). Writes
 one-step predictions for every window and a recursive forecast of `steps` future points
 (default 50) to predictions.csv, with a plot (forecast.png).
+
+MNIST-family runs: input is an IDX images file, a folder of 28x28 PNG images or a .npy array
+((N, 28, 28), (N, 784) or (N, 1, 28, 28); 0..255 or 0..1) -> class and probabilities.
+
+IMDB runs: input is a text file with one review per line, or text="a review" -> P(positive),
+through the tokenizer and the vocabulary saved with the run (vocab.json).
 
 Outputs go to <run dir>/predictions/<time>/ unless out= is given.
 """
@@ -124,30 +130,74 @@ def show(header: list[str], rows, title: str, limit: int = 10) -> None:
         print(f"({len(rows) - limit} more rows in the CSV file)")
 
 
-@command(
-    USAGE, {"run": None, "input": None, "ckpt": "best", "out": None, "steps": "50", "column": None}
-)
-def main(run, input, ckpt, out, steps, column, overrides) -> Path:  # noqa: A002 (the CLI's word)
+@torch.no_grad()
+def classify(task, inputs: tuple, names: list[str], classes: list[str]):
+    """Rows of (name, predicted class, its probability, every class's probability)."""
+    rows = []
+    for start in range(0, len(names), 256):
+        batch = tuple(t[start : start + 256] for t in inputs)
+        scores = task.scores(task(*batch)).cpu()
+        for name, p in zip(names[start : start + 256], scores, strict=True):
+            if task.binary:  # one probability: of the positive class
+                label = classes[1] if p > 0.5 else classes[0]
+                rows.append((name, label, float(max(p, 1 - p)), float(p)))
+            else:
+                k = int(p.argmax())
+                rows.append((name, classes[k], float(p[k]), *(float(v) for v in p)))
+    return rows
+
+
+OPTIONS = {
+    "run": None,
+    "input": None,
+    "text": None,
+    "ckpt": "best",
+    "out": None,
+    "steps": "50",
+    "column": None,
+}
+
+
+@command(USAGE, OPTIONS)
+def main(run, input, text, ckpt, out, steps, column, overrides) -> Path:  # noqa: A002 (the CLI's word)
+    from hydra.utils import get_class
+
+    from nnlab.data.imdb import IMDBDataModule
+    from nnlab.data.mnist import MNISTDataModule
+    from nnlab.predict_inputs import read_images, read_texts
+
     run_dir = Run.open(run)
     cfg = run_config(run_dir, overrides)
     task, path = load_task(run_dir, cfg, ckpt)
-    datamodule = load_datamodule(cfg, "predict")
-    target = output_dir(run_dir, out, f"predictions/{timestamp()}")
-    if isinstance(datamodule, SeriesDataModule):
+    data_class = get_class(cfg.data._target_)
+    if issubclass(data_class, SeriesDataModule):
         try:
             n_steps = int(steps)
         except ValueError:
             raise UserError(f"steps: expected a whole number, got {steps!r}") from None
         if n_steps < 0:
             raise UserError(f"steps: must be >= 0, got {n_steps}")
+        datamodule = load_datamodule(cfg, "predict")
         values = series_values(input, column or cfg.data.get("column"), datamodule)
         rows = predict_series(task, datamodule, values, n_steps)
         header = ["kind", "t", "target", "prediction"]
+        target = output_dir(run_dir, out, f"predictions/{timestamp()}")
         plot_series(values, rows, target / "forecast.png")
+    elif issubclass(data_class, MNISTDataModule):
+        images, names = read_images(input)
+        datamodule = load_datamodule(cfg, "predict")  # the view and its normalisation
+        rows = classify(task, (datamodule.to_view(images),), names, datamodule.classes)
+        header = ["input", "class", "probability", *(f"p_{c}" for c in datamodule.classes)]
+        target = output_dir(run_dir, out, f"predictions/{timestamp()}")
+    elif issubclass(data_class, IMDBDataModule):
+        inputs, names = read_texts(run_dir.root, text, input, cfg.data.get("view", "multihot"))
+        rows = classify(task, inputs, names, ["negative", "positive"])
+        header = ["review", "sentiment", "probability", "p_positive"]
+        target = output_dir(run_dir, out, f"predictions/{timestamp()}")
     else:
-        raise UserError(f"run: nnlab-predict does not know {cfg.data._target_} data yet")
+        raise UserError(f"run: nnlab-predict does not know {cfg.data._target_} data")
     write_rows(target / "predictions.csv", header, rows)
-    show(header, rows, f"{path.name} on {input or 'the test split'}")
+    show(header[:4], [r[:4] for r in rows], f"{path.name} on {input or text or 'the test split'}")
     print(f"Wrote {target / 'predictions.csv'}")
     return target
 
