@@ -128,7 +128,7 @@ def _real_mnist() -> Path | None:
     return None
 
 
-@pytest.mark.slow
+@pytest.mark.full_run
 @pytest.mark.real_data
 @pytest.mark.skipif(_real_mnist() is None, reason="NNLAB_DATA_DIR does not hold MNIST/raw")
 @pytest.mark.parametrize(
