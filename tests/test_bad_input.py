@@ -3,7 +3,9 @@ run directory that looks finished. Each case runs nnlab-train's real entry point
 process, to keep the suite fast); the data-set specific cases live beside their loaders' tests."""
 
 import json
+import shutil
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,27 @@ def mlp_checkpoint(tmp_path_factory):
         "experiment=sine_mlp", "debug=limit", "trainer.accelerator=cpu", outputs=root, cwd=root
     ).run_dir()
     return run / "checkpoints" / "last.ckpt"
+
+
+def data_sets(tmp: Path) -> dict[str, Path | str]:
+    """Tiny MNIST and aclImdb copies, intact and damaged, and an archive's file URL."""
+    from mnist_files import write_mnist
+    from test_imdb import write_tree
+
+    write_mnist(tmp / "mnist")
+    images = write_mnist(tmp / "truncated") / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-100])
+    write_tree(tmp / "imdb_no_test")
+    shutil.rmtree(tmp / "imdb_no_test" / "aclImdb" / "test")
+    archive = tmp / "aclImdb_v1.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(write_tree(tmp / "imdb_src"), arcname="aclImdb")
+    return {
+        "mnist": tmp / "mnist",
+        "truncated_mnist": tmp / "truncated",
+        "imdb_no_test": tmp / "imdb_no_test",
+        "imdb_url": archive.as_uri(),
+    }
 
 
 def write(path: Path, text: str) -> Path:
@@ -177,6 +200,53 @@ CASES = [
         2,
         "training loss became",
     ),
+    # the data sets' own files (tiny generated copies in the real formats)
+    (
+        "mnist files missing",
+        ["experiment=mnist_lstm", "data.download=false", "paths.data_dir={tmp}/none"],
+        2,
+        "train-images-idx3-ubyte",
+    ),
+    (
+        "idx file truncated",
+        ["experiment=mnist_lstm", "data.download=false", "paths.data_dir={truncated_mnist}"],
+        2,
+        "truncated",
+    ),
+    (
+        "aclImdb split missing",
+        ["experiment=imdb_mlp", "data.download=false", "paths.data_dir={imdb_no_test}"],
+        2,
+        "test",
+    ),
+    (
+        "imdb checksum mismatch",
+        [
+            "experiment=imdb_mlp",
+            "paths.data_dir={tmp}/imdb_dl",
+            "data.url={imdb_url}",
+            "data.sha256=abc123",
+        ],
+        2,
+        "checksum",
+    ),
+    (
+        "cnn input size the layers cannot take",
+        [
+            "experiment=mnist_alexnet_small",
+            "model.variant=full",
+            "model.input_size=224",
+            "paths.data_dir={mnist}",
+        ],
+        2,
+        "is not a whole number",
+    ),
+    (
+        "num_classes disagrees",
+        ["experiment=mnist_lstm", "task.num_classes=5", "paths.data_dir={mnist}"],
+        2,
+        "task.num_classes: 5, but the data has 10 classes",
+    ),
 ]
 
 
@@ -187,6 +257,7 @@ def test_bad_input(args, status, message, tmp_path, capfd, monkeypatch, mlp_chec
     monkeypatch.chdir(tmp_path)
     bad_ckpt = write(tmp_path / "bad.ckpt", "PK\x03\x04 not really")
     names = {
+        **data_sets(tmp_path),
         "tmp": tmp_path,
         "csv": write(tmp_path / "a.csv", "a,b\n1,2\n"),
         "empty_csv": write(tmp_path / "e.csv", ""),
