@@ -131,7 +131,7 @@ def test_predict_bad_inputs(runs, tmp_path, capsys, monkeypatch, experiment, arg
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("experiment", ["mnist_lenet", "imdb_mlp"])
+@pytest.mark.parametrize("experiment", ["mnist_lenet", "mnist_lstm", "imdb_mlp", "imdb_lstm"])
 def test_eval_and_export_on_other_families(runs, experiment, monkeypatch):
     import nnlab.evaluate
     import nnlab.export
@@ -148,3 +148,6 @@ def test_eval_and_export_on_other_families(runs, experiment, monkeypatch):
     )
     nnlab.export.main([f"run={run}", "format=torchscript"])
     assert json.loads((run / "export" / "export.json").read_text())["matches"]
+    if experiment != "imdb_lstm":  # token ids + lengths: TorchScript only (a clear error for ONNX)
+        nnlab.export.main([f"run={run}", "format=onnx"])
+        assert json.loads((run / "export" / "export.json").read_text())["matches"]

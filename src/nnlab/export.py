@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from nnlab.errors import UserError
-from nnlab.lifecycle import command, first_batch, load_datamodule, load_task, output_dir, run_config
+from nnlab.lifecycle import command, load_datamodule, load_task, output_dir, run_config
 from nnlab.runs import Run, write_json
 
 USAGE = """
@@ -21,14 +21,14 @@ gives the checkpoint's outputs (within atol), and records the check in export.js
 """
 
 
-def export_torchscript(net: torch.nn.Module, example: torch.Tensor, path: Path):
-    traced = torch.jit.trace(net, example)
+def export_torchscript(net: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: Path):
+    traced = torch.jit.trace(net, inputs)
     traced.save(str(path))
     loaded = torch.jit.load(str(path))
-    return lambda x: loaded(x)
+    return lambda *xs: loaded(*xs)
 
 
-def export_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path):
+def export_onnx(net: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: Path):
     try:
         import onnxruntime
     except ImportError:
@@ -36,10 +36,15 @@ def export_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path):
             "format: ONNX export needs the onnx extra; pip install 'nnlab[onnx]' "
             "(onnx, onnxscript, onnxruntime), or use format=torchscript"
         ) from None
+    if len(inputs) > 1:
+        raise UserError(
+            "format: ONNX export of a network with several inputs (token ids and lengths: packed "
+            "sequences) is not supported; use format=torchscript"
+        )
     batch = torch.export.Dim("batch", min=1)
     torch.onnx.export(
         net,
-        (example,),
+        inputs,
         str(path),
         input_names=["input"],
         output_names=["output"],
@@ -49,6 +54,16 @@ def export_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path):
     )
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+
+
+def model_inputs(batch) -> tuple[torch.Tensor, ...]:
+    """What the network takes from a batch: everything but the targets (ids and lengths for
+    sequences of tokens)."""
+    if isinstance(batch, list | tuple):
+        batch = tuple(batch[:-1]) if len(batch) > 1 else tuple(batch)
+    else:
+        batch = (batch,)
+    return tuple(t.float() if t.is_floating_point() else t for t in batch)
 
 
 EXPORTERS = {
@@ -65,24 +80,22 @@ def main(run, format, ckpt, out, atol, overrides) -> Path:  # noqa: A002 (the CL
     cfg = run_config(run_dir, overrides)
     task, ckpt_path = load_task(run_dir, cfg, ckpt)
     net = task.net.eval()
-    example = first_batch(load_datamodule(cfg, "test").test_dataloader()).float()
+    inputs = model_inputs(next(iter(load_datamodule(cfg, "test").test_dataloader())))
     exporter, filename = EXPORTERS[format]
     path = output_dir(run_dir, out, "export") / filename
     with torch.no_grad():
-        expected = net(example)
-        exported = exporter(net, example, path)
+        expected = net(*inputs)
+        exported = exporter(net, inputs, path)
         # a different batch size than the traced one: the export must not have baked it in
-        got = (
-            torch.cat([exported(example[:1]), exported(example[1:])])
-            if len(example) > 1
-            else exported(example)
-        )
+        n = len(inputs[0])
+        halves = [tuple(t[:1] for t in inputs), tuple(t[1:] for t in inputs)] if n > 1 else [inputs]
+        got = torch.cat([exported(*half) for half in halves])
     max_diff = (got - expected).abs().max().item()
     record = {
         "format": format,
         "file": str(path),
         "checkpoint": str(ckpt_path),
-        "input_shape": list(example.shape),
+        "input_shapes": [list(t.shape) for t in inputs],
         "max_abs_diff": max_diff,
         "atol": float(atol),
         "matches": max_diff <= float(atol),
@@ -93,7 +106,7 @@ def main(run, format, ckpt, out, atol, overrides) -> Path:  # noqa: A002 (the CL
             f"format: the {format} export differs from the checkpoint by {max_diff:.3g} > atol {atol}"
         )
     print(
-        f"Wrote {path} (max |exported - checkpoint| = {max_diff:.2e} on {len(example)} test inputs)"
+        f"Wrote {path} (max |exported - checkpoint| = {max_diff:.2e} on {len(inputs[0])} test inputs)"
     )
     return path
 

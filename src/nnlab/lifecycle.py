@@ -120,11 +120,6 @@ def load_datamodule(cfg: DictConfig, stage: str = "test"):
     return datamodule
 
 
-def first_batch(loader) -> torch.Tensor:
-    batch = next(iter(loader))
-    return batch[0] if isinstance(batch, list | tuple) else batch
-
-
 def output_dir(run: Run, out: str | None, kind: str) -> Path:
     """`out` if given, else <run>/<kind>/ (created)."""
     path = Path(out).expanduser() if out else run.root / kind
