@@ -36,3 +36,13 @@ def write_mnist(root: Path, dataset: str = "mnist", n_train: int = 120, n_test: 
         (raw / f"{prefix}-images-idx3-ubyte").write_bytes(idx_bytes(images))
         (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
     return raw
+
+
+def real_mnist_dir() -> Path | None:
+    """NNLAB_DATA_DIR when it holds the real MNIST files (the real-data tests skip otherwise)."""
+    import os
+
+    root = os.environ.get("NNLAB_DATA_DIR")
+    if root and (Path(root) / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+        return Path(root)
+    return None

@@ -5,11 +5,10 @@ NNLAB_DATA_DIR, the README's accuracy bounds (slow)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-from mnist_files import write_mnist
+from mnist_files import real_mnist_dir, write_mnist
 
 CNN_EXPERIMENTS = [
     "mnist_lenet",
@@ -121,16 +120,9 @@ def test_separable_cnn_and_switches_train(cli, data_dir):
     assert result.metrics()["global_step"] == 2
 
 
-def _real_mnist() -> Path | None:
-    root = os.environ.get("NNLAB_DATA_DIR")
-    if root and (Path(root) / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
-        return Path(root)
-    return None
-
-
 @pytest.mark.full_run
 @pytest.mark.real_data
-@pytest.mark.skipif(_real_mnist() is None, reason="NNLAB_DATA_DIR does not hold MNIST/raw")
+@pytest.mark.skipif(real_mnist_dir() is None, reason="NNLAB_DATA_DIR does not hold MNIST/raw")
 @pytest.mark.parametrize(
     "experiment,bound",
     [

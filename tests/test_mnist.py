@@ -4,13 +4,12 @@ classification presets end to end, and (with NNLAB_DATA_DIR) one epoch on the re
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import EXPERIMENTS
-from mnist_files import idx_bytes, tiny_digits, write_mnist
+from mnist_files import idx_bytes, real_mnist_dir, tiny_digits, write_mnist
 
 from nnlab import CONF_DIR
 from nnlab.data import mnist as mnist_module
@@ -266,16 +265,9 @@ def test_missing_data_ends_with_one_line_and_status_2(cli, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def _real_mnist() -> Path | None:
-    root = os.environ.get("NNLAB_DATA_DIR")
-    if root and (Path(root) / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
-        return Path(root)
-    return None
-
-
 @pytest.mark.slow
 @pytest.mark.real_data
-@pytest.mark.skipif(_real_mnist() is None, reason="NNLAB_DATA_DIR does not hold MNIST/raw")
+@pytest.mark.skipif(real_mnist_dir() is None, reason="NNLAB_DATA_DIR does not hold MNIST/raw")
 def test_an_lstm_learns_real_mnist_in_one_epoch(cli):
     """A 64-unit LSTM reading rows, one epoch (batch 64): test accuracy >= 95%."""
     metrics = cli(
@@ -286,6 +278,6 @@ def test_an_lstm_learns_real_mnist_in_one_epoch(cli):
         "trainer.max_epochs=1",
         "trainer.accelerator=cpu",
         "trainer.enable_progress_bar=false",
-        env={"NNLAB_DATA_DIR": str(_real_mnist())},
+        env={"NNLAB_DATA_DIR": str(real_mnist_dir())},
     ).metrics()
     assert metrics["test/acc"] >= 0.95, metrics
