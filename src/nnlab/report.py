@@ -107,12 +107,15 @@ def trial_status(root: Path) -> tuple[str, str]:
     state = status.get("status")
     if state is None:
         return "unknown", "no status.json (the run never started)"
-    if state == "running":
-        if job := status.get("slurm_job_id"):
-            slurm = _slurm_state(job)
-            if slurm and slurm.startswith(SLURM_ENDED):
-                return "failed", f"SLURM job {job} {slurm}"
+    # A SLURM job ended by the scheduler (scancel sends SIGTERM, so the run saved a checkpoint and
+    # said `preempted`) failed unless SLURM requeues it.
+    if state in ("running", "preempted") and (job := status.get("slurm_job_id")):
+        slurm = _slurm_state(job)
+        if slurm and slurm.startswith(SLURM_ENDED):
+            return "failed", f"SLURM job {job} {slurm}"
+        if state == "running":
             return "running", f"SLURM job {job} {slurm or 'state unknown'}"
+    if state == "running":
         import socket
 
         if status.get("host") == socket.gethostname() and not _pid_alive(int(status["pid"])):

@@ -131,7 +131,7 @@ def make_loader(
     plain DataLoader when `in_memory` is false (or 'auto' and they do not fit)."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    trainer = getattr(datamodule, "_trainer", None)
+    trainer = getattr(datamodule, "trainer", None)
     device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
     use_memory = in_memory is True or (in_memory == "auto" and fits_on(device, tensors))
     if not use_memory:
@@ -148,5 +148,5 @@ def make_loader(
         batch_size,
         shuffle=shuffle,
         seed=seed,
-        trainer_fn=lambda: getattr(datamodule, "_trainer", None),
+        trainer_fn=lambda: getattr(datamodule, "trainer", None),
     )
