@@ -36,6 +36,17 @@ def compose_config(
 
 
 @pytest.fixture
+def data_dir(tmp_path) -> Path:
+    """Tiny MNIST and Fashion-MNIST in torchvision's raw IDX layout."""
+    from mnist_files import write_mnist
+
+    root = tmp_path / "data"
+    write_mnist(root, "mnist")
+    write_mnist(root, "fashion_mnist")
+    return root
+
+
+@pytest.fixture
 def make_cfg(tmp_path):
     def make(*overrides: str) -> DictConfig:
         return compose_config(list(overrides), tmp_path / "run")

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from mnist_files import real_mnist_dir, write_mnist
+from mnist_files import real_mnist_dir
 
 CNN_EXPERIMENTS = [
     "mnist_lenet",
@@ -30,14 +30,6 @@ FEW_STEPS = [
     "data.eval_batch_size=8",
 ]
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-def data_dir(tmp_path) -> Path:
-    root = tmp_path / "data"
-    write_mnist(root, "mnist")
-    write_mnist(root, "fashion_mnist")
-    return root
 
 
 def tensorboard_images(run: Path) -> list[str]:

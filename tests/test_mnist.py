@@ -4,7 +4,6 @@ classification presets end to end, and (with NNLAB_DATA_DIR) one epoch on the re
 from __future__ import annotations
 
 import gzip
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,14 +23,6 @@ MNIST_EXPERIMENTS = [
     or "override /data: fashion_mnist" in (CONF_DIR / "experiment" / f"{e}.yaml").read_text()
 ]
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-def data_dir(tmp_path) -> Path:
-    root = tmp_path / "data"
-    write_mnist(root, "mnist")
-    write_mnist(root, "fashion_mnist")
-    return root
 
 
 def module(data_dir, **kwargs) -> MNISTDataModule:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from nnlab.errors import ConfigError, require_positive
-from nnlab.models.layers import InputAdapter, trace_shapes
+from nnlab.models.layers import InputAdapter, dense_stack, trace_shapes
 from nnlab.models.layers import activation as make_activation
 
 BLOCK_KEYS = {"channels", "kernel", "stride", "padding", "pool"}
@@ -129,14 +129,9 @@ class CNN(nn.Module):
             ),
         )
 
-        head_layers: list[nn.Module] = []
-        width = self.shapes[-1][1][0]
-        for j, size in enumerate(dense):
-            require_positive(f"model.dense[{j}]", size)
-            head_layers += [nn.Linear(width, size), make_activation(activation)]
-            if dense_dropout:
-                head_layers.append(nn.Dropout(dense_dropout))
-            width = size
+        head_layers, width = dense_stack(
+            self.shapes[-1][1][0], dense, activation, dense_dropout, "model.dense"
+        )
         head_layers.append(nn.Linear(width, num_classes))
         self.classifier = nn.Sequential(*head_layers)
 

@@ -142,3 +142,20 @@ class InputAdapter(nn.Module):
         if self.channels != self.in_channels:
             x = x.repeat(1, self.channels, 1, 1)
         return x
+
+
+def dense_stack(
+    width: int, sizes, activation_name: str, dropout: float, key: str
+) -> tuple[list[nn.Module], int]:
+    """[Linear -> activation (-> Dropout)] for each size in `sizes` (config key `key`), starting
+    from `width` inputs; returns the layers and the width they end with."""
+    from nnlab.errors import require_positive
+
+    layers: list[nn.Module] = []
+    for i, size in enumerate(sizes):
+        require_positive(f"{key}[{i}]", size)
+        layers += [nn.Linear(width, size), activation(activation_name)]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        width = size
+    return layers, width

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from nnlab.errors import ConfigError, require_positive
-from nnlab.models.layers import activation as make_activation
+from nnlab.models.layers import dense_stack
 
 
 class MLP(nn.Module):
@@ -26,18 +26,12 @@ class MLP(nn.Module):
         super().__init__()
         require_positive("model.input_size", input_size)
         require_positive("model.output_size", output_size)
-        for i, size in enumerate(hidden_sizes):
-            require_positive(f"model.hidden_sizes[{i}]", size)
         if not 0.0 <= dropout < 1.0:
             raise ConfigError("model.dropout", f"must be in [0, 1), got {dropout}")
-        layers: list[nn.Module] = [nn.Flatten()]
-        width = input_size
-        for size in hidden_sizes:
-            layers += [nn.Linear(width, size), make_activation(activation)]
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-            width = size
-        layers.append(nn.Linear(width, output_size))
+        hidden, width = dense_stack(
+            input_size, hidden_sizes, activation, dropout, "model.hidden_sizes"
+        )
+        layers: list[nn.Module] = [nn.Flatten(), *hidden, nn.Linear(width, output_size)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
