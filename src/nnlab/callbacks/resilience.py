@@ -95,16 +95,62 @@ class Preemption(L.Callback):
 
 class NonFiniteLoss(L.Callback):
     """Stop at the first NaN/inf training loss, naming the step; the checkpoints written before it
-    stay as they are (nothing is saved from the broken state)."""
+    stay as they are (nothing is saved from the broken state).
+
+    On the CPU each loss is checked at once. On a GPU reading a loss waits for the device, so the
+    losses are kept there and read together every `trainer.log_every_n_steps` batches, at the end
+    of each epoch and before any checkpoint is written: never a sync per step, and the step named
+    is still the first bad one.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[torch.Tensor, tuple[int, int, int]]] = []
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is not None and not math.isfinite(float(loss)):
-            raise NonFiniteLossError(
-                f"training loss became {float(loss)} at epoch {trainer.current_epoch}, step "
-                f"{trainer.global_step} (batch {batch_idx}); lower task.optimizer.lr, clip gradients "
-                "(trainer.gradient_clip_val=1.0) or check the data. The checkpoints from before are kept."
-            )
+        if loss is None:
+            return
+        where = (trainer.current_epoch, trainer.global_step, batch_idx)
+        if not self._deferred(loss):
+            self._raise_if_bad(float(loss), where)
+            return
+        # A copy: the CUDA-graph step returns the same static tensor every time.
+        self._pending.append((loss.detach().clone(), where))
+        if len(self._pending) >= trainer.log_every_n_steps:
+            self._check()
+
+    @staticmethod
+    def _deferred(loss) -> bool:
+        return isinstance(loss, torch.Tensor) and loss.device.type != "cpu"
+
+    def _check(self) -> None:
+        if not self._pending:
+            return
+        values = torch.stack([loss.float() for loss, _ in self._pending]).cpu().tolist()
+        places = [where for _, where in self._pending]
+        self._pending.clear()
+        for value, where in zip(values, places, strict=True):
+            self._raise_if_bad(value, where)
+
+    @staticmethod
+    def _raise_if_bad(value: float, where: tuple[int, int, int]) -> None:
+        if math.isfinite(value):
+            return
+        epoch, step, batch_idx = where
+        raise NonFiniteLossError(
+            f"training loss became {value} at epoch {epoch}, step {step} (batch {batch_idx}); "
+            "lower task.optimizer.lr, clip gradients (trainer.gradient_clip_val=1.0) or check the "
+            "data. The checkpoints from before are kept."
+        )
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        self._check()
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint) -> None:
+        self._check()  # raising here writes nothing
+
+    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        self._check()
 
 
 class NonFiniteLossError(UserError):

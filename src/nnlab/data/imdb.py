@@ -13,7 +13,8 @@ frequency; id 0 is padding (`PAD`) and id 1 every other word (`OOV`).
 
 Views (`view`):
 - `multihot`: batches `(x, y)`, x a float (batch, num_words) 0/1 vector of the ids present in
-  the whole review (the Keras reference recipe);
+  the whole review (the Keras reference recipe); held as one bool matrix, batched in memory,
+  made float on the device (`on_after_batch_transfer`);
 - `sequence`: batches `(x, lengths, y)`, x the (batch, max_len) ids padded with 0 at the end,
   truncated to `max_len` (`truncating: pre` drops the review's start and keeps its last
   `max_len` tokens, Keras' default; `post` keeps its first ones); `lengths` the true lengths
@@ -275,21 +276,20 @@ def pad_sequences(
     return ids.to(flat.dtype), kept.clamp(min=1)
 
 
-class MultiHotDataset(Dataset):
-    """Review i as a float num_words-dim 0/1 vector of the ids in it, and its label."""
+def as_inputs(batch):
+    """Multi-hot rows become floats on the device, batch by batch (stored as bools)."""
+    if isinstance(batch, list | tuple) and batch and batch[0].dtype == torch.bool:
+        return type(batch)([batch[0].float(), *batch[1:]])
+    return batch
 
-    def __init__(
-        self, flat: torch.Tensor, offsets: torch.Tensor, labels: torch.Tensor, num_words: int
-    ):
-        self.flat, self.offsets, self.labels, self.num_words = flat, offsets, labels, num_words
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.zeros(self.num_words)
-        x[self.flat[self.offsets[i] : self.offsets[i + 1]].long()] = 1.0
-        return x, self.labels[i]
+def multi_hot(flat: torch.Tensor, offsets: torch.Tensor, num_words: int) -> torch.Tensor:
+    """Rows of 0/1 flags (bool: a quarter of float32's memory) for the ids of each review."""
+    lengths = offsets[1:] - offsets[:-1]
+    rows = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+    x = torch.zeros(len(lengths), num_words, dtype=torch.bool)
+    x[rows, flat.long()] = True
+    return x
 
 
 class IMDBDataModule(L.LightningDataModule):
@@ -459,33 +459,24 @@ class IMDBDataModule(L.LightningDataModule):
         labels = split["labels"][rows]
         if self.view == "sequence":
             return TensorDataset(split["ids"][rows].long(), split["lengths"][rows], labels)
-        offsets, flat = split["offsets"], split["flat"]
-        lengths = offsets[1:] - offsets[:-1]
-        pieces = [flat[offsets[i] : offsets[i + 1]] for i in rows.tolist()]
-        sub_flat = torch.cat(pieces) if pieces else flat[:0]
-        sub_offsets = torch.zeros(len(rows) + 1, dtype=torch.long)
-        torch.cumsum(lengths[rows], 0, out=sub_offsets[1:])
-        return MultiHotDataset(sub_flat, sub_offsets, labels, self.num_words)
+        return TensorDataset(
+            multi_hot(split["flat"], split["offsets"], self.num_words)[rows], labels
+        )
 
     def _loader(self, split: str, shuffle: bool = False):
-        dataset = self.datasets[split]
-        if isinstance(dataset, TensorDataset):  # the sequence view: tensors, batched in memory
-            return make_loader(
-                self,
-                dataset.tensors,
-                self.batch_size,
-                shuffle,
-                in_memory=self.in_memory,
-                seed=int(self.seed),
-                num_workers=self.num_workers,
-            )
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
+        return make_loader(
+            self,
+            self.datasets[split].tensors,
+            self.batch_size,
+            shuffle,
+            in_memory=self.in_memory,
+            seed=int(self.seed),
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            train=split == "train",
         )
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        return as_inputs(batch)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

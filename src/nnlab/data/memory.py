@@ -6,6 +6,10 @@ The permutation of epoch e comes from its own generator seeded with (seed, e), o
 batches are the same on any device and whatever else consumed random numbers. The position
 within the epoch is part of Lightning's checkpoint (`state_dict`), so a run resumed from a
 mid-epoch checkpoint continues with exactly the batches it would have seen.
+
+With `group` > 1 each yielded batch is `group` consecutive batches concatenated (the same
+samples in the same order): a CUDA-graph training step replays them as micro-batches, so
+Lightning's per-batch overhead is paid once per group. Positions are kept in micro-batches.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import torch
 
 
 class MemoryBatcher:
-    """Iterates (tensor[idx] for each tensor) batches over the first dimension."""
+    """Iterates (tensor[idx] for each tensor) batches over the first dimension; `group` > 1
+    yields `group` batches concatenated (the last group of an epoch may be shorter)."""
 
     def __init__(
         self,
@@ -28,6 +33,7 @@ class MemoryBatcher:
         seed: int = 0,
         drop_last: bool = False,
         trainer_fn: Callable[[], Any] | None = None,
+        group: int = 1,
     ):
         if not tensors or any(len(t) != len(tensors[0]) for t in tensors):
             raise ValueError("MemoryBatcher needs tensors of one common length")
@@ -38,6 +44,7 @@ class MemoryBatcher:
             seed,
             drop_last,
         )
+        self.group = max(int(group), 1)
         self._trainer_fn = trainer_fn or (lambda: None)
         self._epoch = -1  # epochs counted here when no trainer says which one it is
         self._resume: dict[str, int] | None = None
@@ -55,9 +62,12 @@ class MemoryBatcher:
         n = len(self.tensors[0])
         return n // world if self.drop_last else math.ceil(n / world)
 
-    def __len__(self) -> int:
+    def _num_batches(self) -> int:
         n = self._num_samples()
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __len__(self) -> int:
+        return math.ceil(self._num_batches() / self.group)
 
     @property
     def dataset(self) -> Sequence[torch.Tensor]:  # Lightning sizes epochs from `.dataset`
@@ -91,20 +101,23 @@ class MemoryBatcher:
         indices = self.order(epoch)
         device = self.tensors[0].device
         indices = indices.to(device)
-        for b in range(start, len(self)):
-            self._position = b
-            idx = indices[b * self.batch_size : (b + 1) * self.batch_size]
+        batches, size = self._num_batches(), self.batch_size
+        for b in range(start, batches, self.group):
+            self._position = min(b + self.group, batches)  # micro-batches consumed after this one
+            idx = indices[b * size : self._position * size]
             yield tuple(t[idx] for t in self.tensors)
 
     # -- Lightning's stateful-loader protocol ---------------------------------------------------
     def state_dict(self) -> dict[str, int]:
-        """Where training stands: the epoch and how many of its batches the model has consumed
-        (Lightning fetches one batch ahead, so ask its progress counter, not our iterator)."""
+        """Where training stands: the epoch and how many of its (micro-)batches the model has
+        consumed (Lightning fetches one batch ahead, so ask its progress counter, not our
+        iterator)."""
         trainer = self._trainer_fn()
         if trainer is not None:
             progress = trainer.fit_loop.epoch_loop.batch_progress.current
-            return {"epoch": trainer.current_epoch, "position": progress.processed}
-        return {"epoch": self._epoch, "position": self._position + 1}
+            position = min(progress.processed * self.group, self._num_batches())
+            return {"epoch": trainer.current_epoch, "position": position}
+        return {"epoch": self._epoch, "position": self._position}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._resume = {"epoch": int(state["epoch"]), "position": int(state["position"])}
@@ -126,9 +139,11 @@ def make_loader(
     in_memory: bool | str = "auto",
     seed: int = 0,
     num_workers: int = 0,
+    train: bool = False,
 ):
     """A MemoryBatcher over `tensors` (moved to the training device once, when they fit), or a
-    plain DataLoader when `in_memory` is false (or 'auto' and they do not fit)."""
+    plain DataLoader when `in_memory` is false (or 'auto' and they do not fit). The training
+    loader groups as many batches as the module being trained asks for (`train_group`)."""
     from torch.utils.data import DataLoader, TensorDataset
 
     trainer = getattr(datamodule, "trainer", None)
@@ -149,4 +164,5 @@ def make_loader(
         shuffle=shuffle,
         seed=seed,
         trainer_fn=lambda: getattr(datamodule, "trainer", None),
+        group=getattr(trainer.lightning_module, "train_group", 1) if train and trainer else 1,
     )

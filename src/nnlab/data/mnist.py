@@ -251,6 +251,7 @@ class MNISTDataModule(L.LightningDataModule):
             in_memory=self.in_memory,
             seed=self.split_seed,
             num_workers=self.num_workers,
+            train=split == "train",
         )
 
     def train_dataloader(self):

@@ -121,6 +121,7 @@ class SeriesDataModule(L.LightningDataModule):
             in_memory=self.in_memory,
             seed=self.shuffle_seed,
             num_workers=self.num_workers,
+            train=split == "train",
         )
 
     def train_dataloader(self):

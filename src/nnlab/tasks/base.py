@@ -3,6 +3,7 @@ config, and hyperparameters saved so that `Task.load_from_checkpoint(path)` stan
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from nnlab.errors import ConfigError
+from nnlab.tasks import captured
+
+log = logging.getLogger(__name__)
 
 
 def plain(cfg: Any) -> Any:
@@ -34,6 +38,9 @@ class Task(L.LightningModule):
         scheduler_interval: str = "epoch",
         scheduler_monitor: str = "val/loss",
         channels_last: bool = False,
+        cuda_graph: bool | str = False,
+        graph_batches: int = 8,
+        compile: bool | Mapping[str, Any] = False,
     ):
         super().__init__()
         net, optimizer, scheduler = plain(net), plain(optimizer), plain(scheduler)
@@ -45,19 +52,116 @@ class Task(L.LightningModule):
                 "scheduler_interval": scheduler_interval,
                 "scheduler_monitor": scheduler_monitor,
                 "channels_last": channels_last,
+                "cuda_graph": cuda_graph,
+                "graph_batches": graph_batches,
+                "compile": plain(compile),
             }
         )
+        if cuda_graph not in (True, False, "auto"):
+            raise ConfigError("task.cuda_graph", f"must be true, false or auto, got {cuda_graph!r}")
+        if int(graph_batches) < 1:
+            raise ConfigError("task.graph_batches", f"must be >= 1, got {graph_batches}")
         self.net: nn.Module = instantiate(net)
         # NHWC weights and inputs: tensor-core convolutions skip their layout transposes (GPU).
         self.channels_last = channels_last
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
+        # Set in setup() when the training step runs as a CUDA graph (see tasks/captured.py).
+        self.graphed = False
+        self.captured_step: captured.CapturedStep | None = None
+        self.train_group = 1  # micro-batches per Lightning batch, read by the training loader
 
     def forward(self, x: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
         """The net's output; `extra` inputs (e.g. sequence lengths) are passed on to it."""
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x, *extra)
+
+    # -- how the training step runs: eager, compiled, or replayed as a CUDA graph --------------
+    def configure_model(self) -> None:
+        options = self.hparams.get("compile")
+        if options and not getattr(self, "_compiled", False):
+            # nn.Module.compile keeps parameter names, so checkpoints stay interchangeable.
+            self.net.compile(**(options if isinstance(options, Mapping) else {}))
+            self._compiled = True
+            log.info("torch.compile: on (%s)", options)
+
+    def setup(self, stage: str) -> None:
+        if stage != "fit" or self.hparams.get("cuda_graph") is False:
+            return
+        reason = captured.blocker(self, self.trainer, self.trainer.datamodule)
+        if reason is not None:
+            level = logging.WARNING if self.hparams.cuda_graph is True else logging.INFO
+            log.log(level, "CUDA graph: off, eager steps (%s)", reason)
+            return
+        # The captured step does backward and optimizer step itself: Lightning's manual mode.
+        self.graphed, self.automatic_optimization = True, False
+        self.train_group = int(self.hparams.graph_batches)
+        log.info("CUDA graph: on, %d micro-batches per Lightning batch", self.train_group)
+
+    def training_step(self, batch, batch_idx):
+        if not self.graphed:
+            return self.eager_training_step(batch, batch_idx)
+        if self.captured_step is None:  # built here: the optimizer exists and is restored now
+            self.captured_step = self._build_captured_step()
+        return {"loss": self.captured_step.train_batch(batch)}
+
+    def eager_training_step(self, batch, batch_idx):
+        raise NotImplementedError
+
+    def train_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mean loss, correct predictions or None) with no host sync: the captured step."""
+        raise NotImplementedError
+
+    def _build_captured_step(self) -> captured.CapturedStep:
+        trainer = self.trainer
+        lightning_optimizer = self.optimizers()
+        schedulers = self.lr_schedulers()
+        schedulers = (
+            []
+            if schedulers is None
+            else list(schedulers)
+            if isinstance(schedulers, list)
+            else [schedulers]
+        )
+        per_step = [s for s in schedulers if self.hparams.scheduler_interval == "step"]
+
+        def after_step() -> None:  # what Lightning does around an optimizer step it runs itself
+            lightning_optimizer._on_before_step()
+            lightning_optimizer._on_after_step()
+            for scheduler in per_step:
+                scheduler.step()
+
+        precision = str(trainer.precision)
+        return captured.CapturedStep(
+            self.parameters(),
+            lightning_optimizer.optimizer,
+            self.train_loss,
+            micro_batch_size=trainer.datamodule.batch_size,
+            clip_val=trainer.gradient_clip_val,
+            clip_algorithm=str(trainer.gradient_clip_algorithm or "norm"),
+            autocast_dtype=torch.bfloat16 if precision == "bf16-mixed" else None,
+            on_step=after_step,
+        )
+
+    def on_train_epoch_start(self) -> None:
+        if self.captured_step is not None:
+            self.captured_step.epoch_start()
+
+    def on_train_epoch_end(self) -> None:
+        if not self.graphed or self.captured_step is None:
+            return
+        with_accuracy = self.captured_step.correct_counted
+        self.log_dict(self.captured_step.epoch_metrics(with_accuracy), prog_bar=False)
+        if self.hparams.scheduler_interval != "step":
+            schedulers = self.lr_schedulers()
+            for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+                if scheduler is not None:
+                    scheduler.step()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.graphed:
+            captured.plain_lrs(checkpoint)
 
     def configure_optimizers(self):
         optimizer_cfg = self.hparams.optimizer or {
@@ -74,7 +178,8 @@ class Task(L.LightningModule):
             "lr_scheduler": {
                 "scheduler": scheduler,
                 "interval": self.hparams.scheduler_interval,
-                "monitor": self.hparams.scheduler_monitor,
+                # The captured step steps its schedulers itself (never ReduceLROnPlateau).
+                **({} if self.graphed else {"monitor": self.hparams.scheduler_monitor}),
             },
         }
 

@@ -86,7 +86,16 @@ class ClassificationTask(Task):
     def predict_classes(self, scores: torch.Tensor) -> torch.Tensor:
         return (scores > 0.5).long() if self.binary else scores.argmax(dim=-1)
 
-    def training_step(self, batch, batch_idx):
+    def train_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        y = batch[-1]
+        logits = self(*batch[:-1])
+        if self.binary:
+            predicted = (logits.squeeze(-1) > 0).long()
+        else:
+            predicted = logits.argmax(dim=-1)
+        return self.loss(logits, y), (predicted == y).sum()
+
+    def eager_training_step(self, batch, batch_idx):
         y = batch[-1]
         logits = self(*batch[:-1])
         loss = self.loss(logits, y)

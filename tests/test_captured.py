@@ -1,0 +1,256 @@
+"""The CUDA-graph training step (tasks/captured.py).
+
+On the CPU the captured step cannot be recorded, but everything around it can be checked: forcing
+it on runs the same manual loop (micro-batches split from grouped batches, Lightning's step
+counter, schedulers, clipping, epoch metrics, checkpoints) with eager steps, and must train
+exactly like Lightning's automatic loop. The capture itself is checked on a GPU when one exists.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from nnlab.tasks import captured
+from nnlab.tasks.captured import CapturedStep, optimizer_blocker, plain_lrs
+from nnlab.train import train as train_run
+
+
+def train(cfg):
+    """nnlab's train() in this process, as hydra_main calls it (the config without `hydra`)."""
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return train_run(cfg)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
+SGD = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1e-2}
+COSINE = {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR", "_partial_": True, "T_max": 3}
+PLATEAU = {"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "_partial_": True}
+
+
+@pytest.mark.parametrize(
+    "optimizer, scheduler, reason",
+    [
+        (ADAM, COSINE, None),
+        ({**ADAM, "_target_": "torch.optim.RMSprop"}, None, None),
+        (SGD, None, None),
+        (SGD, COSINE, "torch.optim.SGD cannot step inside a CUDA graph with a scheduler"),
+        (ADAM, PLATEAU, "ReduceLROnPlateau"),
+        ({**ADAM, "_target_": "torch.optim.Adagrad"}, None, "torch.optim.Adagrad cannot"),
+    ],
+)
+def test_which_optimizers_can_step_inside_a_graph(optimizer, scheduler, reason):
+    found = optimizer_blocker(optimizer, scheduler)
+    assert (found is None) if reason is None else reason in found
+
+
+def test_on_the_cpu_the_step_stays_eager_and_says_why(make_cfg, caplog):
+    cfg = make_cfg("experiment=sine_mlp", "trainer.max_epochs=1", "task.cuda_graph=auto")
+    with caplog.at_level(logging.INFO, logger="nnlab.tasks.base"):
+        train(cfg)
+    assert "CUDA graph: off, eager steps (training runs on cpu" in caplog.text
+
+
+def test_text_rnns_are_not_captured():
+    class Trainer:
+        class strategy:  # noqa: N801 - a stand-in for trainer.strategy
+            root_device = torch.device("cuda", 0)
+
+        world_size, precision, accumulate_grad_batches = 1, "32-true", 1
+
+    class Data:
+        def example_input(self, n):
+            return torch.zeros(n, 5, dtype=torch.long), torch.full((n,), 5)
+
+    class Task:
+        hparams = {"optimizer": ADAM, "scheduler": None, "compile": False}
+
+    assert "variable-length" in captured.blocker(Task(), Trainer(), Data())
+    Trainer.world_size = 2
+    assert "DDP" in captured.blocker(Task(), Trainer(), Data())
+
+
+def _forced(monkeypatch):
+    """Pretend the graph can be used: the manual loop with eager steps on the CPU."""
+    monkeypatch.setattr(captured, "blocker", lambda *args: None)
+
+
+RECIPE = (
+    "experiment=mnist_lstm",
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=2",
+    "model.hidden_size=16",
+    "data.val_size=20",
+    "data.batch_size=16",
+    "callbacks=none",
+    "logger=none",
+)
+
+
+def test_the_captured_loop_trains_like_lightnings_own(make_cfg, data_dir, monkeypatch, tmp_path):
+    """Cosine schedule, clipping at norm 1, 2 epochs: grouped micro-batches and the manual loop
+    give the same steps, learning rates, losses and test metrics as Lightning's automatic loop."""
+    monkeypatch.setenv("NNLAB_DATA_DIR", str(data_dir))
+    eager = train(make_cfg(*RECIPE))
+    _forced(monkeypatch)
+    for group in (1, 3):
+        graphed = train(make_cfg(*RECIPE, "task.cuda_graph=true", f"task.graph_batches={group}"))
+        assert graphed["global_step"] == eager["global_step"]
+        for key in ("test/acc", "test/loss", "val/loss"):
+            assert graphed[key] == pytest.approx(eager[key], rel=1e-4, abs=1e-6), (group, key)
+
+
+def test_the_captured_loop_logs_epoch_metrics_and_saves_plain_checkpoints(
+    make_cfg, data_dir, monkeypatch, caplog
+):
+    monkeypatch.setenv("NNLAB_DATA_DIR", str(data_dir))
+    _forced(monkeypatch)
+    cfg = make_cfg(*RECIPE[:-2], "task.cuda_graph=true", "task.graph_batches=4")
+    with caplog.at_level(logging.INFO):
+        metrics = train(cfg)
+    assert "CUDA graph: on, 4 micro-batches per Lightning batch" in caplog.text
+    assert "step captured" not in caplog.text  # the CPU never records a graph
+    assert metrics["global_step"] == 2 * 7  # optimizer steps: 2 epochs of 100 samples / 16
+    checkpoint = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=False)
+    group = checkpoint["optimizer_states"][0]["param_groups"][0]
+    assert isinstance(group["lr"], float) and not group["capturable"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    event_file = next(Path(cfg.paths.output_dir).rglob("events.out.tfevents.*"))
+    scalars = EventAccumulator(str(event_file)).Reload().Tags()["scalars"]
+    assert {"train/loss", "train/acc", "val/acc"} <= set(scalars)
+
+
+def test_the_micro_batch_loop_matches_plain_steps():
+    """CapturedStep on the CPU: the batch is split into micro-batches, each one optimizer step,
+    loss and correct predictions summed per epoch."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    reference = torch.nn.Linear(3, 2)
+    reference.load_state_dict(net.state_dict())
+    x, y = torch.randn(10, 3), torch.randint(0, 2, (10,))
+
+    def loss_fn(batch):
+        logits = net(batch[0])
+        return torch.nn.functional.cross_entropy(logits, batch[1]), (
+            logits.argmax(-1) == batch[1]
+        ).sum()
+
+    steps = []
+    step = CapturedStep(
+        list(net.parameters()),
+        torch.optim.Adam(net.parameters(), lr=0.1),
+        loss_fn,
+        micro_batch_size=4,
+        clip_val=0.5,
+        on_step=lambda: steps.append(1),
+    )
+    step.train_batch((x, y))
+    assert len(steps) == 3 and step.samples == 10  # 4 + 4 + 2
+
+    optimizer = torch.optim.Adam(reference.parameters(), lr=0.1)
+    losses, correct = [], 0
+    for xs, ys in zip(x.split(4), y.split(4), strict=True):
+        optimizer.zero_grad()
+        logits = reference(xs)
+        loss = torch.nn.functional.cross_entropy(logits, ys)
+        losses.append(loss.item() * len(xs))
+        correct += (logits.argmax(-1) == ys).sum().item()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.5)
+        optimizer.step()
+    for a, b in zip(net.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    metrics = step.epoch_metrics(with_accuracy=True)
+    assert metrics["train/loss"].item() == pytest.approx(sum(losses) / 10, rel=1e-6)
+    assert metrics["train/acc"].item() == pytest.approx(correct / 10)
+
+
+def test_checkpoint_learning_rates_become_numbers():
+    checkpoint = {
+        "optimizer_states": [{"param_groups": [{"lr": torch.tensor(0.5), "capturable": True}]}],
+        "lr_schedulers": [{"_last_lr": [torch.tensor(0.25)], "base_lrs": [0.5]}],
+    }
+    plain_lrs(checkpoint)
+    assert checkpoint["optimizer_states"][0]["param_groups"][0] == {"lr": 0.5, "capturable": False}
+    assert checkpoint["lr_schedulers"][0]["_last_lr"] == [0.25]
+
+
+@needs_cuda
+def test_the_graph_replays_the_eager_step_on_a_gpu(caplog):
+    """Captured and eager training of the same LSTM from the same start reach the same weights
+    (within float noise), including a short last micro-batch and a learning-rate change."""
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    x = torch.randn(70, 28, 28, device=device)
+    y = torch.randint(0, 10, (70,), device=device)
+
+    def make():
+        torch.manual_seed(1)
+        lstm = torch.nn.LSTM(28, 32, batch_first=True).to(device)
+        head = torch.nn.Linear(32, 10).to(device)
+        return lstm, head
+
+    def run(graphed: bool):
+        lstm, head = make()
+        params = [*lstm.parameters(), *head.parameters()]
+        optimizer = torch.optim.Adam(params, lr=1e-2)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+
+        def loss_fn(batch):
+            out, _ = lstm(batch[0])
+            logits = head(out[:, -1])
+            return torch.nn.functional.cross_entropy(logits, batch[1]), (
+                logits.argmax(-1) == batch[1]
+            ).sum()
+
+        step = CapturedStep(params, optimizer, loss_fn, micro_batch_size=16, clip_val=1.0)
+        if not graphed:
+            step.eager_reason = "reference"
+        for _ in range(3):
+            step.epoch_start()
+            step.train_batch((x, y))
+            scheduler.step()
+        torch.cuda.synchronize()
+        return params, step
+
+    with caplog.at_level(logging.INFO, logger="nnlab.tasks.captured"):
+        graphed, step = run(True)
+    assert step.graph is not None and "captured for micro-batches of 16" in caplog.text
+    eager, reference = run(False)
+    for a, b in zip(graphed, eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    assert step.epoch_metrics(True)["train/loss"].item() == pytest.approx(
+        reference.epoch_metrics(True)["train/loss"].item(), rel=1e-3
+    )
+
+
+def test_device_losses_are_checked_in_batches_naming_the_first_bad_step(monkeypatch):
+    """On a GPU the NaN check reads the losses every log_every_n_steps batches (no sync per
+    step) and still names the first bad step; a checkpoint save checks first."""
+    from nnlab.callbacks.resilience import NonFiniteLoss, NonFiniteLossError
+
+    monkeypatch.setattr(NonFiniteLoss, "_deferred", staticmethod(lambda loss: True))
+
+    class Trainer:
+        current_epoch, global_step, log_every_n_steps = 0, 0, 4
+
+    callback, trainer = NonFiniteLoss(), Trainer()
+    losses = [1.0, float("nan"), 2.0, float("inf")]
+    for i, value in enumerate(losses[:3]):
+        trainer.global_step = i + 1
+        callback.on_train_batch_end(trainer, None, {"loss": torch.tensor(value)}, None, i)
+    with pytest.raises(NonFiniteLossError, match=r"became nan at epoch 0, step 2 \(batch 1\)"):
+        callback.on_save_checkpoint(trainer, None, {})
+    trainer.global_step = 9
+    callback.on_train_batch_end(trainer, None, {"loss": torch.tensor(float("inf"))}, None, 8)
+    with pytest.raises(NonFiniteLossError, match="became inf at epoch 0, step 9"):
+        for i in range(3):  # the fourth pending loss triggers the read
+            callback.on_train_batch_end(trainer, None, {"loss": torch.tensor(1.0)}, None, 9 + i)

@@ -1,0 +1,88 @@
+"""The in-memory batcher (data/memory.py): every sample once per epoch, seeded orders that do not
+depend on other random draws, grouped batches for the CUDA-graph step, and resume positions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from nnlab.data.memory import MemoryBatcher, make_loader
+
+N, BATCH = 50, 8  # 6 full batches and one of 2
+
+
+def batcher(group: int = 1, shuffle: bool = True, seed: int = 3) -> MemoryBatcher:
+    x = torch.arange(N)
+    return MemoryBatcher([x, x * 10], BATCH, shuffle=shuffle, seed=seed, group=group)
+
+
+def epoch(b: MemoryBatcher) -> list[torch.Tensor]:
+    return [x for x, _ in b]
+
+
+@pytest.mark.parametrize("group", [1, 3, 7, 10])
+def test_every_sample_once_per_epoch(group):
+    b = batcher(group)
+    for _ in range(3):
+        batches = list(b)
+        seen = torch.cat([x for x, _ in batches])
+        assert sorted(seen.tolist()) == list(range(N))
+        assert all(torch.equal(y, x * 10) for x, y in batches)  # tensors stay aligned
+        assert len(batches) == len(b) == -(-7 // group)
+
+
+def test_groups_are_consecutive_batches_concatenated():
+    plain, grouped = batcher(1), batcher(3)
+    for _ in range(2):
+        single = epoch(plain)
+        expected = [torch.cat(single[i : i + 3]) for i in range(0, len(single), 3)]
+        assert [g.tolist() for g in epoch(grouped)] == [e.tolist() for e in expected]
+
+
+def test_orders_are_seeded_per_epoch_and_ignore_the_global_generator():
+    a, b = batcher(), batcher()
+    first = epoch(a)
+    torch.manual_seed(123)
+    torch.rand(1000)  # other random draws must not move the order
+    assert [x.tolist() for x in epoch(b)] == [x.tolist() for x in first]
+    assert epoch(a)[0].tolist() != first[0].tolist()  # the next epoch: another order
+    assert epoch(batcher(seed=4))[0].tolist() != first[0].tolist()
+    assert torch.cat(epoch(batcher(shuffle=False))).tolist() == list(range(N))
+
+
+@pytest.mark.parametrize("saved_group, resumed_group", [(1, 1), (3, 3), (3, 1), (1, 2)])
+def test_a_resumed_epoch_continues_with_the_same_samples(saved_group, resumed_group):
+    reference = torch.cat(epoch(batcher())).tolist()
+    b = batcher(saved_group)
+    it = iter(b)
+    consumed = [next(it)[0] for _ in range(2)]
+    state = b.state_dict()
+    assert state == {"epoch": 0, "position": min(2 * saved_group, 7)}
+    resumed = batcher(resumed_group)
+    resumed.load_state_dict(state)
+    rest = epoch(resumed)
+    assert torch.cat(consumed + rest).tolist() == reference
+    assert torch.cat(epoch(resumed)).tolist() != reference  # then the next epoch as usual
+
+
+def test_make_loader_groups_only_the_training_batches():
+    class Module:
+        train_group = 4
+
+    class Strategy:
+        root_device = torch.device("cpu")
+
+    class Trainer:
+        lightning_module, strategy = Module(), Strategy()
+        global_rank, world_size, current_epoch = 0, 1, 0
+
+    class Data:
+        trainer = Trainer()
+
+    x = torch.arange(N)
+    train = make_loader(Data(), [x], BATCH, shuffle=True, train=True)
+    val = make_loader(Data(), [x], BATCH, shuffle=False)
+    assert isinstance(train, MemoryBatcher) and train.group == 4 and len(train) == 2
+    assert val.group == 1 and len(val) == 7
+    assert isinstance(make_loader(Data(), [x], BATCH, True, in_memory=False), DataLoader)
