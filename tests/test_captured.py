@@ -1,9 +1,9 @@
-"""The CUDA-graph training step (tasks/captured.py).
+"""nnlab's fused loop and its CUDA-graph step (tasks/captured.py).
 
-On the CPU the captured step cannot be recorded, but everything around it can be checked: forcing
-it on runs the same manual loop (micro-batches split from grouped batches, Lightning's step
-counter, schedulers, clipping, epoch metrics, checkpoints) with eager steps, and must train
-exactly like Lightning's automatic loop. The capture itself is checked on a GPU when one exists.
+On the CPU the step cannot be captured, but everything around it is checked: the fused loop
+(`task.fused_loop=true`: micro-batches split from grouped batches, Lightning's step counter,
+schedulers, clipping, epoch metrics, checkpoints) runs with eager steps and must train exactly
+like Lightning's automatic loop. The capture itself is checked on a GPU when one exists.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ PLATEAU = {"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "_partial_"
         ({**ADAM, "_target_": "torch.optim.RMSprop"}, None, None),
         (SGD, None, None),
         (SGD, COSINE, "torch.optim.SGD cannot step inside a CUDA graph with a scheduler"),
-        (ADAM, PLATEAU, "ReduceLROnPlateau"),
         ({**ADAM, "_target_": "torch.optim.Adagrad"}, None, "torch.optim.Adagrad cannot"),
     ],
 )
@@ -55,7 +54,7 @@ def test_on_the_cpu_the_step_stays_eager_and_says_why(make_cfg, caplog):
     cfg = make_cfg("experiment=sine_mlp", "trainer.max_epochs=1", "task.cuda_graph=auto")
     with caplog.at_level(logging.INFO, logger="nnlab.tasks.base"):
         train(cfg)
-    assert "CUDA graph: off, eager steps (training runs on cpu" in caplog.text
+    assert "CUDA graph: off, Lightning's loop (training runs on cpu" in caplog.text
 
 
 def test_text_rnns_are_not_captured():
@@ -72,14 +71,12 @@ def test_text_rnns_are_not_captured():
     class Task:
         hparams = {"optimizer": ADAM, "scheduler": None, "compile": False}
 
-    assert "variable-length" in captured.blocker(Task(), Trainer(), Data())
+    assert "variable-length" in captured.graph_blocker(Task(), Trainer(), Data())
+    assert captured.loop_blocker(Task(), Trainer()) is None  # the fused loop runs them eagerly
+    Task.hparams = {**Task.hparams, "scheduler": PLATEAU}
+    assert "ReduceLROnPlateau" in captured.loop_blocker(Task(), Trainer())
     Trainer.world_size = 2
-    assert "DDP" in captured.blocker(Task(), Trainer(), Data())
-
-
-def _forced(monkeypatch):
-    """Pretend the graph can be used: the manual loop with eager steps on the CPU."""
-    monkeypatch.setattr(captured, "blocker", lambda *args: None)
+    assert "DDP" in captured.loop_blocker(Task(), Trainer())
 
 
 RECIPE = (
@@ -94,28 +91,26 @@ RECIPE = (
 )
 
 
-def test_the_captured_loop_trains_like_lightnings_own(make_cfg, data_dir, monkeypatch, tmp_path):
+def test_the_fused_loop_trains_like_lightnings_own(make_cfg, data_dir, monkeypatch):
     """Cosine schedule, clipping at norm 1, 2 epochs: grouped micro-batches and the manual loop
     give the same steps, learning rates, losses and test metrics as Lightning's automatic loop."""
     monkeypatch.setenv("NNLAB_DATA_DIR", str(data_dir))
     eager = train(make_cfg(*RECIPE))
-    _forced(monkeypatch)
     for group in (1, 3):
-        graphed = train(make_cfg(*RECIPE, "task.cuda_graph=true", f"task.graph_batches={group}"))
+        graphed = train(make_cfg(*RECIPE, "task.fused_loop=true", f"task.graph_batches={group}"))
         assert graphed["global_step"] == eager["global_step"]
         for key in ("test/acc", "test/loss", "val/loss"):
             assert graphed[key] == pytest.approx(eager[key], rel=1e-4, abs=1e-6), (group, key)
 
 
-def test_the_captured_loop_logs_epoch_metrics_and_saves_plain_checkpoints(
+def test_the_fused_loop_logs_epoch_metrics_and_saves_plain_checkpoints(
     make_cfg, data_dir, monkeypatch, caplog
 ):
     monkeypatch.setenv("NNLAB_DATA_DIR", str(data_dir))
-    _forced(monkeypatch)
-    cfg = make_cfg(*RECIPE[:-2], "task.cuda_graph=true", "task.graph_batches=4")
+    cfg = make_cfg(*RECIPE[:-2], "task.fused_loop=true", "task.graph_batches=4")
     with caplog.at_level(logging.INFO):
         metrics = train(cfg)
-    assert "CUDA graph: on, 4 micro-batches per Lightning batch" in caplog.text
+    assert "Fused loop: 4 micro-batches per Lightning batch" in caplog.text
     assert "step captured" not in caplog.text  # the CPU never records a graph
     assert metrics["global_step"] == 2 * 7  # optimizer steps: 2 epochs of 100 samples / 16
     checkpoint = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=False)
@@ -123,8 +118,11 @@ def test_the_captured_loop_logs_epoch_metrics_and_saves_plain_checkpoints(
     assert isinstance(group["lr"], float) and not group["capturable"]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    event_file = next(Path(cfg.paths.output_dir).rglob("events.out.tfevents.*"))
-    scalars = EventAccumulator(str(event_file)).Reload().Tags()["scalars"]
+    scalars = {
+        tag
+        for events in Path(cfg.paths.output_dir).rglob("events.out.tfevents.*")
+        for tag in EventAccumulator(str(events)).Reload().Tags()["scalars"]
+    }
     assert {"train/loss", "train/acc", "val/acc"} <= set(scalars)
 
 
@@ -254,3 +252,13 @@ def test_device_losses_are_checked_in_batches_naming_the_first_bad_step(monkeypa
     with pytest.raises(NonFiniteLossError, match="became inf at epoch 0, step 9"):
         for i in range(3):  # the fourth pending loss triggers the read
             callback.on_train_batch_end(trainer, None, {"loss": torch.tensor(1.0)}, None, 9 + i)
+
+
+def test_torch_compile_option_keeps_checkpoints_interchangeable(make_cfg, caplog):
+    cfg = make_cfg("experiment=sine_mlp", "trainer.max_epochs=2", "task.compile={backend:eager}")
+    with caplog.at_level(logging.INFO, logger="nnlab.tasks.base"):
+        metrics = train(cfg)
+    assert "torch.compile: on" in caplog.text
+    state = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=False)
+    assert not any("_orig_mod" in key for key in state["state_dict"])
+    assert metrics["test/mse"] < 1.0

@@ -182,7 +182,7 @@ def test_vocabulary_comes_from_the_training_split(mini_data):
 def test_multihot_view(mini_data):
     dm = module(mini_data, view="multihot")
     dm.setup()
-    x, y = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    x, y = imdb.as_inputs(next(iter(dm.train_dataloader())))
     assert x.shape == (8, 30) and x.dtype == torch.float32
     assert set(x.unique().tolist()) <= {0.0, 1.0} and (x[:, 0] == 0).all()  # pad never set
     assert set(y.tolist()) <= {0, 1}

@@ -113,6 +113,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "task.optimizer.lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "task.optimizer.weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "task.cuda_graph": (lambda v: v in (True, False, "auto"), "true, false or auto"),
+    "task.fused_loop": (lambda v: isinstance(v, bool), "true or false"),
     "task.graph_batches": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
     "task.compile": (
         lambda v: isinstance(v, bool | DictConfig | dict),

@@ -14,7 +14,7 @@ frequency; id 0 is padding (`PAD`) and id 1 every other word (`OOV`).
 Views (`view`):
 - `multihot`: batches `(x, y)`, x a float (batch, num_words) 0/1 vector of the ids present in
   the whole review (the Keras reference recipe); held as one bool matrix, batched in memory,
-  made float on the device (`on_after_batch_transfer`);
+  made float on the device by the task (`Task.forward`), one micro-batch at a time;
 - `sequence`: batches `(x, lengths, y)`, x the (batch, max_len) ids padded with 0 at the end,
   truncated to `max_len` (`truncating: pre` drops the review's start and keeps its last
   `max_len` tokens, Keras' default; `post` keeps its first ones); `lengths` the true lengths
@@ -277,7 +277,8 @@ def pad_sequences(
 
 
 def as_inputs(batch):
-    """Multi-hot rows become floats on the device, batch by batch (stored as bools)."""
+    """A batch with its multi-hot rows (stored as bools) as floats, for code that calls a bare
+    net; `Task.forward` does this itself."""
     if isinstance(batch, list | tuple) and batch and batch[0].dtype == torch.bool:
         return type(batch)([batch[0].float(), *batch[1:]])
     return batch
@@ -475,8 +476,6 @@ class IMDBDataModule(L.LightningDataModule):
             train=split == "train",
         )
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        return as_inputs(batch)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -39,6 +39,7 @@ class Task(L.LightningModule):
         scheduler_monitor: str = "val/loss",
         channels_last: bool = False,
         cuda_graph: bool | str = False,
+        fused_loop: bool = False,
         graph_batches: int = 8,
         compile: bool | Mapping[str, Any] = False,
     ):
@@ -53,6 +54,7 @@ class Task(L.LightningModule):
                 "scheduler_monitor": scheduler_monitor,
                 "channels_last": channels_last,
                 "cuda_graph": cuda_graph,
+                "fused_loop": fused_loop,
                 "graph_batches": graph_batches,
                 "compile": plain(compile),
             }
@@ -67,12 +69,15 @@ class Task(L.LightningModule):
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         # Set in setup() when the training step runs as a CUDA graph (see tasks/captured.py).
-        self.graphed = False
+        self.graphed = False  # nnlab's fused loop (manual optimization) is on
+        self.capture = False  # ... and its step is captured as a CUDA graph
         self.captured_step: captured.CapturedStep | None = None
         self.train_group = 1  # micro-batches per Lightning batch, read by the training loader
 
     def forward(self, x: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
         """The net's output; `extra` inputs (e.g. sequence lengths) are passed on to it."""
+        if x.dtype == torch.bool:  # multi-hot rows are stored as bools: floats only per batch
+            x = x.to(torch.get_default_dtype())
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x, *extra)
@@ -84,20 +89,37 @@ class Task(L.LightningModule):
             # nn.Module.compile keeps parameter names, so checkpoints stay interchangeable.
             self.net.compile(**(options if isinstance(options, Mapping) else {}))
             self._compiled = True
+            self.example_input_array = None  # TensorBoard's graph tracer cannot trace it
             log.info("torch.compile: on (%s)", options)
 
     def setup(self, stage: str) -> None:
-        if stage != "fit" or self.hparams.get("cuda_graph") is False:
+        wants_graph = self.hparams.get("cuda_graph", False) is not False
+        if stage != "fit" or not (wants_graph or self.hparams.get("fused_loop")):
             return
-        reason = captured.blocker(self, self.trainer, self.trainer.datamodule)
+        # An explicit `true` that cannot be honoured is a warning; `auto` just says so.
+        level = logging.WARNING if self.hparams.cuda_graph is True else logging.INFO
+        reason = captured.loop_blocker(self, self.trainer)
         if reason is not None:
-            level = logging.WARNING if self.hparams.cuda_graph is True else logging.INFO
-            log.log(level, "CUDA graph: off, eager steps (%s)", reason)
+            log.log(level, "Fused loop and CUDA graph: off, Lightning's loop (%s)", reason)
             return
-        # The captured step does backward and optimizer step itself: Lightning's manual mode.
+        self.capture = False
+        if wants_graph:
+            reason = captured.graph_blocker(self, self.trainer, self.trainer.datamodule)
+            self.capture = reason is None
+            if reason is not None:
+                fused = self.hparams.get("fused_loop")
+                after = "the fused loop's eager steps" if fused else "Lightning's loop"
+                log.log(level, "CUDA graph: off, %s (%s)", after, reason)
+                if not fused:
+                    return
+        # The fused step does backward and optimizer step itself: Lightning's manual mode.
         self.graphed, self.automatic_optimization = True, False
         self.train_group = int(self.hparams.graph_batches)
-        log.info("CUDA graph: on, %d micro-batches per Lightning batch", self.train_group)
+        log.info(
+            "Fused loop: %d micro-batches per Lightning batch%s",
+            self.train_group,
+            ", step captured as a CUDA graph" if self.capture else "",
+        )
 
     def training_step(self, batch, batch_idx):
         if not self.graphed:
@@ -142,6 +164,7 @@ class Task(L.LightningModule):
             clip_algorithm=str(trainer.gradient_clip_algorithm or "norm"),
             autocast_dtype=torch.bfloat16 if precision == "bf16-mixed" else None,
             on_step=after_step,
+            capture=self.capture,
         )
 
     def on_train_epoch_start(self) -> None:

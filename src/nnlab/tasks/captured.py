@@ -1,17 +1,16 @@
-"""The training step as one CUDA graph: forward, loss, backward, gradient clipping and the
-optimizer step recorded once and replayed for every batch of the same shape.
+"""nnlab's fused training loop, and its step as one CUDA graph.
 
-Small classic models spend most of an eager step launching kernels and in Python; a replay
-launches the whole step at once. It runs inside Lightning's loop (manual optimization), so
-checkpoints, logging, callbacks and validation work as usual, and each Lightning batch may carry
-several micro-batches (`task.graph_batches`) replayed back to back, so that Lightning's own
-per-batch overhead is paid once for all of them. Loss and accuracy are summed on the device and
-read only when the epoch is logged.
+Small classic models are bound by per-step overhead, not arithmetic. The fused loop runs inside
+Lightning's loop (manual optimization, so checkpoints, logging, callbacks and validation work as
+usual) but takes `task.graph_batches` optimizer steps per Lightning batch, one per micro-batch,
+so Lightning's own per-batch overhead is paid once for all of them; loss and accuracy are summed
+on the device and read only when the epoch is logged. On CUDA the step itself (forward, loss,
+backward, gradient clipping, optimizer step) is recorded once as a CUDA graph and replayed.
 
-Requirements (checked up front by `blocker`, else eager with one log line saying why): a CUDA
-device, one process, no fp16 loss scaling, no gradient accumulation, static shapes (not the
-packed sequences of the text RNNs), an optimizer that can step inside a graph. Anything else
-that refuses to be captured falls back to eager at the first batch, also with a log line.
+`task.cuda_graph` (auto/true) asks for the graph, `task.fused_loop` for the loop alone (any
+device). Each has conditions, checked up front (`loop_blocker`, `graph_blocker`); where one is
+not met the run says why in one log line and goes on without it. A capture that fails anyway
+falls back to eager steps at the first batch, also with a log line.
 """
 
 from __future__ import annotations
@@ -33,6 +32,20 @@ WARMUP_STEPS = 3  # eager steps on a side stream before capture: cuDNN/cuBLAS pi
 CAPTURABLE = "capturable"
 
 
+def loop_blocker(task, trainer) -> str | None:
+    """Why nnlab's fused loop (micro-batches, sums on the device) cannot run here (None: it can)."""
+    if trainer.world_size > 1:
+        return f"{trainer.world_size} processes (DDP) reduce gradients once per backward"
+    precision = str(trainer.precision)
+    if precision.startswith("16") or precision == "transformer-engine":
+        return f"precision {precision} scales the loss with host-side overflow checks"
+    if trainer.accumulate_grad_batches != 1:
+        return "trainer.accumulate_grad_batches > 1"
+    if str((task.hparams.get("scheduler") or {}).get("_target_", "")).endswith("ReduceLROnPlateau"):
+        return "ReduceLROnPlateau needs the monitored metric, which Lightning's loop provides"
+    return None
+
+
 def optimizer_blocker(optimizer_cfg: dict | None, scheduler_cfg: dict | None) -> str | None:
     """Why this optimizer/scheduler pair cannot step inside a graph (None: it can)."""
     target = (optimizer_cfg or {}).get("_target_", "torch.optim.Adam")
@@ -41,8 +54,6 @@ def optimizer_blocker(optimizer_cfg: dict | None, scheduler_cfg: dict | None) ->
     except Exception:  # noqa: BLE001 - the config check reports bad targets elsewhere
         return f"the optimizer {target} cannot be imported"
     scheduler = (scheduler_cfg or {}).get("_target_", "")
-    if scheduler.endswith("ReduceLROnPlateau"):
-        return "ReduceLROnPlateau needs the monitored metric on the host"
     if CAPTURABLE in inspect.signature(cls.__init__).parameters:
         return None
     if cls is torch.optim.SGD and not scheduler:
@@ -50,18 +61,11 @@ def optimizer_blocker(optimizer_cfg: dict | None, scheduler_cfg: dict | None) ->
     return f"{target} cannot step inside a CUDA graph with a scheduler (use Adam, AdamW, RMSprop)"
 
 
-def blocker(task, trainer, datamodule) -> str | None:
-    """Why the training step of `task` cannot be a CUDA graph here (None: it can)."""
+def graph_blocker(task, trainer, datamodule) -> str | None:
+    """Why the fused loop's step cannot be captured as a CUDA graph here (None: it can)."""
     device = trainer.strategy.root_device
     if device.type != "cuda":
         return f"training runs on {device.type}, CUDA graphs need a CUDA device"
-    if trainer.world_size > 1:
-        return f"{trainer.world_size} processes (DDP): gradients are reduced between them"
-    precision = str(trainer.precision)
-    if precision.startswith("16") or precision == "transformer-engine":
-        return f"precision {precision} scales the loss with host-side overflow checks"
-    if trainer.accumulate_grad_batches != 1:
-        return "trainer.accumulate_grad_batches > 1"
     if task.hparams.get("compile"):
         return "task.compile is on (torch.compile does its own graph capture)"
     example = datamodule.example_input(2) if hasattr(datamodule, "example_input") else None
@@ -89,6 +93,7 @@ class CapturedStep:
         clip_algorithm: str = "norm",
         autocast_dtype: torch.dtype | None = None,
         on_step: Callable[[], None] = lambda: None,
+        capture: bool = True,
     ):
         self.params = [p for p in params if p.requires_grad]
         self.optimizer, self.loss_fn, self.on_step = optimizer, loss_fn, on_step
@@ -104,11 +109,11 @@ class CapturedStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: list[torch.Tensor] = []
         self.warmup_left = WARMUP_STEPS
-        self.eager_reason: str | None = None  # set when capture failed: eager from then on
-        if self.device.type == "cuda":
+        self.eager_reason: str | None = None  # why steps are eager (set when capture fails too)
+        if capture and self.device.type == "cuda":
             self._make_capturable()
-        else:  # the same loop, eager: how the CPU tests check everything but the capture itself
-            self.eager_reason = f"parameters on {self.device.type}"
+        else:
+            self.eager_reason = "not captured"
 
     # -- the optimizer inside a graph -------------------------------------------------------------
     def _make_capturable(self) -> None:
@@ -153,7 +158,7 @@ class CapturedStep:
                 torch.nn.utils.clip_grad_norm_(self.params, self.clip_val, foreach=True)
         self.optimizer.step()
         n = batch[0].shape[0]
-        self.loss_sum.add_(loss.detach().float() * n)
+        self.loss_sum.add_(loss.detach().float(), alpha=n)
         if correct is not None:
             self.correct.add_(correct)
             self.correct_counted = True

@@ -56,7 +56,13 @@ class ClassificationTask(Task):
                 "f1": MulticlassF1Score(num_classes, average="macro"),
             }
             confusion_classes = num_classes
-        self.train_acc = metrics["acc"].clone()
+        # No argument checks in the training metric: they read values on the host (a GPU sync
+        # every step); the data were checked before training.
+        self.train_acc = (
+            BinaryAccuracy(validate_args=False)
+            if binary
+            else MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        )
         self.val_metrics = MetricCollection(metrics).clone(prefix="val/")
         self.test_metrics = MetricCollection(metrics).clone(prefix="test/")
         self.test_confusion = MulticlassConfusionMatrix(confusion_classes)

@@ -1,0 +1,324 @@
+"""nnlab against a hand-written PyTorch loop, same model, data, optimizer and epochs, in one run.
+
+    python scripts/bench.py mnist_lstm sine_mlp --epochs 2 --json bench.json
+    python scripts/bench.py all --device cuda --set task.cuda_graph=auto
+
+For each configuration both train for `--epochs` epochs; printed (a Markdown table) and saved
+(JSON): seconds per training epoch (validation excluded; the first epoch too when there are
+several: warm-up, cuDNN autotuning, graph capture), samples per second, nnlab / hand-loop time
+ratio, and the final test metric of each. The hand loop is what a careful user writes: the whole
+data set as tensors on the device, a fresh `randperm` each epoch, forward / loss / backward /
+clip / step, the scheduler once per epoch (`--baseline dataloader`: a shuffling DataLoader over a
+TensorDataset instead). Real data sets come from NNLAB_DATA_DIR (or --data-dir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from nnlab import CONF_DIR
+from nnlab.data.imdb import as_inputs
+from nnlab.runs import register_resolvers
+from nnlab.train import train
+
+# name -> (experiment preset, overrides): the configurations the performance issue names.
+CONFIGS: dict[str, tuple[str, list[str]]] = {
+    "mnist_rnn": ("mnist_rnn", []),  # the reference recipe: SimpleRNN(64), batch 8
+    "mnist_lstm": ("mnist_lstm", ["data.batch_size=128"]),
+    "imdb_mlp": ("imdb_mlp", []),
+    "sine_mlp": ("sine_mlp", []),
+    "alexnet_bf16": ("fashion_mnist_alexnet", ["trainer.precision=bf16-mixed"]),
+}
+
+
+def compose_run(experiment: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """The config nnlab-train builds for `experiment=... overrides`, writing under output_dir."""
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "train", overrides=[f"experiment={experiment}", *overrides], return_hydra_config=True
+        )
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+class EpochTimer(L.Callback):
+    """Seconds from each training epoch's start to its validation (or end): training only."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start: float | None = None
+
+    def _now(self) -> float:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = self._now()
+
+    def _stop(self) -> None:
+        if self._start is not None:
+            self.times.append(self._now() - self._start)
+            self._start = None
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._stop()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._stop()
+
+
+def steady(times: list[float]) -> float:
+    """Mean epoch time, leaving out the first epoch when there are more."""
+    kept = times[1:] if len(times) > 1 else times
+    return sum(kept) / len(kept)
+
+
+def run_nnlab(cfg: DictConfig) -> dict:
+    import nnlab.train as nnlab_train
+
+    timer = EpochTimer()
+    original = nnlab_train.build_all
+
+    def with_timer(group_cfg, key):  # the run's own callbacks, plus the timer
+        built = original(group_cfg, key)
+        return [*built, timer] if key == "callbacks" else built
+
+    nnlab_train.build_all = with_timer
+    try:
+        metrics = train(cfg)
+    finally:
+        nnlab_train.build_all = original
+    return {"epoch_times": timer.times, "metrics": metrics}
+
+
+def loss_and_metric(cfg: DictConfig):
+    """The task's loss, and its test metric as (name, fn(outputs, targets) -> summed value)."""
+    if "Regression" in cfg.task._target_:
+        return F.mse_loss, ("test/mse", lambda out, y: F.mse_loss(out, y, reduction="sum"))
+    if cfg.task.get("binary"):
+        return (
+            lambda out, y: F.binary_cross_entropy_with_logits(out.squeeze(-1), y.float()),
+            ("test/acc", lambda out, y: ((out.squeeze(-1) > 0).long() == y).sum()),
+        )
+    return F.cross_entropy, ("test/acc", lambda out, y: (out.argmax(-1) == y).sum())
+
+
+def run_hand_loop(cfg: DictConfig, device: torch.device, baseline: str) -> dict:
+    """The plain PyTorch loop a user would write for the same configuration."""
+    L.seed_everything(cfg.seed, workers=True)
+    dm = instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.setup("test")
+    net = instantiate(cfg.model).to(device)
+    channels_last = bool(cfg.task.get("channels_last"))
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = instantiate(cfg.task.optimizer)(params=net.parameters())
+    scheduler = instantiate(cfg.task.scheduler)(optimizer=optimizer) if cfg.task.scheduler else None
+    loss_fn, (metric_name, metric_fn) = loss_and_metric(cfg)
+    clip = cfg.trainer.get("gradient_clip_val")
+    bf16 = str(cfg.trainer.precision).startswith("bf16")
+    batch_size, shuffle = int(cfg.data.batch_size), bool(cfg.data.get("shuffle", True))
+
+    train_tensors = [t.to(device) for t in dm.datasets["train"].tensors]
+    test_tensors = [t.to(device) for t in dm.datasets["test"].tensors]
+    n = len(train_tensors[0])
+
+    def batches():
+        if baseline == "dataloader":
+            loader = torch.utils.data.DataLoader(
+                torch.utils.data.TensorDataset(*dm.datasets["train"].tensors),
+                batch_size=batch_size,
+                shuffle=shuffle,
+            )
+            for batch in loader:
+                yield [t.to(device, non_blocking=True) for t in batch]
+            return
+        order = torch.randperm(n, device=device) if shuffle else torch.arange(n, device=device)
+        for i in range(0, n, batch_size):
+            idx = order[i : i + batch_size]
+            yield [t[idx] for t in train_tensors]
+
+    def forward(x):
+        x = as_inputs([x])[0]
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return net(x)
+
+    times = []
+    for _ in range(int(cfg.trainer.max_epochs)):
+        net.train()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for x, y in batches():
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(forward(x).float(), y)
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+            optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        if scheduler is not None:
+            scheduler.step()
+    net.eval()
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(test_tensors[0]), batch_size):
+            x, y = (t[i : i + batch_size] for t in test_tensors)
+            total += float(metric_fn(forward(x).float(), y))
+    metrics = {metric_name: total / len(test_tensors[0])}
+    return {"epoch_times": times, "metrics": metrics, "samples": n}
+
+
+def bench(name: str, args, device: torch.device) -> dict:
+    experiment, overrides = CONFIGS[name]
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
+    overrides = [
+        *overrides,
+        f"trainer.max_epochs={args.epochs}",
+        f"trainer.accelerator={accelerator}",
+        "logger=none",
+        *args.set,
+    ]
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    try:
+        cfg = compose_run(experiment, overrides, workdir)
+        OmegaConf.resolve(cfg)
+        hand = run_hand_loop(cfg, device, args.baseline)
+        ours = run_nnlab(compose_run(experiment, overrides, workdir / "nnlab"))
+    finally:
+        GlobalHydra.instance().clear()
+        shutil.rmtree(workdir, ignore_errors=True)
+    samples = hand["samples"]
+    metric = next(iter(hand["metrics"]))
+    result = {"config": name, "experiment": experiment, "overrides": overrides, "metric": metric}
+    for side, run in (("nnlab", ours), ("hand", hand)):
+        epoch = steady(run["epoch_times"])
+        value = run["metrics"].get(metric)
+        result[side] = {
+            "epoch_s": epoch,
+            "samples_per_s": samples / epoch,
+            metric: None if value is None else float(value),
+            "epoch_times": run["epoch_times"],
+        }
+    result["ratio"] = result["nnlab"]["epoch_s"] / result["hand"]["epoch_s"]
+    return result
+
+
+def environment(device: torch.device) -> dict:
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| config | metric | nnlab s/epoch | hand s/epoch | nnlab / hand | nnlab samples/s "
+        "| hand samples/s | nnlab metric | hand metric |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        a, b, m = r["nnlab"], r["hand"], r["metric"]
+
+        def fmt(v):
+            return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+        lines.append(
+            f"| {r['config']} | {m} | {a['epoch_s']:.3f} | {b['epoch_s']:.3f} | "
+            f"{r['ratio']:.2f} | {a['samples_per_s']:,.0f} | {b['samples_per_s']:,.0f} | "
+            f"{fmt(a[m])} | {fmt(b[m])} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("configs", nargs="+", help=f"'all' or some of: {', '.join(CONFIGS)}")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs each side trains (2)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--baseline", default="tensors", choices=["tensors", "dataloader"])
+    parser.add_argument("--data-dir", help="real data sets (default: $NNLAB_DATA_DIR)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="nnlab override"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+
+    names = list(CONFIGS) if args.configs == ["all"] else args.configs
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown configuration {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
+    if args.epochs < 1:
+        parser.error("--epochs must be >= 1")
+    if args.data_dir:
+        os.environ["NNLAB_DATA_DIR"] = str(Path(args.data_dir).resolve())
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = torch.cuda.is_available()
+    if args.device == "cuda" and not cuda:
+        parser.error("--device cuda: no CUDA device here")
+    device = torch.device(
+        "cuda" if args.device == "cuda" or (args.device == "auto" and cuda) else "cpu"
+    )
+
+    results = []
+    for name in names:
+        if name == "alexnet_bf16" and device.type != "cuda":
+            print(
+                f"skipping {name}: AlexNet at 227x227 in bf16 is a GPU benchmark", file=sys.stderr
+            )
+            continue
+        print(f"== {name}", file=sys.stderr, flush=True)
+        results.append(bench(name, args, device))
+    report = {"environment": environment(device), "epochs": args.epochs, "results": results}
+    print(table(results))
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

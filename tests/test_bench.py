@@ -1,0 +1,47 @@
+"""scripts/bench.py: nnlab and the hand-written loop on the same configuration, in one run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
+
+
+def run_bench(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(BENCH), *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+        env={**__import__("os").environ, "NNLAB_OUTPUT_DIR": str(tmp_path / "outputs")},
+    )
+
+
+@pytest.mark.parametrize(
+    "extra", [[], ["--set", "task.fused_loop=true", "--baseline", "dataloader"]]
+)
+def test_bench_compares_both_loops_on_the_same_model(tmp_path, extra):
+    out = tmp_path / "bench.json"
+    proc = run_bench(tmp_path, "sine_mlp", "--epochs", "2", "--json", str(out), *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["environment"]["torch"] and report["epochs"] == 2
+    (result,) = report["results"]
+    assert result["config"] == "sine_mlp" and result["metric"] == "test/mse"
+    for side in ("nnlab", "hand"):
+        assert len(result[side]["epoch_times"]) == 2 and result[side]["samples_per_s"] > 0
+        assert 0 < result[side]["test/mse"] < 2.0
+    assert result["ratio"] == pytest.approx(result["nnlab"]["epoch_s"] / result["hand"]["epoch_s"])
+    assert "| sine_mlp | test/mse |" in proc.stdout  # the table
+    assert not list(tmp_path.glob("outputs/runs/*"))  # benchmark runs leave no run directories
+
+
+def test_bench_names_an_unknown_configuration(tmp_path):
+    proc = run_bench(tmp_path, "mnist_transformer")
+    assert proc.returncode == 2 and "unknown configuration 'mnist_transformer'" in proc.stderr
