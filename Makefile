@@ -9,7 +9,7 @@ EXTRAS ?= dev,onnx,sweep,slurm
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train test test-fast lint format tensorboard clean
+.PHONY: install train test test-fast bench lint format tensorboard clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: $(STAMP)
 ## The suite without the tests that train to a metric bound.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+## nnlab against a hand-written loop (scripts/bench.py); e.g. ARGS="mnist_lstm --epochs 3".
+bench: $(STAMP)
+	$(BIN)/python scripts/bench.py $(or $(ARGS),all)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts

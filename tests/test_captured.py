@@ -91,13 +91,25 @@ RECIPE = (
 )
 
 
-def test_the_fused_loop_trains_like_lightnings_own(make_cfg, data_dir, monkeypatch):
-    """Cosine schedule, clipping at norm 1, 2 epochs: grouped micro-batches and the manual loop
-    give the same steps, learning rates, losses and test metrics as Lightning's automatic loop."""
+@pytest.mark.parametrize(
+    "clipping, groups",
+    [
+        ((), (1, 3)),
+        (("+trainer.gradient_clip_algorithm=value", "trainer.gradient_clip_val=0.01"), (2,)),
+    ],
+)
+def test_the_fused_loop_trains_like_lightnings_own(
+    make_cfg, data_dir, monkeypatch, clipping, groups
+):
+    """Cosine schedule, clipping (norm 1, or values at 0.01), 2 epochs: grouped micro-batches
+    and the manual loop give the same steps, learning rates, losses and test metrics as
+    Lightning's automatic loop."""
     monkeypatch.setenv("NNLAB_DATA_DIR", str(data_dir))
-    eager = train(make_cfg(*RECIPE))
-    for group in (1, 3):
-        graphed = train(make_cfg(*RECIPE, "task.fused_loop=true", f"task.graph_batches={group}"))
+    eager = train(make_cfg(*RECIPE, *clipping))
+    for group in groups:
+        graphed = train(
+            make_cfg(*RECIPE, *clipping, "task.fused_loop=true", f"task.graph_batches={group}")
+        )
         assert graphed["global_step"] == eager["global_step"]
         for key in ("test/acc", "test/loss", "val/loss"):
             assert graphed[key] == pytest.approx(eager[key], rel=1e-4, abs=1e-6), (group, key)
@@ -262,3 +274,24 @@ def test_torch_compile_option_keeps_checkpoints_interchangeable(make_cfg, caplog
     state = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=False)
     assert not any("_orig_mod" in key for key in state["state_dict"])
     assert metrics["test/mse"] < 1.0
+
+
+def test_a_fused_run_resumed_from_a_checkpoint_ends_where_an_unbroken_one_does(make_cfg):
+    """Optimizer state, step counter and batch order come back: epoch 2 trained after a restart
+    from the epoch-1 checkpoint gives the same weights as the run that never stopped."""
+    recipe = (
+        "experiment=sine_mlp",
+        "trainer.max_epochs=2",
+        "task.fused_loop=true",
+        "task.graph_batches=3",
+        "data.shuffle=true",
+        "callbacks.model_checkpoint.save_top_k=-1",
+        "data.shuffle_seed=7",
+        "data.seed=5",
+    )
+    whole = train(make_cfg(*recipe))
+    first = sorted(Path(whole["best_checkpoint"]).parent.glob("epoch000-*.ckpt"))[0]
+    # Another seed: only what the checkpoint restores can make the two runs agree.
+    resumed = train(make_cfg(*recipe, "seed=99", f"ckpt_path={first}"))
+    assert resumed["global_step"] == whole["global_step"]
+    assert resumed["test/mse"] == pytest.approx(whole["test/mse"], rel=1e-6)

@@ -476,7 +476,6 @@ class IMDBDataModule(L.LightningDataModule):
             train=split == "train",
         )
 
-
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 

@@ -138,15 +138,7 @@ class Task(L.LightningModule):
     def _build_captured_step(self) -> captured.CapturedStep:
         trainer = self.trainer
         lightning_optimizer = self.optimizers()
-        schedulers = self.lr_schedulers()
-        schedulers = (
-            []
-            if schedulers is None
-            else list(schedulers)
-            if isinstance(schedulers, list)
-            else [schedulers]
-        )
-        per_step = [s for s in schedulers if self.hparams.scheduler_interval == "step"]
+        per_step = self._schedulers() if self.hparams.scheduler_interval == "step" else []
 
         def after_step() -> None:  # what Lightning does around an optimizer step it runs itself
             lightning_optimizer._on_before_step()
@@ -161,7 +153,7 @@ class Task(L.LightningModule):
             self.train_loss,
             micro_batch_size=trainer.datamodule.batch_size,
             clip_val=trainer.gradient_clip_val,
-            clip_algorithm=str(trainer.gradient_clip_algorithm or "norm"),
+            clip_algorithm=getattr(trainer.gradient_clip_algorithm, "value", None) or "norm",
             autocast_dtype=torch.bfloat16 if precision == "bf16-mixed" else None,
             on_step=after_step,
             capture=self.capture,
@@ -177,10 +169,14 @@ class Task(L.LightningModule):
         with_accuracy = self.captured_step.correct_counted
         self.log_dict(self.captured_step.epoch_metrics(with_accuracy), prog_bar=False)
         if self.hparams.scheduler_interval != "step":
-            schedulers = self.lr_schedulers()
-            for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
-                if scheduler is not None:
-                    scheduler.step()
+            for scheduler in self._schedulers():
+                scheduler.step()
+
+    def _schedulers(self) -> list:
+        schedulers = self.lr_schedulers()
+        if schedulers is None:
+            return []
+        return list(schedulers) if isinstance(schedulers, list) else [schedulers]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.graphed:
