@@ -295,3 +295,21 @@ def test_a_fused_run_resumed_from_a_checkpoint_ends_where_an_unbroken_one_does(m
     resumed = train(make_cfg(*recipe, "seed=99", f"ckpt_path={first}"))
     assert resumed["global_step"] == whole["global_step"]
     assert resumed["test/mse"] == pytest.approx(whole["test/mse"], rel=1e-6)
+
+
+def test_periodic_checkpoints_keep_coming_when_batches_carry_several_steps(make_cfg):
+    """11 micro-batches per epoch, 2 per Lightning batch: from the second epoch on the step count
+    is odd and never lands on a multiple of 4; the checkpoint still comes once it passes one."""
+    metrics = train(
+        make_cfg(
+            "experiment=sine_mlp",
+            "trainer.max_epochs=2",
+            "data.batch_size=64",
+            "task.fused_loop=true",
+            "task.graph_batches=2",
+            "callbacks.periodic_checkpoint.every_n_train_steps=4",
+        )
+    )
+    assert metrics["global_step"] == 22
+    periodic = Path(metrics["best_checkpoint"]).parent / "periodic"
+    assert [p.name for p in periodic.glob("*.ckpt")] == ["step000021.ckpt"]  # passed 20

@@ -56,12 +56,16 @@ def wait_for_checkpoints(
 
 
 @pytest.mark.slow
-def test_killed_runs_resume_to_bitwise_equal_metrics(tmp_path):
-    reference = run_cli(*RUN, outputs=tmp_path / "reference", cwd=tmp_path).metrics()
+@pytest.mark.parametrize(
+    "loop", [[], ["task.fused_loop=true", "task.graph_batches=3"]], ids=["lightning", "fused"]
+)
+def test_killed_runs_resume_to_bitwise_equal_metrics(tmp_path, loop):
+    run_args = [*RUN, *loop]
+    reference = run_cli(*run_args, outputs=tmp_path / "reference", cwd=tmp_path).metrics()
 
     outputs = tmp_path / "killed"
     rng = random.Random(2026)  # the kill moments are random, but the same in every test run
-    proc = start(outputs, tmp_path, *RUN)
+    proc = start(outputs, tmp_path, *run_args)
     kills = 0
     while True:
         runs = list(outputs.glob("runs/*/*"))

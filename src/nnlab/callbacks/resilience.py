@@ -13,6 +13,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from nnlab.errors import UserError
@@ -91,6 +92,22 @@ class Preemption(L.Callback):
         trainer.should_stop = True
         if not trainer.received_sigterm:  # Lightning stops by itself on SIGTERM only
             raise SIGTERMException(f"preempted by {self.requested}")
+
+
+class PeriodicCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint every `every_n_train_steps` optimizer steps, also when one
+    batch takes several steps (nnlab's fused loop): it saves whenever the step count passes a
+    multiple of N, where Lightning's waits for the count to land on one exactly."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        every = self._every_n_train_steps
+        if every < 1 or self._should_skip_saving_checkpoint(trainer):
+            return
+        if trainer.global_step // every <= self._last_global_step_saved // every:
+            return
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
 
 
 class NonFiniteLoss(L.Callback):
