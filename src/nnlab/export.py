@@ -63,7 +63,8 @@ def model_inputs(batch) -> tuple[torch.Tensor, ...]:
         batch = tuple(batch[:-1]) if len(batch) > 1 else tuple(batch)
     else:
         batch = (batch,)
-    return tuple(t.float() if t.is_floating_point() else t for t in batch)
+    # Floats stay float32; multi-hot rows (stored as bools) become floats, as Task.forward does.
+    return tuple(t.float() if t.is_floating_point() or t.dtype == torch.bool else t for t in batch)
 
 
 EXPORTERS = {
