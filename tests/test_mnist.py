@@ -242,6 +242,7 @@ def test_the_reference_recipe_is_the_preset(make_cfg):
     assert cfg.model.num_layers == 1 and not cfg.model.bidirectional
     assert cfg.task.optimizer.lr == 1e-3 and cfg.trainer.max_epochs == 10
     assert cfg.trainer.accelerator == "auto"
+    assert cfg.trainer.gradient_clip_val == 1.0  # nnlab's one addition (README results table)
 
 
 def test_missing_data_ends_with_one_line_and_status_2(cli, tmp_path):
