@@ -54,6 +54,10 @@ def test_two_trial_sweep_on_slurm(tmp_path):
     for trial in ("0", "1"):
         status = read_status(sweep / trial)
         assert status["status"] == "completed"
+        for _ in range(60):  # the accounting daemon records the job's end a little later
+            if sacct_state(status["slurm_job_id"]) != "RUNNING":
+                break
+            time.sleep(1)
         assert sacct_state(status["slurm_job_id"]) == "COMPLETED"
         metrics = json.loads((sweep / trial / "metrics.json").read_text())
         assert metrics["epochs"] == 2 and metrics["val/mse"] > 0
