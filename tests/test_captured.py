@@ -178,7 +178,7 @@ def test_the_micro_batch_loop_matches_plain_steps():
         optimizer.step()
     for a, b in zip(net.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(a, b)
-    metrics = step.epoch_metrics(with_accuracy=True)
+    metrics = step.epoch_metrics()
     assert metrics["train/loss"].item() == pytest.approx(sum(losses) / 10, rel=1e-6)
     assert metrics["train/acc"].item() == pytest.approx(correct / 10)
 
@@ -237,8 +237,8 @@ def test_the_graph_replays_the_eager_step_on_a_gpu(caplog):
     eager, reference = run(False)
     for a, b in zip(graphed, eager, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
-    assert step.epoch_metrics(True)["train/loss"].item() == pytest.approx(
-        reference.epoch_metrics(True)["train/loss"].item(), rel=1e-3
+    assert step.epoch_metrics()["train/loss"].item() == pytest.approx(
+        reference.epoch_metrics()["train/loss"].item(), rel=1e-3
     )
 
 

@@ -11,8 +11,6 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import default_collate
 
-from nnlab.data.imdb import as_inputs
-
 
 class ReviewSamples(L.Callback):
     """At fit start: `<dirpath>/vocab.json` (the data module's `save_vocab`). After testing:
@@ -70,7 +68,7 @@ class ReviewSamples(L.Callback):
         was_training = pl_module.training
         pl_module.eval()
         with torch.no_grad():
-            inputs = [t.to(pl_module.device) for t in as_inputs(batch)[:-1]]
+            inputs = [t.to(pl_module.device) for t in batch[:-1]]  # Task.forward floats bools
             probs = pl_module.scores(pl_module(*inputs)).float().cpu()
         pl_module.train(was_training)
         rows = []

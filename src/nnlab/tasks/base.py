@@ -68,8 +68,8 @@ class Task(L.LightningModule):
         self.channels_last = channels_last
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
-        # Set in setup() when the training step runs as a CUDA graph (see tasks/captured.py).
-        self.graphed = False  # nnlab's fused loop (manual optimization) is on
+        # Set in setup() (see tasks/captured.py).
+        self.fused = False  # nnlab's fused loop (manual optimization) is on
         self.capture = False  # ... and its step is captured as a CUDA graph
         self.captured_step: captured.CapturedStep | None = None
         self.train_group = 1  # micro-batches per Lightning batch, read by the training loader
@@ -113,7 +113,7 @@ class Task(L.LightningModule):
                 if not fused:
                     return
         # The fused step does backward and optimizer step itself: Lightning's manual mode.
-        self.graphed, self.automatic_optimization = True, False
+        self.fused, self.automatic_optimization = True, False
         self.train_group = int(self.hparams.graph_batches)
         log.info(
             "Fused loop: %d micro-batches per Lightning batch%s",
@@ -122,7 +122,7 @@ class Task(L.LightningModule):
         )
 
     def training_step(self, batch, batch_idx):
-        if not self.graphed:
+        if not self.fused:
             return self.eager_training_step(batch, batch_idx)
         if self.captured_step is None:  # built here: the optimizer exists and is restored now
             self.captured_step = self._build_captured_step()
@@ -164,10 +164,9 @@ class Task(L.LightningModule):
             self.captured_step.epoch_start()
 
     def on_train_epoch_end(self) -> None:
-        if not self.graphed or self.captured_step is None:
+        if not self.fused or self.captured_step is None:
             return
-        with_accuracy = self.captured_step.correct_counted
-        self.log_dict(self.captured_step.epoch_metrics(with_accuracy), prog_bar=False)
+        self.log_dict(self.captured_step.epoch_metrics(), prog_bar=False)
         if self.hparams.scheduler_interval != "step":
             for scheduler in self._schedulers():
                 scheduler.step()
@@ -179,7 +178,7 @@ class Task(L.LightningModule):
         return list(schedulers) if isinstance(schedulers, list) else [schedulers]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.graphed:
+        if self.fused:
             captured.plain_lrs(checkpoint)
 
     def configure_optimizers(self):
@@ -198,7 +197,7 @@ class Task(L.LightningModule):
                 "scheduler": scheduler,
                 "interval": self.hparams.scheduler_interval,
                 # The captured step steps its schedulers itself (never ReduceLROnPlateau).
-                **({} if self.graphed else {"monitor": self.hparams.scheduler_monitor}),
+                **({} if self.fused else {"monitor": self.hparams.scheduler_monitor}),
             },
         }
 

@@ -27,8 +27,8 @@ from hydra.utils import get_class
 log = logging.getLogger(__name__)
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture: cuDNN/cuBLAS pick and allocate
-# Optimizers whose step reads no host values when `capturable=True` (torch.optim): the learning
-# rate then lives in a device tensor that schedulers update in place.
+# The torch.optim option that makes a step read no host values (Adam, AdamW, RMSprop, ...): the
+# learning rate then lives in a device tensor that schedulers update in place.
 CAPTURABLE = "capturable"
 
 
@@ -215,10 +215,10 @@ class CapturedStep:
             loss = self.train_micro_batch(micro)
         return loss
 
-    def epoch_metrics(self, with_accuracy: bool) -> dict[str, torch.Tensor]:
+    def epoch_metrics(self) -> dict[str, torch.Tensor]:
         n = max(self.samples, 1)
         metrics = {"train/loss": self.loss_sum / n}
-        if with_accuracy:
+        if self.correct_counted:  # a classification loss_fn counts correct predictions
             metrics["train/acc"] = self.correct.float() / n
         return metrics
 
