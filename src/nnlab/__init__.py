@@ -4,9 +4,9 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-# The Hydra configs live beside src/ (the repository's conf/), so that conf/ and src/nnlab/
-# mirror each other; NNLAB_CONF_DIR points elsewhere for a non-editable install.
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+# The Hydra configs ship inside the package (the repository's top-level conf/ is a link to it), so
+# an installed wheel finds them from any working directory.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 # Config interpolations the data configs use (`${nnlab.mnist_shape:...}`): registered on import
 # so that they resolve wherever a config is composed (nnlab-train, tests, notebooks).
