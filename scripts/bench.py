@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nnlab import CONF_DIR
 from nnlab.data.imdb import as_inputs
-from nnlab.runs import register_resolvers
+from nnlab.resolvers import register_resolvers
 from nnlab.train import train
 
 # name -> (experiment preset, overrides): the configurations the performance issue names.

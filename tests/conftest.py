@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from nnlab import CONF_DIR
-from nnlab.runs import register_resolvers
+from nnlab.resolvers import register_resolvers
 
 register_resolvers()
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))

@@ -15,6 +15,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
+from nnlab.runs import Run
 from nnlab.tasks import captured
 from nnlab.tasks.captured import CapturedStep, optimizer_blocker, plain_lrs
 from nnlab.train import train as train_run
@@ -24,7 +25,7 @@ def train(cfg):
     """nnlab's train() in this process, as hydra_main calls it (the config without `hydra`)."""
     with open_dict(cfg):
         del cfg["hydra"]
-    return train_run(cfg)
+    return train_run(cfg, Run(cfg.paths.output_dir))
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -285,7 +286,7 @@ def test_a_fused_run_resumed_from_a_checkpoint_ends_where_an_unbroken_one_does(m
         "task.fused_loop=true",
         "task.graph_batches=3",
         "data.shuffle=true",
-        "callbacks.model_checkpoint.save_top_k=-1",
+        "checkpoint.save_top_k=-1",
         "data.shuffle_seed=7",
         "data.seed=5",
     )
@@ -307,7 +308,7 @@ def test_periodic_checkpoints_keep_coming_when_batches_carry_several_steps(make_
             "data.batch_size=64",
             "task.fused_loop=true",
             "task.graph_batches=2",
-            "callbacks.periodic_checkpoint.every_n_train_steps=4",
+            "checkpoint.every_n_train_steps=4",
         )
     )
     assert metrics["global_step"] == 22

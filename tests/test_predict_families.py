@@ -47,7 +47,7 @@ def runs(tmp_path_factory):
 
 def predict(monkeypatch, root, *args):
     monkeypatch.setenv("NNLAB_DATA_DIR", str(root / "data"))
-    out = nnlab.predict.main(list(args))
+    out = nnlab.predict.main.call(list(args))
     with open(out / "predictions.csv", newline="") as f:
         return list(csv.DictReader(f))
 

@@ -15,7 +15,8 @@ import pytest
 import torch
 from conftest import run_cli
 
-from nnlab.runs import PREEMPTED_EXIT_CODE, AtomicCheckpointIO, Run, read_status
+from nnlab.checkpoint_io import AtomicCheckpointIO
+from nnlab.runs import PREEMPTED_EXIT_CODE, Run, read_status
 
 # Shuffled batches, dropout (random numbers), several epochs, a periodic checkpoint every 7 steps.
 RUN = [
@@ -26,7 +27,7 @@ RUN = [
     "data.shuffle=true",
     "model.dropout=0.2",
     "model.hidden_sizes=[64,64]",
-    "callbacks.periodic_checkpoint.every_n_train_steps=7",
+    "checkpoint.every_n_train_steps=7",
     "logger=csv",
 ]
 KEYS = ("val/mse", "val/mae", "test/mse", "test/mae", "best_epoch", "global_step", "epochs")
@@ -102,7 +103,7 @@ def test_sigterm_saves_a_checkpoint_and_marks_the_run_preempted(tmp_path):
     args = [
         *RUN,
         "trainer.max_epochs=1000",
-        "callbacks.periodic_checkpoint.every_n_train_steps=100000",
+        "checkpoint.every_n_train_steps=100000",
     ]
     proc = start(outputs, tmp_path, *args)
     deadline = time.monotonic() + 120

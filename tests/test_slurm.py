@@ -94,7 +94,7 @@ def test_cancelled_job_is_reported_failed(tmp_path):
     run = status_path.parent
     assert not (run / "metrics.json").exists()
     report = subprocess.run(
-        [sys.executable, "-m", "nnlab.report", str(run.parent), "--no-tensorboard"],
+        [sys.executable, "-m", "nnlab.report", f"sweep={run.parent}", "tensorboard=false"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -108,7 +108,7 @@ def test_ddp_under_srun_ranks_see_disjoint_data(tmp_path):
     run = tmp_path / "ddp"
     cmd = ["srun", "-N1", "--ntasks-per-node=2", "--cpus-per-task=1", "--mem=2G"]
     cmd += [sys.executable, "-m", "nnlab.train", "experiment=sine_mlp", "trainer=ddp_cpu"]
-    cmd += ["debug=limit", "logger=none", "callbacks=[model_checkpoint,data_shards]"]
+    cmd += ["debug=limit", "logger=none", "callbacks=[data_shards]"]
     # Every task resolves the run directory on its own: give it, so both ranks share one.
     cmd += ["print_config=false", f"hydra.run.dir={run}"]
     proc = subprocess.run(cmd, env=env_for(tmp_path / "outputs"), cwd=tmp_path, capture_output=True, text=True, timeout=900)  # fmt: skip
@@ -120,3 +120,36 @@ def test_ddp_under_srun_ranks_see_disjoint_data(tmp_path):
     assert output.count("Run directory: ") == 1  # rank 0 alone reports and writes
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
     check_disjoint_shards(run)
+
+
+def test_a_job_signalled_before_its_time_limit_is_requeued_and_continues(tmp_path):
+    """A 2-minute time limit and a 60 s signal delay (SLURM signals at its next check, up to ~30 s
+    later; the job must have started Python by then): SLURM really signals the job, nnlab saves
+    last.ckpt at a batch boundary and requeues it, the requeued job continues in the same run
+    directory (resume counted, wall time added up), and the final metrics equal those of the
+    same training without interruption."""
+    recipe = ["experiment=sine_lstm", "trainer.max_epochs=600", "checkpoint.every_n_train_steps=0"]
+    recipe += ["logger=none", "callbacks=none", "print_config=false", "trainer.enable_progress_bar=false"]  # fmt: skip
+    outputs = tmp_path / "outputs"
+    cmd = [sys.executable, "-m", "nnlab.train", "-m", "cluster=slurm", *recipe]
+    cmd += ["hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=60"]
+    cmd += ["hydra.launcher.mem_gb=1", "hydra.launcher.cpus_per_task=1"]
+    proc = subprocess.Popen(cmd, env=env_for(outputs), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    # The same training, uninterrupted, in this process's turn on the other core.
+    ref = subprocess.run([sys.executable, "-m", "nnlab.train", *recipe], env=env_for(tmp_path / "ref"), cwd=tmp_path, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    (ref_run,) = (tmp_path / "ref").glob("runs/*/*/metrics.json")
+    output, _ = proc.communicate(timeout=1500)
+    assert proc.returncode == 0, output[-4000:]
+    (sweep,) = sweep_dirs(outputs)
+    trial = sweep / "0"
+    status = read_status(trial)
+    assert status["status"] == "completed", status
+    assert status.get("resumed", 0) >= 1, status  # signalled and requeued at least once
+    log = (trial / "train.log").read_text()
+    assert "SLURM job requeued" in log and "continuing from" in log
+    metrics = json.loads((trial / "metrics.json").read_text())
+    expected = json.loads(ref_run.read_text())
+    for key in ("val/mse", "test/mse", "epochs", "global_step", "best_epoch"):
+        assert metrics[key] == expected[key], key
+    assert metrics["wall_time_s"] >= 30  # the sessions' times add up

@@ -16,7 +16,7 @@ from conftest import compose_config
 
 from nnlab.runs import read_status
 
-QUICK = ["debug=limit", "logger=none", "callbacks=[model_checkpoint]", "print_config=false"]
+QUICK = ["debug=limit", "logger=none", "callbacks=none", "print_config=false"]
 
 
 def nnlab(args: list[str], outputs: Path, cwd: Path, module: str = "nnlab.train", **kw):
@@ -73,7 +73,7 @@ def test_joblib_sweep_holds_every_trial_and_survives_a_crash(joblib_sweep):
 
 def test_report_on_a_real_sweep(joblib_sweep, tmp_path):
     out = tmp_path / "report"
-    proc = nnlab([str(joblib_sweep), "--out", str(out)], tmp_path, tmp_path, module="nnlab.report")
+    proc = nnlab([f"sweep={joblib_sweep}", f"out={out}"], tmp_path, tmp_path, module="nnlab.report")
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader((out / "leaderboard.csv").open()))
     assert [r["status"] for r in rows] == ["completed", "completed", "failed"]
@@ -164,7 +164,7 @@ def test_ddp_cpu_writes_once_and_ranks_see_disjoint_shards(tmp_path):
     outputs = tmp_path / "outputs"
     env = {**os.environ, "NNLAB_OUTPUT_DIR": str(outputs), "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "nnlab.train", "experiment=sine_mlp", "trainer=ddp_cpu"]
-    cmd += ["debug=limit", "logger=none", "callbacks=[model_checkpoint,data_shards]"]
+    cmd += ["debug=limit", "logger=none", "callbacks=[data_shards]"]
     cmd += ["print_config=false"]
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     output, _ = proc.communicate(timeout=600)

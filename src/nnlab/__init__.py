@@ -8,8 +8,8 @@ __version__ = "0.1.0"
 # an installed wheel finds them from any working directory.
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
-# Config interpolations the data configs use (`${nnlab.mnist_shape:...}`): registered on import
-# so that they resolve wherever a config is composed (nnlab-train, tests, notebooks).
-from nnlab.data.views import register_resolvers as _register_data_resolvers  # noqa: E402
+# The `${nnlab.*:}` config interpolations: registered on import so that they resolve wherever a
+# config is composed (nnlab-train, the other commands, tests, notebooks).
+from nnlab.resolvers import register_resolvers as _register_resolvers  # noqa: E402
 
-_register_data_resolvers()
+_register_resolvers()

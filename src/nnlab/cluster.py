@@ -5,10 +5,13 @@ SLURM sends a signal some time before a job's limit (sbatch --signal). submitit 
 SLURM environment listens on USR1 by default and, finding a handler already there, would not
 install its own. Left alone, the two disagree and a requeued run starts again from nothing.
 
-`SubmititSLURMEnvironment` (conf/cluster/slurm.yaml) makes Lightning the owner of submitit's
-signal: on it, Lightning saves `hpc_ckpt_N.ckpt` in the run directory (the Trainer's
-default_root_dir) and runs `scontrol requeue`; the requeued job runs the same trial in the same
-run directory, where Lightning finds the checkpoint and resumes from it.
+`SubmititSLURMEnvironment` (conf/cluster/slurm.yaml) makes nnlab's run manager the owner of
+submitit's signal: the Preemption callback (callbacks/resilience.py) notices it, saves last.ckpt
+at the end of the current batch (a batch boundary, so the resumed run is exact, where a save
+inside the signal handler could land mid-step), runs `scontrol requeue`, and the run stops as
+`preempted`. The requeued job runs the same trial in the same run directory; nnlab-train sees the
+directory was used before and continues from its newest checkpoint (last.ckpt, periodic ones, or
+a Lightning `hpc_ckpt_N.ckpt`), counting the resume in status.json.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ def _is_submitit_handler(handler) -> bool:
 
 
 class SubmititSLURMEnvironment(SLURMEnvironment):
-    """Lightning's SLURM environment, requeueing on submitit's signal instead of submitit."""
+    """Lightning's SLURM environment (ranks, nodes), with the requeue signal left to nnlab:
+    `requeue_signal` is the signal the Preemption callback turns into a save and a requeue."""
 
     def __init__(self, auto_requeue: bool = True, requeue_signal: str | None = None):
         sig = (
@@ -39,7 +43,29 @@ class SubmititSLURMEnvironment(SLURMEnvironment):
             if requeue_signal
             else submitit_signal()
         )
-        super().__init__(auto_requeue=auto_requeue, requeue_signal=sig)
-        if auto_requeue and _is_submitit_handler(signal.getsignal(sig)):
-            # Lightning installs its handler (at fit) only where the signal has none.
-            signal.signal(sig, signal.SIG_DFL)
+        # Lightning's own requeue off: it would save inside the signal handler, mid-step.
+        super().__init__(auto_requeue=False, requeue_signal=sig)
+        self.nnlab_requeue_signal = sig if auto_requeue else None
+        if _is_submitit_handler(signal.getsignal(sig)):
+            signal.signal(sig, signal.SIG_DFL)  # submitit's handler would requeue from scratch
+
+
+def requeue_job() -> str | None:
+    """`scontrol requeue` this SLURM job; None on success, else why not."""
+    import subprocess
+
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID")
+    job_id = (
+        f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+        if job
+        else os.environ.get("SLURM_JOB_ID")
+    )
+    if not job_id:
+        return "not a SLURM job"
+    try:
+        out = subprocess.run(
+            ["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return str(exc)
+    return None if out.returncode == 0 else (out.stderr.strip() or f"exit {out.returncode}")

@@ -122,6 +122,13 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.batch_size": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
     "data.num_workers": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
     "monitor_mode": (lambda v: v in ("min", "max"), "min or max"),
+    # Spawned/forked ranks hand only rank 0's weights back through a queue: the run's epochs,
+    # metrics and checkpoints would not be this run's. Subprocess DDP (trainer=ddp_cpu) works.
+    "trainer.strategy": (
+        lambda v: not isinstance(v, str) or not any(w in v for w in ("spawn", "fork", "notebook")),
+        "a strategy whose ranks run this command (ddp, auto; use trainer=ddp_cpu or trainer=ddp), "
+        "not a spawned/forked one",
+    ),
 }
 
 

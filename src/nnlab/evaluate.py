@@ -6,21 +6,12 @@ import time
 
 import lightning as L
 
+from nnlab.cli import command, load_datamodule, load_task, run_config
 from nnlab.errors import UserError
-from nnlab.lifecycle import command, load_datamodule, load_task, run_config
 from nnlab.runs import Run, write_json
 
-USAGE = """
-usage: nnlab-eval run=<run dir> [ckpt=best|last|<path>] [split=test|val] [accelerator=auto|cpu|gpu]
-                  [data.KEY=VALUE ...]
 
-Evaluates a checkpoint of a finished (or interrupted) run on its test split (or split=val) and
-writes <run dir>/eval_metrics.json. On the best checkpoint it reproduces the test metrics that
-nnlab-train recorded in metrics.json.
-"""
-
-
-@command(USAGE, {"run": None, "ckpt": "best", "split": "test", "accelerator": "auto"})
+@command("eval")
 def main(run: str, ckpt: str, split: str, accelerator: str, overrides: list[str]) -> dict:
     if split not in ("test", "val"):
         raise UserError(f"split: must be test or val, got {split!r}")

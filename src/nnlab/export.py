@@ -6,19 +6,9 @@ from pathlib import Path
 
 import torch
 
+from nnlab.cli import command, load_datamodule, load_task, output_dir, run_config
 from nnlab.errors import UserError
-from nnlab.lifecycle import command, load_datamodule, load_task, output_dir, run_config
 from nnlab.runs import Run, write_json
-
-USAGE = """
-usage: nnlab-export run=<run dir> [format=torchscript|onnx] [ckpt=best|last|<path>] [out=<dir>]
-                    [atol=1e-5]
-
-Writes the network of a run's checkpoint to <run dir>/export/ (or out=) as TorchScript
-(model.torchscript.pt, loads with torch.jit.load) or ONNX (model.onnx; needs the `onnx` extra:
-pip install 'nnlab[onnx]'), runs the exported model on a batch of test data and checks that it
-gives the checkpoint's outputs (within atol), and records the check in export.json.
-"""
 
 
 def export_torchscript(net: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: Path):
@@ -73,7 +63,7 @@ EXPORTERS = {
 }
 
 
-@command(USAGE, {"run": None, "format": "torchscript", "ckpt": "best", "out": None, "atol": "1e-5"})
+@command("export")
 def main(run, format, ckpt, out, atol, overrides) -> Path:  # noqa: A002 (the CLI's word)
     if format not in EXPORTERS:
         raise UserError(f"format: must be one of {', '.join(EXPORTERS)}, got {format!r}")

@@ -11,28 +11,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from nnlab.cli import command, load_datamodule, load_task, output_dir, run_config
 from nnlab.data.series import SeriesDataModule, read_csv_column
 from nnlab.errors import UserError
-from nnlab.lifecycle import command, load_datamodule, load_task, output_dir, run_config
 from nnlab.runs import Run
-
-USAGE = """
-usage: nnlab-predict run=<run dir> [input=<file, folder or values>] [text="..."]
-                     [ckpt=best|last|<path>] [out=<dir>] [steps=N] [column=NAME]
-
-Series runs (sine, csv): input is a CSV file (column=NAME picks the column) or inline values
-"0.1,0.5,0.9,..." (at least one window long; without input, the run's test split). Writes
-one-step predictions for every window and a recursive forecast of `steps` future points
-(default 50) to predictions.csv, with a plot (forecast.png).
-
-MNIST-family runs: input is an IDX images file, a folder of 28x28 PNG images or a .npy array
-((N, 28, 28), (N, 784) or (N, 1, 28, 28); 0..255 or 0..1) -> class and probabilities.
-
-IMDB runs: input is a text file with one review per line, or text="a review" -> P(positive),
-through the tokenizer and the vocabulary saved with the run (vocab.json).
-
-Outputs go to <run dir>/predictions/<time>/ unless out= is given.
-"""
 
 
 def series_values(
@@ -147,18 +129,7 @@ def classify(task, inputs: tuple, names: list[str], classes: list[str]):
     return rows
 
 
-OPTIONS = {
-    "run": None,
-    "input": None,
-    "text": None,
-    "ckpt": "best",
-    "out": None,
-    "steps": "50",
-    "column": None,
-}
-
-
-@command(USAGE, OPTIONS)
+@command("predict")
 def main(run, input, text, ckpt, out, steps, column, overrides) -> Path:  # noqa: A002 (the CLI's word)
     from hydra.utils import get_class
 

@@ -1,9 +1,9 @@
 """nnlab-report: one sweep's trials side by side.
 
-nnlab-report outputs/multiruns/2026-11-23/04-14-01_sine_mlp_34d783
-nnlab-report <sweep dir> --metric test/mse --out report/
+nnlab-report sweep=outputs/multiruns/2026-11-23/04-14-01_sine_mlp_34d783
+nnlab-report sweep=<sweep dir> metric=test/mse out=report/
 
-Writes, in `<sweep dir>/report/` unless --out says otherwise:
+Writes, in `<sweep dir>/report/` unless out= says otherwise:
     leaderboard.csv     every trial: rank, status, swept parameters, final metrics, best epoch,
     leaderboard.md      wall time, error (failed and unfinished trials included, ranked last)
     <metric>_vs_params.png   the optimized metric against each swept parameter
@@ -13,23 +13,19 @@ Writes, in `<sweep dir>/report/` unless --out says otherwise:
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from nnlab.runs import METRICS, read_status
-
-# SLURM states of a job that ended without finishing its run (sacct -o State).
-SLURM_ENDED = ("CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE")  # fmt: skip
+from nnlab.cli import command
+from nnlab.errors import UserError
+from nnlab.runs import METRICS, Run
 
 
 @dataclass
@@ -69,67 +65,22 @@ def parse_overrides(lines: list[str]) -> dict[str, str]:
     return out
 
 
-def _slurm_state(job_id: str) -> str | None:
-    if not shutil.which("sacct"):
-        return None
-    try:
-        out = subprocess.run(
-            ["sacct", "-n", "-X", "-P", "-o", "State", "-j", str(job_id)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    states = [s.split()[0] for s in out.split("\n") if s.strip()]
-    return states[-1] if states else None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        import os
-
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def trial_status(root: Path) -> tuple[str, str]:
-    """(status, error): completed | failed | running | unknown. A run whose status.json still
-    says running but whose SLURM job ended (scancel, time limit, node failure), or whose process
-    on this host is gone, failed."""
-    status = read_status(root)
-    if (root / METRICS).is_file() and status.get("status") in (None, "completed"):
-        return "completed", ""
-    state = status.get("status")
-    if state is None:
-        return "unknown", "no status.json (the run never started)"
-    # A SLURM job ended by the scheduler (scancel sends SIGTERM, so the run saved a checkpoint and
-    # said `preempted`) failed unless SLURM requeues it.
-    if state in ("running", "preempted") and (job := status.get("slurm_job_id")):
-        slurm = _slurm_state(job)
-        if slurm and slurm.startswith(SLURM_ENDED):
-            return "failed", f"SLURM job {job} {slurm}"
-        if state == "running":
-            return "running", f"SLURM job {job} {slurm or 'state unknown'}"
-    if state == "running":
-        import socket
-
-        if status.get("host") == socket.gethostname() and not _pid_alive(int(status["pid"])):
-            return "failed", f"process {status['pid']} ended without finishing the run"
-        return "running", ""
-    return state, status.get("error", "")
-
-
 def load_trial(root: Path) -> Trial:
-    overrides = parse_overrides(yaml.safe_load((root / ".hydra/overrides.yaml").read_text()) or [])
-    config_path = root / ".hydra/config.yaml"
-    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
-    metrics = json.loads((root / METRICS).read_text()) if (root / METRICS).is_file() else {}
-    status, error = trial_status(root)
+    """A trial as its run directory tells it; one whose files cannot be read is `damaged`, with
+    the file named, instead of failing the whole report."""
+    status, error = Run(root).state()
+    try:
+        overrides = parse_overrides(
+            yaml.safe_load((root / ".hydra/overrides.yaml").read_text()) or []
+        )
+        config_path = root / ".hydra/config.yaml"
+        config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+        metrics = json.loads((root / METRICS).read_text()) if (root / METRICS).is_file() else {}
+        if not isinstance(metrics, dict) or not isinstance(config or {}, dict):
+            raise ValueError("not a mapping")
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return Trial(root.name, root, {}, {}, "damaged", f"unreadable files: {detail}")
     return Trial(root.name, root, overrides, metrics, status, error, config or {})
 
 
@@ -315,24 +266,24 @@ def report(
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nnlab-report", description=__doc__.split("\n")[0])
-    parser.add_argument("sweep_dir", type=Path, help="a sweep directory (outputs/multiruns/...)")
-    parser.add_argument("--out", type=Path, help="where to write (default: <sweep_dir>/report)")
-    parser.add_argument("--metric", help="the metric to rank by (default: optimized_metric)")
-    parser.add_argument("--no-tensorboard", action="store_true", help="skip the HPARAMS logdir")
-    args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        print(f"error: {args.sweep_dir} is not a directory", file=sys.stderr)
-        return 2
-    paths = report(args.sweep_dir, args.out, args.metric, not args.no_tensorboard)
+@command("report", run_overrides=False)
+def main(sweep: str | None, out: str | None, metric: str | None, tensorboard: bool | str) -> dict:
+    if not sweep:
+        raise UserError(
+            "sweep: no sweep directory given; pass sweep=outputs/multiruns/<date>/<sweep>"
+        )
+    sweep_dir = Path(sweep).expanduser()
+    if not sweep_dir.is_dir():
+        raise UserError(f"sweep: {sweep_dir} is not a directory; pass a sweep directory")
+    with_tensorboard = str(tensorboard).lower() not in ("false", "0", "no")
+    paths = report(sweep_dir, Path(out) if out else None, metric, with_tensorboard)
     print(Path(paths["markdown"]).read_text())
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     if "tensorboard" in paths:
         print(f"compare in TensorBoard: tensorboard --logdir {paths['tensorboard']}  (HPARAMS tab)")
-    return 0
+    return paths
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

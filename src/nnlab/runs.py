@@ -1,11 +1,20 @@
-"""The one owner of run directories: their names, layout, status and metrics.json.
+"""The run manager: the one owner of a run directory, in the spirit of NeMo's exp_manager.
+
+It owns the directory's layout, its lock against concurrent use, status.json and metrics.json,
+every checkpoint callback (best, last, periodic, preemption) and which checkpoint a resume (or a
+requeued SLURM job) continues from. Directory *names* come from Hydra (conf/train.yaml's
+hydra.run.dir / hydra.sweep.dir, with the resolvers in nnlab/resolvers.py).
 
 A run directory holds
     .hydra/            the composed config (Hydra)
     config.resolved.yaml  the same with every interpolation resolved and paths inside the run
                        written relative to it: what eval/predict/export/resume read
     train.log          the log
-    checkpoints/       last.ckpt and the best checkpoints by the monitored metric
+    checkpoints/       the best checkpoint(s) by the monitored metric (epochNNN-stepNNNNNN.ckpt),
+                       last.ckpt (every epoch end and on preemption: always the newest state),
+                       periodic/stepNNNNNN.ckpt (every checkpoint.every_n_train_steps steps)
+    hpc_ckpt_N.ckpt    saved by Lightning on SLURM's time-limit signal before a requeue
+    .lock              held by the process that trains in it (pid and host inside)
     tensorboard/       TensorBoard events (open with `tensorboard --logdir <run dir>`)
     status.json        running | completed | failed, with the error of a failed run
     metrics.json       final validation/test metrics and wall time; written last, atomically,
@@ -17,19 +26,19 @@ status.json and metrics.json (Lightning already keeps checkpoints and loggers to
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
-import secrets
 import socket
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lightning.fabric.plugins import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
+from nnlab.checkpoint_io import checkpoint_problem
 from nnlab.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -39,51 +48,13 @@ METRICS = "metrics.json"
 STATUS = "status.json"
 RESOLVED_CONFIG = "config.resolved.yaml"
 LAST = "last.ckpt"
+LOCK = ".lock"
+HPC_CHECKPOINTS = "hpc_ckpt_*.ckpt"  # Lightning's, in the Trainer's default_root_dir (the run)
+# SLURM states of a job that ended without finishing its run (sacct -o State).
+SLURM_ENDED = ("CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE")  # fmt: skip
 # A preempted run (SIGTERM / SIGUSR1) exits with 128 + SIGTERM, as a shell reports a terminated
 # job; its status.json says "preempted" and `nnlab-train resume=<run dir>` continues it.
 PREEMPTED_EXIT_CODE = 143
-
-
-def register_resolvers() -> None:
-    """`${nnlab.uid:}`: a short random tag, fixed for the process, that keeps run directories
-    distinct when several runs start in the same second (Hydra's `now` has 1 s resolution)."""
-    if not OmegaConf.has_resolver("nnlab.uid"):
-        OmegaConf.register_new_resolver("nnlab.uid", lambda: secrets.token_hex(3), use_cache=True)
-    if not OmegaConf.has_resolver("nnlab.abspath"):
-        OmegaConf.register_new_resolver(
-            "nnlab.abspath", lambda p: str(Path(p).expanduser().absolute())
-        )
-    if not OmegaConf.has_resolver("nnlab.resume_or"):
-        # hydra.run.dir: the run being resumed, else a new directory
-        OmegaConf.register_new_resolver("nnlab.resume_or", lambda resume, fresh: resume or fresh)
-    if not OmegaConf.has_resolver("nnlab.unless_resume"):
-        # hydra.output_subdir: a resumed run keeps the .hydra/ of its first start
-        OmegaConf.register_new_resolver(
-            "nnlab.unless_resume", lambda resume, v: None if resume else v
-        )
-    if not OmegaConf.has_resolver("nnlab.sqlite"):
-        OmegaConf.register_new_resolver("nnlab.sqlite", sqlite_url)
-    if not OmegaConf.has_resolver("nnlab.choice"):
-        OmegaConf.register_new_resolver("nnlab.choice", group_choice)
-
-
-def group_choice(group: str, *, _root_: Any) -> Any:
-    """`${nnlab.choice:experiment}`: the option chosen for a config group. Unlike
-    `${hydra:runtime.choices.experiment}` it also resolves where HydraConfig is not set yet: in
-    a multirun's sweeper and launcher, which name the sweep directory before any job runs."""
-    if "hydra" in _root_:  # the whole config, as sweepers and launchers see it
-        return OmegaConf.select(_root_, f"hydra.runtime.choices.{group}")
-    from hydra.core.hydra_config import HydraConfig
-
-    return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
-
-
-def sqlite_url(path: str) -> str:
-    """`${nnlab.sqlite:outputs/optuna/study.db}`: an SQLAlchemy URL for a SQLite file (an Optuna
-    study's storage), absolute, with its folder created (SQLite creates files, not folders)."""
-    file = Path(path).expanduser().absolute()
-    file.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{file}"
 
 
 def is_global_zero() -> bool:
@@ -137,6 +108,10 @@ def relocatable_config(cfg: DictConfig, output_dir: str | os.PathLike) -> dict[s
     return data
 
 
+class RunInUse(UserError):
+    """Another process holds the run directory's lock."""
+
+
 class Run:
     """A run directory and its lifecycle: start() -> finish(metrics) or fail(error)."""
 
@@ -147,6 +122,13 @@ class Run:
         self._previous_wall_time = 0.0
         # Only one process of a distributed run writes the run's files.
         self.writes = is_global_zero()
+        self._lock_file = None
+        self._best = None  # the ModelCheckpoint that keeps the best checkpoint
+
+    @staticmethod
+    def is_run_dir(path: str | os.PathLike) -> bool:
+        """Whether `path` is a run directory nnlab-train made (it has its resolved config)."""
+        return (Path(path) / RESOLVED_CONFIG).is_file()
 
     @classmethod
     def open(cls, path: str | os.PathLike | None, key: str = "run") -> Run:
@@ -158,12 +140,49 @@ class Run:
             raise UserError(
                 f"{key}: {root} is not a directory; pass a run directory under outputs/runs/"
             )
-        if not (root / RESOLVED_CONFIG).is_file():
+        if not cls.is_run_dir(root):
             raise UserError(
                 f"{key}: {root} is not an nnlab run directory (it has no {RESOLVED_CONFIG}); "
                 "pass the directory nnlab-train printed as 'Run directory'"
             )
         return cls(root)
+
+    # -- one process at a time ----------------------------------------------------------------
+    def lock(self, key: str = "resume") -> None:
+        """Hold the run's lock until this process ends (or `unlock`); a second process that
+        tries gets a UserError naming the run and the process holding it."""
+        if self._lock_file is not None:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        f = open(self.root / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 - held open on purpose
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise RunInUse(
+                f"{key}: {self.root} is in use by {holder}; wait for it to finish (or stop it) "
+                "before resuming, evaluating a changing run, or starting another session on it"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()} on {socket.gethostname()} since {_now()}\n")
+        f.flush()
+        self._lock_file = f
+
+    def unlock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing releases the flock
+            self._lock_file = None
+
+    @classmethod
+    def check_free(cls, path: str | os.PathLike, key: str = "resume") -> Run:
+        """The run at `path`, if no process holds it (checked without keeping the lock)."""
+        run = cls.open(path, key=key)
+        run.lock(key)
+        run.unlock()
+        return run
 
     def save_config(self, cfg: DictConfig) -> None:
         if not self.writes:
@@ -204,10 +223,13 @@ class Run:
         )
 
     def resume_checkpoint(self) -> Path:
-        """The newest checkpoint that loads; each damaged one on the way is reported by name."""
-        # newest first: last.ckpt (epoch ends) or a periodic one (every N steps), whichever is later
+        """The newest checkpoint that loads; each damaged one on the way is reported by name.
+        Candidates: last.ckpt (epoch ends, preemption), periodic ones (every N steps) and
+        Lightning's hpc_ckpt_N.ckpt (SLURM's time-limit signal), whichever is latest."""
         found = sorted(
-            self.checkpoints.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True
+            [*self.checkpoints.rglob("*.ckpt"), *self.root.glob(HPC_CHECKPOINTS)],
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
         )
         for path in found:
             problem = checkpoint_problem(path)
@@ -219,6 +241,65 @@ class Run:
             + (f" ({len(found)} damaged)" if found else "")
             + "; start a new run instead"
         )
+
+    def has_checkpoint(self) -> bool:
+        return any(self.checkpoints.rglob("*.ckpt")) or any(self.root.glob(HPC_CHECKPOINTS))
+
+    def was_started(self) -> bool:
+        """Whether a process already trained in this directory: the same run directory given
+        again, as a requeued SLURM job gets it."""
+        return self.status_path.is_file()
+
+    def callbacks(self, monitor: str, mode: str, checkpoint: DictConfig | dict) -> list:
+        """Every callback that writes into the run's checkpoints/ and the state they carry:
+        the best `save_top_k` by `monitor`, last.ckpt at every epoch end (always the newest
+        state), a periodic one every `every_n_train_steps` steps, last.ckpt on preemption, and
+        the random-number states inside each."""
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        from nnlab.callbacks.resilience import PeriodicCheckpoint, Preemption, RNGState
+
+        directory = str(self.checkpoints)
+        callbacks: list = [RNGState()]
+        if not checkpoint.get("enabled", True):
+            return callbacks
+        shared = {"auto_insert_metric_name": False, "save_last": False}
+        self._best = ModelCheckpoint(
+            dirpath=directory,
+            filename="epoch{epoch:03d}-step{step:06d}",
+            monitor=monitor,
+            mode=mode,
+            save_top_k=int(checkpoint.get("save_top_k", 1)),
+            **shared,
+        )
+        callbacks.append(self._best)
+        if every := int(checkpoint.get("every_n_train_steps") or 0):
+            callbacks.append(
+                PeriodicCheckpoint(
+                    dirpath=str(self.checkpoints / "periodic"),
+                    filename="step{step:06d}",
+                    every_n_train_steps=every,
+                    save_top_k=1,
+                    **shared,
+                )
+            )
+        # After the best one (Lightning keeps checkpoint callbacks in this order, last): the
+        # best's bookkeeping is then inside last.ckpt.
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=directory,
+                filename=LAST.removesuffix(".ckpt"),
+                every_n_epochs=1,
+                enable_version_counter=False,
+                **shared,
+            )
+        )
+        callbacks.append(Preemption(dirpath=directory, filename=LAST))
+        return callbacks
+
+    def best_checkpoint(self) -> str | None:
+        """The best checkpoint's path after fitting (None when checkpointing was off)."""
+        return (self._best.best_model_path or None) if self._best is not None else None
 
     def metrics(self) -> dict[str, Any]:
         return json.loads(self.metrics_path.read_text()) if self.metrics_path.is_file() else {}
@@ -243,7 +324,11 @@ class Run:
     def start(self, experiment: str | None = None, resumed: bool = False) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         if resumed:  # keep the first start's record; wall time adds up over the sessions
-            self._status = read_status(self.root)
+            try:
+                self._status = read_status(self.root)
+            except (OSError, ValueError) as exc:  # a damaged status.json: start a new record
+                log.warning("%s is damaged (%s); writing a new one", self.status_path, exc)
+                self._status = {}
             self._previous_wall_time = float(self._status.get("wall_time_s", 0.0))
             self._status["resumed"] = self._status.get("resumed", 0) + 1
         else:
@@ -267,48 +352,69 @@ class Run:
     def fail(self, error: BaseException | str, status: str = "failed") -> None:
         self._write_status(status, error=str(error), wall_time_s=self.wall_time())
 
-
-def checkpoint_problem(path: Path) -> str | None:
-    """None when `path` is a complete checkpoint file, else what is wrong with it."""
-    import torch
-
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as exc:  # truncated zip, garbage, empty file
-        return f"{type(exc).__name__}: {exc}".splitlines()[0]
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        return "not a Lightning checkpoint (no state_dict)"
-    return None
+    def state(self) -> tuple[str, str]:
+        """(status, error) as things stand now: completed | failed | preempted | running |
+        unknown | damaged. A run whose status.json says running but whose SLURM job ended
+        (scancel, time limit, node failure), or whose process on this host is gone, failed."""
+        try:
+            status = read_status(self.root)
+        except (OSError, ValueError) as exc:
+            return "damaged", f"{STATUS}: {exc}".splitlines()[0]
+        if self.metrics_path.is_file() and status.get("status") in (None, "completed"):
+            return "completed", ""
+        state = status.get("status")
+        if state is None:
+            return "unknown", f"no {STATUS} (the run never started)"
+        # A SLURM job ended by the scheduler (scancel sends SIGTERM, so the run saved a checkpoint
+        # and said `preempted`) failed unless SLURM requeues it.
+        if state in ("running", "preempted") and (job := status.get("slurm_job_id")):
+            slurm = slurm_state(job)
+            if slurm and slurm.startswith(SLURM_ENDED):
+                return "failed", f"SLURM job {job} {slurm}"
+            if state == "running":
+                return "running", f"SLURM job {job} {slurm or 'state unknown'}"
+        if state == "running":
+            if status.get("host") == socket.gethostname() and not _pid_alive(status.get("pid")):
+                return "failed", f"process {status.get('pid')} ended without finishing the run"
+            return "running", ""
+        return state, status.get("error", "")
 
 
 def read_status(run_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(run_dir) / STATUS
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    status = json.loads(path.read_text())
+    if not isinstance(status, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return status
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written to a temporary file in the same directory, flushed, fsynced and
-    renamed over the target: a kill during a write never leaves a truncated checkpoint and
-    never destroys the previous one."""
+def slurm_state(job_id: str) -> str | None:
+    """The job's state from SLURM's accounting (sacct), None where it cannot be asked."""
+    import shutil
+    import subprocess
 
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path, storage_options: Any | None = None
-    ) -> None:
-        import torch
+    if not shutil.which("sacct"):
+        return None
+    try:
+        out = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-o", "State", "-j", str(job_id)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    states = [s.split()[0] for s in out.split("\n") if s.strip()]
+    return states[-1] if states else None
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:  # make the rename itself durable
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+
+def _pid_alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, TypeError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True

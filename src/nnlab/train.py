@@ -12,46 +12,33 @@ import math
 import os
 import re
 import sys
-import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from nnlab import CONF_DIR
-from nnlab.callbacks.resilience import NonFiniteLoss, Preemption, RNGState
+from nnlab.callbacks.resilience import NonFiniteLoss
+from nnlab.checkpoint_io import AtomicCheckpointIO, check_checkpoint
+from nnlab.cli import check_writable, rerun_overrides, resumed_config
 from nnlab.config import build, build_all, validate
 from nnlab.console import print_config_tree
-from nnlab.errors import UserError
-from nnlab.lifecycle import check_checkpoint
-from nnlab.runs import (
-    CHECKPOINTS,
-    PREEMPTED_EXIT_CODE,
-    RESOLVED_CONFIG,
-    AtomicCheckpointIO,
-    Run,
-    register_resolvers,
-)
+from nnlab.errors import ConfigError, UserError
+from nnlab.runs import PREEMPTED_EXIT_CODE, Run, RunInUse
+from nnlab.sweeps import SweepOutcome, single_job_argv
 
 log = logging.getLogger("nnlab.train")
-register_resolvers()
-# Noise from the libraries that says nothing about the run (TensorBoard's graph tracing).
-warnings.filterwarnings("ignore", message=r".*torch\.jit\..* is deprecated", category=FutureWarning)
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
-def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items()}
-
-
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig, run: Run) -> dict[str, Any]:
     """Fit the configured task, then validate and test the best checkpoint; returns metrics."""
     validate(cfg)
     if cfg.get("seed") is not None:
@@ -64,71 +51,73 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_checkpoint(Path(cfg.ckpt_path), cfg.model, key="ckpt_path")
     if hasattr(datamodule, "example_input"):  # lets TensorBoard draw the model graph
         task.example_input_array = datamodule.example_input()
-    # Always on: exact resume (random states), a checkpoint on preemption, a stop on NaN loss.
+
+    checkpointing = cfg.get("checkpoint") or {}
     callbacks = [
         *build_all(cfg.get("callbacks"), "callbacks"),
-        RNGState(),
-        Preemption(dirpath=str(Path(cfg.paths.output_dir) / CHECKPOINTS)),
+        *run.callbacks(cfg.monitor, cfg.monitor_mode, checkpointing),
         NonFiniteLoss(),
     ]
     loggers = build_all(cfg.get("logger"), "logger")
     if not loggers:  # nothing to send learning rates to (logger=none)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    # the config's own plugins (cluster=slurm's SLURM environment) and atomic checkpoint writes
+    plugins = [build(p, "trainer.plugins") for p in cfg.trainer.get("plugins") or []]
     trainer: L.Trainer = build(
         cfg.trainer,
         "trainer",
         callbacks=callbacks,
         logger=loggers or False,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[*plugins, AtomicCheckpointIO()],
+        enable_checkpointing=bool(checkpointing.get("enabled", True)),
     )
+    if trainer.world_size > 1 and HydraConfig.get().mode == RunMode.MULTIRUN:
+        single_job_argv(HydraConfig.get())  # the other ranks run this trial only
 
     log.info("Training %s on %s", type(task.net).__name__, type(datamodule).__name__)
-    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except MisconfigurationException as exc:
+        if f"monitor='{cfg.monitor}'" not in str(exc):
+            raise
+        raise ConfigError("monitor", f"{str(exc).splitlines()[0]}; name a logged metric") from None
 
-    checkpoint = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+    checkpoint = run.best_checkpoint()
     if checkpoint is None:
         log.warning("No checkpoint was saved; evaluating the weights in memory")
     val = trainer.validate(task, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
     test = trainer.test(task, datamodule=datamodule, ckpt_path=checkpoint)
-    metrics: dict[str, Any] = {**_scalars(val[0]), **_scalars(test[0])}
+    metrics: dict[str, Any] = {k: float(v) for k, v in {**val[0], **test[0]}.items()}
     metrics["best_checkpoint"] = checkpoint
     if checkpoint and (match := re.search(r"epoch(\d+)", Path(checkpoint).name)):
         metrics["best_epoch"] = int(match.group(1))
     metrics["epochs"] = trainer.current_epoch
     metrics["global_step"] = trainer.global_step
+    optimized = cfg.get("optimized_metric")
+    if optimized and optimized not in metrics:
+        raise ConfigError(
+            "optimized_metric",
+            f"{optimized!r} is not a metric of this run; it has {', '.join(sorted(metrics))}",
+        )
     return metrics
 
 
-GROUPS = ("experiment", "data", "model", "task", "trainer", "callbacks", "logger", "paths", "debug")
-
-
-def resumed_config(run: Run, overrides: list[str]) -> DictConfig:
-    """The run's saved config, the command line's key=value overrides on top, set to continue
-    from its last checkpoint."""
-    dotlist = []
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if key in ("resume", "print_config"):
-            continue
-        if key in GROUPS:
-            raise UserError(
-                f"resume: `{override}` would change what the run is; a resumed run keeps its "
-                "config (override single keys such as trainer.max_epochs=20, or start a new run)"
-            )
-        dotlist.append(override.lstrip("+"))
-    cfg = OmegaConf.merge(run.config(), OmegaConf.from_dotlist(dotlist))
-    cfg.resume = str(run.root)
-    cfg.ckpt_path = str(run.resume_checkpoint())
-    return cfg
-
-
-def _start(cfg: DictConfig, run: Run) -> DictConfig:
+def start(cfg: DictConfig, run: Run) -> DictConfig:
+    """Open the run: a new one, a resumed one (resume=<run dir>), or the same directory again
+    (a requeued SLURM job), which continues from its newest checkpoint."""
+    if run.writes:
+        run.lock()
     if cfg.get("resume"):
-        Run.open(cfg.resume, key="resume")
         run.start(resumed=True)
         cfg = resumed_config(run, list(HydraConfig.get().overrides.task))
         run.save_config(cfg)  # with this session's overrides, for the next resume or eval
         log.info("Resuming %s from %s", run.root, cfg.ckpt_path)
+    elif run.was_started():  # a requeued SLURM job (or another rank of this run)
+        run.start(resumed=True)
+        if run.has_checkpoint():
+            cfg.ckpt_path = str(run.resume_checkpoint())
+        if run.writes:
+            log.info("Run directory used again (requeued): continuing from %s", cfg.ckpt_path)
     else:
         run.start(experiment=cfg.get("name"))
         run.save_config(cfg)
@@ -145,8 +134,11 @@ def hydra_main(cfg: DictConfig) -> float | None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run = Run(hydra_cfg.runtime.output_dir)
     try:
-        cfg = _start(cfg, run)
-        metrics = train(cfg)
+        cfg = start(cfg, run)
+        record = run.finish(train(cfg, run))
+    except RunInUse as exc:  # another process's run: leave its files alone
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     except UserError as exc:
         run.fail(exc)  # the message goes to status.json, and once to the terminal
         if multirun:  # a failed trial must not stop the sweep: the sweeper sees NaN
@@ -167,7 +159,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
             log.exception("Trial failed")
             return math.nan
         raise
-    record = run.finish(metrics)
+    finally:
+        run.unlock()
     if run.writes:
         log.info("Run directory: %s", run.root)
         log.info("Metrics: %s", run.metrics_path)
@@ -176,60 +169,31 @@ def hydra_main(cfg: DictConfig) -> float | None:
     return record.get(optimized) if optimized else None
 
 
-def rerun_overrides(argv: list[str]) -> list[str]:
-    """Re-running a saved config (`-cp <run>/.hydra -cn config`): that config.yaml has no
-    `hydra:` block of ours, so give it our run directory layout and the old run's name."""
-    config_path = None
-    for i, arg in enumerate(argv):
-        if arg in ("-cp", "--config-path") and i + 1 < len(argv):
-            config_path = argv[i + 1]
-        elif arg.startswith("--config-path="):
-            config_path = arg.split("=", 1)[1]
-    if not config_path:
-        return []
-    saved = Path(config_path).expanduser()
-    if not (saved.name == ".hydra" and (saved.parent / RESOLVED_CONFIG).is_file()):
-        return []
-    ours = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "train.yaml").hydra)  # unresolved
-    extra = [f"hydra.run.dir='{ours['run']['dir']}'", f"hydra.sweep.dir='{ours['sweep']['dir']}'"]
-    if not any(arg.startswith("name=") for arg in argv):
-        extra.append(f"name={OmegaConf.load(saved.parent / RESOLVED_CONFIG).get('name', 'rerun')}")
-    return extra
-
-
-def check_writable(argv: list[str]) -> None:
-    """Run directories go under paths.log_dir: refuse one that cannot be written, before Hydra
-    tries (and fails with a stack trace)."""
-    given = [
-        a.split("=", 1)[1] for a in argv if a.startswith(("paths.log_dir=", "+paths.log_dir="))
-    ]
-    target = Path(
-        given[-1] if given else os.environ.get("NNLAB_OUTPUT_DIR") or "outputs"
-    ).expanduser()
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=target):
-            pass
-    except OSError as exc:
-        raise UserError(
-            f"paths.log_dir: cannot write run directories under {target} ({exc.strerror}); point "
-            "NNLAB_OUTPUT_DIR or paths.log_dir=... at a writable directory"
-        ) from None
-
-
 def main() -> None:
-    """Console entry. A `resume=` that is not a run directory is refused before Hydra creates
-    (or writes a log into) it; a re-run of a saved config gets our run directory layout."""
+    """Console entry. A `resume=` that is not a free run directory is refused before Hydra
+    creates (or writes a log into) it; a re-run of a saved config gets our directory layout."""
     try:
         for arg in sys.argv[1:]:
             if arg.startswith("resume=") and arg != "resume=null":
-                Run.open(arg.split("=", 1)[1], key="resume")
+                Run.check_free(arg.split("=", 1)[1], key="resume")
         check_writable(sys.argv[1:])
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     sys.argv += rerun_overrides(sys.argv[1:])
-    hydra_main()
+    SweepOutcome.completed = None
+    # Hydra's own errors (an unknown key or group option, bad override syntax) are user errors:
+    # let them reach us instead of Hydra's report-and-exit-1, and say them in one line.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra_main()
+    except (HydraException, OmegaConfBaseException) as exc:
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(UserError.exit_code)
+    if SweepOutcome.completed == 0:  # a multirun none of whose trials completed
+        print(f"error: none of the {SweepOutcome.total} trials completed", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

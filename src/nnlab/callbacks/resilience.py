@@ -53,8 +53,10 @@ class RNGState(L.Callback):
 
 
 class Preemption(L.Callback):
-    """On SIGTERM (Lightning notices it) or SIGUSR1 (noticed here): save `<dirpath>/last.ckpt` at
-    the end of the current training batch and stop; nnlab-train then marks the run `preempted`."""
+    """On SIGTERM (Lightning notices it), SIGUSR1, or the SLURM requeue signal of
+    `cluster=slurm` (noticed here): save `<dirpath>/last.ckpt` at the end of the current
+    training batch and stop; nnlab-train then marks the run `preempted`. On the requeue signal
+    the job is also requeued (`scontrol requeue`): it continues in the same run directory."""
 
     def __init__(
         self, dirpath: str, filename: str = "last.ckpt", signals: tuple[str, ...] = ("SIGUSR1",)
@@ -62,12 +64,16 @@ class Preemption(L.Callback):
         self.path = Path(dirpath) / filename
         self.signals = signals
         self.requested: str | None = None
+        self.requeue_signal: str | None = None
         self._previous: dict[int, Any] = {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        for name in self.signals:
+        environment = getattr(trainer.strategy, "cluster_environment", None)
+        requeue = getattr(environment, "nnlab_requeue_signal", None)
+        self.requeue_signal = requeue.name if requeue is not None else None
+        for name in {*self.signals, *([self.requeue_signal] if self.requeue_signal else [])}:
             signum = getattr(signal, name)
             try:
                 self._previous[signum] = signal.signal(signum, self._notice)
@@ -90,8 +96,18 @@ class Preemption(L.Callback):
         log.warning("%s received: saving %s and stopping", self.requested, self.path)
         trainer.save_checkpoint(self.path)
         trainer.should_stop = True
+        reason = f"preempted by {self.requested}"
+        if self.requested == self.requeue_signal and trainer.is_global_zero:
+            from nnlab.cluster import requeue_job
+
+            problem = requeue_job()
+            if problem is None:
+                log.warning("SLURM job requeued: it continues from %s", self.path)
+                reason += "; the SLURM job was requeued and continues in this run directory"
+            else:
+                log.error("SLURM requeue failed (%s); resume by hand", problem)
         if not trainer.received_sigterm:  # Lightning stops by itself on SIGTERM only
-            raise SIGTERMException(f"preempted by {self.requested}")
+            raise SIGTERMException(reason)
 
 
 class PeriodicCheckpoint(ModelCheckpoint):

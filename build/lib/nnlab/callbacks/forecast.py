@@ -1,0 +1,46 @@
+"""The prediction-vs-truth plot over the test segment of a series."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from nnlab.callbacks import log_figure
+
+
+class ForecastPlot(L.Callback):
+    """After testing: one-step-ahead predictions against the true series, in the series' units,
+    logged to TensorBoard (`test/forecast`) and saved as `<dirpath>/forecast.png`."""
+
+    def __init__(self, dirpath: str | None = None, filename: str = "forecast.png"):
+        self.path = Path(dirpath) / filename if dirpath else None
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        dm = trainer.datamodule
+        if dm is None or "test" not in getattr(dm, "datasets", {}):
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        x, y = dm.datasets["test"].tensors
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            pred = pl_module(x.to(pl_module.device)).float().cpu()
+        pl_module.train(was_training)
+        t = torch.arange(len(x)) + dm.starts["test"]
+        figure, ax = plt.subplots(figsize=(9, 3.5))
+        ax.plot(t, dm.unscale(y[:, 0]), ".", ms=3, color="0.55", label="observed")
+        if hasattr(dm, "clean_series"):
+            ax.plot(t, dm.clean_series()[t], color="0.2", lw=1, label="noise-free signal")
+        ax.plot(t, dm.unscale(pred[:, 0]), color="C1", lw=1.5, label="prediction (1 step ahead)")
+        mse = torch.mean((pred - y) ** 2).item()
+        ax.set(xlabel="time step", ylabel="value", title=f"test split: one-step MSE {mse:.4f}")
+        ax.legend(loc="best", fontsize=8)
+        log_figure(trainer, "test/forecast", figure, self.path)

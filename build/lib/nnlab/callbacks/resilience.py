@@ -1,0 +1,174 @@
+"""What makes a killed or preempted run resumable exactly: random-number states in every
+checkpoint, a checkpoint on SIGTERM / SIGUSR1 within a batch, and a stop on a NaN loss."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from nnlab.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class RNGState(L.Callback):
+    """Python, NumPy and torch (CPU and CUDA) generator states saved with each checkpoint and
+    restored on resume, so dropout and other random draws continue as if never interrupted."""
+
+    # Only tensors, numbers and tuples: checkpoints stay loadable with torch.load(weights_only=True).
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        state = {
+            "python": random.getstate(),
+            "numpy": (
+                kind,
+                torch.from_numpy(keys.astype(np.int64)),
+                int(pos),
+                int(has_gauss),
+                float(gauss),
+            ),
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        random.setstate(state["python"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Preemption(L.Callback):
+    """On SIGTERM (Lightning notices it) or SIGUSR1 (noticed here): save `<dirpath>/last.ckpt` at
+    the end of the current training batch and stop; nnlab-train then marks the run `preempted`."""
+
+    def __init__(
+        self, dirpath: str, filename: str = "last.ckpt", signals: tuple[str, ...] = ("SIGUSR1",)
+    ):
+        self.path = Path(dirpath) / filename
+        self.signals = signals
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        for name in self.signals:
+            signum = getattr(signal, name)
+            try:
+                self._previous[signum] = signal.signal(signum, self._notice)
+            except ValueError:  # not the main thread: leave signals to the launcher
+                return
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _notice(self, signum, frame) -> None:
+        self.requested = signal.Signals(signum).name
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.received_sigterm and not self.requested:
+            self.requested = "SIGTERM"
+        if not self.requested:
+            return
+        log.warning("%s received: saving %s and stopping", self.requested, self.path)
+        trainer.save_checkpoint(self.path)
+        trainer.should_stop = True
+        if not trainer.received_sigterm:  # Lightning stops by itself on SIGTERM only
+            raise SIGTERMException(f"preempted by {self.requested}")
+
+
+class PeriodicCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint every `every_n_train_steps` optimizer steps, also when one
+    batch takes several steps (nnlab's fused loop): it saves whenever the step count passes a
+    multiple of N, where Lightning's waits for the count to land on one exactly."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        every = self._every_n_train_steps
+        if every < 1 or self._should_skip_saving_checkpoint(trainer):
+            return
+        if trainer.global_step // every <= self._last_global_step_saved // every:
+            return
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
+
+
+class NonFiniteLoss(L.Callback):
+    """Stop at the first NaN/inf training loss, naming the step; the checkpoints written before it
+    stay as they are (nothing is saved from the broken state).
+
+    On the CPU each loss is checked at once. On a GPU reading a loss waits for the device, so the
+    losses are kept there and read together every `trainer.log_every_n_steps` batches, at the end
+    of each epoch and before any checkpoint is written: never a sync per step, and the step named
+    is still the first bad one.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[torch.Tensor, tuple[int, int, int]]] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        where = (trainer.current_epoch, trainer.global_step, batch_idx)
+        if not self._deferred(loss):
+            self._raise_if_bad(float(loss), where)
+            return
+        # A copy: the CUDA-graph step returns the same static tensor every time.
+        self._pending.append((loss.detach().clone(), where))
+        if len(self._pending) >= trainer.log_every_n_steps:
+            self._check()
+
+    @staticmethod
+    def _deferred(loss) -> bool:
+        return isinstance(loss, torch.Tensor) and loss.device.type != "cpu"
+
+    def _check(self) -> None:
+        if not self._pending:
+            return
+        values = torch.stack([loss.float() for loss, _ in self._pending]).cpu().tolist()
+        places = [where for _, where in self._pending]
+        self._pending.clear()
+        for value, where in zip(values, places, strict=True):
+            self._raise_if_bad(value, where)
+
+    @staticmethod
+    def _raise_if_bad(value: float, where: tuple[int, int, int]) -> None:
+        if math.isfinite(value):
+            return
+        epoch, step, batch_idx = where
+        raise NonFiniteLossError(
+            f"training loss became {value} at epoch {epoch}, step {step} (batch {batch_idx}); "
+            "lower task.optimizer.lr, clip gradients (trainer.gradient_clip_val=1.0) or check the "
+            "data. The checkpoints from before are kept."
+        )
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        self._check()
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint) -> None:
+        self._check()  # raising here writes nothing
+
+    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        self._check()
+
+
+class NonFiniteLossError(UserError):
+    """A NaN/inf loss: bad hyperparameters or data, not a bug; exits like other bad input."""

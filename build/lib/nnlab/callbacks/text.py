@@ -1,0 +1,102 @@
+"""Sample predictions on text data: a few test reviews with their predicted probability of being
+positive, in TensorBoard (text) and in the run directory; and the vocabulary, saved for later."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import default_collate
+
+
+class ReviewSamples(L.Callback):
+    """At fit start: `<dirpath>/vocab.json` (the data module's `save_vocab`). After testing:
+    `num_reviews` test reviews (chosen with `seed`, half negative and half positive) with the
+    model's P(positive), logged as TensorBoard text `test/reviews` and saved as
+    `<dirpath>/test_reviews.json`."""
+
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        num_reviews: int = 8,
+        max_chars: int = 600,
+        seed: int = 0,
+        filename: str = "test_reviews.json",
+    ):
+        self.dirpath = Path(dirpath) if dirpath else None
+        self.num_reviews, self.max_chars, self.seed, self.filename = (
+            num_reviews,
+            max_chars,
+            seed,
+            filename,
+        )
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = trainer.datamodule
+        if self.dirpath is not None and trainer.is_global_zero and hasattr(dm, "save_vocab"):
+            dm.save_vocab(self.dirpath / "vocab.json")
+
+    def pick(self, labels: torch.Tensor) -> list[int]:
+        """Indices of the sample: alternately negative and positive, seeded."""
+        generator = torch.Generator().manual_seed(self.seed)
+        pools = [
+            (labels == c)
+            .nonzero()
+            .flatten()[torch.randperm(int((labels == c).sum()), generator=generator)]
+            for c in (0, 1)
+        ]
+        chosen: list[int] = []
+        for i in range(self.num_reviews):
+            pool = pools[i % 2]
+            if i // 2 < len(pool):
+                chosen.append(int(pool[i // 2]))
+        return chosen
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = trainer.datamodule
+        dataset = getattr(dm, "datasets", {}).get("test")
+        if not trainer.is_global_zero or dataset is None or not hasattr(dm, "review_text"):
+            return
+        labels = torch.stack([dataset[i][-1] for i in range(len(dataset))])
+        chosen = self.pick(labels)
+        if not chosen:
+            return
+        batch = default_collate([dataset[i] for i in chosen])
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            inputs = [t.to(pl_module.device) for t in batch[:-1]]  # Task.forward floats bools
+            probs = pl_module.scores(pl_module(*inputs)).float().cpu()
+        pl_module.train(was_training)
+        rows = []
+        for i, p, y in zip(chosen, probs.tolist(), batch[-1].tolist(), strict=True):
+            text = dm.review_text("test", i).replace("<br />", " ")
+            rows.append(
+                {
+                    "index": i,
+                    "label": "pos" if y == 1 else "neg",
+                    "p_positive": round(p, 4),
+                    "correct": (p > 0.5) == (y == 1),
+                    "text": text
+                    if len(text) <= self.max_chars
+                    else text[: self.max_chars] + " ...",
+                }
+            )
+        markdown = "\n\n".join(
+            f"**P(positive) = {r['p_positive']:.3f}**, label **{r['label']}**"
+            f"{'' if r['correct'] else ' (wrong)'}\n\n> {r['text']}"
+            for r in rows
+        )
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text(
+                    "test/reviews", markdown, global_step=trainer.global_step
+                )
+        if self.dirpath is not None:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            (self.dirpath / self.filename).write_text(
+                json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8"
+            )

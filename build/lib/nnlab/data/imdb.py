@@ -1,0 +1,517 @@
+"""IMDB movie reviews (Large Movie Review Dataset v1.0, `aclImdb`): download, verify, tokenize,
+cache; two views of the same token ids.
+
+Data: `<data_dir>/aclImdb/{train,test}/{neg,pos}/<id>_<rating>.txt`, 25,000 labelled reviews
+per split. When that folder is missing, `aclImdb_v1.tar.gz` is taken from `<data_dir>` or
+downloaded from `url`, checked against `sha256`, and extracted (safely, into a temporary folder
+that is renamed into place only when complete).
+
+Tokens: lower-case, `<br />` line breaks removed, words are runs of letters, digits and non-ASCII
+characters with inner apostrophes (`don't`). The vocabulary comes from the training split only:
+the `num_words - 2` most frequent words (at least `min_freq` times) get ids 2.., in order of
+frequency; id 0 is padding (`PAD`) and id 1 every other word (`OOV`).
+
+Views (`view`):
+- `multihot`: batches `(x, y)`, x a float (batch, num_words) 0/1 vector of the ids present in
+  the whole review (the Keras reference recipe); held as one bool matrix, batched in memory,
+  made float on the device by the task (`Task.forward`), one micro-batch at a time;
+- `sequence`: batches `(x, lengths, y)`, x the (batch, max_len) ids padded with 0 at the end,
+  truncated to `max_len` (`truncating: pre` drops the review's start and keeps its last
+  `max_len` tokens, Keras' default; `post` keeps its first ones); `lengths` the true lengths
+  (>= 1) so models can pack or mask.
+y is the label (0 negative, 1 positive). Validation: `val_size` training reviews (a count, or a
+fraction when < 1) drawn with `seed`; testing: the official test split.
+
+Preprocessing is cached in `<data_dir>/cache/imdb-<key>.pt`, the key a hash of everything that
+changes it (num_words, min_freq, max_len, truncating, tokenizer version, the data files' names,
+sizes and times), so a second run loads tensors instead of tokenizing again.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import itertools
+import json
+import logging
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from nnlab.data.memory import make_loader
+from nnlab.errors import ConfigError, DataError, require_positive
+
+log = logging.getLogger(__name__)
+
+URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
+SHA256 = "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe"
+ARCHIVE = "aclImdb_v1.tar.gz"
+FOLDER = "aclImdb"
+SPLITS = ("train", "test")
+LABELS = ("neg", "pos")  # label ids 0, 1
+PAD, OOV = 0, 1
+# Bump when the tokenizer or the cache layout changes: old caches are then not used.
+TOKENIZER_VERSION = 1
+VIEWS = ("multihot", "sequence")
+
+_BREAK = b"<br />"
+_WORD = re.compile(rb"[a-z0-9\x80-\xff]+(?:'[a-z0-9\x80-\xff]+)*")
+
+
+# -- tokenizer ---------------------------------------------------------------------------------
+def _tokenize_bytes(raw: bytes) -> list[bytes]:
+    """Words of one UTF-8 review (already lower-cased, line breaks removed) as bytes."""
+    return _WORD.findall(raw)
+
+
+def tokenize(text: str) -> list[str]:
+    """The words of one review, exactly as the data module sees them (for prediction)."""
+    raw = text.encode("utf-8").lower().replace(_BREAK, b" ")
+    return [t.decode("utf-8", "replace") for t in _tokenize_bytes(raw)]
+
+
+# -- download, verify, extract -----------------------------------------------------------------
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url: str, dest: Path, sha256: str | None) -> Path:
+    """Fetch `url` to `dest` through a `.part` file, renamed only when its checksum matches."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    log.info("Downloading %s to %s", url, dest)
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, part.open("wb") as out:
+            while block := response.read(1 << 20):
+                digest.update(block)
+                out.write(block)
+    except (OSError, ValueError) as exc:
+        part.unlink(missing_ok=True)
+        raise DataError(
+            f"data.url: could not download {url}: {exc}; check the network, or put "
+            f"{ARCHIVE} (or the extracted {FOLDER}/ folder) into {dest.parent} yourself"
+        ) from None
+    if sha256 and digest.hexdigest() != sha256.lower():
+        part.unlink(missing_ok=True)
+        raise DataError(
+            f"data.sha256: the download from {url} has sha256 {digest.hexdigest()}, expected "
+            f"{sha256}; it is corrupt or not the right file (deleted it); try again"
+        )
+    part.replace(dest)
+    return dest
+
+
+def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
+    name = member.name
+    parts = Path(name).parts
+    if name.startswith(("/", "\\")) or ".." in parts or not parts or parts[0] != FOLDER:
+        raise DataError(f"{archive}: unexpected path {name!r} in the archive; not extracting it")
+    if not (member.isfile() or member.isdir()):
+        raise DataError(f"{archive}: {name!r} is a link or device; not extracting it")
+
+
+def extract(archive: Path, data_dir: Path) -> Path:
+    """Extract `aclImdb/` from `archive` into a temporary folder in `data_dir`, then rename it to
+    `data_dir/aclImdb`: an interrupted extraction leaves no half-filled `aclImdb/` behind."""
+    target = data_dir / FOLDER
+    tmp = Path(tempfile.mkdtemp(prefix=".aclImdb-partial-", dir=data_dir))
+    try:
+        try:
+            with tarfile.open(archive, "r:*") as tar:
+                members = tar.getmembers()
+                for member in members:
+                    _check_member(member, archive)
+                tar.extractall(tmp, members=members, filter="data")
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise DataError(
+                f"{archive} is not a readable tar.gz archive ({exc}); delete it so that it is "
+                "downloaded again"
+            ) from None
+        if not (tmp / FOLDER).is_dir():
+            raise DataError(f"{archive} holds no {FOLDER}/ folder; delete it and download again")
+        check_tree(tmp / FOLDER)
+        (tmp / FOLDER).rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def check_tree(root: Path) -> None:
+    """Every split/label folder must exist and hold reviews."""
+    for split in SPLITS:
+        for label in LABELS:
+            folder = root / split / label
+            if not folder.is_dir():
+                raise DataError(
+                    f"{folder} is missing: {root} is incomplete; delete {root} so that the data "
+                    f"is downloaded again, or unpack {ARCHIVE} there"
+                )
+            if not any(e.name.endswith(".txt") for e in os.scandir(folder)):
+                raise DataError(f"{folder} holds no .txt reviews; delete {root} and unpack again")
+
+
+def ensure_aclimdb(
+    data_dir: Path, url: str | None, sha256: str | None, allow_download: bool
+) -> Path:
+    """The `aclImdb` folder in `data_dir`: there already, or extracted from the archive there,
+    or downloaded, verified and extracted."""
+    root = data_dir / FOLDER
+    if root.is_dir():
+        check_tree(root)
+        return root
+    data_dir.mkdir(parents=True, exist_ok=True)
+    archive = data_dir / ARCHIVE
+    if archive.is_file():
+        if sha256 and (got := sha256_of(archive)) != sha256.lower():
+            raise DataError(
+                f"{archive}: sha256 {got} does not match the published {sha256}; the file is "
+                "corrupt or incomplete: delete it so that it is downloaded again"
+            )
+    elif allow_download and url:
+        download(url, archive, sha256)
+    else:
+        raise DataError(
+            f"no {FOLDER}/ folder or {ARCHIVE} in {data_dir}; set data.download=true (and "
+            f"data.url), or put the data there (NNLAB_DATA_DIR moves the data directory)"
+        )
+    return extract(archive, data_dir)
+
+
+# -- reading and encoding ----------------------------------------------------------------------
+def review_files(root: Path, split: str) -> list[tuple[Path, int]]:
+    """(file, label) of a split, negatives then positives, each in file-name order."""
+    files = []
+    for label, name in enumerate(LABELS):
+        folder = root / split / name
+        names = sorted(e.name for e in os.scandir(folder) if e.name.endswith(".txt"))
+        files += [(folder / n, label) for n in names]
+    return files
+
+
+def fingerprint(root: Path) -> list[Any]:
+    """Names, count, total size and latest modification of each split's files (for the key)."""
+    out = []
+    for split in SPLITS:
+        for label in LABELS:
+            entries = [e for e in os.scandir(root / split / label) if e.name.endswith(".txt")]
+            stats = [e.stat() for e in entries]
+            names = hashlib.sha256("\n".join(sorted(e.name for e in entries)).encode())
+            out.append(
+                [
+                    f"{split}/{label}",
+                    len(entries),
+                    sum(s.st_size for s in stats),
+                    max((s.st_mtime_ns for s in stats), default=0),
+                    names.hexdigest()[:16],
+                ]
+            )
+    return out
+
+
+def read_reviews(files: list[tuple[Path, int]]) -> list[bytes]:
+    """Raw review texts, lower-cased, line breaks removed."""
+    texts = []
+    for path, _ in files:
+        try:
+            with open(path, "rb") as f:
+                texts.append(f.read())
+        except OSError as exc:
+            raise DataError(f"cannot read review {path}: {exc}") from None
+    # One pass over all the text at once: bytes.lower/replace run in C.
+    joined = b"\x00".join(t.replace(b"\x00", b" ") for t in texts).lower().replace(_BREAK, b" ")
+    return joined.split(b"\x00")
+
+
+def build_vocab(tokens: list[list[bytes]], num_words: int, min_freq: int) -> list[str]:
+    """Words for ids 2 .. num_words-1: the most frequent (ties by word) seen >= min_freq times."""
+    counts = collections.Counter(itertools.chain.from_iterable(tokens))
+    ranked = sorted(
+        (item for item in counts.items() if item[1] >= min_freq), key=lambda kv: (-kv[1], kv[0])
+    )
+    return [w.decode("utf-8", "replace") for w, _ in ranked[: num_words - 2]]
+
+
+def encode(tokens: list[list[bytes]], index: dict[bytes, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """All reviews' ids as one flat int32 tensor and the (n + 1) offsets of each review in it."""
+    lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
+    offsets = np.zeros(len(tokens) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.array(
+        list(map(index.get, itertools.chain.from_iterable(tokens), itertools.repeat(OOV))),
+        dtype=np.int32,
+    )
+    return torch.from_numpy(flat), torch.from_numpy(offsets)
+
+
+def pad_sequences(
+    flat: torch.Tensor, offsets: torch.Tensor, max_len: int, truncating: str = "pre"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, max_len) ids padded with PAD at the end and the true lengths (>= 1; an empty review
+    counts as one pad token)."""
+    lengths = offsets[1:] - offsets[:-1]
+    kept = lengths.clamp(max=max_len)
+    starts = offsets[:-1] + (lengths - kept if truncating == "pre" else 0)
+    positions = torch.arange(max_len)
+    mask = positions < kept[:, None]
+    if len(flat) == 0:
+        return torch.zeros(mask.shape, dtype=flat.dtype), kept.clamp(min=1)
+    index = (starts[:, None] + positions).clamp(max=len(flat) - 1)
+    ids = torch.where(mask, flat[index].long(), PAD)
+    return ids.to(flat.dtype), kept.clamp(min=1)
+
+
+def as_inputs(batch):
+    """A batch with its multi-hot rows (stored as bools) as floats, for code that calls a bare
+    net; `Task.forward` does this itself."""
+    if isinstance(batch, list | tuple) and batch and batch[0].dtype == torch.bool:
+        return type(batch)([batch[0].float(), *batch[1:]])
+    return batch
+
+
+def multi_hot(flat: torch.Tensor, offsets: torch.Tensor, num_words: int) -> torch.Tensor:
+    """Rows of 0/1 flags (bool: a quarter of float32's memory) for the ids of each review."""
+    lengths = offsets[1:] - offsets[:-1]
+    rows = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+    x = torch.zeros(len(lengths), num_words, dtype=torch.bool)
+    x[rows, flat.long()] = True
+    return x
+
+
+class IMDBDataModule(L.LightningDataModule):
+    """aclImdb reviews as multi-hot vectors or padded id sequences (see the module docstring)."""
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        view: str = "multihot",
+        num_words: int = 10000,
+        min_freq: int = 1,
+        max_len: int = 256,
+        truncating: str = "pre",
+        val_size: float = 10000,
+        batch_size: int = 512,
+        seed: int = 0,
+        download: bool = True,
+        url: str | None = URL,
+        sha256: str | None = SHA256,
+        cache: bool = True,
+        num_workers: int = 0,
+        in_memory: bool | str = "auto",
+    ):
+        super().__init__()
+        if view not in VIEWS:
+            raise ConfigError(
+                "data.view", f"unknown view {view!r}; choose one of {', '.join(VIEWS)}"
+            )
+        if truncating not in ("pre", "post"):
+            raise ConfigError("data.truncating", f"must be 'pre' or 'post', got {truncating!r}")
+        require_positive("data.num_words", num_words)
+        if num_words < 3:
+            raise ConfigError("data.num_words", f"must be >= 3 (pad, OOV, a word), got {num_words}")
+        require_positive("data.min_freq", min_freq)
+        require_positive("data.max_len", max_len)
+        require_positive("data.val_size", val_size)
+        require_positive("data.batch_size", batch_size)
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir).expanduser()
+        self.view, self.num_words, self.min_freq = view, int(num_words), int(min_freq)
+        self.max_len, self.truncating, self.val_size = int(max_len), truncating, val_size
+        self.batch_size, self.seed, self.num_workers = int(batch_size), seed, num_workers
+        self.in_memory = in_memory
+        # An all-digit checksum on the command line arrives as an int: keep it as text.
+        sha256 = str(sha256).strip().lower() if sha256 not in (None, "") else None
+        self.download, self.url, self.sha256, self.use_cache = download, url, sha256, cache
+        self.vocab: list[str] = []  # id -> word, ids 0 and 1 are "<pad>" and "<oov>"
+        self.data: dict[str, dict[str, Any]] | None = None  # the cached preprocessing
+        self.datasets: dict[str, Dataset] = {}
+        self.indices: dict[str, torch.Tensor] = {}  # rows of train/test behind each split
+        self.cache_path: Path | None = None
+        self.timings: dict[str, float] = {}
+
+    # -- shapes the models are sized from ----------------------------------------------------
+    def example_input(self, batch_size: int = 2):
+        if self.view == "multihot":
+            return torch.zeros(batch_size, self.num_words)
+        ids = torch.full((batch_size, self.max_len), 2, dtype=torch.long)
+        return ids, torch.full((batch_size,), self.max_len, dtype=torch.long)
+
+    # -- preprocessing and its cache ---------------------------------------------------------
+    def cache_key(self, root: Path) -> dict[str, Any]:
+        return {
+            "tokenizer_version": TOKENIZER_VERSION,
+            "num_words": self.num_words,
+            "min_freq": self.min_freq,
+            "max_len": self.max_len,
+            "truncating": self.truncating,
+            "files": fingerprint(root),
+        }
+
+    def _cache_file(self, key: dict[str, Any]) -> Path:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        return self.data_dir / "cache" / f"imdb-{digest}.pt"
+
+    def preprocess(self, root: Path) -> dict[str, Any]:
+        """Tokenize both splits, build the vocabulary from train, encode, pad."""
+        start = time.perf_counter()
+        files = {split: review_files(root, split) for split in SPLITS}
+        tokens = {
+            split: [_tokenize_bytes(t) for t in read_reviews(files[split])] for split in SPLITS
+        }
+        vocab = ["<pad>", "<oov>", *build_vocab(tokens["train"], self.num_words, self.min_freq)]
+        index = {w.encode("utf-8"): i for i, w in enumerate(vocab) if i > OOV}
+        data: dict[str, Any] = {"vocab": vocab}
+        dtype = torch.int16 if self.num_words <= torch.iinfo(torch.int16).max else torch.int32
+        for split in SPLITS:
+            flat, offsets = encode(tokens[split], index)
+            ids, lengths = pad_sequences(flat, offsets, self.max_len, self.truncating)
+            data[split] = {
+                "flat": flat.to(dtype),
+                "offsets": offsets,
+                "ids": ids.to(dtype),
+                "lengths": lengths,
+                "labels": torch.tensor([label for _, label in files[split]], dtype=torch.long),
+                "files": [str(p.relative_to(root)) for p, _ in files[split]],
+            }
+        self.timings["preprocess_s"] = time.perf_counter() - start
+        log.info(
+            "Tokenized %d reviews in %.1f s",
+            sum(len(t) for t in tokens.values()),
+            self.timings["preprocess_s"],
+        )
+        return data
+
+    def load(self) -> dict[str, Any]:
+        """The preprocessed data: from the cache when its key matches, else built (and cached)."""
+        if self.data is not None:
+            return self.data
+        root = ensure_aclimdb(self.data_dir, self.url, self.sha256, self.download)
+        key = self.cache_key(root)
+        self.cache_path = self._cache_file(key)
+        data = None
+        if self.use_cache and self.cache_path.is_file():
+            start = time.perf_counter()
+            try:
+                data = torch.load(self.cache_path, weights_only=True)
+            except Exception as exc:  # a truncated or foreign file: rebuild it
+                log.warning(
+                    "Ignoring unreadable cache %s (%s); rebuilding it", self.cache_path, exc
+                )
+                data = None
+            if data is not None and data.get("key") != key:
+                data = None
+            if data is not None:
+                self.timings["cache_load_s"] = time.perf_counter() - start
+                log.info("Loaded %s in %.2f s", self.cache_path, self.timings["cache_load_s"])
+        if data is None:
+            data = self.preprocess(root)
+            data["key"] = key
+            if self.use_cache:
+                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.cache_path.with_name(self.cache_path.name + f".{os.getpid()}.tmp")
+                torch.save(data, tmp)
+                tmp.replace(self.cache_path)  # atomic: readers never see half a file
+        self.root, self.data, self.vocab = root, data, list(data["vocab"])
+        return data
+
+    def prepare_data(self) -> None:
+        self.load()
+
+    # -- Lightning hooks ---------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        data = self.load()
+        n_train = len(data["train"]["labels"])
+        n_val = int(round(self.val_size * n_train)) if self.val_size < 1 else int(self.val_size)
+        if not 0 < n_val < n_train:
+            raise ConfigError(
+                "data.val_size",
+                f"{self.val_size} leaves {n_train - n_val} of the {n_train} training reviews for "
+                "training; use a smaller count or a fraction such as 0.2",
+            )
+        # Seeded orders (the files are sorted by label): a limited run still sees both classes.
+        generator = torch.Generator().manual_seed(int(self.seed))
+        order = torch.randperm(n_train, generator=generator)
+        self.indices = {
+            "train": order[n_val:],
+            "val": order[:n_val],
+            "test": torch.randperm(len(data["test"]["labels"]), generator=generator),
+        }
+        for name, rows in self.indices.items():
+            self.datasets[name] = self._dataset(data["test" if name == "test" else "train"], rows)
+
+    def _dataset(self, split: dict[str, Any], rows: torch.Tensor) -> Dataset:
+        labels = split["labels"][rows]
+        if self.view == "sequence":
+            return TensorDataset(split["ids"][rows].long(), split["lengths"][rows], labels)
+        return TensorDataset(
+            multi_hot(split["flat"], split["offsets"], self.num_words)[rows], labels
+        )
+
+    def _loader(self, split: str, shuffle: bool = False):
+        return make_loader(
+            self,
+            self.datasets[split].tensors,
+            self.batch_size,
+            shuffle,
+            in_memory=self.in_memory,
+            seed=int(self.seed),
+            num_workers=self.num_workers,
+            train=split == "train",
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    # -- for people and callbacks ------------------------------------------------------------
+    def review_text(self, split: str, i: int) -> str:
+        """The raw text of item i of `split` (train/val/test)."""
+        data = self.load()
+        source = "test" if split == "test" else "train"
+        row = int(self.indices[split][i]) if self.indices else i
+        path = self.root / data[source]["files"][row]
+        return path.read_text(encoding="utf-8", errors="replace")
+
+    def save_vocab(self, path: str | os.PathLike) -> Path:
+        """Write the vocabulary and the tokenizer settings as JSON, so that predictions on new
+        text can use the same ids (`words[i]` is id i)."""
+        self.load()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        settings = {
+            "tokenizer_version": TOKENIZER_VERSION,
+            "pad_id": PAD,
+            "oov_id": OOV,
+            "num_words": self.num_words,
+            "min_freq": self.min_freq,
+            "max_len": self.max_len,
+            "truncating": self.truncating,
+            "words": self.vocab,
+        }
+        path.write_text(json.dumps(settings, ensure_ascii=False), encoding="utf-8")
+        return path

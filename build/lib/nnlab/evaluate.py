@@ -1,0 +1,57 @@
+"""nnlab-eval: evaluate a run's checkpoint on its test (or validation) split."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+
+from nnlab.errors import UserError
+from nnlab.lifecycle import command, load_datamodule, load_task, run_config
+from nnlab.runs import Run, write_json
+
+USAGE = """
+usage: nnlab-eval run=<run dir> [ckpt=best|last|<path>] [split=test|val] [accelerator=auto|cpu|gpu]
+                  [data.KEY=VALUE ...]
+
+Evaluates a checkpoint of a finished (or interrupted) run on its test split (or split=val) and
+writes <run dir>/eval_metrics.json. On the best checkpoint it reproduces the test metrics that
+nnlab-train recorded in metrics.json.
+"""
+
+
+@command(USAGE, {"run": None, "ckpt": "best", "split": "test", "accelerator": "auto"})
+def main(run: str, ckpt: str, split: str, accelerator: str, overrides: list[str]) -> dict:
+    if split not in ("test", "val"):
+        raise UserError(f"split: must be test or val, got {split!r}")
+    run_dir = Run.open(run)
+    cfg = run_config(run_dir, overrides)
+    task, path = load_task(run_dir, cfg, ckpt)
+    datamodule = load_datamodule(cfg, "test" if split == "test" else "validate")
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        precision=cfg.trainer.get("precision", "32-true"),
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        # the same share of the split as at training time (debug=limit and the like)
+        limit_test_batches=cfg.trainer.get("limit_test_batches") or 1.0,
+        limit_val_batches=cfg.trainer.get("limit_val_batches") or 1.0,
+    )
+    started = time.monotonic()
+    evaluate = trainer.test if split == "test" else trainer.validate
+    (metrics,) = evaluate(task, datamodule=datamodule)
+    record = {
+        **{k: float(v) for k, v in metrics.items()},
+        "split": split,
+        "checkpoint": str(path),
+        "wall_time_s": round(time.monotonic() - started, 3),
+    }
+    write_json(run_dir.root / "eval_metrics.json", record)
+    print(f"Wrote {run_dir.root / 'eval_metrics.json'}")
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""nnlab-export: a run's network as TorchScript or ONNX, checked against the checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from nnlab.errors import UserError
+from nnlab.lifecycle import command, load_datamodule, load_task, output_dir, run_config
+from nnlab.runs import Run, write_json
+
+USAGE = """
+usage: nnlab-export run=<run dir> [format=torchscript|onnx] [ckpt=best|last|<path>] [out=<dir>]
+                    [atol=1e-5]
+
+Writes the network of a run's checkpoint to <run dir>/export/ (or out=) as TorchScript
+(model.torchscript.pt, loads with torch.jit.load) or ONNX (model.onnx; needs the `onnx` extra:
+pip install 'nnlab[onnx]'), runs the exported model on a batch of test data and checks that it
+gives the checkpoint's outputs (within atol), and records the check in export.json.
+"""
+
+
+def export_torchscript(net: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: Path):
+    traced = torch.jit.trace(net, inputs)
+    traced.save(str(path))
+    loaded = torch.jit.load(str(path))
+    return lambda *xs: loaded(*xs)
+
+
+def export_onnx(net: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: Path):
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError(
+            "format: ONNX export needs the onnx extra; pip install 'nnlab[onnx]' "
+            "(onnx, onnxscript, onnxruntime), or use format=torchscript"
+        ) from None
+    if len(inputs) > 1:
+        raise UserError(
+            "format: ONNX export of a network with several inputs (token ids and lengths: packed "
+            "sequences) is not supported; use format=torchscript"
+        )
+    batch = torch.export.Dim("batch", min=1)
+    torch.onnx.export(
+        net,
+        inputs,
+        str(path),
+        input_names=["input"],
+        output_names=["output"],
+        dynamic_shapes={"x": {0: batch}},
+        dynamo=True,
+        verbose=False,
+    )
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+
+
+def model_inputs(batch) -> tuple[torch.Tensor, ...]:
+    """What the network takes from a batch: everything but the targets (ids and lengths for
+    sequences of tokens)."""
+    if isinstance(batch, list | tuple):
+        batch = tuple(batch[:-1]) if len(batch) > 1 else tuple(batch)
+    else:
+        batch = (batch,)
+    # Floats stay float32; multi-hot rows (stored as bools) become floats, as Task.forward does.
+    return tuple(t.float() if t.is_floating_point() or t.dtype == torch.bool else t for t in batch)
+
+
+EXPORTERS = {
+    "torchscript": (export_torchscript, "model.torchscript.pt"),
+    "onnx": (export_onnx, "model.onnx"),
+}
+
+
+@command(USAGE, {"run": None, "format": "torchscript", "ckpt": "best", "out": None, "atol": "1e-5"})
+def main(run, format, ckpt, out, atol, overrides) -> Path:  # noqa: A002 (the CLI's word)
+    if format not in EXPORTERS:
+        raise UserError(f"format: must be one of {', '.join(EXPORTERS)}, got {format!r}")
+    run_dir = Run.open(run)
+    cfg = run_config(run_dir, overrides)
+    task, ckpt_path = load_task(run_dir, cfg, ckpt)
+    net = task.net.eval()
+    inputs = model_inputs(next(iter(load_datamodule(cfg, "test").test_dataloader())))
+    exporter, filename = EXPORTERS[format]
+    path = output_dir(run_dir, out, "export") / filename
+    with torch.no_grad():
+        expected = net(*inputs)
+        exported = exporter(net, inputs, path)
+        # a different batch size than the traced one: the export must not have baked it in
+        n = len(inputs[0])
+        halves = [tuple(t[:1] for t in inputs), tuple(t[1:] for t in inputs)] if n > 1 else [inputs]
+        got = torch.cat([exported(*half) for half in halves])
+    max_diff = (got - expected).abs().max().item()
+    record = {
+        "format": format,
+        "file": str(path),
+        "checkpoint": str(ckpt_path),
+        "input_shapes": [list(t.shape) for t in inputs],
+        "max_abs_diff": max_diff,
+        "atol": float(atol),
+        "matches": max_diff <= float(atol),
+    }
+    write_json(path.parent / "export.json", record)
+    if not record["matches"]:
+        raise UserError(
+            f"format: the {format} export differs from the checkpoint by {max_diff:.3g} > atol {atol}"
+        )
+    print(
+        f"Wrote {path} (max |exported - checkpoint| = {max_diff:.2e} on {len(inputs[0])} test inputs)"
+    )
+    return path
+
+
+if __name__ == "__main__":
+    main()

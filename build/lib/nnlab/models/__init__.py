@@ -1,0 +1,1 @@
+"""Plain nn.Modules, one family per file, no training logic."""

@@ -1,0 +1,119 @@
+"""AlexNet (Krizhevsky, Sutskever and Hinton, 2012), as published, and a small variant.
+
+  full (227x227x3 input, MNIST resized and its channel repeated on the device):
+  conv1 96@11x11 /4 -> 96x55x55 -> ReLU, LRN -> max pool 3/2 -> 27x27
+  conv2 256@5x5 p2 -> 27x27 -> ReLU, LRN -> max pool 3/2 -> 13x13
+  conv3 384@3x3 p1, conv4 384@3x3 p1, conv5 256@3x3 p1 (ReLU) -> 13x13 -> max pool 3/2 -> 6x6
+  dropout, dense 4096, ReLU, dropout, dense 4096, ReLU, dense classes (logits; softmax is in the
+  loss).  groups=2 splits conv2/4/5 in two halves as on the paper's two GPUs.
+
+  small (28x28x1, zero-padded to 31x31 so that every overlapping 3/2 pooling divides exactly):
+  conv1 5x5 p2 -> 31 -> pool 15 -> conv2 5x5 p2 -> 15 -> pool 7 -> conv3-5 3x3 p1 -> 7 -> pool 3
+  with narrower layers (`channels`, `hidden`).
+
+`input_size` changes the size conv1 sees (the input adapter brings the data to it): with 224,
+as often misquoted, (224 - 11)/4 + 1 = 54.25 and the model refuses to build.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from nnlab.errors import ConfigError, require_positive
+from nnlab.models.layers import InputAdapter, trace_shapes
+
+# variant: (input channels, input size, adapter mode, conv1 (kernel, stride, padding), conv2 padding)
+VARIANTS = {
+    "full": (3, 227, "resize", (11, 4, 0), 2),
+    "small": (1, 31, "pad", (5, 1, 2), 2),
+}
+FULL_CHANNELS = (96, 256, 384, 384, 256)
+
+
+class LocalResponseNorm(nn.LocalResponseNorm):
+    """The paper's LRN, b = a / (k + alpha * sum_{n neighbours} a^2)^beta. torch's module divides
+    alpha by n, so it gets alpha * n to compute the published formula."""
+
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
+        super().__init__(size, alpha=alpha * size, beta=beta, k=k)
+        self.paper_alpha = alpha
+
+    def extra_repr(self) -> str:
+        return f"n={self.size}, alpha={self.paper_alpha}, beta={self.beta}, k={self.k}"
+
+
+class AlexNet(nn.Module):
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        variant: str = "full",
+        in_channels: int = 1,
+        in_size: int = 28,
+        channels: Sequence[int] = FULL_CHANNELS,
+        hidden: int = 4096,
+        dropout: float = 0.5,
+        groups: int = 1,
+        lrn: bool = True,
+        input_size: int | None = None,
+    ):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ConfigError("model.variant", f"must be full or small, got {variant!r}")
+        require_positive("model.num_classes", num_classes)
+        require_positive("model.hidden", hidden)
+        if len(channels) != 5:
+            raise ConfigError("model.channels", f"needs 5 conv widths, got {list(channels)}")
+        if groups not in (1, 2):
+            raise ConfigError("model.groups", f"must be 1 or 2, got {groups}")
+        if groups == 2 and any(c % 2 for c in channels):
+            raise ConfigError("model.channels", f"groups=2 needs even widths, got {list(channels)}")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError("model.dropout", f"must be in [0, 1), got {dropout}")
+        net_channels, size, mode, (k1, s1, p1), p2 = VARIANTS[variant]
+        size = input_size or size  # what conv1 sees; 227 as published (224 does not divide)
+        c1, c2, c3, c4, c5 = channels
+        self.variant = variant
+
+        def norm() -> nn.Module:
+            return LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0) if lrn else nn.Identity()
+
+        self.features = nn.Sequential(
+            OrderedDict(
+                input=InputAdapter(in_channels, in_size, net_channels, size, mode=mode),
+                conv1=nn.Conv2d(net_channels, c1, kernel_size=k1, stride=s1, padding=p1),
+                relu1=nn.ReLU(inplace=True),
+                lrn1=norm(),
+                pool1=nn.MaxPool2d(kernel_size=3, stride=2),
+                conv2=nn.Conv2d(c1, c2, kernel_size=5, padding=p2, groups=groups),
+                relu2=nn.ReLU(inplace=True),
+                lrn2=norm(),
+                pool2=nn.MaxPool2d(kernel_size=3, stride=2),
+                conv3=nn.Conv2d(c2, c3, kernel_size=3, padding=1),
+                relu3=nn.ReLU(inplace=True),
+                conv4=nn.Conv2d(c3, c4, kernel_size=3, padding=1, groups=groups),
+                relu4=nn.ReLU(inplace=True),
+                conv5=nn.Conv2d(c4, c5, kernel_size=3, padding=1, groups=groups),
+                relu5=nn.ReLU(inplace=True),
+                pool5=nn.MaxPool2d(kernel_size=3, stride=2),
+                flatten=nn.Flatten(),
+            )
+        )
+        self.shapes = trace_shapes(
+            self.features, in_channels, in_size, key=lambda layer: "model.input_size"
+        )
+        self.classifier = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(self.shapes[-1][1][0], hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))

@@ -1,0 +1,253 @@
+"""Recurrent cells no modern library ships: the old-Keras family, in plain PyTorch.
+
+- `DeepTransitionRNNCell` (`cell: deep_rnn`): a SimpleRNN whose step is `depth` layers deep
+  (a "deep transition" RNN, Pascanu et al. 2014), the old Keras SimpleDeepRNN's
+  "K-layer-deep network at each time step":
+      s_1 = f(W x_t + U h_{t-1} + b_1),   s_k = f(S_k s_{k-1} + b_k) (k = 2..depth),   h_t = s_depth
+  (The first Keras SimpleDeepRNN used `depth` for a lookback of several past states instead;
+  this follows the "several inner transitions per step" reading.)
+- `JZS1Cell`, `JZS2Cell`, `JZS3Cell` (`cell: jzs1 | jzs2 | jzs3`): MUT1, MUT2, MUT3 of
+  Jozefowicz, Zaremba, Sutskever (2015), "An Empirical Exploration of Recurrent Network
+  Architectures", as old Keras wrote them (`keras/layers/recurrent.py` JZS1-3):
+
+  MUT1: z = sigm(W_xz x + b_z)
+        r = sigm(W_xr x + W_hr h + b_r)
+        h' = tanh(W_hh (r * h) + tanh(x P) + b_h) * z + h * (1 - z)
+  MUT2: z = sigm(W_xz x + W_hz h + b_z)
+        r = sigm(x P + W_hr h + b_r)
+        h' = tanh(W_hh (r * h) + W_xh x + b_h) * z + h * (1 - z)
+  MUT3: z = sigm(W_xz x + W_hz tanh(h) + b_z)
+        r = sigm(W_xr x + W_hr h + b_r)
+        h' = tanh(W_hh (r * h) + W_xh x + b_h) * z + h * (1 - z)
+
+  The paper's bare `x` (MUT1's tanh(x), MUT2's reset gate) needs input size = hidden size; old
+  Keras multiplies by a matrix P instead, the identity when the sizes match and otherwise a
+  random sign matrix scaled by 1/sqrt(input size), and trains it with the rest. So do we.
+
+Every cell splits its step in two: `project(x)` applies the input weights (to a whole sequence at
+once, one matrix product), `step(projected_x_t, h)` the recurrence; `cell(x_t, h)` does both.
+Initialisation as old Keras: Glorot-uniform input weights, orthogonal recurrent weights, zero
+biases. `CellStack` runs cells over time, stacked and optionally bidirectional, and returns what
+torch's nn.RNN returns, so `RecurrentNet` reads both the same way.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from nnlab.errors import ConfigError, require_positive
+
+NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
+
+
+class RecurrentCell(nn.Module):
+    """One step of a recurrence with a single state vector h of `hidden_size`."""
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """The input-side terms of a step, for x (..., input_size)."""
+        raise NotImplementedError
+
+    def step(self, xp: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """h_t from the projected input of step t and h_{t-1}."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
+        if h is None:
+            h = x.new_zeros(x.shape[0], self.hidden_size)
+        return self.step(self.project(x), h)
+
+    def reset_parameters(self) -> None:
+        """Glorot-uniform input weights (`W*`), orthogonal recurrent ones (`U*`), zero biases."""
+        with torch.no_grad():
+            for name, param in self.named_parameters():
+                if name.startswith("W"):  # each gate's block on its own, as Keras' separate W_*
+                    for block in param.split(self.hidden_size, dim=-1):
+                        nn.init.xavier_uniform_(block)
+                elif name.startswith("U"):
+                    nn.init.orthogonal_(param)
+                elif name.startswith("b"):
+                    nn.init.zeros_(param)
+
+
+def sign_projection(input_size: int, hidden_size: int) -> torch.Tensor:
+    """Old Keras' P: the identity for equal sizes, else random +-1/sqrt(input_size) entries."""
+    if input_size == hidden_size:
+        return torch.eye(hidden_size)
+    signs = torch.randint(0, 2, (input_size, hidden_size)).float() * 2 - 1
+    return signs / math.sqrt(input_size)
+
+
+class DeepTransitionRNNCell(RecurrentCell):
+    def __init__(
+        self, input_size: int, hidden_size: int, depth: int = 3, nonlinearity: str = "tanh"
+    ):
+        super().__init__(input_size, hidden_size)
+        require_positive("model.depth", depth)
+        if nonlinearity not in NONLINEARITIES:
+            raise ConfigError("model.nonlinearity", f"must be tanh or relu, got {nonlinearity!r}")
+        self.depth, self.nonlinearity = int(depth), nonlinearity
+        self.act = NONLINEARITIES[nonlinearity]
+        self.W = nn.Parameter(torch.empty(input_size, hidden_size))
+        self.U = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.b = nn.Parameter(torch.empty(hidden_size))
+        # The inner transitions s_{k-1} -> s_k, k = 2..depth (recurrent-like: orthogonal init).
+        self.U_inner = nn.ParameterList(
+            nn.Parameter(torch.empty(hidden_size, hidden_size)) for _ in range(self.depth - 1)
+        )
+        self.b_inner = nn.ParameterList(
+            nn.Parameter(torch.empty(hidden_size)) for _ in range(self.depth - 1)
+        )
+        self.reset_parameters()
+
+    def project(self, x):
+        return x @ self.W + self.b
+
+    def step(self, xp, h):
+        s = self.act(xp + h @ self.U)
+        for weight, bias in zip(self.U_inner, self.b_inner, strict=True):
+            s = self.act(s @ weight + bias)
+        return s
+
+
+class JZS1Cell(RecurrentCell):
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__(input_size, hidden_size)
+        H = hidden_size
+        self.W_zr = nn.Parameter(torch.empty(input_size, 2 * H))  # [W_xz | W_xr]
+        self.b_zr = nn.Parameter(torch.empty(2 * H))
+        self.U_r = nn.Parameter(torch.empty(H, H))
+        self.U_h = nn.Parameter(torch.empty(H, H))
+        self.b_h = nn.Parameter(torch.empty(H))
+        self.P = nn.Parameter(sign_projection(input_size, H))
+        self.reset_parameters()
+
+    def project(self, x):
+        return torch.cat([x @ self.W_zr + self.b_zr, torch.tanh(x @ self.P) + self.b_h], dim=-1)
+
+    def step(self, xp, h):
+        xz, xr, xh = xp.chunk(3, dim=-1)
+        z = torch.sigmoid(xz)
+        r = torch.sigmoid(xr + h @ self.U_r)
+        candidate = torch.tanh(xh + (r * h) @ self.U_h)
+        return candidate * z + h * (1 - z)
+
+
+class JZS2Cell(RecurrentCell):
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__(input_size, hidden_size)
+        H = hidden_size
+        self.W_zh = nn.Parameter(torch.empty(input_size, 2 * H))  # [W_xz | W_xh]
+        self.b_z = nn.Parameter(torch.empty(H))
+        self.b_r = nn.Parameter(torch.empty(H))
+        self.b_h = nn.Parameter(torch.empty(H))
+        self.U_z = nn.Parameter(torch.empty(H, H))
+        self.U_r = nn.Parameter(torch.empty(H, H))
+        self.U_h = nn.Parameter(torch.empty(H, H))
+        self.P = nn.Parameter(sign_projection(input_size, H))
+        self.reset_parameters()
+
+    def project(self, x):
+        xz, xh = (x @ self.W_zh).chunk(2, dim=-1)
+        return torch.cat([xz + self.b_z, x @ self.P + self.b_r, xh + self.b_h], dim=-1)
+
+    def step(self, xp, h):
+        xz, xr, xh = xp.chunk(3, dim=-1)
+        z = torch.sigmoid(xz + h @ self.U_z)
+        r = torch.sigmoid(xr + h @ self.U_r)
+        candidate = torch.tanh(xh + (r * h) @ self.U_h)
+        return candidate * z + h * (1 - z)
+
+
+class JZS3Cell(RecurrentCell):
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__(input_size, hidden_size)
+        H = hidden_size
+        self.W = nn.Parameter(torch.empty(input_size, 3 * H))  # [W_xz | W_xr | W_xh]
+        self.b = nn.Parameter(torch.empty(3 * H))  # [b_z | b_r | b_h]
+        self.U_z = nn.Parameter(torch.empty(H, H))
+        self.U_r = nn.Parameter(torch.empty(H, H))
+        self.U_h = nn.Parameter(torch.empty(H, H))
+        self.reset_parameters()
+
+    def project(self, x):
+        return x @ self.W + self.b
+
+    def step(self, xp, h):
+        xz, xr, xh = xp.chunk(3, dim=-1)
+        z = torch.sigmoid(xz + torch.tanh(h) @ self.U_z)
+        r = torch.sigmoid(xr + h @ self.U_r)
+        candidate = torch.tanh(xh + (r * h) @ self.U_h)
+        return candidate * z + h * (1 - z)
+
+
+CELLS = {"deep_rnn": DeepTransitionRNNCell, "jzs1": JZS1Cell, "jzs2": JZS2Cell, "jzs3": JZS3Cell}
+
+
+def run_cell(cell: RecurrentCell, x: torch.Tensor) -> torch.Tensor:
+    """(batch, steps, features) -> every step's state (batch, steps, hidden), from h_0 = 0."""
+    projected = cell.project(x)  # one matrix product for all steps
+    h = x.new_zeros(x.shape[0], cell.hidden_size)
+    states = []
+    for t in range(x.shape[1]):
+        h = cell.step(projected[:, t], h)
+        states.append(h)
+    return torch.stack(states, dim=1)
+
+
+class CellStack(nn.Module):
+    """`num_layers` layers of a cell, each optionally bidirectional, dropout between layers.
+
+    `forward(x)` returns `(outputs, h_n)` as torch's nn.RNN with batch_first=True does: outputs
+    (batch, steps, hidden * directions) of the top layer, h_n (layers * directions, batch,
+    hidden) with each direction's state at the end of its pass (the backward one at t = 0).
+    """
+
+    def __init__(
+        self,
+        cell: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        **cell_kwargs,
+    ):
+        super().__init__()
+        self.num_layers, self.directions = num_layers, 2 if bidirectional else 1
+        self.hidden_size = hidden_size
+        self.cells = nn.ModuleList(
+            CELLS[cell](
+                input_size if layer == 0 else hidden_size * self.directions,
+                hidden_size,
+                **cell_kwargs,
+            )
+            for layer in range(num_layers)
+            for _ in range(self.directions)
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        finals = []
+        for layer in range(self.num_layers):
+            if layer > 0:
+                x = self.dropout(x)
+            outputs = []
+            for direction in range(self.directions):
+                cell = self.cells[layer * self.directions + direction]
+                if direction == 0:
+                    states = run_cell(cell, x)
+                    finals.append(states[:, -1])
+                else:  # read the sequence backwards, store the states in forward time order
+                    states = run_cell(cell, x.flip(1))
+                    finals.append(states[:, -1])
+                    states = states.flip(1)
+                outputs.append(states)
+            x = torch.cat(outputs, dim=-1)
+        return x, torch.stack(finals)

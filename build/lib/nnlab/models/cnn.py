@@ -1,0 +1,160 @@
+"""A configurable CNN, and its depthwise-separable twin.
+
+  blocks: [{channels: 32, kernel: 3, stride: 1, padding: same, pool: 2}, ...]
+
+Each block is conv -> [batch norm] -> activation -> [pool] -> [dropout]. `padding` is `same`
+(P = (F - 1) / 2, odd kernels), `valid` (P = 0) or a number; `pool` is a window (stride = window)
+or null, of `pool_type` max or avg. `dims: 2` reads images (B, C, H, W); `dims: 1` reads each
+image row as one step of a sequence (B, C*W, H), with Conv1d and 1D pooling. After the blocks,
+`head: flatten` or `gap` (global average pooling), then dense layers and the logits.
+
+SeparableCNN replaces each conv by a depthwise-separable one (a per-channel FxF conv, then a 1x1
+conv that mixes channels): far fewer weights and multiply-adds for the same receptive field.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from nnlab.errors import ConfigError, require_positive
+from nnlab.models.layers import InputAdapter, dense_stack, trace_shapes
+from nnlab.models.layers import activation as make_activation
+
+BLOCK_KEYS = {"channels", "kernel", "stride", "padding", "pool"}
+HEADS = ("flatten", "gap")
+
+
+class SeparableConv(nn.Module):
+    """Depthwise (groups = in_channels) FxF conv, then a pointwise 1x1 conv."""
+
+    def __init__(self, conv, in_channels: int, out_channels: int, kernel: int, stride, padding):
+        super().__init__()
+        self.depthwise = conv(
+            in_channels, in_channels, kernel, stride, padding, groups=in_channels, bias=False
+        )
+        self.pointwise = conv(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(self.depthwise(x))
+
+
+class CNN(nn.Module):
+    separable = False
+
+    def __init__(
+        self,
+        num_classes: int,
+        blocks: Sequence[Mapping[str, Any]],
+        in_channels: int = 1,
+        in_size: int = 28,
+        dims: int = 2,
+        pool_type: str = "max",
+        batch_norm: bool = False,
+        dropout: float = 0.0,
+        head: str = "flatten",
+        dense: Sequence[int] = (),
+        dense_dropout: float = 0.0,
+        activation: str = "relu",
+    ):
+        super().__init__()
+        require_positive("model.num_classes", num_classes)
+        if dims not in (1, 2):
+            raise ConfigError("model.dims", f"must be 1 or 2, got {dims}")
+        if pool_type not in ("max", "avg"):
+            raise ConfigError("model.pool_type", f"must be max or avg, got {pool_type!r}")
+        if head not in HEADS:
+            raise ConfigError("model.head", f"must be flatten or gap, got {head!r}")
+        for key, p in (("model.dropout", dropout), ("model.dense_dropout", dense_dropout)):
+            if not 0.0 <= p < 1.0:
+                raise ConfigError(key, f"must be in [0, 1), got {p}")
+        if not blocks:
+            raise ConfigError("model.blocks", "needs at least one conv block")
+        self.dims = dims
+        conv = nn.Conv2d if dims == 2 else nn.Conv1d
+        norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
+        pool = {
+            ("max", 1): nn.MaxPool1d,
+            ("max", 2): nn.MaxPool2d,
+            ("avg", 1): nn.AvgPool1d,
+            ("avg", 2): nn.AvgPool2d,
+        }[pool_type, dims]
+
+        layers: dict[str, nn.Module] = {}
+        if dims == 2:
+            layers["input"] = InputAdapter(in_channels, in_size, in_channels, in_size)
+            channels = in_channels
+        else:  # rows as steps: C*W features per step
+            channels = in_channels * in_size
+        for i, block in enumerate(blocks, start=1):
+            key = f"model.blocks[{i - 1}]"
+            if unknown := set(block) - BLOCK_KEYS:
+                raise ConfigError(key, f"unknown keys {sorted(unknown)}; use {sorted(BLOCK_KEYS)}")
+            out = block.get("channels")
+            kernel, stride = block.get("kernel", 3), block.get("stride", 1)
+            for name, value in (("channels", out), ("kernel", kernel), ("stride", stride)):
+                require_positive(f"{key}.{name}", value)
+            padding = _padding(f"{key}.padding", block.get("padding", "same"), kernel)
+            if self.separable:
+                layers[f"conv{i}"] = SeparableConv(conv, channels, out, kernel, stride, padding)
+            else:
+                layers[f"conv{i}"] = conv(
+                    channels, out, kernel, stride, padding, bias=not batch_norm
+                )
+            if batch_norm:
+                layers[f"norm{i}"] = norm(out)
+            layers[f"act{i}"] = make_activation(activation)
+            if block.get("pool"):
+                layers[f"pool{i}"] = pool(block["pool"], block["pool"])
+            if dropout:
+                layers[f"drop{i}"] = nn.Dropout(dropout)
+            channels = out
+        if head == "gap":
+            layers["gap"] = nn.AdaptiveAvgPool2d(1) if dims == 2 else nn.AdaptiveAvgPool1d(1)
+        layers["flatten"] = nn.Flatten()
+        self.features = nn.Sequential(OrderedDict(layers))
+        self.shapes = trace_shapes(
+            self.features,
+            channels=in_channels if dims == 2 else in_channels * in_size,
+            size=in_size,
+            dims=dims,
+            key=lambda name: (
+                f"model.blocks[{int(name.split('.')[0][4:]) - 1}]"
+                if name.startswith(("conv", "pool"))
+                else "model.in_size"
+            ),
+        )
+
+        head_layers, width = dense_stack(
+            self.shapes[-1][1][0], dense, activation, dense_dropout, "model.dense"
+        )
+        head_layers.append(nn.Linear(width, num_classes))
+        self.classifier = nn.Sequential(*head_layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dims == 1 and x.dim() == 4:  # (B, C, H, W) -> (B, C*W, H): rows are steps
+            b, c, h, w = x.shape
+            x = x.permute(0, 1, 3, 2).reshape(b, c * w, h)
+        return self.classifier(self.features(x))
+
+
+class SeparableCNN(CNN):
+    """The same configuration, every conv depthwise-separable."""
+
+    separable = True
+
+
+def _padding(key: str, padding, kernel: int) -> int:
+    if padding == "valid":
+        return 0
+    if padding == "same":
+        if kernel % 2 == 0:
+            raise ConfigError(key, f"same padding needs an odd kernel, got {kernel}")
+        return (kernel - 1) // 2
+    if isinstance(padding, int) and not isinstance(padding, bool) and padding >= 0:
+        return padding
+    raise ConfigError(key, f"must be same, valid or a number >= 0, got {padding!r}")

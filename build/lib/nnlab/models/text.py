@@ -1,0 +1,160 @@
+"""Text classifiers over padded token-id sequences: Embedding + (bi)LSTM/GRU, Embedding + Conv1D.
+
+Both take `(ids, lengths)`: ids (batch, time) padded with 0 at the end, lengths the true
+lengths. Padding never changes the output: the recurrent net runs on packed sequences (pads are
+never read) and pools only real steps; the convolutional net zeroes the pads' features (a pad
+then looks exactly like the convolution's own zero padding) and takes its maximum over real
+positions only. Without `lengths` they are taken as the number of non-zero ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from nnlab.errors import ConfigError, require_positive
+from nnlab.models.layers import activation as make_activation
+
+PAD = 0
+POOLINGS = ("last", "mean", "max")
+
+
+def _lengths(ids: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    if lengths is None:
+        lengths = (ids != PAD).sum(dim=1)
+    return lengths.clamp(min=1, max=ids.size(1))
+
+
+def _mask(lengths: torch.Tensor, steps: int) -> torch.Tensor:
+    """(batch, steps) True at real positions."""
+    return torch.arange(steps, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def embedding(num_words: int, dim: int, scale: float = 0.05) -> nn.Embedding:
+    """Word vectors started small (uniform in +-scale, as Keras does) with a zero pad row: with
+    PyTorch's N(0, 1) start, Adam's ~lr-sized steps barely move them and training crawls."""
+    layer = nn.Embedding(num_words, dim, padding_idx=PAD)
+    with torch.no_grad():
+        layer.weight.uniform_(-scale, scale)
+        layer.weight[PAD].zero_()
+    return layer
+
+
+def _check_common(num_words: int, output_size: int, embedding_dim: int, dropout: float) -> None:
+    require_positive("model.num_words", num_words)
+    require_positive("model.output_size", output_size)
+    require_positive("model.embedding_dim", embedding_dim)
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError("model.dropout", f"must be in [0, 1), got {dropout}")
+
+
+class RecurrentTextClassifier(nn.Module):
+    """Embedding -> (bi)LSTM/GRU over the packed sequence -> pooled state -> Dropout -> Linear.
+
+    `pooling`: `last` (the final hidden state of each direction), or `mean` / `max` over the
+    top layer's outputs at the real time steps.
+    """
+
+    CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+
+    def __init__(
+        self,
+        num_words: int,
+        output_size: int = 1,
+        embedding_dim: int = 64,
+        hidden_size: int = 64,
+        cell: str = "lstm",
+        num_layers: int = 1,
+        bidirectional: bool = True,
+        pooling: str = "last",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        _check_common(num_words, output_size, embedding_dim, dropout)
+        require_positive("model.hidden_size", hidden_size)
+        require_positive("model.num_layers", num_layers)
+        if cell not in self.CELLS:
+            raise ConfigError("model.cell", f"unknown cell {cell!r}; choose one of lstm, gru")
+        if pooling not in POOLINGS:
+            raise ConfigError(
+                "model.pooling", f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}"
+            )
+        self.pooling = pooling
+        self.directions = 2 if bidirectional else 1
+        self.embedding = embedding(num_words, embedding_dim)
+        self.rnn = self.CELLS[cell](
+            embedding_dim,
+            hidden_size,
+            num_layers=num_layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.classifier = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(hidden_size * self.directions, output_size)
+        )
+
+    def features(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        lengths = _lengths(ids, lengths)
+        packed = pack_padded_sequence(
+            self.embedding(ids), lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        outputs, state = self.rnn(packed)
+        if self.pooling == "last":
+            h = state[0] if isinstance(state, tuple) else state  # (layers * dirs, batch, hidden)
+            return torch.cat(list(h[-self.directions :]), dim=-1)
+        padded, _ = pad_packed_sequence(outputs, batch_first=True)  # (batch, max length, ...)
+        mask = _mask(lengths.to(padded.device), padded.size(1))[..., None]
+        if self.pooling == "mean":
+            return (padded * mask).sum(1) / lengths.to(padded.device)[:, None]
+        return padded.masked_fill(~mask, float("-inf")).amax(1)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classifier(self.features(ids, lengths))
+
+
+class ConvTextClassifier(nn.Module):
+    """Embedding -> [Conv1D ('same') -> activation] per entry of `channels` -> global max
+    pooling over the real positions -> Dropout -> Linear."""
+
+    def __init__(
+        self,
+        num_words: int,
+        output_size: int = 1,
+        embedding_dim: int = 64,
+        channels: Sequence[int] = (128,),
+        kernel_size: int = 5,
+        activation: str = "relu",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        _check_common(num_words, output_size, embedding_dim, dropout)
+        require_positive("model.kernel_size", kernel_size)
+        if not channels:
+            raise ConfigError("model.channels", "needs at least one convolution, e.g. [128]")
+        for i, c in enumerate(channels):
+            require_positive(f"model.channels[{i}]", c)
+        self.embedding = embedding(num_words, embedding_dim)
+        self.convs = nn.ModuleList()
+        self.activations = nn.ModuleList()
+        width = embedding_dim
+        for c in channels:
+            self.convs.append(nn.Conv1d(width, c, kernel_size, padding="same"))
+            self.activations.append(make_activation(activation))
+            width = c
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, output_size))
+
+    def features(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        lengths = _lengths(ids, lengths)
+        mask = _mask(lengths, ids.size(1))[:, None, :]  # (batch, 1, time)
+        x = self.dropout(self.embedding(ids)).transpose(1, 2) * mask  # (batch, emb, time)
+        for conv, act in zip(self.convs, self.activations, strict=True):
+            x = act(conv(x)) * mask  # pads stay zero, like the convolution's own padding
+        return x.masked_fill(~mask, float("-inf")).amax(dim=2)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classifier(self.features(ids, lengths))

@@ -1,0 +1,1 @@
+"""LightningModules: loss, metrics and optimisers around an injected network."""

@@ -1,0 +1,75 @@
+"""Checkpoint files: written atomically, checked before they are trusted."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from omegaconf import DictConfig, OmegaConf
+
+from nnlab.errors import UserError
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file in the same directory, flushed, fsynced and
+    renamed over the target: a kill during a write never leaves a truncated checkpoint and
+    never destroys the previous one."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path, storage_options: Any | None = None
+    ) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:  # make the rename itself durable
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """None when `path` is a complete checkpoint file, else what is wrong with it."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as exc:  # truncated zip, garbage, empty file, unreadable
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        return "not a Lightning checkpoint (no state_dict)"
+    return None
+
+
+def check_checkpoint(
+    path: Path, model_cfg: DictConfig, key: str = "ckpt", owner: str = "this run"
+) -> None:
+    """A complete checkpoint file of the network `model_cfg` describes, or a UserError."""
+    if not path.is_file():
+        raise UserError(f"{key}: checkpoint {path} not found")
+    problem = checkpoint_problem(path)
+    if problem:
+        raise UserError(f"{key}: {path} is damaged ({problem}); use another checkpoint (ckpt=last)")
+    saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    net = (saved.get("hyper_parameters") or {}).get("net") or {}
+    wanted = OmegaConf.to_container(model_cfg, resolve=True)
+    if net.get("_target_") != wanted.get("_target_"):
+        raise UserError(
+            f"{key}: {path} holds a {net.get('_target_', 'non-nnlab')} network, but {owner} "
+            f"uses {wanted.get('_target_')}; pass a checkpoint of the same network"
+        )
+    differ = sorted(k for k in set(net) | set(wanted) if net.get(k) != wanted.get(k))
+    if differ:
+        shown = ", ".join(f"model.{k}={net.get(k)!r} (here: {wanted.get(k)!r})" for k in differ)
+        raise UserError(
+            f"{key}: {path} was trained with {shown}; pass a checkpoint of the same network"
+        )

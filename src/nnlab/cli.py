@@ -1,0 +1,186 @@
+"""The commands' shared command-line code: `key=value` arguments composed by Hydra (every
+command), the run's config, its checkpoint and the task rebuilt from it (nnlab-eval, -predict,
+-export), and what nnlab-train checks before Hydra starts (resume, re-run, output folder)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from nnlab import CONF_DIR
+from nnlab.checkpoint_io import check_checkpoint
+from nnlab.config import build
+from nnlab.errors import UserError
+from nnlab.runs import RESOLVED_CONFIG, Run
+
+warnings.filterwarnings("ignore", message=r".*torch\.jit\..* is deprecated", category=FutureWarning)
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
+def parse_args(
+    argv: list[str], config_name: str, run_overrides: bool = True
+) -> tuple[dict[str, Any], list[str]]:
+    """`key=value` words, as nnlab-train takes them: the command's own keys, with their defaults
+    and documentation in its entry config `conf/<config_name>.yaml` (what `--help` prints), and
+    dotted keys of the run's config (`data.batch_size=64`) as overrides of it."""
+    entry = CONF_DIR / f"{config_name}.yaml"
+    values = OmegaConf.to_container(OmegaConf.load(entry), resolve=True)
+    if any(arg in ("-h", "--help") for arg in argv):
+        keys = " ".join(f"[{k}=...]" for k in values)
+        extra = " [data.KEY=VALUE ...]" if run_overrides else ""
+        print(f"usage: nnlab-{config_name} {keys}{extra}\n")
+        print(entry.read_text().strip())
+        sys.exit(0)
+    overrides = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise UserError(f"{arg}: arguments are key=value; see --help")
+        if key in values:
+            values[key] = value  # as typed: each command converts its own values
+        elif "." in key and run_overrides:
+            overrides.append(arg)
+        else:
+            also = " and dotted keys of the run's config" if run_overrides else ""
+            raise UserError(
+                f"{key}: unknown argument; this command takes {', '.join(values)}{also} "
+                "(see --help)"
+            )
+    return values, overrides
+
+
+def command(config_name: str, run_overrides: bool = True) -> Callable:
+    """A console entry point: its arguments composed with `conf/<config_name>.yaml`, one clear
+    line and exit 2 on a UserError, exit 0 on success (the function's result is not an exit
+    status)."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[[], None]:
+        def call(argv: list[str]) -> Any:
+            """The command's result (a path, a dict), for callers in Python."""
+            options, overrides = parse_args(argv, config_name, run_overrides)
+            return fn(overrides=overrides, **options) if run_overrides else fn(**options)
+
+        @functools.wraps(fn)
+        def main(argv: list[str] | None = None) -> None:
+            try:
+                call(sys.argv[1:] if argv is None else argv)
+            except UserError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                sys.exit(exc.exit_code)
+
+        main.call = call
+        return main
+
+    return wrap
+
+
+def run_config(run: Run, overrides: list[str]) -> DictConfig:
+    cfg = run.config()
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    return cfg
+
+
+def load_task(run: Run, cfg: DictConfig, ckpt: str | None):
+    """The run's task with the checkpoint's weights; refuses a checkpoint of another network."""
+    path = run.checkpoint(ckpt)
+    check_checkpoint(path, cfg.model, owner=str(run.root))
+    task_class = get_class(cfg.task._target_)
+    try:
+        task = task_class.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise UserError(
+            f"ckpt: {path} does not fit {cfg.task._target_}: {exc}".splitlines()[0]
+        ) from exc
+    return task.eval(), path
+
+
+def load_datamodule(cfg: DictConfig, stage: str = "test"):
+    datamodule = build(cfg.data, "data")
+    datamodule.prepare_data()
+    datamodule.setup(stage)
+    return datamodule
+
+
+def output_dir(run: Run, out: str | None, kind: str) -> Path:
+    """`out` if given, else <run>/<kind>/ (created)."""
+    path = Path(out).expanduser() if out else run.root / kind
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"out: cannot create {path}: {exc.strerror}; choose another out=") from exc
+    return path
+
+
+# -- nnlab-train, before Hydra starts ----------------------------------------------------------
+GROUPS = ("experiment", "data", "model", "task", "trainer", "callbacks", "logger", "paths", "debug")
+
+
+def resumed_config(run: Run, overrides: list[str]) -> DictConfig:
+    """The run's saved config, the command line's key=value overrides on top, set to continue
+    from its last checkpoint."""
+    dotlist = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in ("resume", "print_config"):
+            continue
+        if key in GROUPS:
+            raise UserError(
+                f"resume: `{override}` would change what the run is; a resumed run keeps its "
+                "config (override single keys such as trainer.max_epochs=20, or start a new run)"
+            )
+        dotlist.append(override.lstrip("+"))
+    cfg = OmegaConf.merge(run.config(), OmegaConf.from_dotlist(dotlist))
+    cfg.resume = str(run.root)
+    cfg.ckpt_path = str(run.resume_checkpoint())
+    return cfg
+
+
+def rerun_overrides(argv: list[str]) -> list[str]:
+    """Re-running a saved config (`-cp <run>/.hydra -cn config`): that config.yaml has no
+    `hydra:` block of ours, so give it our run directory layout and the old run's name."""
+    config_path = None
+    for i, arg in enumerate(argv):
+        if arg in ("-cp", "--config-path") and i + 1 < len(argv):
+            config_path = argv[i + 1]
+        elif arg.startswith("--config-path="):
+            config_path = arg.split("=", 1)[1]
+    if not config_path:
+        return []
+    saved = Path(config_path).expanduser()
+    if not (saved.name == ".hydra" and (saved.parent / RESOLVED_CONFIG).is_file()):
+        return []
+    ours = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "train.yaml").hydra)  # unresolved
+    extra = [f"hydra.run.dir='{ours['run']['dir']}'", f"hydra.sweep.dir='{ours['sweep']['dir']}'"]
+    if not any(arg.startswith("name=") for arg in argv):
+        extra.append(f"name={OmegaConf.load(saved.parent / RESOLVED_CONFIG).get('name', 'rerun')}")
+    return extra
+
+
+def check_writable(argv: list[str]) -> None:
+    """Run directories go under paths.log_dir: refuse one that cannot be written, before Hydra
+    tries (and fails with a stack trace)."""
+    given = [
+        a.split("=", 1)[1] for a in argv if a.startswith(("paths.log_dir=", "+paths.log_dir="))
+    ]
+    target = Path(
+        given[-1] if given else os.environ.get("NNLAB_OUTPUT_DIR") or "outputs"
+    ).expanduser()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"paths.log_dir: cannot write run directories under {target} ({exc.strerror}); point "
+            "NNLAB_OUTPUT_DIR or paths.log_dir=... at a writable directory"
+        ) from None

@@ -1,0 +1,51 @@
+"""The `${nnlab.*:}` interpolations the configs use; registered once, on import of nnlab, so they
+resolve wherever a config is composed (nnlab-train, the other commands, tests, notebooks)."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+
+def group_choice(group: str, *, _root_: Any) -> Any:
+    """`${nnlab.choice:experiment}`: the option chosen for a config group. Unlike
+    `${hydra:runtime.choices.experiment}` it also resolves where HydraConfig is not set yet: in
+    a multirun's sweeper and launcher, which name the sweep directory before any job runs."""
+    if "hydra" in _root_:  # the whole config, as sweepers and launchers see it
+        return OmegaConf.select(_root_, f"hydra.runtime.choices.{group}")
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
+
+
+def sqlite_url(path: str) -> str:
+    """`${nnlab.sqlite:outputs/optuna/study.db}`: an SQLAlchemy URL for a SQLite file (an Optuna
+    study's storage), absolute, with its folder created (SQLite creates files, not folders)."""
+    file = Path(path).expanduser().absolute()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{file}"
+
+
+RESOLVERS = {
+    # a short random tag, fixed for the process: run directories started in the same second
+    # (Hydra's `now` has 1 s resolution) stay distinct
+    "nnlab.uid": (lambda: secrets.token_hex(3), True),
+    "nnlab.abspath": (lambda p: str(Path(p).expanduser().absolute()), False),
+    # hydra.run.dir: the run being resumed, else a new directory
+    "nnlab.resume_or": (lambda resume, fresh: resume or fresh, False),
+    # hydra.output_subdir: a resumed run keeps the .hydra/ of its first start
+    "nnlab.unless_resume": (lambda resume, v: None if resume else v, False),
+    "nnlab.sqlite": (sqlite_url, False),
+    "nnlab.choice": (group_choice, False),
+}
+
+
+def register_resolvers() -> None:
+    from nnlab.data.views import mnist_shape
+
+    for name, (fn, cache) in {**RESOLVERS, "nnlab.mnist_shape": (mnist_shape, False)}.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn, use_cache=cache)

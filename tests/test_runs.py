@@ -1,0 +1,104 @@
+"""The run manager (nnlab/runs.py): the lock, the status as things stand, the checkpoint that a
+resume continues from, and last.ckpt as the newest state."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from nnlab.report import load_trial
+from nnlab.runs import RESOLVED_CONFIG, Run, RunInUse, write_json
+
+
+def make_run(root):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / RESOLVED_CONFIG).write_text("name: x\n")
+    return Run(root)
+
+
+def checkpoint(path, step):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {}, "global_step": step}, path)
+    return path
+
+
+def test_a_second_holder_is_refused_with_the_holder_named(tmp_path):
+    run = make_run(tmp_path / "run")
+    run.lock()
+    code = (
+        "import sys; from nnlab.runs import Run, RunInUse\n"
+        "try:\n    Run.check_free(sys.argv[1])\nexcept RunInUse as e:\n    print(e); sys.exit(3)\n"
+    )
+    other = subprocess.run([sys.executable, "-c", code, str(run.root)], capture_output=True, text=True)  # fmt: skip
+    assert other.returncode == 3, other.stderr
+    assert str(run.root) in other.stdout and f"process {os.getpid()}" in other.stdout
+    run.unlock()
+    Run.check_free(run.root)  # free again
+    with pytest.raises(RunInUse):  # a lock is per open file: a second Run object is refused too
+        run.lock()
+        Run(run.root).lock()
+    run.unlock()
+
+
+def test_resume_takes_the_newest_usable_checkpoint_hpc_included(tmp_path):
+    run = make_run(tmp_path / "run")
+    last = checkpoint(run.checkpoints / "last.ckpt", 10)
+    periodic = checkpoint(run.checkpoints / "periodic" / "step000020.ckpt", 20)
+    assert run.resume_checkpoint() == periodic
+    time.sleep(0.01)
+    hpc = checkpoint(run.root / "hpc_ckpt_1.ckpt", 30)
+    assert run.resume_checkpoint() == hpc
+    time.sleep(0.01)
+    hpc.write_bytes(b"truncated")  # damaged: the next newest one is used
+    os.utime(hpc)
+    assert run.resume_checkpoint() == periodic
+    assert last.is_file() and run.has_checkpoint()
+
+
+def test_the_state_as_things_stand(tmp_path):
+    run = make_run(tmp_path / "run")
+    assert run.state() == ("unknown", "no status.json (the run never started)")
+    run.start(experiment="x")
+    assert run.state() == ("running", "")
+    status = json.loads(run.status_path.read_text())
+    write_json(run.status_path, {**status, "pid": 2**22 + 12345})  # a process that is gone
+    state, why = run.state()
+    assert state == "failed" and "ended without finishing" in why
+    run.finish({"test/mse": 0.1})
+    assert run.state() == ("completed", "")
+    run.status_path.write_text("{ not json")
+    assert run.state()[0] == "damaged"
+
+
+def test_a_resumed_run_with_a_damaged_status_gets_a_new_one(tmp_path):
+    run = make_run(tmp_path / "run")
+    run.status_path.write_text("{ not json")
+    run.start(resumed=True)
+    assert json.loads(run.status_path.read_text())["status"] == "running"
+
+
+def test_the_report_lists_a_damaged_trial_instead_of_failing(tmp_path):
+    trial = make_run(tmp_path / "0").root
+    (trial / ".hydra").mkdir()
+    (trial / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
+    (trial / "metrics.json").write_text("{ truncated")
+    found = load_trial(trial)
+    assert found.status == "damaged" and "unreadable" in found.error
+
+
+def test_last_checkpoint_is_the_newest_state_even_without_improvement(cli):
+    """monitor_mode=max on val/mse: the 'best' stays at an early epoch, but last.ckpt is
+    written at every epoch end."""
+    result = cli("experiment=sine_mlp", "trainer.max_epochs=4", "monitor_mode=max", "logger=none")
+    run = result.run_dir()
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 3  # the fourth epoch (counted from 0) finished
+    best = result.metrics()["best_epoch"]
+    assert best < 3
+    assert len(list((run / "checkpoints").glob("epoch*.ckpt"))) == 1
