@@ -4,12 +4,16 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.nnlab-installed
+# A second environment with nnlab installed from its wheel (not editable): the journey tests
+# (tests/test_journey.py) run its commands, so a wheel that misses files fails the suite.
+WHEEL_VENV ?= .venv-wheel
+WHEEL_STAMP := $(WHEEL_VENV)/.nnlab-installed
 # The extras `make install` installs: the test suite covers sweeps, search and SLURM submission.
 EXTRAS ?= dev,onnx,sweep,slurm
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train test test-fast bench lint format tensorboard clean
+.PHONY: install wheel-env train test test-fast bench lint format tensorboard clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,13 +23,25 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(WHEEL_STAMP): $(STAMP) pyproject.toml $(shell find src -type f -not -name '*.pyc')
+	rm -rf build dist
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation -w dist .
+	test -x $(WHEEL_VENV)/bin/python || $(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install --quiet --force-reinstall --no-deps dist/nnlab-*.whl
+	$(WHEEL_VENV)/bin/python -m pip install --quiet "$$(ls dist/nnlab-*.whl)[sweep]"
+	rm -rf build
+	touch $(WHEEL_STAMP)
+
+## nnlab built as a wheel and installed into $(WHEEL_VENV), as a user installs it.
+wheel-env: $(WHEEL_STAMP)
+
 ## Train the default experiment (sine_lstm, CPU, no download); pass overrides in ARGS="...".
 train: $(STAMP)
 	$(BIN)/nnlab-train $(ARGS)
 
 ## The whole test suite (real-data tests run when NNLAB_DATA_DIR points at the data).
-test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: $(STAMP) $(WHEEL_STAMP)
+	NNLAB_JOURNEY_BIN=$(abspath $(WHEEL_VENV))/bin $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## The suite without the tests that train to a metric bound.
 test-fast: $(STAMP)
@@ -47,4 +63,4 @@ tensorboard: $(STAMP)
 	$(BIN)/tensorboard --logdir outputs
 
 clean:
-	rm -rf outputs multirun .pytest_cache .ruff_cache
+	rm -rf outputs multirun .pytest_cache .ruff_cache build dist

@@ -136,7 +136,8 @@ def test_user_errors_exit_2_with_one_line(trained):
     ]:
         proc = command(name, *args, cwd=trained)
         assert proc.returncode == 2, (name, args, proc.stderr[-2000:])
-        assert proc.stderr.strip().startswith("error: ") and "Traceback" not in proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     for name in ("nnlab-train", "nnlab-eval", "nnlab-predict", "nnlab-export", "nnlab-report"):
         assert ok(command(name, "--help", cwd=trained)).stdout.strip()
 
@@ -154,29 +155,45 @@ def test_a_sweep_and_its_report(tmp_path):
     assert sorted(float(r["val/mse"]) for r in rows) == pytest.approx(sorted(values), rel=1e-5)
 
 
+CRASHY_SEARCH = """# @package _global_
+# A user's own search: four learning rates on a grid, one of them refused by the config check.
+defaults:
+  - override /hydra/sweeper: optuna
+  - override /hydra/sweeper/sampler: grid
+optimized_metric: val/mse
+hydra:
+  mode: MULTIRUN
+  sweeper:
+    _target_: hydra_plugins.nnlab_plugins.OptunaSweeper
+    direction: minimize
+    study_name: crashy
+    storage: ${nnlab.sqlite:${paths.log_dir}/optuna/crashy.db}
+    n_trials: 4
+    n_jobs: 1
+    max_failure_rate: 1.0
+    params:
+      task.optimizer.lr: choice(0.001, 0.002, 0.003, -1.0)
+"""
+
+
 def test_an_optuna_search_survives_a_crashing_trial(tmp_path):
     """Four grid points, one of them a learning rate that the config check refuses: that trial
     fails (its error in its status.json and in the report), the other three complete, the
     study holds all four, and the command exits 0."""
     optuna = pytest.importorskip("optuna")
-    args = [
-        "experiment=sine_mlp",
-        "hparams_search=sine_mlp_optuna",
-        "hydra/sweeper/sampler=grid",
-        "hydra.sweeper.n_trials=4",
-        "~hydra.sweeper.params",
-        "+hydra.sweeper.params={task.optimizer.lr: 'choice(0.001, 0.002, 0.003, -1.0)'}",
-        "trainer.max_epochs=2",
-        *QUICK,
-    ]
+    search = tmp_path / "my_conf" / "hparams_search"
+    search.mkdir(parents=True)
+    (search / "crashy.yaml").write_text(CRASHY_SEARCH)
+    args = ["--config-dir", str(tmp_path / "my_conf"), "experiment=sine_mlp"]
+    args += ["hparams_search=crashy", "trainer.max_epochs=2", *QUICK]
     ok(command("nnlab-train", *args, cwd=tmp_path))
     found = trials(tmp_path)
     states = {t.name: status(t) for t in found}
     assert len(found) == 4
     failed = [s for s in states.values() if s["status"] == "failed"]
     assert len(failed) == 1 and "task.optimizer.lr" in failed[0]["error"]
-    db = tmp_path / "outputs" / "optuna" / "sine_mlp_optuna.db"
-    study = optuna.load_study(study_name="sine_mlp_optuna", storage=f"sqlite:///{db}")
+    db = tmp_path / "outputs" / "optuna" / "crashy.db"
+    study = optuna.load_study(study_name="crashy", storage=f"sqlite:///{db}")
     kinds = sorted(t.state.name for t in study.trials)
     assert kinds == ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL"]
     ok(command("nnlab-report", f"sweep={found[0].parent}", cwd=tmp_path))
@@ -254,3 +271,68 @@ def test_your_own_configs_beside_the_built_in_ones(tmp_path):
     for run in runs(tmp_path):
         resolved = (run / "config.resolved.yaml").read_text()
         assert "- 7" in resolved and "_target_: nnlab.models.mlp" in resolved
+
+
+class ReadOnly:
+    """A folder nobody may write into, not even root (who ignores permission bits): `chattr +i`
+    for root, the permission bits otherwise."""
+
+    def __init__(self, *paths: Path):
+        self.paths = paths
+
+    def __enter__(self):
+        for path in self.paths:
+            if os.geteuid() == 0:
+                subprocess.run(["chattr", "+i", str(path)], check=True)
+            else:
+                path.chmod(0o555)
+        return self
+
+    def __exit__(self, *exc):
+        for path in self.paths:
+            if os.geteuid() == 0:
+                subprocess.run(["chattr", "-i", str(path)], check=True)
+            else:
+                path.chmod(0o755)
+
+
+def chattr_works(tmp: Path) -> bool:
+    if os.geteuid() != 0:
+        return True
+    probe = tmp / "probe"
+    probe.mkdir()
+    try:
+        return subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode == 0
+    finally:
+        subprocess.run(["chattr", "-i", str(probe)], capture_output=True)
+
+
+def test_file_system_errors_end_with_one_line_naming_the_file(trained, tmp_path):
+    """Read-only run directory, output folder and prediction folder: each command exits 2 with
+    the file named, no traceback, and the run's status.json unchanged."""
+    if not chattr_works(tmp_path):
+        pytest.skip(
+            "this file system has no immutable flag (chattr +i) to stand in for permissions"
+        )
+    (run,) = runs(trained)
+    before = (run / "status.json").read_text()
+    readonly_out = tmp_path / "readonly"
+    readonly_out.mkdir()
+    (run / "export").mkdir(exist_ok=True)
+    cases = [
+        ("nnlab-train", [f"resume={run}"], str(run)),
+        ("nnlab-eval", [f"run={run}"], "eval_metrics.json"),
+        ("nnlab-export", [f"run={run}"], "export"),
+        ("nnlab-predict", [f"run={run}", f"out={readonly_out}"], str(readonly_out)),
+    ]
+    with ReadOnly(run, run / "export", readonly_out):
+        for name, args, named in cases:
+            proc = command(name, *args, cwd=trained)
+            assert proc.returncode == 2, (name, proc.stdout[-1500:], proc.stderr[-2500:])
+            last = proc.stderr.strip().splitlines()[-1]  # after the libraries' own warnings
+            assert last.startswith("error: ") and named in last, proc.stderr[-2000:]
+            assert "Traceback" not in proc.stderr
+        with ReadOnly(trained / "outputs"):
+            proc = command("nnlab-train", *SINE, *QUICK, cwd=trained)
+            assert proc.returncode == 2 and "paths.log_dir" in proc.stderr, proc.stderr[-2000:]
+    assert (run / "status.json").read_text() == before

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from nnlab import CONF_DIR
 from nnlab.checkpoint_io import check_checkpoint
 from nnlab.config import build
-from nnlab.errors import UserError
+from nnlab.errors import UserError, file_error
 from nnlab.runs import RESOLVED_CONFIG, Run
 
 warnings.filterwarnings("ignore", message=r".*torch\.jit\..* is deprecated", category=FutureWarning)
@@ -72,7 +72,13 @@ def command(config_name: str, run_overrides: bool = True) -> Callable:
         @functools.wraps(fn)
         def main(argv: list[str] | None = None) -> None:
             try:
-                call(sys.argv[1:] if argv is None else argv)
+                try:
+                    call(sys.argv[1:] if argv is None else argv)
+                except OSError as exc:  # permission denied, a folder where a file belongs, ...
+                    error = file_error(exc)
+                    if error is None:
+                        raise
+                    raise error from exc
             except UserError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 sys.exit(exc.exit_code)
@@ -116,8 +122,12 @@ def output_dir(run: Run, out: str | None, kind: str) -> Path:
     path = Path(out).expanduser() if out else run.root / kind
     try:
         path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):  # writable? (torch's own writers say it badly)
+            pass
     except OSError as exc:
-        raise UserError(f"out: cannot create {path}: {exc.strerror}; choose another out=") from exc
+        raise UserError(
+            f"out: cannot write into {path}: {exc.strerror}; choose another out="
+        ) from exc
     return path
 
 
@@ -157,7 +167,7 @@ def rerun_overrides(argv: list[str]) -> list[str]:
     if not config_path:
         return []
     saved = Path(config_path).expanduser()
-    if not (saved.name == ".hydra" and (saved.parent / RESOLVED_CONFIG).is_file()):
+    if not (saved.name == ".hydra" and Run.is_run_dir(saved.parent)):
         return []
     ours = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "train.yaml").hydra)  # unresolved
     extra = [f"hydra.run.dir='{ours['run']['dir']}'", f"hydra.sweep.dir='{ours['sweep']['dir']}'"]

@@ -28,3 +28,15 @@ def require_positive(key: str, value, *, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(key, f"must be {bound}, got {value!r}")
+
+
+def file_error(exc: OSError) -> UserError | None:
+    """A file-system error about a named file (permission denied, a folder where a file should
+    be, a full disk) as a UserError naming the file; None when no file is named (a crash)."""
+    if exc.filename is None:
+        return None
+    where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else str(exc.filename)
+    return UserError(
+        f"{where}: {exc.strerror or type(exc).__name__}; check that the path exists, is the kind "
+        "of file expected, and that you may read (and, for outputs, write) it"
+    )

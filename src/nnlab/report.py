@@ -25,7 +25,7 @@ import yaml
 
 from nnlab.cli import command
 from nnlab.errors import UserError
-from nnlab.runs import METRICS, Run
+from nnlab.runs import METRICS, Run, find_runs
 
 
 @dataclass
@@ -49,9 +49,7 @@ def _sort_key(path: Path) -> tuple:
 
 def find_trials(sweep_dir: Path) -> list[Path]:
     """Every run directory (one holding .hydra/overrides.yaml) under the sweep directory."""
-    roots = {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
-    roots = {r for r in roots if "report" not in r.relative_to(sweep_dir).parts}
-    return sorted(roots, key=lambda p: (_sort_key(p), str(p)))
+    return sorted(find_runs(sweep_dir), key=lambda p: (_sort_key(p), str(p)))
 
 
 def parse_overrides(lines: list[str]) -> dict[str, str]:

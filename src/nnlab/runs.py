@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import socket
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -182,6 +183,14 @@ class Run:
         run = cls.open(path, key=key)
         run.lock(key)
         run.unlock()
+        try:  # a session would write status, checkpoints and logs there
+            with tempfile.TemporaryFile(dir=run.root):
+                pass
+        except OSError as exc:
+            raise UserError(
+                f"{key}: cannot write into {run.root} ({exc.strerror}); a resumed run writes its "
+                "checkpoints and status there: make it writable, or copy the run somewhere you can"
+            ) from None
         return run
 
     def save_config(self, cfg: DictConfig) -> None:
@@ -250,11 +259,18 @@ class Run:
         again, as a requeued SLURM job gets it."""
         return self.status_path.is_file()
 
-    def callbacks(self, monitor: str, mode: str, checkpoint: DictConfig | dict) -> list:
+    def callbacks(
+        self,
+        monitor: str,
+        mode: str,
+        checkpoint: DictConfig | dict,
+        requeue_signal: Any = None,
+    ) -> list:
         """Every callback that writes into the run's checkpoints/ and the state they carry:
         the best `save_top_k` by `monitor`, last.ckpt at every epoch end (always the newest
         state), a periodic one every `every_n_train_steps` steps, last.ckpt on preemption, and
-        the random-number states inside each."""
+        the random-number states inside each. On `requeue_signal` (cluster=slurm) the job is
+        requeued after last.ckpt is saved."""
         from lightning.pytorch.callbacks import ModelCheckpoint
 
         from nnlab.callbacks.resilience import PeriodicCheckpoint, Preemption, RNGState
@@ -294,7 +310,9 @@ class Run:
                 **shared,
             )
         )
-        callbacks.append(Preemption(dirpath=directory, filename=LAST))
+        callbacks.append(
+            Preemption(dirpath=directory, filename=LAST, requeue_signal=requeue_signal)
+        )
         return callbacks
 
     def best_checkpoint(self) -> str | None:
@@ -350,7 +368,10 @@ class Run:
         return record
 
     def fail(self, error: BaseException | str, status: str = "failed") -> None:
-        self._write_status(status, error=str(error), wall_time_s=self.wall_time())
+        try:
+            self._write_status(status, error=str(error), wall_time_s=self.wall_time())
+        except OSError as exc:  # the directory itself is the problem: say so, keep the error
+            log.error("cannot record the failure in %s: %s", self.status_path, exc)
 
     def state(self) -> tuple[str, str]:
         """(status, error) as things stand now: completed | failed | preempted | running |
@@ -378,6 +399,14 @@ class Run:
                 return "failed", f"process {status.get('pid')} ended without finishing the run"
             return "running", ""
         return state, status.get("error", "")
+
+
+def find_runs(folder: str | os.PathLike) -> list[Path]:
+    """Every run directory under `folder` (a sweep's trials): the folders Hydra started a job in,
+    finished or not (each holds .hydra/overrides.yaml), except a report's own folder."""
+    folder = Path(folder)
+    roots = {p.parent.parent for p in folder.rglob(".hydra/overrides.yaml")}
+    return sorted(r for r in roots if "report" not in r.relative_to(folder).parts)
 
 
 def read_status(run_dir: str | os.PathLike) -> dict[str, Any]:

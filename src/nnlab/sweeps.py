@@ -1,12 +1,16 @@
 """What a multirun (sweep or search) needs beyond Hydra's own plugins: failed trials that never end
 a search, an exit code that says whether any trial completed, and DDP inside a trial.
 
-- `OptunaSweeper`: hydra-optuna-sweeper's sweeper, but a trial that failed (nnlab-train returns
-  NaN for it, its error is in the trial's status.json) is told to Optuna as FAIL, and the study
-  goes on to its n_trials. (The plugin itself tells Optuna "COMPLETE with NaN", which Optuna
-  refuses, and its error handling then ends the whole search.)
+- `FailureAwareLauncher`, for `hydra_plugins.nnlab_plugins.OptunaSweeper` (Hydra accepts
+  sweepers only from that namespace): hydra-optuna-sweeper's sweeper, but a trial that failed
+  (nnlab-train returns NaN for it, its error is in the trial's status.json) is told to Optuna as
+  FAIL, and the study goes on to its n_trials. (The plugin itself tells Optuna "COMPLETE with
+  NaN", which Optuna refuses, and its error handling then ends the whole search.)
 - `SweepOutcome`: a Hydra callback; after a multirun it counts the trials' status.json files and
   records whether any completed, so `nnlab-train -m` exits non-zero only when none did.
+- `separate_trials`: Lightning's DDP launcher leaves its process group and its environment
+  (LOCAL_RANK, WORLD_SIZE ...) in the process; the next trial of a sweep would then believe its
+  ranks were started already. Each trial gets the environment it started with.
 - `single_job_argv`: under a multirun, Lightning's DDP launcher would start the other ranks with
   the whole multirun command line (each rank re-running every trial); this narrows the command
   line to the current trial, in its own directory.
@@ -14,10 +18,12 @@ a search, an exit code that says whether any trial completed, and DDP inside a t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
+
+
+class NoTrialCompleted(RuntimeError):
+    """A search none of whose trials completed (each one's error is in its status.json)."""
 
 
 class TrialFailed(RuntimeError):
@@ -39,13 +49,17 @@ def failed_as_raised(returns: Sequence[JobReturn]) -> Sequence[JobReturn]:
             continue
         value = ret._return_value
         if value is None or (isinstance(value, float) and math.isnan(value)):
-            where = ret.working_dir or (ret.hydra_cfg or {}).get("hydra", {}).get("runtime", {})
+            where = (
+                OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir")
+                if ret.hydra_cfg
+                else None
+            )
             ret.status = JobStatus.FAILED
-            ret._return_value = TrialFailed(f"trial failed (see status.json in {where})")
+            ret._return_value = TrialFailed(f"trial failed (see {where or 'its'}/status.json)")
     return returns
 
 
-class _FailureAwareLauncher:
+class FailureAwareLauncher:
     """Wraps the sweep's launcher: every launch's returns pass through `failed_as_raised`."""
 
     def __init__(self, launcher: Any):
@@ -58,24 +72,6 @@ class _FailureAwareLauncher:
         return getattr(self._launcher, name)
 
 
-try:
-    from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import (
-        OptunaSweeper as _PluginOptunaSweeper,
-    )
-except ImportError:  # the [sweep] extra is not installed
-    _PluginOptunaSweeper = None
-
-
-if _PluginOptunaSweeper is not None:
-
-    class OptunaSweeper(_PluginOptunaSweeper):
-        """hydra-optuna-sweeper that records failed trials as FAIL and goes on (see above)."""
-
-        def setup(self, *args: Any, **kwargs: Any) -> None:
-            super().setup(*args, **kwargs)
-            self.sweeper.launcher = _FailureAwareLauncher(self.sweeper.launcher)
-
-
 class SweepOutcome(Callback):
     """Counts a finished multirun's trials; `SweepOutcome.completed` is read by nnlab-train."""
 
@@ -83,11 +79,10 @@ class SweepOutcome(Callback):
     total: int = 0
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from nnlab.runs import Run
+        from nnlab.runs import Run, find_runs
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        roots = [p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")]
-        states = [Run(root).state()[0] for root in roots]
+        states = [Run(root).state()[0] for root in find_runs(sweep_dir)]
         SweepOutcome.total = len(states)
         SweepOutcome.completed = states.count("completed")
         log.info(
@@ -106,3 +101,27 @@ def single_job_argv(hydra_cfg: DictConfig) -> None:
     OmegaConf.set_readonly(hydra_cfg, False)
     hydra_cfg.run.dir = output_dir
     OmegaConf.set_readonly(hydra_cfg, True)
+
+
+# What Lightning's DDP launcher sets in the launching process's environment.
+DDP_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextlib.contextmanager
+def separate_trials() -> Iterator[None]:
+    """Run one trial of a multirun; afterwards, no DDP state of it is left in this process."""
+    saved = {name: os.environ.get(name) for name in DDP_VARIABLES}
+    argv = list(sys.argv)
+    try:
+        yield
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        sys.argv = argv

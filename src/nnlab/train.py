@@ -7,6 +7,7 @@ nnlab-train -m experiment=sine_mlp seed=1,2,3 # a sweep
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -31,9 +32,9 @@ from nnlab.checkpoint_io import AtomicCheckpointIO, check_checkpoint
 from nnlab.cli import check_writable, rerun_overrides, resumed_config
 from nnlab.config import build, build_all, validate
 from nnlab.console import print_config_tree
-from nnlab.errors import ConfigError, UserError
+from nnlab.errors import ConfigError, UserError, file_error
 from nnlab.runs import PREEMPTED_EXIT_CODE, Run, RunInUse
-from nnlab.sweeps import SweepOutcome, single_job_argv
+from nnlab.sweeps import NoTrialCompleted, SweepOutcome, separate_trials, single_job_argv
 
 log = logging.getLogger("nnlab.train")
 
@@ -52,17 +53,18 @@ def train(cfg: DictConfig, run: Run) -> dict[str, Any]:
     if hasattr(datamodule, "example_input"):  # lets TensorBoard draw the model graph
         task.example_input_array = datamodule.example_input()
 
+    # the config's own plugins (cluster=slurm's SLURM environment) and atomic checkpoint writes
+    plugins = [build(p, "trainer.plugins") for p in cfg.trainer.get("plugins") or []]
+    requeue = next((p.nnlab_requeue_signal for p in plugins if getattr(p, "nnlab_requeue_signal", None)), None)  # fmt: skip
     checkpointing = cfg.get("checkpoint") or {}
     callbacks = [
         *build_all(cfg.get("callbacks"), "callbacks"),
-        *run.callbacks(cfg.monitor, cfg.monitor_mode, checkpointing),
+        *run.callbacks(cfg.monitor, cfg.monitor_mode, checkpointing, requeue_signal=requeue),
         NonFiniteLoss(),
     ]
     loggers = build_all(cfg.get("logger"), "logger")
     if not loggers:  # nothing to send learning rates to (logger=none)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    # the config's own plugins (cluster=slurm's SLURM environment) and atomic checkpoint writes
-    plugins = [build(p, "trainer.plugins") for p in cfg.trainer.get("plugins") or []]
     trainer: L.Trainer = build(
         cfg.trainer,
         "trainer",
@@ -134,8 +136,15 @@ def hydra_main(cfg: DictConfig) -> float | None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run = Run(hydra_cfg.runtime.output_dir)
     try:
-        cfg = start(cfg, run)
-        record = run.finish(train(cfg, run))
+        try:
+            cfg = start(cfg, run)
+            with separate_trials() if multirun else contextlib.nullcontext():
+                record = run.finish(train(cfg, run))
+        except OSError as exc:  # permission denied, a file where a folder belongs, ...
+            error = file_error(exc)
+            if error is None:
+                raise
+            raise error from exc
     except RunInUse as exc:  # another process's run: leave its files alone
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -173,10 +182,16 @@ def main() -> None:
     """Console entry. A `resume=` that is not a free run directory is refused before Hydra
     creates (or writes a log into) it; a re-run of a saved config gets our directory layout."""
     try:
-        for arg in sys.argv[1:]:
-            if arg.startswith("resume=") and arg != "resume=null":
-                Run.check_free(arg.split("=", 1)[1], key="resume")
-        check_writable(sys.argv[1:])
+        try:
+            for arg in sys.argv[1:]:
+                if arg.startswith("resume=") and arg != "resume=null":
+                    Run.check_free(arg.split("=", 1)[1], key="resume")
+            check_writable(sys.argv[1:])
+        except OSError as exc:  # a run directory that cannot be written
+            error = file_error(exc)
+            if error is None:
+                raise
+            raise error from exc
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -191,6 +206,9 @@ def main() -> None:
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         print(f"error: {message}", file=sys.stderr)
         sys.exit(UserError.exit_code)
+    except NoTrialCompleted as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
     if SweepOutcome.completed == 0:  # a multirun none of whose trials completed
         print(f"error: none of the {SweepOutcome.total} trials completed", file=sys.stderr)
         sys.exit(1)

@@ -59,20 +59,21 @@ class Preemption(L.Callback):
     the job is also requeued (`scontrol requeue`): it continues in the same run directory."""
 
     def __init__(
-        self, dirpath: str, filename: str = "last.ckpt", signals: tuple[str, ...] = ("SIGUSR1",)
+        self,
+        dirpath: str,
+        filename: str = "last.ckpt",
+        signals: tuple[str, ...] = ("SIGUSR1",),
+        requeue_signal: signal.Signals | str | None = None,
     ):
         self.path = Path(dirpath) / filename
         self.signals = signals
         self.requested: str | None = None
-        self.requeue_signal: str | None = None
+        self.requeue_signal = getattr(requeue_signal, "name", requeue_signal)
         self._previous: dict[int, Any] = {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        environment = getattr(trainer.strategy, "cluster_environment", None)
-        requeue = getattr(environment, "nnlab_requeue_signal", None)
-        self.requeue_signal = requeue.name if requeue is not None else None
         for name in {*self.signals, *([self.requeue_signal] if self.requeue_signal else [])}:
             signum = getattr(signal, name)
             try:

@@ -1,1 +1,0 @@
-"""LightningDataModules: each knows its data's shapes, so models are sized from it."""

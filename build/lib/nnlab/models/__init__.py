@@ -1,1 +1,0 @@
-"""Plain nn.Modules, one family per file, no training logic."""

@@ -1,1 +1,0 @@
-"""LightningModules: loss, metrics and optimisers around an injected network."""
