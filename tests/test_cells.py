@@ -189,4 +189,5 @@ def test_bad_nonlinearity_for_deep_rnn():
 @pytest.mark.parametrize("cell", CUSTOM)
 def test_the_sine_regressor_trains_with_each_custom_cell(cli, cell):
     metrics = cli(f"model.cell={cell}", "debug=limit", "trainer.accelerator=cpu").metrics()
-    assert metrics["test/mse"] >= 0 and metrics["epochs"] == 2
+    # standardised series: predicting the mean gives ~1; a blow-up or raw units would not
+    assert metrics["test/mse"] < 1.5 and metrics["epochs"] == 2

@@ -60,7 +60,8 @@ def test_csv_experiment(cli, tmp_path):
         "data.window=4",
         *SHORT,
     ).metrics()
-    assert metrics["test/mse"] >= 0
+    # metrics are in standardised units (predicting the mean: ~1; raw units would be ~44)
+    assert metrics["test/mse"] < 1.5
 
 
 def test_logger_choices(cli):
