@@ -4,8 +4,9 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.nnlab-installed
-# The extras `make install` installs: the test suite covers sweeps, search and SLURM submission.
-EXTRAS ?= dev,onnx,sweep,slurm
+# The extras `make install` installs: the test suite covers sweeps, search, SLURM submission and
+# the MLflow / W&B loggers.
+EXTRAS ?= dev,onnx,sweep,slurm,mlflow,wandb
 ARGS ?=
 PYTEST_ARGS ?=
 

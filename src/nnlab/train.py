@@ -39,6 +39,7 @@ from nnlab.runs import (
     Run,
     register_resolvers,
 )
+from nnlab.tracking import log_run_summary
 
 log = logging.getLogger("nnlab.train")
 register_resolvers()
@@ -96,6 +97,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics["best_epoch"] = int(match.group(1))
     metrics["epochs"] = trainer.current_epoch
     metrics["global_step"] = trainer.global_step
+    log_run_summary(loggers, cfg, task, metrics)  # hparams, final metrics, tags -> each logger
     return metrics
 
 
