@@ -146,7 +146,8 @@ def _log_to(logger: Any, params: dict[str, Any], final: dict[str, float], cfg: D
     if isinstance(logger, TensorBoardLogger):
         # HPARAMS reads a session's metric values from scalars of the same names.
         logger.log_hyperparams(params, metrics={f"hp/{k}": v for k, v in final.items()})
-        logger.experiment.add_text("run/summary", summary_markdown(params, final))
+        step = int(final.get("global_step", 0))
+        logger.experiment.add_text("run/summary", summary_markdown(params, final), step)
         logger.finalize("success")
     elif isinstance(logger, CSVLogger):
         logger.log_hyperparams({**params, **{f"final/{k}": v for k, v in final.items()}})
