@@ -26,7 +26,7 @@ def write_trial(root: Path, overrides: list[str], metrics: dict, curve: list[flo
     (root / ".hydra").mkdir(parents=True)
     (root / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (root / ".hydra" / "config.yaml").write_text(
-        yaml.safe_dump({"optimized_metric": "val/loss", "monitor_mode": "min"})
+        yaml.safe_dump({"optimized_metric": "val/loss", "monitor_mode": "min", "tags": ["cv", "x"]})
     )
     (root / "metrics.json").write_text(json.dumps({**metrics, "epochs": len(curve)}))
     (root / "status.json").write_text(json.dumps({"status": "completed"}))
@@ -101,6 +101,8 @@ def test_groups_curves_and_paired_comparison(sweep, tmp_path, capsys):
         assert float(row["test/loss mean"]) == pytest.approx(mean + 0.01, rel=1e-5)
     assert rows["model.cell=lstm"]["trials"] == "5" and rows["model.cell=lstm"]["completed"] == "4"
     assert "| 1 | model.cell=gru | 4/4 |" in (out / "groups.md").read_text()
+    trials = list(csv.DictReader((out / "leaderboard.csv").open()))
+    assert len(trials) == 9 and {t["tags"] for t in trials} == {"cv, x"}
     # paired by seed: lstm - gru on seeds 1..4
     comparison = json.loads((out / "comparison.json").read_text())
     lstm, gru = (list(LOSSES[c].values()) for c in ("lstm", "gru"))

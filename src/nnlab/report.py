@@ -194,14 +194,15 @@ def table(trials: list[Trial], params: list[str], metric: str) -> tuple[list[str
         - {metric}
     )
     header = ["rank", "trial", "status", *params, *metric_keys]
-    header += ["best_epoch", "epochs", "wall_time_s", "error", "run_dir"]
+    header += ["best_epoch", "epochs", "wall_time_s", "tags", "error", "run_dir"]
     rows = []
     for i, t in enumerate(trials, start=1):
         row = [str(i) if t.completed else "", t.name, t.status]
         row += [t.overrides.get(p, "") for p in params]
         row += [_fmt(t.metrics.get(k)) for k in metric_keys]
         row += [_fmt(t.metrics.get("best_epoch")), _fmt(t.metrics.get("epochs"))]
-        row += [_fmt(t.metrics.get("wall_time_s")), t.error.replace("\n", " "), str(t.root)]
+        row += [_fmt(t.metrics.get("wall_time_s")), ", ".join(map(str, t.config.get("tags") or []))]
+        row += [t.error.replace("\n", " "), str(t.root)]
         rows.append(row)
     return header, rows
 
