@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from nnlab.errors import UserError
+from nnlab.runs import is_global_zero
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,8 @@ def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 def log_run_summary(loggers: Iterable[Any], cfg: DictConfig, task: Any, metrics: dict) -> None:
     """Send the run's hyperparameters, final metrics, tags and best checkpoint to each logger.
     Called once, after testing; a logger that fails is reported and skipped, never the run."""
+    if not is_global_zero():  # the other ranks of a distributed run have no logger to write to
+        return
     params = run_params(cfg, task)
     params["best_checkpoint"] = str(metrics.get("best_checkpoint") or "")
     final = final_metrics(metrics)
