@@ -269,3 +269,10 @@ def test_fold_sweep_is_aggregated_like_seeds(cli, tmp_path):
         < float(row["val/mse mean"])
         < float(row["val/mse ci95_high"])
     )
+
+
+def test_a_fold_out_of_range_is_one_message(cli):
+    result = cli("experiment=sine_mlp", "data.folds=3", "data.fold=3", "debug=limit", check=False)
+    assert result.returncode == 2
+    assert "data.fold: must be 0 .. 2 for data.folds=3, got 3" in result.stderr
+    assert "Traceback" not in result.stderr
