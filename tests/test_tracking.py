@@ -61,8 +61,10 @@ def test_flatten_and_git_state(tmp_path):
 
 
 @needs_mlflow
-def test_logger_many_reaches_tensorboard_csv_and_mlflow(cli, tmp_path):
+def test_logger_many_reaches_tensorboard_csv_and_mlflow(cli, tmp_path, monkeypatch):
     import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default: a local store
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
