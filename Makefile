@@ -8,8 +8,9 @@ STAMP := $(VENV)/.nnlab-installed
 # (tests/test_journey.py) run its commands, so a wheel that misses files fails the suite.
 WHEEL_VENV ?= .venv-wheel
 WHEEL_STAMP := $(WHEEL_VENV)/.nnlab-installed
-# The extras `make install` installs: the test suite covers sweeps, search and SLURM submission.
-EXTRAS ?= dev,onnx,sweep,slurm
+# The extras `make install` installs: the test suite covers sweeps, search, SLURM submission and
+# the MLflow / W&B loggers.
+EXTRAS ?= dev,onnx,sweep,slurm,mlflow,wandb
 ARGS ?=
 PYTEST_ARGS ?=
 

@@ -6,6 +6,12 @@ nnlab-report sweep=<sweep dir> metric=test/mse out=report/
 Writes, in `<sweep dir>/report/` unless out= says otherwise:
     leaderboard.csv     every trial: rank, status, swept parameters, final metrics, best epoch,
     leaderboard.md      wall time, error (failed and unfinished trials included, ranked last)
+    groups.csv          trials that differ only by seed (or data.fold) grouped: per metric the
+    groups.md           mean, standard deviation and 95% confidence interval (t-distribution)
+    learning_curves.png per group, the mean per-epoch curve over its trials with a ±1 std band
+                        (from each trial's CSV log, else its TensorBoard events)
+    comparison.md/.json compare='A vs B': A − B paired by seed/fold: mean difference, 95% CI and
+                        the paired t-test
     <metric>_vs_params.png   the optimized metric against each swept parameter
     tensorboard/        one HPARAMS entry per trial with its real final metrics:
                         `tensorboard --logdir <sweep dir>/report/tensorboard`, tab HPARAMS
@@ -134,14 +140,15 @@ def table(trials: list[Trial], params: list[str], metric: str) -> tuple[list[str
         - {metric}
     )
     header = ["rank", "trial", "status", *params, *metric_keys]
-    header += ["best_epoch", "epochs", "wall_time_s", "error", "run_dir"]
+    header += ["best_epoch", "epochs", "wall_time_s", "tags", "error", "run_dir"]
     rows = []
     for i, t in enumerate(trials, start=1):
         row = [str(i) if t.completed else "", t.name, t.status]
         row += [t.overrides.get(p, "") for p in params]
         row += [_fmt(t.metrics.get(k)) for k in metric_keys]
         row += [_fmt(t.metrics.get("best_epoch")), _fmt(t.metrics.get("epochs"))]
-        row += [_fmt(t.metrics.get("wall_time_s")), t.error.replace("\n", " "), str(t.root)]
+        row += [_fmt(t.metrics.get("wall_time_s")), ", ".join(map(str, t.config.get("tags") or []))]
+        row += [t.error.replace("\n", " "), str(t.root)]
         rows.append(row)
     return header, rows
 
@@ -233,14 +240,259 @@ def write_tensorboard(logdir: Path, trials: list[Trial], params: list[str]) -> N
             writer.add_hparams(hparams, metrics, run_name=f"trial_{t.name}")
 
 
+# -- aggregation over seeds and folds ----------------------------------------------------------
+# Override keys that repeat a configuration rather than change it: trials that differ only in
+# these form one group, summarised by mean, std and a 95% confidence interval.
+REPLICATES = ("seed", "data.fold")
+
+
+@dataclass
+class Group:
+    label: str
+    params: dict[str, str]
+    trials: list[Trial]
+
+    @property
+    def done(self) -> list[Trial]:
+        return [t for t in self.trials if t.completed]
+
+
+def group_trials(trials: list[Trial], params: list[str]) -> list[Group]:
+    """Trials grouped by their swept parameters other than the replicate keys (seed, fold)."""
+    keys = [p for p in params if p not in REPLICATES]
+    groups: dict[tuple, Group] = {}
+    for t in trials:
+        values = {k: t.overrides.get(k, "") for k in keys}
+        label = ", ".join(f"{k}={v}" for k, v in values.items()) or "all trials"
+        groups.setdefault(tuple(values.items()), Group(label, values, [])).trials.append(t)
+    return list(groups.values())
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    """n, mean, sample std and the 95% t-interval of the mean (nan where n < 2)."""
+    from scipy import stats
+
+    n = len(values)
+    mean = sum(values) / n if n else math.nan
+    if n < 2:
+        return {"n": n, "mean": mean, "std": math.nan, "ci95_low": math.nan, "ci95_high": math.nan}
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half}
+
+
+def _metric_keys(trials: list[Trial], metric: str) -> list[str]:
+    found = {k for t in trials for k, v in t.metrics.items() if "/" in k and _number(v) is not None}
+    return [metric] + sorted(found - {metric})
+
+
+def group_table(
+    groups: list[Group], metric: str, mode: str
+) -> tuple[list[str], list[list[str]], list[str]]:
+    """CSV header and rows (one per group, best mean first) and the Markdown lines."""
+    trials = [t for g in groups for t in g.trials]
+    metrics = _metric_keys(trials, metric)
+    params = list(groups[0].params) if groups else []
+    sign = -1.0 if mode == "max" else 1.0
+
+    def values(g: Group, key: str) -> list[float]:
+        return [float(t.metrics[key]) for t in g.done if _number(t.metrics.get(key)) is not None]
+
+    summaries = {id(g): {m: summarize(values(g, m)) for m in metrics} for g in groups}
+
+    def rank(g: Group):
+        mean = summaries[id(g)][metric]["mean"]
+        return (math.isnan(mean), sign * mean if not math.isnan(mean) else 0.0)
+
+    ranked = sorted(groups, key=rank)
+    header = ["rank", "group", *params, "trials", "completed"]
+    header += [f"{m} {stat}" for m in metrics for stat in ("mean", "std", "ci95_low", "ci95_high")]
+    rows, md = [], []
+    shown = [metric] + [m for m in metrics[1:] if m.startswith("test/")][:3]
+    md += ["| rank | group | n | " + " | ".join(f"{m} (mean ± std) [95% CI]" for m in shown) + " |"]
+    md += ["|" + "---|" * (3 + len(shown))]
+    for i, g in enumerate(ranked, start=1):
+        stats = summaries[id(g)]
+        row = [str(i), g.label, *(g.params[p] for p in params), str(len(g.trials))]
+        row.append(str(len(g.done)))
+        for m in metrics:
+            row += [_fmt(stats[m][k]) for k in ("mean", "std", "ci95_low", "ci95_high")]
+        rows.append(row)
+        cells = []
+        for m in shown:
+            st = stats[m]
+            text = f"{st['mean']:.4g}" if st["n"] else "–"
+            if st["n"] >= 2:
+                text += f" ± {st['std']:.2g} [{st['ci95_low']:.4g}, {st['ci95_high']:.4g}]"
+            cells.append(text)
+        label = g.label.replace("|", "\\|")
+        md.append(f"| {i} | {label} | {len(g.done)}/{len(g.trials)} | " + " | ".join(cells) + " |")
+    return header, rows, md
+
+
+def learning_curve(root: Path, metric: str, epochs: int | None = None) -> dict[int, float]:
+    """{epoch: value} of `metric` during training, from the run's CSV log when it has one, else
+    from its TensorBoard events. The evaluation of the best checkpoint after training (logged
+    with epoch == the number of epochs) is left out."""
+    csv_file = root / "csv" / "metrics.csv"
+    curve: dict[int, float] = {}
+    if csv_file.is_file():
+        with csv_file.open(newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                value, epoch = _number(row.get(metric)), _number(row.get("epoch"))
+                if value is not None and epoch is not None:
+                    curve.setdefault(int(epoch), value)
+    elif (root / "tensorboard").is_dir():
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(root / "tensorboard"), size_guidance={"scalars": 0})
+        events.Reload()
+        tags = events.Tags().get("scalars", [])
+        if metric in tags and "epoch" in tags:
+            # Lightning logs `epoch` beside every metric, at the same step and moment
+            marks = events.Scalars("epoch")
+            for event in events.Scalars(metric):
+                same = [m for m in marks if m.step == event.step] or marks
+                mark = min(same, key=lambda m: abs(m.wall_time - event.wall_time))
+                curve.setdefault(int(mark.value), event.value)
+    if epochs is not None:
+        curve = {e: v for e, v in curve.items() if e < epochs}
+    return dict(sorted(curve.items()))
+
+
+def plot_curves(path: Path, groups: list[Group], metrics: list[str]) -> bool:
+    """Per metric, each group's mean learning curve over its trials with a ±1 std band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {
+        (id(g), m): [learning_curve(t.root, m, _number(t.metrics.get("epochs"))) for t in g.done]
+        for g in groups
+        for m in metrics
+    }
+    metrics = [
+        m for m in metrics if any(any(c) for (_, key), cs in curves.items() if key == m for c in cs)
+    ]
+    if not metrics:
+        return False
+    figure, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.8), squeeze=False)
+    for ax, m in zip(axes[0], metrics, strict=True):
+        for i, g in enumerate(groups):
+            runs = [c for c in curves[(id(g), m)] if c]
+            epochs = sorted({e for c in runs for e in c})
+            if not epochs:
+                continue
+            mean, low, high = [], [], []
+            for e in epochs:
+                st = summarize([c[e] for c in runs if e in c])
+                spread = 0.0 if math.isnan(st["std"]) else st["std"]
+                mean.append(st["mean"])
+                low.append(st["mean"] - spread)
+                high.append(st["mean"] + spread)
+            x = [e + 1 for e in epochs]
+            ax.plot(x, mean, color=f"C{i}", label=f"{g.label} (n={len(runs)})")
+            ax.fill_between(x, low, high, color=f"C{i}", alpha=0.2, linewidth=0)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(m)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    figure.suptitle("learning curves: mean over seeds/folds, band ±1 std")
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return True
+
+
+def _replicate(t: Trial) -> tuple:
+    return tuple(t.overrides.get(k, "") for k in REPLICATES)
+
+
+def find_group(groups: list[Group], spec: str) -> Group:
+    """The one group whose parameters include every `key=value` of `spec` (comma separated)."""
+    wanted = parse_overrides([p.strip() for p in spec.split(",") if p.strip()])
+    found = [g for g in groups if all(g.params.get(k) == v for k, v in wanted.items())]
+    if len(found) != 1:
+        known = "; ".join(g.label for g in groups)
+        what = "no group" if not found else f"{len(found)} groups"
+        raise UserError(f"compare: {what} match {spec!r}; the groups are: {known}")
+    return found[0]
+
+
+def paired_comparison(groups: list[Group], a: str, b: str, metric: str) -> dict[str, Any]:
+    """Group a minus group b on `metric`, paired by seed (and fold): mean difference, its 95%
+    t-interval and the paired t-test's p-value."""
+    from scipy import stats
+
+    first, second = find_group(groups, a), find_group(groups, b)
+    values = []
+    for g in (first, second):
+        values.append(
+            {
+                _replicate(t): float(t.metrics[metric])
+                for t in g.done
+                if _number(t.metrics.get(metric)) is not None
+            }
+        )
+    pairs = sorted(set(values[0]) & set(values[1]))
+    if len(pairs) < 2:
+        raise UserError(
+            f"compare: {first.label!r} and {second.label!r} share {len(pairs)} completed seed/fold "
+            f"values with {metric}; a paired comparison needs at least 2 (run both groups over the "
+            "same seeds, e.g. -m model.cell=lstm,gru seed=1,2,3)"
+        )
+    x, y = [values[0][p] for p in pairs], [values[1][p] for p in pairs]
+    diff = summarize([u - v for u, v in zip(x, y, strict=True)])
+    test = stats.ttest_rel(x, y)
+    return {
+        "a": first.label,
+        "b": second.label,
+        "metric": metric,
+        "pairs": [dict(zip(REPLICATES, p, strict=True)) for p in pairs],
+        "n": len(pairs),
+        "mean_a": sum(x) / len(x),
+        "mean_b": sum(y) / len(y),
+        "mean_difference": diff["mean"],
+        "std_difference": diff["std"],
+        "ci95_low": diff["ci95_low"],
+        "ci95_high": diff["ci95_high"],
+        "t": float(test.statistic),
+        "p_value": float(test.pvalue),
+    }
+
+
+def comparison_markdown(c: dict[str, Any]) -> str:
+    seeds = ", ".join("/".join(v for v in p.values() if v) or "-" for p in c["pairs"])
+    return "\n".join(
+        [
+            f"# Paired comparison on {c['metric']}",
+            "",
+            f"A: {c['a']}  (mean {c['mean_a']:.6g})",
+            f"B: {c['b']}  (mean {c['mean_b']:.6g})",
+            f"pairs: {c['n']} (seed/fold: {seeds})",
+            "",
+            "| mean difference A − B | std of differences | 95% CI | t | p (paired t-test) |",
+            "|---|---|---|---|---|",
+            f"| {c['mean_difference']:.6g} | {c['std_difference']:.3g} | "
+            f"[{c['ci95_low']:.6g}, {c['ci95_high']:.6g}] | {c['t']:.3g} | {c['p_value']:.3g} |",
+            "",
+        ]
+    )
+
+
 def report(
-    sweep_dir: Path, out: Path | None = None, metric: str | None = None, tensorboard: bool = True
+    sweep_dir: Path,
+    out: Path | None = None,
+    metric: str | None = None,
+    tensorboard: bool = True,
+    compare: tuple[str, str] | None = None,
 ) -> dict[str, Path]:
+    """Write the sweep's report (see the module docstring); returns {kind: path}."""
     sweep_dir = Path(sweep_dir).resolve()
     roots = find_trials(sweep_dir)
     if not roots:
-        raise SystemExit(
-            f"error: no trials in {sweep_dir}: expected run directories with .hydra/overrides.yaml "
+        raise UserError(
+            f"no trials in {sweep_dir}: expected run directories with .hydra/overrides.yaml "
             "(the directory nnlab-train -m printed as its sweep output dir)"
         )
     trials = [load_trial(r) for r in roots]
@@ -249,6 +501,9 @@ def report(
     mode = _resolve_key(config, "monitor_mode", "min")
     params = swept_parameters(trials)
     ranked = leaderboard(trials, metric, mode)
+    groups = group_trials(ranked, params)
+    # checked before anything is written: a bad compare= leaves no half-written report
+    comparison = paired_comparison(groups, *compare, metric) if compare else None
     out = Path(out) if out else sweep_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     header, rows = table(ranked, params, metric)
@@ -256,8 +511,20 @@ def report(
     write_csv(paths["csv"], header, rows)
     best = "lowest" if mode == "min" else "highest"
     write_markdown(paths["markdown"], f"{sweep_dir.name}: {metric} ({best} first)", header, rows)
+    header, rows, lines = group_table(groups, metric, mode)
+    paths["groups_csv"], paths["groups_markdown"] = out / "groups.csv", out / "groups.md"
+    write_csv(paths["groups_csv"], header, rows)
+    title = f"# {sweep_dir.name}: groups over {' and '.join(REPLICATES)} ({metric}, {best} first)"
+    paths["groups_markdown"].write_text("\n".join([title, "", *lines, ""]), encoding="utf-8")
     paths["plot"] = out / f"{metric.replace('/', '_')}_vs_params.png"
     plot(paths["plot"], ranked, params, metric)
+    curve_metrics = [metric] + [m for m in ("train/loss",) if m != metric]
+    if plot_curves(out / "learning_curves.png", groups, curve_metrics):
+        paths["curves"] = out / "learning_curves.png"
+    if comparison:
+        paths["comparison"] = out / "comparison.md"
+        paths["comparison"].write_text(comparison_markdown(comparison), encoding="utf-8")
+        (out / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n")
     if tensorboard:
         paths["tensorboard"] = out / "tensorboard"
         write_tensorboard(paths["tensorboard"], ranked, params)
@@ -265,7 +532,13 @@ def report(
 
 
 @command("report", run_overrides=False)
-def main(sweep: str | None, out: str | None, metric: str | None, tensorboard: bool | str) -> dict:
+def main(
+    sweep: str | None,
+    out: str | None,
+    metric: str | None,
+    tensorboard: bool | str,
+    compare: str | None,
+) -> dict:
     if not sweep:
         raise UserError(
             "sweep: no sweep directory given; pass sweep=outputs/multiruns/<date>/<sweep>"
@@ -273,9 +546,20 @@ def main(sweep: str | None, out: str | None, metric: str | None, tensorboard: bo
     sweep_dir = Path(sweep).expanduser()
     if not sweep_dir.is_dir():
         raise UserError(f"sweep: {sweep_dir} is not a directory; pass a sweep directory")
+    pair = None
+    if compare:
+        pair = tuple(part.strip() for part in str(compare).split(" vs "))
+        if len(pair) != 2 or not all(pair):
+            raise UserError(
+                f"compare: {compare!r} names no two groups; write compare='A vs B', e.g. "
+                "compare='model.cell=lstm vs model.cell=gru'"
+            )
     with_tensorboard = str(tensorboard).lower() not in ("false", "0", "no")
-    paths = report(sweep_dir, Path(out) if out else None, metric, with_tensorboard)
+    paths = report(sweep_dir, Path(out) if out else None, metric, with_tensorboard, pair)
     print(Path(paths["markdown"]).read_text())
+    print(Path(paths["groups_markdown"]).read_text())
+    if "comparison" in paths:
+        print(Path(paths["comparison"]).read_text())
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     if "tensorboard" in paths:

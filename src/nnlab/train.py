@@ -13,6 +13,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,12 @@ from nnlab.console import print_config_tree
 from nnlab.errors import ConfigError, UserError, file_error
 from nnlab.runs import PREEMPTED_EXIT_CODE, Run, RunInUse
 from nnlab.sweeps import NoTrialCompleted, SweepOutcome, separate_trials, single_job_argv
+from nnlab.tracking import log_run_summary
 
 log = logging.getLogger("nnlab.train")
+# Noise from the libraries that says nothing about the run (TensorBoard's graph tracing).
+warnings.filterwarnings("ignore", message=r".*torch\.jit\..* is deprecated", category=FutureWarning)
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def train(cfg: DictConfig, run: Run) -> dict[str, Any]:
@@ -101,6 +106,7 @@ def train(cfg: DictConfig, run: Run) -> dict[str, Any]:
             "optimized_metric",
             f"{optimized!r} is not a metric of this run; it has {', '.join(sorted(metrics))}",
         )
+    log_run_summary(loggers, cfg, task, metrics)  # hparams, final metrics, tags -> each logger
     return metrics
 
 

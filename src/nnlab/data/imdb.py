@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from nnlab.data.folds import fold_indices
 from nnlab.data.memory import make_loader
 from nnlab.errors import ConfigError, DataError, require_positive
 
@@ -313,6 +314,8 @@ class IMDBDataModule(L.LightningDataModule):
         cache: bool = True,
         num_workers: int = 0,
         in_memory: bool | str = "auto",
+        folds: int | None = None,
+        fold: int = 0,
     ):
         super().__init__()
         if view not in VIEWS:
@@ -334,6 +337,7 @@ class IMDBDataModule(L.LightningDataModule):
         self.max_len, self.truncating, self.val_size = int(max_len), truncating, val_size
         self.batch_size, self.seed, self.num_workers = int(batch_size), seed, num_workers
         self.in_memory = in_memory
+        self.folds, self.fold = folds, fold  # k-fold cross-validation (data/folds.py)
         # An all-digit checksum on the command line arrives as an int: keep it as text.
         sha256 = str(sha256).strip().lower() if sha256 not in (None, "") else None
         self.download, self.url, self.sha256, self.use_cache = download, url, sha256, cache
@@ -448,9 +452,12 @@ class IMDBDataModule(L.LightningDataModule):
         # Seeded orders (the files are sorted by label): a limited run still sees both classes.
         generator = torch.Generator().manual_seed(int(self.seed))
         order = torch.randperm(n_train, generator=generator)
+        train, val = order[n_val:], order[:n_val]
+        if self.folds:  # fold `fold` of the training reviews validates, instead of val_size
+            train, val = fold_indices(n_train, self.folds, self.fold, int(self.seed))
         self.indices = {
-            "train": order[n_val:],
-            "val": order[:n_val],
+            "train": train,
+            "val": val,
             "test": torch.randperm(len(data["test"]["labels"]), generator=generator),
         }
         for name, rows in self.indices.items():

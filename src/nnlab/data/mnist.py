@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import TensorDataset
 from torchvision import datasets as tv_datasets
 
+from nnlab.data.folds import fold_indices
 from nnlab.data.memory import make_loader
 from nnlab.data.views import HEIGHT, MNIST_VIEWS, NUM_CLASSES, PIXELS, WIDTH
 from nnlab.errors import ConfigError, DataError, require_positive
@@ -59,6 +60,8 @@ class MNISTDataModule(L.LightningDataModule):
         shuffle: bool = True,
         num_workers: int = 0,
         in_memory: bool | str = "auto",
+        folds: int | None = None,
+        fold: int = 0,
         # Shapes for interpolation into the model config; derived from `view`, checked here.
         seq_len: int | None = None,
         input_size: int | None = None,
@@ -102,6 +105,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.shuffle, self.num_workers, self.in_memory = shuffle, num_workers, in_memory
+        self.folds, self.fold = folds, fold  # k-fold cross-validation (data/folds.py)
         self.seq_len, self.input_size = derived["seq_len"], derived["input_size"]
         self.num_classes = NUM_CLASSES
         self.permutation = torch.randperm(
@@ -193,10 +197,13 @@ class MNISTDataModule(L.LightningDataModule):
                 f"{self.val_size} validation images leave none of the {len(images)} training "
                 "images to train on; choose a smaller data.val_size",
             )
-        order = torch.randperm(
-            len(images), generator=torch.Generator().manual_seed(self.split_seed)
-        )
-        val_idx, train_idx = order[: self.val_size], order[self.val_size :]
+        if self.folds:  # fold `fold` of the training images validates, instead of val_size
+            train_idx, val_idx = fold_indices(len(images), self.folds, self.fold, self.split_seed)
+        else:
+            order = torch.randperm(
+                len(images), generator=torch.Generator().manual_seed(self.split_seed)
+            )
+            val_idx, train_idx = order[: self.val_size], order[self.val_size :]
         self.split_indices = {"train": train_idx, "val": val_idx}
         train_pixels = images[train_idx].float().div_(255)
         if self.normalize:  # statistics of the training split only

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from torch.utils.data import TensorDataset
 
+from nnlab.data.folds import fold_blocks
 from nnlab.data.memory import make_loader
 from nnlab.errors import ConfigError, DataError, require_positive
 
@@ -51,6 +52,8 @@ class SeriesDataModule(L.LightningDataModule):
         num_workers: int = 0,
         in_memory: bool | str = "auto",
         shuffle_seed: int = 0,
+        folds: int | None = None,
+        fold: int = 0,
     ):
         super().__init__()
         require_positive("data.window", window)
@@ -64,6 +67,7 @@ class SeriesDataModule(L.LightningDataModule):
         self.window, self.horizon, self.splits = int(window), int(horizon), splits
         self.batch_size, self.shuffle, self.standardize = int(batch_size), shuffle, standardize
         self.num_workers, self.in_memory, self.shuffle_seed = num_workers, in_memory, shuffle_seed
+        self.folds, self.fold = folds, fold  # k-fold cross-validation (data/folds.py)
         self.series: torch.Tensor | None = None  # the whole series, standardised if asked
         self.mean, self.std = 0.0, 1.0
         self.datasets: dict[str, TensorDataset] = {}
@@ -87,23 +91,32 @@ class SeriesDataModule(L.LightningDataModule):
             return
         raw = self.load_series().to(torch.float32)
         bounds = split_bounds(len(raw), self.splits)
+        segments = {name: [b] for name, b in zip(SPLITS, bounds, strict=True)}
+        if self.folds:  # k-fold in time blocks over train + val; the test segment stays
+            segments["train"], val = fold_blocks(bounds[1][1], self.folds, self.fold)
+            segments["val"] = [val]
         need = self.window + self.horizon
-        for name, (start, end) in zip(SPLITS, bounds, strict=True):
-            if end - start < need:
+        for name, parts in segments.items():
+            if max(end - start for start, end in parts) < need:
                 raise ConfigError(
                     "data.window",
                     f"window {self.window} + horizon {self.horizon} = {need} points do not fit in "
-                    f"the {name} split of {self.source_name}, which has {end - start} of its "
+                    f"the {name} split of {self.source_name}, which has "
+                    f"{max(end - start for start, end in parts)} of its "
                     f"{len(raw)} points; use a smaller window/horizon or a longer series",
                 )
         if self.standardize:  # statistics of the training segment only: no peeking ahead
-            train = raw[bounds[0][0] : bounds[0][1]]
+            train = torch.cat([raw[start:end] for start, end in segments["train"]])
             self.mean, self.std = train.mean().item(), max(train.std().item(), 1e-8)
         self.series = (raw - self.mean) / self.std
-        for name, (start, end) in zip(SPLITS, bounds, strict=True):
-            x, y = make_windows(self.series[start:end], self.window, self.horizon)
-            self.datasets[name] = TensorDataset(x, y)
-            self.starts[name] = start + self.window
+        for name, parts in segments.items():  # windows never straddle two segments
+            windows = [
+                make_windows(self.series[start:end], self.window, self.horizon)
+                for start, end in parts
+                if end - start >= need
+            ]
+            self.datasets[name] = TensorDataset(*(torch.cat(t) for t in zip(*windows, strict=True)))
+            self.starts[name] = parts[0][0] + self.window
         train_size = len(self.datasets["train"])
         if self.batch_size > train_size:
             raise ConfigError(

@@ -1,0 +1,184 @@
+"""What every logger receives about a run, and the loggers that need an optional extra.
+
+At the end of a run (after testing) `log_run_summary` sends each configured logger the same
+record: the composed config flattened to `group.key` names, the parameter counts, the git
+commit and whether the working tree was dirty, the run's tags, the best checkpoint's path and
+the final metrics. TensorBoard gets them as one HPARAMS session (final metrics as `hp/<name>`,
+so the learning curves keep only the values logged during training), CSV in hparams.yaml,
+MLflow as params, metrics and tags, Weights & Biases as config and summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from nnlab.errors import UserError
+from nnlab.runs import is_global_zero
+
+log = logging.getLogger(__name__)
+
+
+def _require(module: str, extra: str, logger: str) -> None:
+    try:
+        __import__(module)
+    except ImportError:
+        raise UserError(
+            f"logger={logger} needs {module}, which is not installed; install it with "
+            f"`pip install 'nnlab[{extra}]'` (or choose logger=tensorboard)"
+        ) from None
+
+
+def run_label(name: str | None, run_dir: str | None) -> str:
+    """A run's name in a tracker: the experiment and its directory (`<sweep>/<trial>` in a sweep,
+    whose trial directories are numbered)."""
+    if not run_dir:
+        return name or "run"
+    path = Path(run_dir)
+    return f"{path.parent.name}/{path.name}" if path.name.isdigit() else path.name
+
+
+def mlflow_logger(
+    tags: Iterable[str] = (), run_name: str | None = None, run_dir: str | None = None, **kwargs
+):
+    """Lightning's MLFlowLogger; each of the run's `tags` becomes an MLflow tag, and all of them
+    together the tag `nnlab.tags`."""
+    _require("mlflow", "mlflow", "mlflow")
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    tags = [str(t) for t in tags or ()]
+    return MLFlowLogger(
+        run_name=run_label(run_name, run_dir),
+        tags={**{t: "" for t in tags}, "nnlab.tags": ", ".join(tags)},
+        **kwargs,
+    )
+
+
+def wandb_logger(
+    tags: Iterable[str] = (), name: str | None = None, run_dir: str | None = None, **kwargs
+):
+    """Lightning's WandbLogger (offline by default: `wandb sync` uploads the run later)."""
+    _require("wandb", "wandb", "wandb")
+    from lightning.pytorch.loggers import WandbLogger
+
+    return WandbLogger(name=run_label(name, run_dir), tags=[str(t) for t in tags or ()], **kwargs)
+
+
+def git_state(path: Path | None = None) -> dict[str, Any]:
+    """The commit of the git work tree holding `path` (nnlab's own source by default) and
+    whether tracked files differ from it; `unknown` outside a work tree or without git."""
+    where = str(path or Path(__file__).resolve().parent)
+    try:
+        commit = subprocess.run(
+            ["git", "-C", where, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        changes = subprocess.run(
+            ["git", "-C", where, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return {"git.commit": "unknown", "git.dirty": "unknown"}
+    if commit.returncode != 0 or changes.returncode != 0:
+        return {"git.commit": "unknown", "git.dirty": "unknown"}
+    return {"git.commit": commit.stdout.strip(), "git.dirty": bool(changes.stdout.strip())}
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> {"a.b.c": leaf}; lists and None become text (what every tracker takes)."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(flatten(item, f"{prefix}{key}."))
+        return out
+    key = prefix[:-1]
+    if value is None or isinstance(value, list | tuple):
+        return {key: str(value) if value is not None else "null"}
+    return {key: value}
+
+
+def run_params(cfg: DictConfig, task: Any = None) -> dict[str, Any]:
+    """The hyperparameters every logger gets: config, parameter counts, git state, tags."""
+    params = flatten(OmegaConf.to_container(cfg, resolve=True))
+    params.pop("hydra", None)
+    if task is not None:
+        weights = list(task.parameters())
+        params["params.total"] = sum(p.numel() for p in weights)
+        params["params.trainable"] = sum(p.numel() for p in weights if p.requires_grad)
+    params.update(git_state())
+    params["tags"] = ", ".join(str(t) for t in cfg.get("tags") or [])
+    return params
+
+
+def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numeric results of a run (val/*, test/*, best_epoch, epochs ...)."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if math.isfinite(float(value)):
+            out[key] = float(value)
+    return out
+
+
+def log_run_summary(loggers: Iterable[Any], cfg: DictConfig, task: Any, metrics: dict) -> None:
+    """Send the run's hyperparameters, final metrics, tags and best checkpoint to each logger.
+    Called once, after testing; a logger that fails is reported and skipped, never the run."""
+    if not is_global_zero():  # the other ranks of a distributed run have no logger to write to
+        return
+    params = run_params(cfg, task)
+    params["best_checkpoint"] = str(metrics.get("best_checkpoint") or "")
+    final = final_metrics(metrics)
+    for logger in loggers or []:
+        try:
+            _log_to(logger, params, final, cfg)
+        except Exception as exc:  # a tracker being down must not fail a finished run
+            log.warning("Could not send the run summary to %s: %s", type(logger).__name__, exc)
+
+
+def _log_to(logger: Any, params: dict[str, Any], final: dict[str, float], cfg: DictConfig) -> None:
+    from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
+
+    if isinstance(logger, TensorBoardLogger):
+        # HPARAMS reads a session's metric values from scalars of the same names.
+        logger.log_hyperparams(params, metrics={f"hp/{k}": v for k, v in final.items()})
+        step = int(final.get("global_step", 0))
+        logger.experiment.add_text("run/summary", summary_markdown(params, final), step)
+        logger.finalize("success")
+    elif isinstance(logger, CSVLogger):
+        logger.log_hyperparams({**params, **{f"final/{k}": v for k, v in final.items()}})
+        logger.finalize("success")
+    elif isinstance(logger, MLFlowLogger):
+        logger.log_hyperparams(params)
+        logger.log_metrics(final, step=int(final.get("global_step", 0)))
+        client = logger.experiment
+        client.set_tag(logger.run_id, "best_checkpoint", params["best_checkpoint"])
+        client.set_tag(logger.run_id, "git.commit", str(params["git.commit"]))
+        logger.finalize("success")
+    elif isinstance(logger, WandbLogger):
+        logger.log_hyperparams(params)
+        run = logger.experiment
+        run.summary.update({**final, "best_checkpoint": params["best_checkpoint"]})
+        run.finish()  # the next trial of a sweep in this process starts its own run
+    else:
+        logger.log_hyperparams(params)
+        logger.log_metrics(final)
+
+
+def summary_markdown(params: dict[str, Any], final: dict[str, float]) -> str:
+    """A short table for TensorBoard's TEXT tab."""
+    rows = [
+        ("tags", params.get("tags") or "-"),
+        ("git commit", f"{params.get('git.commit')}" + (" (dirty)" if params.get("git.dirty") is True else "")),
+        ("parameters", f"{params.get('params.total')} ({params.get('params.trainable')} trainable)"),
+        ("best checkpoint", params.get("best_checkpoint") or "-"),
+        *((k, f"{v:.6g}") for k, v in final.items()),
+    ]  # fmt: skip
+    return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
