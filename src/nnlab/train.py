@@ -37,6 +37,7 @@ from nnlab.runs import (
     RESOLVED_CONFIG,
     AtomicCheckpointIO,
     Run,
+    is_global_zero,
     register_resolvers,
 )
 
@@ -62,8 +63,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     task.check_data(datamodule)
     if cfg.get("ckpt_path") and not cfg.get("resume"):
         check_checkpoint(Path(cfg.ckpt_path), cfg.model, key="ckpt_path")
-    if hasattr(datamodule, "example_input"):  # lets TensorBoard draw the model graph
-        task.example_input_array = datamodule.example_input()
+    task.example_input_array = datamodule.example_input()  # TensorBoard draws the model graph
+    if is_global_zero():  # files that predictions need besides the checkpoint (vocab.json)
+        datamodule.save_artifacts(Path(cfg.paths.output_dir))
     # Always on: exact resume (random states), a checkpoint on preemption, a stop on NaN loss.
     callbacks = [
         *build_all(cfg.get("callbacks"), "callbacks"),
