@@ -350,5 +350,6 @@ def read_images(source: str | Path | None) -> tuple[np.ndarray, list[str]]:
         count = len(as_images(array, str(path)))
     else:
         count = check_idx(path, rank=3, item_shape=(HEIGHT, WIDTH))
-        array = np.frombuffer(path.read_bytes()[16:], dtype=np.uint8).reshape(count, HEIGHT, WIDTH)
+        array = np.frombuffer(path.read_bytes(), dtype=np.uint8, offset=16).copy()
+        array = array.reshape(count, HEIGHT, WIDTH)
     return array, [f"{path.name}[{i}]" for i in range(count)]

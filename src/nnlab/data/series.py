@@ -104,29 +104,36 @@ class SeriesDataModule(DataModule):
         """A series -> its (N, window) windows, scaled, one per position with `window` values
         before it. `raw`: None (the test split, with the window before it), a CSV file (its
         `column`), inline values "0.1,0.2,..." or numbers; `Encoded.raw` holds them (float64)."""
-        values = self.read_values(raw)
+        if raw is None:  # the run's own test split, with the window before it
+            if self.series is None:
+                self.setup("predict")
+            scaled = self.series[self.starts["test"] - self.window :]
+            values = self.decode(scaled).double()
+        else:
+            values = self.read_values(raw)
+            scaled = self.scale(values.float())  # as setup() scales the training series
         if len(values) < self.window:
             raise UserError(
                 f"input: {len(values)} values given, but the model reads windows of "
                 f"{self.window}; give at least {self.window} values"
             )
-        windows = self.scale(values).float().unfold(0, self.window, 1)
+        windows = scaled.unfold(0, self.window, 1)
         names = [str(i + self.window) for i in range(len(windows))]  # the time each predicts
         return Encoded((windows,), names, values)
 
     def read_values(self, raw: Any) -> torch.Tensor:
-        if raw is None:  # the run's own test split
-            if self.series is None:
-                self.setup("predict")
-            start = self.starts["test"] - self.window
-            return self.decode(self.series[start:]).double()
+        """A CSV file (its `column`), inline values "0.1,0.2,..." or numbers, as float64."""
         if isinstance(raw, torch.Tensor):
             return raw.double()
         if not isinstance(raw, str | Path):
             raw = ",".join(map(str, raw))
         text = str(raw)
         path = Path(text).expanduser()
-        if path.is_file():
+        try:
+            is_file = path.is_file()
+        except OSError:  # a long list of values is no file name
+            is_file = False
+        if is_file:
             return read_csv_column(path, self.column)
         try:
             values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
