@@ -375,8 +375,8 @@ class IMDBDataModule(DataModule):
                     f"input: {path} not found; give a text file with one review per line, "
                     'or text="..."'
                 )
-            reviews = [line for line in path.read_text(encoding="utf-8").splitlines()]
-            reviews = [line for line in reviews if line.strip()]
+            lines = path.read_text(encoding="utf-8").splitlines()
+            reviews = [line for line in lines if line.strip()]
         else:
             reviews = [str(r) for r in raw]
         if not reviews or not any(r.strip() for r in reviews):
