@@ -51,7 +51,8 @@ def forecast(task, datamodule, encoded: Encoded, steps: int):
     history = windows[-1].clone()
     ahead: list[float] = []
     while len(ahead) < steps:
-        pred = task(history.unsqueeze(0))[0]
+        (step,) = datamodule.batch_transform((history.unsqueeze(0),))
+        pred = task(step)[0]
         history = torch.cat([history, pred])[-window:]
         ahead.extend(datamodule.decode(pred).double().tolist())
     rows += [("forecast", len(values) + k, "", v) for k, v in enumerate(ahead[:steps])]
@@ -150,13 +151,14 @@ def main(run, input, text, ckpt, out, steps, column, overrides) -> Path:  # noqa
     datamodule = build(cfg.data, "data")
     datamodule.load_artifacts(run_dir.root)
     encoded = datamodule.encode([text] if text is not None else input)
-    if datamodule.horizon is not None:  # a forecaster: one step ahead, then recursively
+    forecasting = datamodule.horizon is not None  # else a classifier (datamodule.classes)
+    if forecasting:  # one step ahead, then recursively
         rows = forecast(task, datamodule, encoded, n_steps)
         header = ["kind", "t", "target", "prediction"]
     else:
         header, rows = classify(task, datamodule, encoded)
     target = output_dir(run_dir, out, f"predictions/{timestamp()}")
-    if datamodule.horizon is not None:
+    if forecasting:
         plot_series(encoded.raw, rows, target / "forecast.png")
     write_rows(target / "predictions.csv", header, rows)
     show(header[:4], [r[:4] for r in rows], f"{path.name} on {input or text or 'the test split'}")
