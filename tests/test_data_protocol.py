@@ -220,3 +220,20 @@ def test_the_run_saves_the_vocabulary_and_predict_encodes_through_it(tmp_path, m
     out = nnlab.predict.main([f"run={run}", "text=great wonderful film", f"out={tmp_path / 'p'}"])
     rows = (out / "predictions.csv").read_text().splitlines()
     assert rows[0] == "review,sentiment,probability,p_positive" and len(rows) == 2
+
+
+def test_data_specific_callbacks_refuse_other_data(build_data):
+    """The review and forecast figures need text and series data: a clear error, not a silent
+    skip, when a config pairs them with other data."""
+    from types import SimpleNamespace
+
+    from nnlab.callbacks.forecast import ForecastPlot
+    from nnlab.callbacks.text import ReviewSamples
+    from nnlab.errors import ConfigError
+
+    digits = SimpleNamespace(datamodule=build_data("mnist"))
+    with pytest.raises(ConfigError, match="callbacks.forecast_plot: .* data=sine or data=csv"):
+        ForecastPlot().setup(digits, None, "fit")
+    with pytest.raises(ConfigError, match="callbacks.review_samples: .* MNISTDataModule"):
+        ReviewSamples().setup(digits, None, "fit")
+    ForecastPlot().setup(SimpleNamespace(datamodule=build_data("sine")), None, "fit")

@@ -8,6 +8,8 @@ import lightning as L
 import torch
 
 from nnlab.callbacks import log_figure
+from nnlab.data.series import SeriesDataModule
+from nnlab.errors import ConfigError
 
 
 class ForecastPlot(L.Callback):
@@ -17,10 +19,18 @@ class ForecastPlot(L.Callback):
     def __init__(self, dirpath: str | None = None, filename: str = "forecast.png"):
         self.path = Path(dirpath) / filename if dirpath else None
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not isinstance(trainer.datamodule, SeriesDataModule):
+            raise ConfigError(
+                "callbacks.forecast_plot",
+                f"plots a series, but the data are {type(trainer.datamodule).__name__}; "
+                "use it with data=sine or data=csv",
+            )
+
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        dm = trainer.datamodule  # a SeriesDataModule
+        dm = trainer.datamodule  # a SeriesDataModule (setup)
         if dm is None or "test" not in dm.datasets:
             return
         import matplotlib

@@ -11,6 +11,9 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import default_collate
 
+from nnlab.data.imdb import IMDBDataModule
+from nnlab.errors import ConfigError
+
 
 class ReviewSamples(L.Callback):
     """After testing: `num_reviews` test reviews (chosen with `seed`, half negative and half positive) with the
@@ -33,6 +36,14 @@ class ReviewSamples(L.Callback):
             filename,
         )
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not isinstance(trainer.datamodule, IMDBDataModule):
+            raise ConfigError(
+                "callbacks.review_samples",
+                f"shows movie reviews, but the data are {type(trainer.datamodule).__name__}; "
+                "use it with data=imdb",
+            )
+
     def pick(self, labels: torch.Tensor) -> list[int]:
         """Indices of the sample: alternately negative and positive, seeded."""
         generator = torch.Generator().manual_seed(self.seed)
@@ -50,7 +61,7 @@ class ReviewSamples(L.Callback):
         return chosen
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        dm = trainer.datamodule  # an IMDBDataModule: review_text gives a sample's text
+        dm = trainer.datamodule  # an IMDBDataModule (setup): review_text gives a sample's text
         dataset = dm.datasets.get("test")
         if not trainer.is_global_zero or dataset is None:
             return
