@@ -101,7 +101,7 @@ def test_every_data_module_implements_the_protocol(build_data, tmp_path, name, o
 
 def test_mnist_encode_is_what_training_reads(build_data, tmp_path):
     """The test split is `encode` of the raw test images, in every view (normalised too); an
-    IDX file, PNGs and a .npy of the same images encode the same."""
+    IDX file and PNGs of the same images encode the same (nnlab-predict reads .npy too)."""
     from PIL import Image
 
     raw, _ = tiny_digits(40, seed=1)
