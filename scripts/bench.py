@@ -35,7 +35,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nnlab import CONF_DIR
-from nnlab.data.imdb import as_inputs
 from nnlab.resolvers import register_resolvers
 from nnlab.train import train
 
@@ -168,7 +167,7 @@ def run_hand_loop(cfg: DictConfig, device: torch.device, baseline: str) -> dict:
             yield [t[idx] for t in train_tensors]
 
     def forward(x):
-        x = as_inputs([x])[0]
+        (x,) = dm.batch_transform((x,))  # e.g. IMDB's bool multi-hot rows -> floats
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

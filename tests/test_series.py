@@ -95,9 +95,9 @@ def test_csv_source_with_standardisation(tmp_path):
     dm.setup()
     train = torch.tensor(values[:210])
     assert dm.mean == pytest.approx(train.mean().item())
-    assert torch.allclose(dm.unscale(dm.series), torch.tensor(values), atol=1e-4)
+    assert torch.allclose(dm.decode(dm.series), torch.tensor(values), atol=1e-4)
     x, y = dm.datasets["test"].tensors
-    assert torch.allclose(dm.unscale(y[0]), torch.tensor([values[255 + 5]]), atol=1e-4)
+    assert torch.allclose(dm.decode(y[0]), torch.tensor([values[255 + 5]]), atol=1e-4)
 
 
 def test_csv_single_column_needs_no_name(tmp_path):

@@ -46,15 +46,11 @@ def export_onnx(net: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: Pa
     return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
 
 
-def model_inputs(batch) -> tuple[torch.Tensor, ...]:
-    """What the network takes from a batch: everything but the targets (ids and lengths for
-    sequences of tokens)."""
-    if isinstance(batch, list | tuple):
-        batch = tuple(batch[:-1]) if len(batch) > 1 else tuple(batch)
-    else:
-        batch = (batch,)
-    # Floats stay float32; multi-hot rows (stored as bools) become floats, as Task.forward does.
-    return tuple(t.float() if t.is_floating_point() or t.dtype == torch.bool else t for t in batch)
+def model_inputs(datamodule) -> tuple[torch.Tensor, ...]:
+    """A test batch as the network reads it (the data module's `batch_transform`), without its
+    targets: ids and lengths for sequences of tokens, float rows for multi-hot ones."""
+    batch = datamodule.batch_transform(next(iter(datamodule.test_dataloader())))
+    return tuple(batch[:-1])
 
 
 EXPORTERS = {
@@ -71,7 +67,7 @@ def main(run, format, ckpt, out, atol, overrides) -> Path:  # noqa: A002 (the CL
     cfg = run_config(run_dir, overrides)
     task, ckpt_path = load_task(run_dir, cfg, ckpt)
     net = task.net.eval()
-    inputs = model_inputs(next(iter(load_datamodule(cfg, "test").test_dataloader())))
+    inputs = model_inputs(load_datamodule(cfg, "test"))
     exporter, filename = EXPORTERS[format]
     path = output_dir(run_dir, out, "export") / filename
     with torch.no_grad():

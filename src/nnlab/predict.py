@@ -3,67 +3,41 @@
 from __future__ import annotations
 
 import csv
-import math
 from datetime import datetime
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from nnlab.cli import command, load_datamodule, load_task, output_dir, run_config
-from nnlab.data.series import SeriesDataModule, read_csv_column
+from nnlab.cli import command, load_task, output_dir, run_config
+from nnlab.config import build
+from nnlab.data.base import Encoded
 from nnlab.errors import UserError
 from nnlab.runs import Run
 
 
-def series_values(
-    text: str | None, column: str | None, datamodule: SeriesDataModule
-) -> torch.Tensor:
-    """The series to predict from, in its own units."""
-    if not text:  # the run's own test split
-        start = datamodule.starts["test"] - datamodule.window
-        return datamodule.unscale(datamodule.series[start:]).double()
-    path = Path(text).expanduser()
-    if path.is_file():
-        return read_csv_column(path, column)
-    try:
-        values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
-    except ValueError:
-        raise UserError(
-            f"input: {text!r} is neither a file nor comma-separated numbers; give a CSV file "
-            "or values like input=0.1,0.2,0.3,0.4"
-        ) from None
-    if not values or not all(math.isfinite(v) for v in values):
-        raise UserError(f"input: {text!r} holds no finite numbers")
-    return torch.tensor(values, dtype=torch.float64)
-
-
 @torch.no_grad()
-def predict_series(task, datamodule: SeriesDataModule, values: torch.Tensor, steps: int):
+def forecast(task, datamodule, encoded: Encoded, steps: int):
     """Rows of (kind, t, target, prediction): one step ahead for each window, then a recursive
     forecast of `steps` points past the end (each prediction fed back as input)."""
-    window = datamodule.window
-    if len(values) < window:
-        raise UserError(
-            f"input: {len(values)} values given, but the model reads windows of {window}; "
-            f"give at least {window} values"
-        )
-    scaled = ((values - datamodule.mean) / datamodule.std).float()
-    windows = scaled.unfold(0, window, 1)
-    one_step = datamodule.unscale(task(windows)).double()  # (N, horizon)
+    (windows,) = datamodule.batch_transform(encoded.inputs)
+    values, window = encoded.raw, windows.shape[1]
+    one_step = datamodule.decode(task(windows)).double()  # (N, horizon)
     rows = []
     for i, pred in enumerate(one_step):
         t = i + window  # index of the first predicted value
         target = values[t].item() if t < len(values) else ""
         rows.append(("one_step", t, target, pred[0].item()))
-    history = scaled[-window:].clone()
-    forecast: list[float] = []
-    while len(forecast) < steps:
-        pred = task(history.unsqueeze(0))[0]
+    history = windows[-1].clone()
+    ahead: list[float] = []
+    while len(ahead) < steps:
+        (step,) = datamodule.batch_transform((history.unsqueeze(0),))
+        pred = task(step)[0]
         history = torch.cat([history, pred])[-window:]
-        forecast.extend(datamodule.unscale(pred).double().tolist())
-    rows += [("forecast", len(values) + k, "", v) for k, v in enumerate(forecast[:steps])]
+        ahead.extend(datamodule.decode(pred).double().tolist())
+    rows += [("forecast", len(values) + k, "", v) for k, v in enumerate(ahead[:steps])]
     return rows
 
 
@@ -113,60 +87,50 @@ def show(header: list[str], rows, title: str, limit: int = 10) -> None:
 
 
 @torch.no_grad()
-def classify(task, inputs: tuple, names: list[str], classes: list[str]):
+def classify(task, datamodule, encoded: Encoded, chunk: int = 256):
     """Rows of (name, predicted class, its probability, every class's probability)."""
-    rows = []
-    for start in range(0, len(names), 256):
-        batch = tuple(t[start : start + 256] for t in inputs)
+    classes, rows = datamodule.classes, []
+    names = encoded.names or [str(i) for i in range(len(encoded.inputs[0]))]
+    for start in range(0, len(names), chunk):
+        batch = datamodule.batch_transform(tuple(t[start : start + chunk] for t in encoded.inputs))
         scores = task.scores(task(*batch)).cpu()
-        for name, p in zip(names[start : start + 256], scores, strict=True):
+        for name, p in zip(names[start : start + chunk], scores, strict=True):
             if task.binary:  # one probability: of the positive class
                 label = classes[1] if p > 0.5 else classes[0]
                 rows.append((name, label, float(max(p, 1 - p)), float(p)))
             else:
                 k = int(p.argmax())
                 rows.append((name, classes[k], float(p[k]), *(float(v) for v in p)))
-    return rows
+    header = [*datamodule.columns, "probability"]
+    header += [f"p_{c}" for c in (classes[1:] if task.binary else classes)]
+    return header, rows
 
 
 @command("predict")
 def main(run, input, text, ckpt, out, steps, column, overrides) -> Path:  # noqa: A002 (the CLI's word)
-    from hydra.utils import get_class
-
-    from nnlab.data.imdb import IMDBDataModule
-    from nnlab.data.mnist import MNISTDataModule
-    from nnlab.predict_inputs import read_images, read_texts
-
+    try:
+        n_steps = int(steps)
+    except ValueError:
+        raise UserError(f"steps: expected a whole number, got {steps!r}") from None
+    if n_steps < 0:
+        raise UserError(f"steps: must be >= 0, got {n_steps}")
     run_dir = Run.open(run)
     cfg = run_config(run_dir, overrides)
+    if column:  # the CSV column the series is read from
+        OmegaConf.update(cfg, "data.column", column, force_add=True)
     task, path = load_task(run_dir, cfg, ckpt)
-    data_class = get_class(cfg.data._target_)
-    if issubclass(data_class, SeriesDataModule):
-        try:
-            n_steps = int(steps)
-        except ValueError:
-            raise UserError(f"steps: expected a whole number, got {steps!r}") from None
-        if n_steps < 0:
-            raise UserError(f"steps: must be >= 0, got {n_steps}")
-        datamodule = load_datamodule(cfg, "predict")
-        values = series_values(input, column or cfg.data.get("column"), datamodule)
-        rows = predict_series(task, datamodule, values, n_steps)
+    datamodule = build(cfg.data, "data")
+    datamodule.load_artifacts(run_dir.root)
+    encoded = datamodule.encode([text] if text is not None else input)
+    forecasting = datamodule.horizon is not None  # else a classifier (datamodule.classes)
+    if forecasting:  # one step ahead, then recursively
+        rows = forecast(task, datamodule, encoded, n_steps)
         header = ["kind", "t", "target", "prediction"]
-        target = output_dir(run_dir, out, f"predictions/{timestamp()}")
-        plot_series(values, rows, target / "forecast.png")
-    elif issubclass(data_class, MNISTDataModule):
-        images, names = read_images(input)
-        datamodule = load_datamodule(cfg, "predict")  # the view and its normalisation
-        rows = classify(task, (datamodule.to_view(images),), names, datamodule.classes)
-        header = ["input", "class", "probability", *(f"p_{c}" for c in datamodule.classes)]
-        target = output_dir(run_dir, out, f"predictions/{timestamp()}")
-    elif issubclass(data_class, IMDBDataModule):
-        inputs, names = read_texts(run_dir.root, text, input, cfg.data.get("view", "multihot"))
-        rows = classify(task, inputs, names, ["negative", "positive"])
-        header = ["review", "sentiment", "probability", "p_positive"]
-        target = output_dir(run_dir, out, f"predictions/{timestamp()}")
     else:
-        raise UserError(f"run: nnlab-predict does not know {cfg.data._target_} data")
+        header, rows = classify(task, datamodule, encoded)
+    target = output_dir(run_dir, out, f"predictions/{timestamp()}")
+    if forecasting:
+        plot_series(encoded.raw, rows, target / "forecast.png")
     write_rows(target / "predictions.csv", header, rows)
     show(header[:4], [r[:4] for r in rows], f"{path.name} on {input or text or 'the test split'}")
     print(f"Wrote {target / 'predictions.csv'}")

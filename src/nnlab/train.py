@@ -55,8 +55,9 @@ def train(cfg: DictConfig, run: Run) -> dict[str, Any]:
     task.check_data(datamodule)
     if cfg.get("ckpt_path") and not cfg.get("resume"):
         check_checkpoint(Path(cfg.ckpt_path), cfg.model, key="ckpt_path")
-    if hasattr(datamodule, "example_input"):  # lets TensorBoard draw the model graph
-        task.example_input_array = datamodule.example_input()
+    task.example_input_array = datamodule.example_input()  # TensorBoard draws the model graph
+    if run.writes:  # files that predictions need besides the checkpoint (vocab.json)
+        datamodule.save_artifacts(run.root)
 
     # the config's own plugins (cluster=slurm's SLURM environment) and atomic checkpoint writes
     plugins = [build(p, "trainer.plugins") for p in cfg.trainer.get("plugins") or []]

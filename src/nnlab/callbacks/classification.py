@@ -16,9 +16,9 @@ class ClassificationFigures(L.Callback):
     and a grid of misclassified test samples (`test/misclassified`, `<dirpath>/misclassified.png`),
     logged to TensorBoard and saved in the run directory.
 
-    Reads `test_confusion` and `test_mistakes` of a `ClassificationTask`. The grid needs a
-    datamodule that can turn its inputs back into images (`to_image`, as the MNIST views do);
-    without one only the confusion matrix is drawn.
+    Reads `test_confusion` and `test_mistakes` of a `ClassificationTask`, and the data module's
+    `classes` and `to_image` (inputs back to images, as the MNIST views do; None for data that
+    are not images, which then get only the confusion matrix).
     """
 
     def __init__(
@@ -43,7 +43,7 @@ class ClassificationFigures(L.Callback):
         matplotlib.use("Agg")
         confusion = pl_module.test_confusion.compute().cpu()
         dm = trainer.datamodule
-        names = list(getattr(dm, "classes", None) or [str(i) for i in range(len(confusion))])
+        names = list(dm.classes or [str(i) for i in range(len(confusion))])
         if len(names) != len(confusion):
             names = [str(i) for i in range(len(confusion))]
         log_figure(
@@ -52,12 +52,19 @@ class ClassificationFigures(L.Callback):
             confusion_figure(confusion, names),
             self._path(self.confusion_filename),
         )
-        if dm is not None and hasattr(dm, "to_image"):
-            mistakes = getattr(pl_module, "test_mistakes", [])
+        mistakes = pl_module.test_mistakes
+        if mistakes:
+            x, true, predicted = (
+                torch.cat([m[k] for m in mistakes])[: self.max_images] for k in range(3)
+            )
+        else:
+            x, true, predicted = dm.example_input(0), [], []
+        images = dm.to_image(x)
+        if images is not None:
             log_figure(
                 trainer,
                 "test/misclassified",
-                mistakes_figure(mistakes, dm.to_image, names, self.max_images),
+                mistakes_figure(images, true, predicted, names),
                 self._path(self.mistakes_filename),
             )
 
@@ -97,17 +104,10 @@ def confusion_figure(confusion: torch.Tensor, names: list[str]):
     return figure
 
 
-def mistakes_figure(mistakes, to_image, names: list[str], max_images: int):
-    """A grid of misclassified samples titled `true -> predicted`."""
+def mistakes_figure(images: torch.Tensor, true, predicted, names: list[str]):
+    """A grid of misclassified samples (images, (N, H, W)) titled `true -> predicted`."""
     import matplotlib.pyplot as plt
 
-    if mistakes:
-        x = torch.cat([m[0] for m in mistakes])[:max_images]
-        true = torch.cat([m[1] for m in mistakes])[:max_images]
-        predicted = torch.cat([m[2] for m in mistakes])[:max_images]
-        images = to_image(x)
-    else:
-        images, true, predicted = torch.empty(0, 1, 1), [], []
     count = len(images)
     columns = max(1, min(9, count))
     rows = max(1, math.ceil(count / columns))

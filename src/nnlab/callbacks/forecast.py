@@ -8,6 +8,8 @@ import lightning as L
 import torch
 
 from nnlab.callbacks import log_figure
+from nnlab.data.series import SeriesDataModule
+from nnlab.errors import ConfigError
 
 
 class ForecastPlot(L.Callback):
@@ -17,11 +19,19 @@ class ForecastPlot(L.Callback):
     def __init__(self, dirpath: str | None = None, filename: str = "forecast.png"):
         self.path = Path(dirpath) / filename if dirpath else None
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not isinstance(trainer.datamodule, SeriesDataModule):
+            raise ConfigError(
+                "callbacks.forecast_plot",
+                f"plots a series, but the data are {type(trainer.datamodule).__name__}; "
+                "use it with data=sine or data=csv",
+            )
+
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        dm = trainer.datamodule
-        if dm is None or "test" not in getattr(dm, "datasets", {}):
+        dm = trainer.datamodule  # a SeriesDataModule (setup)
+        if dm is None or "test" not in dm.datasets:
             return
         import matplotlib
 
@@ -32,14 +42,16 @@ class ForecastPlot(L.Callback):
         was_training = pl_module.training
         pl_module.eval()
         with torch.no_grad():
-            pred = pl_module(x.to(pl_module.device)).float().cpu()
+            (inputs,) = dm.batch_transform((x.to(pl_module.device),))
+            pred = pl_module(inputs).float().cpu()
         pl_module.train(was_training)
         t = torch.arange(len(x)) + dm.starts["test"]
         figure, ax = plt.subplots(figsize=(9, 3.5))
-        ax.plot(t, dm.unscale(y[:, 0]), ".", ms=3, color="0.55", label="observed")
-        if hasattr(dm, "clean_series"):
-            ax.plot(t, dm.clean_series()[t], color="0.2", lw=1, label="noise-free signal")
-        ax.plot(t, dm.unscale(pred[:, 0]), color="C1", lw=1.5, label="prediction (1 step ahead)")
+        ax.plot(t, dm.decode(y[:, 0]), ".", ms=3, color="0.55", label="observed")
+        clean = dm.clean_series()
+        if clean is not None:
+            ax.plot(t, clean[t], color="0.2", lw=1, label="noise-free signal")
+        ax.plot(t, dm.decode(pred[:, 0]), color="C1", lw=1.5, label="prediction (1 step ahead)")
         mse = torch.mean((pred - y) ** 2).item()
         ax.set(xlabel="time step", ylabel="value", title=f"test split: one-step MSE {mse:.4f}")
         ax.legend(loc="best", fontsize=8)

@@ -1,5 +1,5 @@
 """Sample predictions on text data: a few test reviews with their predicted probability of being
-positive, in TensorBoard (text) and in the run directory; and the vocabulary, saved for later."""
+positive, in TensorBoard (text) and in the run directory."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import default_collate
 
+from nnlab.data.imdb import IMDBDataModule
+from nnlab.errors import ConfigError
+
 
 class ReviewSamples(L.Callback):
-    """At fit start: `<dirpath>/vocab.json` (the data module's `save_vocab`). After testing:
-    `num_reviews` test reviews (chosen with `seed`, half negative and half positive) with the
+    """After testing: `num_reviews` test reviews (chosen with `seed`, half negative and half positive) with the
     model's P(positive), logged as TensorBoard text `test/reviews` and saved as
     `<dirpath>/test_reviews.json`."""
 
@@ -34,10 +36,13 @@ class ReviewSamples(L.Callback):
             filename,
         )
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        dm = trainer.datamodule
-        if self.dirpath is not None and trainer.is_global_zero and hasattr(dm, "save_vocab"):
-            dm.save_vocab(self.dirpath / "vocab.json")
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not isinstance(trainer.datamodule, IMDBDataModule):
+            raise ConfigError(
+                "callbacks.review_samples",
+                f"shows movie reviews, but the data are {type(trainer.datamodule).__name__}; "
+                "use it with data=imdb",
+            )
 
     def pick(self, labels: torch.Tensor) -> list[int]:
         """Indices of the sample: alternately negative and positive, seeded."""
@@ -56,9 +61,9 @@ class ReviewSamples(L.Callback):
         return chosen
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        dm = trainer.datamodule
-        dataset = getattr(dm, "datasets", {}).get("test")
-        if not trainer.is_global_zero or dataset is None or not hasattr(dm, "review_text"):
+        dm = trainer.datamodule  # an IMDBDataModule (setup): review_text gives a sample's text
+        dataset = dm.datasets.get("test")
+        if not trainer.is_global_zero or dataset is None:
             return
         labels = torch.stack([dataset[i][-1] for i in range(len(dataset))])
         chosen = self.pick(labels)
@@ -68,7 +73,7 @@ class ReviewSamples(L.Callback):
         was_training = pl_module.training
         pl_module.eval()
         with torch.no_grad():
-            inputs = [t.to(pl_module.device) for t in batch[:-1]]  # Task.forward floats bools
+            inputs = dm.batch_transform([t.to(pl_module.device) for t in batch[:-1]])
             probs = pl_module.scores(pl_module(*inputs)).float().cpu()
         pl_module.train(was_training)
         rows = []

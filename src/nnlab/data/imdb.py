@@ -14,13 +14,17 @@ frequency; id 0 is padding (`PAD`) and id 1 every other word (`OOV`).
 Views (`view`):
 - `multihot`: batches `(x, y)`, x a float (batch, num_words) 0/1 vector of the ids present in
   the whole review (the Keras reference recipe); held as one bool matrix, batched in memory,
-  made float on the device by the task (`Task.forward`), one micro-batch at a time;
+  made float on the device, batch by batch (`batch_transform`);
 - `sequence`: batches `(x, lengths, y)`, x the (batch, max_len) ids padded with 0 at the end,
   truncated to `max_len` (`truncating: pre` drops the review's start and keeps its last
   `max_len` tokens, Keras' default; `post` keeps its first ones); `lengths` the true lengths
   (>= 1) so models can pack or mask.
 y is the label (0 negative, 1 positive). Validation: `val_size` training reviews (a count, or a
 fraction when < 1) drawn with `seed`; testing: the official test split.
+
+New reviews (`encode`: a text file with one review per line, or a list of texts) go through
+the same tokenizer, the vocabulary (`vocab.json`, written into the run directory by
+`save_artifacts`) and the same padding / multi-hot functions as the training data.
 
 Preprocessing is cached in `<data_dir>/cache/imdb-<key>.pt`, the key a hash of everything that
 changes it (num_words, min_freq, max_len, truncating, tokenizer version, the data files' names,
@@ -44,14 +48,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 
+from nnlab.data.base import DataModule, Encoded
 from nnlab.data.folds import fold_indices
-from nnlab.data.memory import make_loader
-from nnlab.errors import ConfigError, DataError, require_positive
+from nnlab.errors import ConfigError, DataError, UserError, require_positive
 
 log = logging.getLogger(__name__)
 
@@ -277,14 +280,6 @@ def pad_sequences(
     return ids.to(flat.dtype), kept.clamp(min=1)
 
 
-def as_inputs(batch):
-    """A batch with its multi-hot rows (stored as bools) as floats, for code that calls a bare
-    net; `Task.forward` does this itself."""
-    if isinstance(batch, list | tuple) and batch and batch[0].dtype == torch.bool:
-        return type(batch)([batch[0].float(), *batch[1:]])
-    return batch
-
-
 def multi_hot(flat: torch.Tensor, offsets: torch.Tensor, num_words: int) -> torch.Tensor:
     """Rows of 0/1 flags (bool: a quarter of float32's memory) for the ids of each review."""
     lengths = offsets[1:] - offsets[:-1]
@@ -294,8 +289,12 @@ def multi_hot(flat: torch.Tensor, offsets: torch.Tensor, num_words: int) -> torc
     return x
 
 
-class IMDBDataModule(L.LightningDataModule):
+class IMDBDataModule(DataModule):
     """aclImdb reviews as multi-hot vectors or padded id sequences (see the module docstring)."""
+
+    num_classes = 2
+    classes = ["negative", "positive"]
+    columns = ("review", "sentiment")
 
     def __init__(
         self,
@@ -317,7 +316,9 @@ class IMDBDataModule(L.LightningDataModule):
         folds: int | None = None,
         fold: int = 0,
     ):
-        super().__init__()
+        super().__init__(
+            batch_size, shuffle_seed=int(seed), in_memory=in_memory, num_workers=num_workers
+        )
         if view not in VIEWS:
             raise ConfigError(
                 "data.view", f"unknown view {view!r}; choose one of {', '.join(VIEWS)}"
@@ -330,30 +331,85 @@ class IMDBDataModule(L.LightningDataModule):
         require_positive("data.min_freq", min_freq)
         require_positive("data.max_len", max_len)
         require_positive("data.val_size", val_size)
-        require_positive("data.batch_size", batch_size)
         self.save_hyperparameters()
         self.data_dir = Path(data_dir).expanduser()
         self.view, self.num_words, self.min_freq = view, int(num_words), int(min_freq)
         self.max_len, self.truncating, self.val_size = int(max_len), truncating, val_size
-        self.batch_size, self.seed, self.num_workers = int(batch_size), seed, num_workers
-        self.in_memory = in_memory
+        self.seed = seed
         self.folds, self.fold = folds, fold  # k-fold cross-validation (data/folds.py)
         # An all-digit checksum on the command line arrives as an int: keep it as text.
         sha256 = str(sha256).strip().lower() if sha256 not in (None, "") else None
         self.download, self.url, self.sha256, self.use_cache = download, url, sha256, cache
         self.vocab: list[str] = []  # id -> word, ids 0 and 1 are "<pad>" and "<oov>"
         self.data: dict[str, dict[str, Any]] | None = None  # the cached preprocessing
-        self.datasets: dict[str, Dataset] = {}
         self.indices: dict[str, torch.Tensor] = {}  # rows of train/test behind each split
         self.cache_path: Path | None = None
-        self.timings: dict[str, float] = {}
 
-    # -- shapes the models are sized from ----------------------------------------------------
-    def example_input(self, batch_size: int = 2):
+    # -- the protocol (data/base.py) -----------------------------------------------------------
+    def example_input(self, n: int = 2):
         if self.view == "multihot":
-            return torch.zeros(batch_size, self.num_words)
-        ids = torch.full((batch_size, self.max_len), 2, dtype=torch.long)
-        return ids, torch.full((batch_size,), self.max_len, dtype=torch.long)
+            return torch.zeros(n, self.num_words)
+        ids = torch.full((n, self.max_len), 2, dtype=torch.long)
+        return ids, torch.full((n,), self.max_len, dtype=torch.long)
+
+    def view_inputs(self, flat: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Reviews' ids (flat, with offsets) as this view's inputs: bool multi-hot rows, or
+        padded ids and their lengths."""
+        if self.view == "multihot":
+            return (multi_hot(flat, offsets, self.num_words),)
+        ids, lengths = pad_sequences(flat, offsets, self.max_len, self.truncating)
+        return ids.long(), lengths
+
+    def batch_transform(self, batch):
+        """Multi-hot rows are stored as bools (a quarter of float32's memory): floats here, on
+        the device, one batch at a time."""
+        if self.view == "multihot" and batch[0].dtype == torch.bool:
+            return type(batch)([batch[0].to(torch.get_default_dtype()), *batch[1:]])
+        return batch
+
+    def encode(self, raw: Any) -> Encoded:
+        """Reviews -> this view's inputs, through the run's vocabulary. `raw`: a text file with
+        one review per line (a path), or a list of review texts."""
+        if raw is None:
+            raise UserError('input: give a text file (one review per line) or text="..."')
+        if isinstance(raw, str | Path):
+            path = Path(raw).expanduser()
+            if not path.is_file():
+                raise UserError(
+                    f"input: {path} not found; give a text file with one review per line, "
+                    'or text="..."'
+                )
+            lines = path.read_text(encoding="utf-8").splitlines()
+            reviews = [line for line in lines if line.strip()]
+        else:
+            reviews = [str(r) for r in raw]
+        if not reviews or not any(r.strip() for r in reviews):
+            raise UserError("input: the text is empty; give at least one review with words in it")
+        if not self.vocab:
+            self.load()
+        index = {w.encode("utf-8"): i for i, w in enumerate(self.vocab) if i > OOV}
+        tokens = [[t.encode("utf-8") for t in tokenize(r)] for r in reviews]
+        flat, offsets = encode(tokens, index)
+        names = [r if len(r) <= 60 else r[:57] + "..." for r in reviews]
+        return Encoded(self.view_inputs(flat.long(), offsets), names, reviews)
+
+    def save_artifacts(self, run_dir: Path) -> list[Path]:
+        return [self.save_vocab(Path(run_dir) / "vocab.json")]
+
+    def load_artifacts(self, run_dir: Path) -> None:
+        """The vocabulary and tokenizer settings saved with the run (no data needed)."""
+        vocab_file = Path(run_dir) / "vocab.json"
+        if not vocab_file.is_file():
+            raise UserError(f"run: {vocab_file} is missing: this run did not save its vocabulary")
+        saved = json.loads(vocab_file.read_text(encoding="utf-8"))
+        if saved.get("tokenizer_version") != TOKENIZER_VERSION:
+            raise UserError(
+                f"run: {vocab_file} was written by tokenizer version "
+                f"{saved.get('tokenizer_version')}, this is version {TOKENIZER_VERSION}"
+            )
+        self.vocab = list(saved["words"])
+        self.num_words, self.max_len = int(saved["num_words"]), int(saved["max_len"])
+        self.truncating = saved.get("truncating", "pre")
 
     # -- preprocessing and its cache ---------------------------------------------------------
     def cache_key(self, root: Path) -> dict[str, Any]:
@@ -392,11 +448,10 @@ class IMDBDataModule(L.LightningDataModule):
                 "labels": torch.tensor([label for _, label in files[split]], dtype=torch.long),
                 "files": [str(p.relative_to(root)) for p, _ in files[split]],
             }
-        self.timings["preprocess_s"] = time.perf_counter() - start
         log.info(
             "Tokenized %d reviews in %.1f s",
             sum(len(t) for t in tokens.values()),
-            self.timings["preprocess_s"],
+            time.perf_counter() - start,
         )
         return data
 
@@ -420,8 +475,7 @@ class IMDBDataModule(L.LightningDataModule):
             if data is not None and data.get("key") != key:
                 data = None
             if data is not None:
-                self.timings["cache_load_s"] = time.perf_counter() - start
-                log.info("Loaded %s in %.2f s", self.cache_path, self.timings["cache_load_s"])
+                log.info("Loaded %s in %.2f s", self.cache_path, time.perf_counter() - start)
         if data is None:
             data = self.preprocess(root)
             data["key"] = key
@@ -463,37 +517,12 @@ class IMDBDataModule(L.LightningDataModule):
         for name, rows in self.indices.items():
             self.datasets[name] = self._dataset(data["test" if name == "test" else "train"], rows)
 
-    def _dataset(self, split: dict[str, Any], rows: torch.Tensor) -> Dataset:
+    def _dataset(self, split: dict[str, Any], rows: torch.Tensor) -> TensorDataset:
         labels = split["labels"][rows]
-        if self.view == "sequence":
+        if self.view == "sequence":  # padded once, when the cache was built (view_inputs)
             return TensorDataset(split["ids"][rows].long(), split["lengths"][rows], labels)
-        return TensorDataset(
-            multi_hot(split["flat"], split["offsets"], self.num_words)[rows], labels
-        )
-
-    def _loader(self, split: str, shuffle: bool = False):
-        return make_loader(
-            self,
-            self.datasets[split].tensors,
-            self.batch_size,
-            shuffle,
-            in_memory=self.in_memory,
-            seed=int(self.seed),
-            num_workers=self.num_workers,
-            train=split == "train",
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        (x,) = self.view_inputs(split["flat"], split["offsets"])
+        return TensorDataset(x[rows], labels)
 
     # -- for people and callbacks ------------------------------------------------------------
     def review_text(self, split: str, i: int) -> str:

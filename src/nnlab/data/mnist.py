@@ -19,16 +19,17 @@ from __future__ import annotations
 import gzip
 import shutil
 from pathlib import Path
+from typing import Any
 
-import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 from torchvision import datasets as tv_datasets
 
+from nnlab.data.base import DataModule, Encoded
 from nnlab.data.folds import fold_indices
-from nnlab.data.memory import make_loader
 from nnlab.data.views import HEIGHT, MNIST_VIEWS, NUM_CLASSES, PIXELS, WIDTH
-from nnlab.errors import ConfigError, DataError, require_positive
+from nnlab.errors import ConfigError, DataError, UserError, require_positive
 
 DATASETS = {"mnist": tv_datasets.MNIST, "fashion_mnist": tv_datasets.FashionMNIST}
 # The four files torchvision reads from <data_dir>/<MNIST|FashionMNIST>/raw, and their IDX rank.
@@ -44,7 +45,10 @@ SOURCES = {
 }
 
 
-class MNISTDataModule(L.LightningDataModule):
+class MNISTDataModule(DataModule):
+    """`encode` reads images a user gives (an IDX file, a folder of PNGs, a .npy array, or
+    arrays) into this view, exactly as the training images are; `to_image` turns it back."""
+
     def __init__(
         self,
         data_dir: str = "data",
@@ -69,8 +73,16 @@ class MNISTDataModule(L.LightningDataModule):
         channels: int = 1,
         image_size: int = HEIGHT,
     ):
-        super().__init__()
+        super().__init__(
+            batch_size,
+            eval_batch_size,
+            shuffle=shuffle,
+            shuffle_seed=split_seed,  # (one fixed order whatever the run's seed, as the split)
+            in_memory=in_memory,
+            num_workers=num_workers,
+        )
         self.save_hyperparameters()
+        self.folds, self.fold = folds, fold  # k-fold cross-validation (data/folds.py)
         if dataset not in DATASETS:
             raise ConfigError(
                 "data.dataset", f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}"
@@ -95,24 +107,16 @@ class MNISTDataModule(L.LightningDataModule):
                     f"is {value} but the {view!r} view of {dataset} has {key} {derived[key]}; "
                     f"leave data.{key} to its interpolation (it follows data.view)",
                 )
-        require_positive("data.batch_size", batch_size)
         require_positive("data.val_size", val_size)
-        if eval_batch_size is not None:
-            require_positive("data.eval_batch_size", eval_batch_size)
         self.data_dir = Path(data_dir).expanduser()
         self.dataset, self.view, self.download, self.normalize = dataset, view, download, normalize
         self.val_size, self.split_seed = int(val_size), split_seed
-        self.batch_size = int(batch_size)
-        self.eval_batch_size = int(eval_batch_size or batch_size)
-        self.shuffle, self.num_workers, self.in_memory = shuffle, num_workers, in_memory
-        self.folds, self.fold = folds, fold  # k-fold cross-validation (data/folds.py)
         self.seq_len, self.input_size = derived["seq_len"], derived["input_size"]
         self.num_classes = NUM_CLASSES
         self.permutation = torch.randperm(
             PIXELS, generator=torch.Generator().manual_seed(permutation_seed)
         )
         self.mean, self.std = 0.0, 1.0
-        self.datasets: dict[str, TensorDataset] = {}
         self.classes: list[str] = [str(i) for i in range(NUM_CLASSES)]
 
     # -- where the files are -----------------------------------------------------------------
@@ -204,18 +208,17 @@ class MNISTDataModule(L.LightningDataModule):
                 len(images), generator=torch.Generator().manual_seed(self.split_seed)
             )
             val_idx, train_idx = order[: self.val_size], order[self.val_size :]
-        self.split_indices = {"train": train_idx, "val": val_idx}
         train_pixels = images[train_idx].float().div_(255)
         if self.normalize:  # statistics of the training split only
             self.mean, self.std = train_pixels.mean().item(), max(train_pixels.std().item(), 1e-8)
-        self.datasets["train"] = TensorDataset(self.to_view(train_pixels), labels[train_idx])
-        self.datasets["val"] = TensorDataset(
-            self.to_view(images[val_idx].float().div_(255)), labels[val_idx]
-        )
         test_images, test_labels = self.read_split(train=False)
-        self.datasets["test"] = TensorDataset(
-            self.to_view(test_images.float().div_(255)), test_labels
-        )
+        for split, pixels, targets in (
+            ("train", train_pixels, labels[train_idx]),
+            ("val", images[val_idx], labels[val_idx]),
+            ("test", test_images, test_labels),
+        ):
+            (x,) = self.encode(pixels).inputs
+            self.datasets[split] = TensorDataset(x, targets)
 
     # -- views ---------------------------------------------------------------------------------
     def sample_shape(self) -> tuple[int, ...]:
@@ -245,33 +248,19 @@ class MNISTDataModule(L.LightningDataModule):
             x = x * self.std + self.mean
         return x.reshape(len(x), HEIGHT, WIDTH)
 
-    def example_input(self, batch_size: int = 2) -> torch.Tensor:
-        return torch.zeros(batch_size, *self.sample_shape())
+    def example_input(self, n: int = 2) -> torch.Tensor:
+        return torch.zeros(n, *self.sample_shape())
 
-    # -- loaders -------------------------------------------------------------------------------
-    def _loader(self, split: str, batch_size: int, shuffle: bool = False):
-        return make_loader(
-            self,
-            self.datasets[split].tensors,
-            batch_size,
-            shuffle,
-            in_memory=self.in_memory,
-            seed=self.split_seed,
-            num_workers=self.num_workers,
-            train=split == "train",
-        )
-
-    def train_dataloader(self):
-        return self._loader("train", self.batch_size, shuffle=self.shuffle)
-
-    def val_dataloader(self):
-        return self._loader("val", self.eval_batch_size)
-
-    def test_dataloader(self):
-        return self._loader("test", self.eval_batch_size)
-
-    def predict_dataloader(self):
-        return self._loader("test", self.eval_batch_size)
+    def encode(self, raw: Any) -> Encoded:
+        """Images -> this view. `raw`: an IDX images file, a folder of 28x28 PNGs or a .npy
+        array (a path), or an array/tensor of (28, 28), (N, 28, 28), (N, 784) or (N, 1, 28, 28)
+        images, grey levels 0..255 (integers) or 0..1 (floats); `Encoded.raw`: (N, 28, 28) in
+        [0, 1]."""
+        names = None
+        if raw is None or isinstance(raw, str | Path):
+            raw, names = read_images(raw)
+        images = as_images(raw, "the input")
+        return Encoded((self.to_view(images),), names, images)
 
 
 def check_idx(path: Path, rank: int, item_shape: tuple[int, ...] = ()) -> int:
@@ -306,3 +295,68 @@ def check_idx(path: Path, rank: int, item_shape: tuple[int, ...] = ()) -> int:
             f"({expected} bytes); download it again"
         )
     return dims[0]
+
+
+def as_images(array: Any, source: str) -> torch.Tensor:
+    """(N, 28, 28) floats in [0, 1] from (28, 28), (N, 28, 28), (N, 784) or (N, 1, 28, 28)
+    grey levels: integers 0..255 (or floats above 1) are divided by 255."""
+    if not isinstance(array, torch.Tensor):
+        array = np.asarray(array)
+        if array.dtype.kind not in "biuf":
+            raise UserError(f"input: {source} is not an array of grey levels ({array.dtype})")
+    x = torch.as_tensor(array)
+    shape = tuple(x.shape)
+    if x.dim() == 2 and shape == (HEIGHT, WIDTH):
+        x = x[None]
+    elif x.dim() == 2 and shape[1] == PIXELS:
+        x = x.reshape(-1, HEIGHT, WIDTH)
+    elif x.dim() == 4 and shape[1] == 1:
+        x = x[:, 0]
+    if x.dim() != 3 or tuple(x.shape[1:]) != (HEIGHT, WIDTH) or len(x) == 0:
+        raise UserError(
+            f"input: {source} holds an array of shape {shape}; expected 28x28 images: "
+            "(28, 28), (N, 28, 28), (N, 784) or (N, 1, 28, 28)"
+        )
+    if not x.is_floating_point() or x.max() > 1.0:  # 0..255 grey levels
+        return (x.float() / 255).clamp_(0.0, 1.0)
+    return x.float().clamp(0.0, 1.0)
+
+
+def read_images(source: str | Path | None) -> tuple[np.ndarray, list[str]]:
+    """Images and their names from an IDX images file, a folder of PNGs, or a .npy array."""
+    if not source:
+        raise UserError("input: give an IDX images file, a folder of PNG images or a .npy array")
+    path = Path(source).expanduser()
+    if path.is_dir():
+        from PIL import Image
+
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".png")
+        if not files:
+            raise UserError(f"input: {path} holds no .png images")
+        images = []
+        for file in files:
+            try:
+                image = np.asarray(Image.open(file).convert("L"))
+            except OSError as exc:
+                raise UserError(f"input: {file} is not a readable PNG image ({exc})") from None
+            if image.shape != (HEIGHT, WIDTH):
+                raise UserError(
+                    f"input: {file} is {image.shape[1]}x{image.shape[0]} pixels; expected 28x28"
+                )
+            images.append(image)
+        return np.stack(images), [f.name for f in files]
+    if not path.is_file():
+        raise UserError(
+            f"input: {path} not found; give an IDX images file, a PNG folder or a .npy file"
+        )
+    if path.suffix == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise UserError(f"input: {path} is not a plain .npy array ({exc})") from None
+        count = len(as_images(array, str(path)))
+    else:
+        count = check_idx(path, rank=3, item_shape=(HEIGHT, WIDTH))
+        array = np.frombuffer(path.read_bytes(), dtype=np.uint8, offset=16).copy()
+        array = array.reshape(count, HEIGHT, WIDTH)
+    return array, [f"{path.name}[{i}]" for i in range(count)]

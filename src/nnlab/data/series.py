@@ -9,14 +9,14 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
+from typing import Any
 
-import lightning as L
 import torch
 from torch.utils.data import TensorDataset
 
+from nnlab.data.base import DataModule, Encoded
 from nnlab.data.folds import fold_blocks
-from nnlab.data.memory import make_loader
-from nnlab.errors import ConfigError, DataError, require_positive
+from nnlab.errors import ConfigError, DataError, UserError, require_positive
 
 SPLITS = ("train", "val", "test")
 
@@ -38,8 +38,11 @@ def split_bounds(n: int, fractions: tuple[float, float, float]) -> list[tuple[in
     return list(zip(starts, ends, strict=True))
 
 
-class SeriesDataModule(L.LightningDataModule):
-    """Windows over one univariate series; subclasses say where the series comes from."""
+class SeriesDataModule(DataModule):
+    """Windows over one univariate series; subclasses say where the series comes from.
+
+    `encode` reads a series a user gives (a CSV file, its `column`, or inline values) into
+    windows scaled as in training; `decode` brings outputs back to the series' units."""
 
     def __init__(
         self,
@@ -54,23 +57,27 @@ class SeriesDataModule(L.LightningDataModule):
         shuffle_seed: int = 0,
         folds: int | None = None,
         fold: int = 0,
+        column: str | None = None,
     ):
-        super().__init__()
+        super().__init__(
+            batch_size,
+            shuffle=shuffle,
+            shuffle_seed=shuffle_seed,
+            in_memory=in_memory,
+            num_workers=num_workers,
+        )
         require_positive("data.window", window)
         require_positive("data.horizon", horizon)
-        require_positive("data.batch_size", batch_size)
         splits = tuple(float(f) for f in splits)
         if len(splits) != 3 or any(f <= 0 for f in splits) or not math.isclose(sum(splits), 1.0):
             raise ConfigError(
                 "data.splits", f"need three positive fractions summing to 1, got {list(splits)}"
             )
         self.window, self.horizon, self.splits = int(window), int(horizon), splits
-        self.batch_size, self.shuffle, self.standardize = int(batch_size), shuffle, standardize
-        self.num_workers, self.in_memory, self.shuffle_seed = num_workers, in_memory, shuffle_seed
+        self.standardize, self.column = standardize, column
         self.folds, self.fold = folds, fold  # k-fold cross-validation (data/folds.py)
         self.series: torch.Tensor | None = None  # the whole series, standardised if asked
         self.mean, self.std = 0.0, 1.0
-        self.datasets: dict[str, TensorDataset] = {}
         self.starts: dict[str, int] = {}  # index in `series` of each split's first target
 
     # -- what subclasses provide -------------------------------------------------------------
@@ -81,9 +88,67 @@ class SeriesDataModule(L.LightningDataModule):
     def source_name(self) -> str:
         return type(self).__name__
 
-    # -- shapes the models are sized from ----------------------------------------------------
-    def example_input(self, batch_size: int = 2) -> torch.Tensor:
-        return torch.zeros(batch_size, self.window)
+    def clean_series(self) -> torch.Tensor | None:
+        """The series without its noise, where it is known (figures draw it); else None."""
+        return None
+
+    # -- the protocol (data/base.py) -----------------------------------------------------------
+    def example_input(self, n: int = 2) -> torch.Tensor:
+        return torch.zeros(n, self.window)
+
+    def scale(self, values: torch.Tensor) -> torch.Tensor:
+        """Values in the series' units -> what the network reads (standardised when asked)."""
+        return (values - self.mean) / self.std
+
+    def decode(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Back to the series' own units (undoes the standardisation)."""
+        return outputs * self.std + self.mean
+
+    def encode(self, raw: Any) -> Encoded:
+        """A series -> its (N, window) windows, scaled, one per position with `window` values
+        before it. `raw`: None (the test split, with the window before it), a CSV file (its
+        `column`), inline values "0.1,0.2,..." or numbers; `Encoded.raw` holds them (float64)."""
+        if raw is None:  # the run's own test split, with the window before it
+            if self.series is None:
+                self.setup("predict")
+            scaled = self.series[self.starts["test"] - self.window :]
+            values = self.decode(scaled).double()
+        else:
+            values = self.read_values(raw)
+            scaled = self.scale(values.float())  # as setup() scales the training series
+        if len(values) < self.window:
+            raise UserError(
+                f"input: {len(values)} values given, but the model reads windows of "
+                f"{self.window}; give at least {self.window} values"
+            )
+        windows = scaled.unfold(0, self.window, 1)
+        names = [str(i + self.window) for i in range(len(windows))]  # the time each predicts
+        return Encoded((windows,), names, values)
+
+    def read_values(self, raw: Any) -> torch.Tensor:
+        """A CSV file (its `column`), inline values "0.1,0.2,..." or numbers, as float64."""
+        if isinstance(raw, torch.Tensor):
+            return raw.double()
+        if not isinstance(raw, str | Path):
+            raw = ",".join(map(str, raw))
+        text = str(raw)
+        path = Path(text).expanduser()
+        try:
+            is_file = path.is_file()
+        except OSError:  # a long list of values is no file name
+            is_file = False
+        if is_file:
+            return read_csv_column(path, self.column)
+        try:
+            values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
+        except ValueError:
+            raise UserError(
+                f"input: {text!r} is neither a file nor comma-separated numbers; give a CSV "
+                "file or values like input=0.1,0.2,0.3,0.4"
+            ) from None
+        if not values or not all(math.isfinite(v) for v in values):
+            raise UserError(f"input: {text!r} holds no finite numbers")
+        return torch.tensor(values, dtype=torch.float64)
 
     # -- Lightning hooks ---------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -108,7 +173,7 @@ class SeriesDataModule(L.LightningDataModule):
         if self.standardize:  # statistics of the training segment only: no peeking ahead
             train = torch.cat([raw[start:end] for start, end in segments["train"]])
             self.mean, self.std = train.mean().item(), max(train.std().item(), 1e-8)
-        self.series = (raw - self.mean) / self.std
+        self.series = self.scale(raw)
         for name, parts in segments.items():  # windows never straddle two segments
             windows = [
                 make_windows(self.series[start:end], self.window, self.horizon)
@@ -124,34 +189,6 @@ class SeriesDataModule(L.LightningDataModule):
                 f"batch size {self.batch_size} is larger than the {train_size} training windows; "
                 "use a smaller batch size",
             )
-
-    def _loader(self, split: str, shuffle: bool = False):
-        return make_loader(
-            self,
-            self.datasets[split].tensors,
-            self.batch_size,
-            shuffle,
-            in_memory=self.in_memory,
-            seed=self.shuffle_seed,
-            num_workers=self.num_workers,
-            train=split == "train",
-        )
-
-    def train_dataloader(self):
-        return self._loader("train", shuffle=self.shuffle)
-
-    def val_dataloader(self):
-        return self._loader("val")
-
-    def test_dataloader(self):
-        return self._loader("test")
-
-    def predict_dataloader(self):
-        return self._loader("test")
-
-    def unscale(self, values: torch.Tensor) -> torch.Tensor:
-        """Back to the series' own units (undoes the standardisation)."""
-        return values * self.std + self.mean
 
 
 class SineDataModule(SeriesDataModule):
@@ -188,12 +225,12 @@ class SineDataModule(SeriesDataModule):
 class CSVSeriesDataModule(SeriesDataModule):
     """One numeric column of a CSV file with a header row, in file order."""
 
-    def __init__(self, path: str | None = None, column: str | None = None, **kwargs):
+    def __init__(self, path: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.save_hyperparameters()
         if not path:
             raise ConfigError("data.path", "no CSV file given; pass data.path=/path/to/series.csv")
-        self.path, self.column = Path(path).expanduser(), column
+        self.path = Path(path).expanduser()
 
     @property
     def source_name(self) -> str:

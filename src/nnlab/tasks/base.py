@@ -76,8 +76,6 @@ class Task(L.LightningModule):
 
     def forward(self, x: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
         """The net's output; `extra` inputs (e.g. sequence lengths) are passed on to it."""
-        if x.dtype == torch.bool:  # multi-hot rows are stored as bools: floats only per batch
-            x = x.to(torch.get_default_dtype())
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x, *extra)

@@ -45,8 +45,3 @@ class RegressionTask(Task):
     def predict_step(self, batch, batch_idx):
         x = batch[0] if isinstance(batch, list | tuple) else batch
         return self(x)
-
-    @torch.no_grad()
-    def predict_windows(self, windows: torch.Tensor) -> torch.Tensor:
-        self.eval()
-        return self(windows.to(self.device, torch.float32)).cpu()

@@ -1,0 +1,123 @@
+"""The data module protocol: what every nnlab data set implements, and what the commands
+(nnlab-train, -eval, -predict, -export) and the callbacks call instead of asking for types.
+
+| member                      | what it is                                                       |
+|-----------------------------|------------------------------------------------------------------|
+| `datasets`                  | `{"train", "val", "test"}` -> TensorDataset, filled by `setup`   |
+| `*_dataloader()`            | batches of those tensors (`data/memory.make_loader`), defined here |
+| `batch_size`, `eval_batch_size` | training / evaluation batch sizes                            |
+| `example_input(n=2)`        | `n` zero samples shaped as the network reads them               |
+| `encode(raw)`               | raw user inputs (files, texts, values) -> `Encoded` model inputs |
+| `batch_transform(batch)`    | the on-device transform of a batch (Lightning's `on_after_batch_transfer`) |
+| `decode(outputs)`           | network outputs -> the data's own units                         |
+| `save_artifacts(run_dir)`   | files a trained run needs later (nnlab-train calls it at start) |
+| `load_artifacts(run_dir)`   | makes `encode`/`decode` work for that run (nnlab-predict)       |
+| `to_image(x)`               | inputs back as (N, H, W) images for figures, None if not images |
+| `num_classes`, `classes`, `columns` | classification data: class count, names, CSV column names |
+| `horizon`                   | forecasting data: values predicted per window                   |
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import lightning as L
+import torch
+from torch.utils.data import TensorDataset
+
+from nnlab.data.memory import make_loader
+from nnlab.errors import require_positive
+
+
+class Encoded(NamedTuple):
+    """What `encode` makes of raw inputs."""
+
+    inputs: tuple[torch.Tensor, ...]  # the network's inputs, batch first, before batch_transform
+    names: list[str] | None = None  # one name per sample (file, review) for a predictions table
+    raw: Any = None  # what was read, in the data's own units (series values, images, texts)
+
+
+class DataModule(L.LightningDataModule):
+    """A LightningDataModule whose splits are tensors, with the nnlab protocol above."""
+
+    num_classes: int | None = None
+    classes: list[str] | None = None
+    columns: tuple[str, str] = ("input", "class")  # predictions.csv: a sample's name, its class
+    horizon: int | None = None
+
+    def __init__(
+        self,
+        batch_size: int,
+        eval_batch_size: int | None = None,
+        shuffle: bool = True,
+        shuffle_seed: int = 0,
+        in_memory: bool | str = "auto",
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        require_positive("data.batch_size", batch_size)
+        if eval_batch_size is not None:
+            require_positive("data.eval_batch_size", eval_batch_size)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.shuffle, self.shuffle_seed = shuffle, int(shuffle_seed)
+        self.in_memory, self.num_workers = in_memory, num_workers
+        self.datasets: dict[str, TensorDataset] = {}
+
+    # -- what each data set provides ---------------------------------------------------------
+    def example_input(self, n: int = 2) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def encode(self, raw: Any) -> Encoded:
+        raise NotImplementedError
+
+    def batch_transform(self, batch: Any) -> Any:
+        """A batch `(inputs..., [targets])` as the network reads it, on its device: the one
+        place where stored data become network inputs (training, evaluation, export, predict)."""
+        return batch
+
+    def decode(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs
+
+    def save_artifacts(self, run_dir: Path) -> list[Path]:
+        """Write what predictions need besides the checkpoint into `run_dir`; the files."""
+        return []
+
+    def load_artifacts(self, run_dir: Path) -> None:
+        """Ready `encode`/`decode` for the run in `run_dir`: by default from the data itself
+        (normalisation statistics, the test split)."""
+        self.prepare_data()
+        self.setup("predict")
+
+    def to_image(self, x: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    # -- Lightning -----------------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return self.batch_transform(batch)
+
+    def _loader(self, split: str, shuffle: bool = False):
+        train = split == "train"
+        return make_loader(
+            self,
+            self.datasets[split].tensors,
+            self.batch_size if train else self.eval_batch_size,
+            shuffle,
+            in_memory=self.in_memory,
+            seed=self.shuffle_seed,
+            num_workers=self.num_workers,
+            train=train,
+        )
+
+    def train_dataloader(self):
+        return self._loader("train", shuffle=self.shuffle)
+
+    def val_dataloader(self):
+        return self._loader("val")
+
+    def test_dataloader(self):
+        return self._loader("test")
+
+    def predict_dataloader(self):
+        return self._loader("test")
