@@ -296,6 +296,8 @@ def multi_hot(flat: torch.Tensor, offsets: torch.Tensor, num_words: int) -> torc
 class IMDBDataModule(L.LightningDataModule):
     """aclImdb reviews as multi-hot vectors or padded id sequences (see the module docstring)."""
 
+    micro_batches = 1  # batches per training batch, set by the fused loop (tasks/loops.py)
+
     def __init__(
         self,
         data_dir: str = "data",
@@ -473,7 +475,7 @@ class IMDBDataModule(L.LightningDataModule):
             in_memory=self.in_memory,
             seed=int(self.seed),
             num_workers=self.num_workers,
-            train=split == "train",
+            micro_batches=self.micro_batches if split == "train" else 1,
         )
 
     def train_dataloader(self) -> DataLoader:

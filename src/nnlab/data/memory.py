@@ -8,7 +8,7 @@ within the epoch is part of Lightning's checkpoint (`state_dict`), so a run resu
 mid-epoch checkpoint continues with exactly the batches it would have seen.
 
 With `group` > 1 each yielded batch is `group` consecutive batches concatenated (the same
-samples in the same order): a CUDA-graph training step replays them as micro-batches, so
+samples in the same order): nnlab's fused loop (tasks/loops.py) takes them as micro-batches, so
 Lightning's per-batch overhead is paid once per group. Positions are kept in micro-batches.
 """
 
@@ -139,11 +139,13 @@ def make_loader(
     in_memory: bool | str = "auto",
     seed: int = 0,
     num_workers: int = 0,
-    train: bool = False,
+    micro_batches: int = 1,
 ):
     """A MemoryBatcher over `tensors` (moved to the training device once, when they fit), or a
-    plain DataLoader when `in_memory` is false (or 'auto' and they do not fit). The training
-    loader groups as many batches as the module being trained asks for (`train_group`)."""
+    plain DataLoader when `in_memory` is false (or 'auto' and they do not fit). Each batch is
+    `micro_batches` batches of `batch_size` concatenated (the fused loop sets the data module's
+    `micro_batches` for its training loader; a shuffling DataLoader draws the same order at any
+    batch size)."""
     from torch.utils.data import DataLoader, TensorDataset
 
     trainer = getattr(datamodule, "trainer", None)
@@ -152,7 +154,7 @@ def make_loader(
     if not use_memory:
         return DataLoader(
             TensorDataset(*tensors),
-            batch_size=batch_size,
+            batch_size=batch_size * micro_batches,
             shuffle=shuffle,
             num_workers=num_workers,
             persistent_workers=num_workers > 0,
@@ -164,5 +166,5 @@ def make_loader(
         shuffle=shuffle,
         seed=seed,
         trainer_fn=lambda: getattr(datamodule, "trainer", None),
-        group=getattr(trainer.lightning_module, "train_group", 1) if train and trainer else 1,
+        group=micro_batches,
     )

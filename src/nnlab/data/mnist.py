@@ -44,6 +44,8 @@ SOURCES = {
 
 
 class MNISTDataModule(L.LightningDataModule):
+    micro_batches = 1  # batches per training batch, set by the fused loop (tasks/loops.py)
+
     def __init__(
         self,
         data_dir: str = "data",
@@ -251,7 +253,7 @@ class MNISTDataModule(L.LightningDataModule):
             in_memory=self.in_memory,
             seed=self.split_seed,
             num_workers=self.num_workers,
-            train=split == "train",
+            micro_batches=self.micro_batches if split == "train" else 1,
         )
 
     def train_dataloader(self):

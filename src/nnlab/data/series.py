@@ -40,6 +40,8 @@ def split_bounds(n: int, fractions: tuple[float, float, float]) -> list[tuple[in
 class SeriesDataModule(L.LightningDataModule):
     """Windows over one univariate series; subclasses say where the series comes from."""
 
+    micro_batches = 1  # batches per training batch, set by the fused loop (tasks/loops.py)
+
     def __init__(
         self,
         window: int = 4,
@@ -121,7 +123,7 @@ class SeriesDataModule(L.LightningDataModule):
             in_memory=self.in_memory,
             seed=self.shuffle_seed,
             num_workers=self.num_workers,
-            train=split == "train",
+            micro_batches=self.micro_batches if split == "train" else 1,
         )
 
     def train_dataloader(self):
