@@ -67,7 +67,7 @@ def test_the_default_loop_is_the_fused_one_on_the_cpu(make_cfg, caplog):
     assert cfg.task.loop == "auto"
     with caplog.at_level(logging.INFO, logger="nnlab.tasks.loops"):
         train(cfg)
-    assert "Training loop: fused, 8 micro-batches per Lightning batch" in caplog.text
+    assert "Training loop: fused, 32 micro-batches per Lightning batch" in caplog.text
     assert "WARNING" not in caplog.text
 
 
@@ -125,15 +125,15 @@ def test_blockers_name_what_keeps_a_run_in_lightnings_loop():
 @pytest.mark.parametrize(
     "given, expected",
     [
-        ({}, ("auto", 8)),
+        ({}, ("auto", 32)),
         ({"cuda_graph": False, "fused_loop": False, "graph_batches": 8}, ("lightning", 8)),
         ({"cuda_graph": False, "fused_loop": True, "graph_batches": 3}, ("fused", 3)),
-        ({"cuda_graph": "auto", "fused_loop": False}, ("auto", 8)),
-        ({"cuda_graph": True}, ("cuda_graph", 8)),
+        ({"cuda_graph": "auto", "fused_loop": False}, ("auto", 32)),
+        ({"cuda_graph": True}, ("cuda_graph", 32)),
     ],
 )
 def test_the_keys_the_loop_had_before_still_load(given, expected):
-    assert loops.loop_keys("auto", 8, given) == expected
+    assert loops.loop_keys("auto", 32, given) == expected
     task = ClassificationTask(net=MLP, num_classes=3, **given)
     assert (task.hparams.loop, task.hparams.micro_batches) == expected
     assert "fused_loop" not in task.hparams

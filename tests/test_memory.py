@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from nnlab.data.memory import MemoryBatcher, make_loader
+from nnlab.data.memory import GROUP_BYTES, MemoryBatcher, group_size, make_loader
 
 N, BATCH = 50, 8  # 6 full batches and one of 2
 
@@ -114,3 +114,11 @@ def test_the_fused_loop_tells_the_data_module_how_many_batches_to_group(make_cfg
     entry.train(cfg)
     assert seen["micro_batches"] == 8 and seen["train"] == [256, 256, 184]
     assert seen["test_group"] == 1
+
+
+def test_groups_stay_small_enough_to_reuse_memory():
+    rows = torch.zeros(100, 10000, dtype=torch.bool)  # 10 kB per sample, 5 MB per batch of 512
+    assert group_size([rows, torch.zeros(100)], 512, 8) == 3  # 15 MB <= GROUP_BYTES
+    assert group_size([torch.zeros(100, 28, 28)], 8, 32) == 32  # 25 kB batches: as asked
+    assert group_size([torch.zeros(100, 10**7, dtype=torch.bool)], 4, 8) == 1
+    assert GROUP_BYTES < 32 * 2**20

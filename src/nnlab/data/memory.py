@@ -131,6 +131,18 @@ def fits_on(device: torch.device, tensors: Sequence[torch.Tensor], fraction: flo
     return sum(t.numel() * t.element_size() for t in tensors) <= fraction * free
 
 
+# A grouped batch is gathered into fresh memory each time; above glibc's largest mmap threshold
+# (32 MB) every one is page-faulted anew. imdb_mlp's multi-hot rows (5 MB per batch of 512) lost
+# ~10% of their epoch to 40 MB groups: groups stay under this size (fewer micro-batches each).
+GROUP_BYTES = 16 * 2**20
+
+
+def group_size(tensors: Sequence[torch.Tensor], batch_size: int, micro_batches: int) -> int:
+    """How many batches to concatenate: `micro_batches`, fewer when that passes GROUP_BYTES."""
+    row_bytes = sum(t[0].numel() * t.element_size() for t in tensors)
+    return max(1, min(micro_batches, GROUP_BYTES // max(row_bytes * batch_size, 1)))
+
+
 def make_loader(
     datamodule,
     tensors: Sequence[torch.Tensor],
@@ -145,12 +157,13 @@ def make_loader(
     plain DataLoader when `in_memory` is false (or 'auto' and they do not fit). Each batch is
     `micro_batches` batches of `batch_size` concatenated (the fused loop sets the data module's
     `micro_batches` for its training loader; a shuffling DataLoader draws the same order at any
-    batch size)."""
+    batch size), fewer when a group would pass GROUP_BYTES."""
     from torch.utils.data import DataLoader, TensorDataset
 
     trainer = getattr(datamodule, "trainer", None)
     device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
     use_memory = in_memory is True or (in_memory == "auto" and fits_on(device, tensors))
+    micro_batches = group_size(tensors, batch_size, micro_batches)
     if not use_memory:
         return DataLoader(
             TensorDataset(*tensors),

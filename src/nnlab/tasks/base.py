@@ -39,7 +39,7 @@ class Task(L.LightningModule):
         scheduler_monitor: str = "val/loss",
         channels_last: bool = False,
         loop: str = "auto",
-        micro_batches: int = 8,
+        micro_batches: int = 32,
         compile: bool | Mapping[str, Any] = False,
         **renamed: Any,
     ):

@@ -25,6 +25,7 @@ hands its batch over when the fused loop runs (`Task.training_step`).
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import lightning as L
@@ -129,6 +130,17 @@ def batch_counter(trainer: L.Trainer) -> str | None:
     return None
 
 
+def without_cuda() -> None:
+    """Importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (so that forks stay usable), and
+    then every `torch.cuda.is_available()` loads NVML again until CUDA is initialized: ~0.1 ms in
+    every step of Adam, RMSprop & co. (their graph-capture check). With no CUDA device there is
+    nothing to protect, so torch's own check (cached, ~3 us) comes back."""
+    nvml = "PYTORCH_NVML_BASED_CUDA_CHECK"
+    if os.environ.get(nvml) == "1" and not torch.cuda.is_available():
+        del os.environ[nvml]
+        log.debug("No CUDA device: %s unset (a CUDA check in every optimizer step)", nvml)
+
+
 class EpochSums:
     """Training loss and correct predictions summed over an epoch on the device (inside the
     captured step too), read once when the epoch is logged."""
@@ -161,7 +173,7 @@ class EpochSums:
 class TrainingLoop(L.Callback):
     """Chooses the loop when fitting starts and, for the fused loop, runs each batch's steps."""
 
-    def __init__(self, loop: str = "auto", micro_batches: int = 8):
+    def __init__(self, loop: str = "auto", micro_batches: int = 32):
         self.loop, self.micro_batches = loop, int(micro_batches)
         self.fused = False  # nnlab's fused loop runs this fit
         self.capture = False  # ... with its step captured as a CUDA graph
@@ -173,6 +185,7 @@ class TrainingLoop(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        without_cuda()
         self.fused, self.capture = self._choose(trainer, pl_module)
         group = 1
         if self.fused:
