@@ -179,6 +179,7 @@ class TrainingLoop(L.Callback):
         self.capture = False  # ... with its step captured as a CUDA graph
         self.step: captured.CapturedStep | None = None
         self.sums: EpochSums | None = None
+        self._restored: dict[str, Any] | None = None
         self.micro_batch_size: int | None = None
 
     # -- the choice ---------------------------------------------------------------------------
@@ -258,6 +259,8 @@ class TrainingLoop(L.Callback):
         trainer = task.trainer
         if self.micro_batch_size is None:  # a loader of plain batches (no data module)
             self.micro_batch_size = len(batch[-1])
+        if self.sums is None:  # resumed mid-epoch: Lightning skips on_train_epoch_start
+            self._start_sums(task)
         if self.step is None:
             self.step = self._build(task, trainer)
             self._optimizer = task.optimizers()
@@ -274,12 +277,37 @@ class TrainingLoop(L.Callback):
                 scheduler.step()
         return loss
 
+    def _start_sums(self, task: L.LightningModule) -> None:
+        self.sums = EpochSums(task.device)
+        if self._restored:  # the epoch's sums so far, from a mid-epoch checkpoint
+            self.sums.loss.fill_(self._restored["loss"])
+            self.sums.correct.fill_(self._restored["correct"])
+            self.sums.samples = self._restored["samples"]
+            self.sums.counts_correct = self._restored["counts_correct"]
+        self._restored = None
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.fused:
             return
         if self.sums is None:
             self.sums = EpochSums(pl_module.device)
         self.sums.reset()
+        self._restored = None
+
+    # The epoch's sums so far go into checkpoints: a run resumed mid-epoch logs the same
+    # train/loss and train/acc as one never stopped.
+    def state_dict(self) -> dict[str, Any]:
+        if self.sums is None:
+            return {}
+        return {
+            "loss": float(self.sums.loss),
+            "correct": int(self.sums.correct),
+            "samples": self.sums.samples,
+            "counts_correct": self.sums.counts_correct,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = dict(state_dict) or None
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.fused or self.sums is None:
