@@ -207,6 +207,17 @@ def test_batch_counts_mean_optimizer_steps_in_the_default_loop(make_cfg, caplog,
     assert fused["test/mse"] == pytest.approx(lightning["test/mse"], rel=1e-5)
 
 
+def test_a_nan_loss_is_named_at_the_same_step_in_both_loops(make_cfg):
+    from nnlab.callbacks.resilience import NonFiniteLossError
+
+    messages = []
+    for loop in ("fused", "lightning"):
+        with pytest.raises(NonFiniteLossError) as error:
+            train(make_cfg("experiment=sine_mlp", "task.optimizer.lr=1e30", f"task.loop={loop}"))
+        messages.append(str(error.value).split(" (batch")[0])  # batches: Lightning's count
+    assert messages[0] == messages[1] and "at epoch 0, step" in messages[0]
+
+
 def test_the_fused_loop_logs_epoch_metrics_and_saves_plain_checkpoints(
     make_cfg, data_dir, monkeypatch, caplog
 ):

@@ -25,6 +25,7 @@ hands its batch over when the fused loop runs (`Task.training_step`).
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Any
 
@@ -266,6 +267,7 @@ class TrainingLoop(L.Callback):
             self._optimizer = task.optimizers()
             self._per_step = self._schedulers(trainer, "step")
         loss = None
+        on_cpu = self.step.device.type == "cpu"
         for micro in zip(*(t.split(self.micro_batch_size) for t in batch), strict=True):
             loss = self.step(micro)
             self.sums.samples += len(micro[-1])
@@ -275,6 +277,8 @@ class TrainingLoop(L.Callback):
             self._optimizer._on_after_step()
             for scheduler in self._per_step:
                 scheduler.step()
+            if on_cpu and not math.isfinite(loss.item()):  # reading it costs nothing on the CPU
+                break  # the NaN check (callbacks/resilience.py) names this step
         return loss
 
     def _start_sums(self, task: L.LightningModule) -> None:
