@@ -1,13 +1,14 @@
 """nnlab against a hand-written PyTorch loop, same model, data, optimizer and epochs, in one run.
 
     python scripts/bench.py mnist_lstm sine_mlp --epochs 2 --json bench.json
-    python scripts/bench.py all --device cuda --set task.cuda_graph=auto
+    python scripts/bench.py sine_mlp --set task.loop=lightning   # Lightning's own loop
 
 For each configuration both train for `--epochs` epochs; printed (a Markdown table) and saved
 (JSON): seconds per training epoch (validation excluded; the first epoch too when there are
 several: warm-up, cuDNN autotuning, graph capture), samples per second, nnlab / hand-loop time
 ratio, and the final test metric of each. The hand loop is what a careful user writes: the whole
-data set as tensors on the device, a fresh `randperm` each epoch, forward / loss / backward /
+data set as tensors on the device, a seeded permutation each epoch (the one nnlab's in-memory
+batcher draws: the same batches in the same order), forward / loss / backward /
 clip / step, the scheduler once per epoch (`--baseline dataloader`: a shuffling DataLoader over a
 TensorDataset instead). Real data sets come from NNLAB_DATA_DIR (or --data-dir).
 """
@@ -130,13 +131,24 @@ def loss_and_metric(cfg: DictConfig):
 
 
 def run_hand_loop(cfg: DictConfig, device: torch.device, baseline: str) -> dict:
-    """The plain PyTorch loop a user would write for the same configuration."""
+    """The plain PyTorch loop a user would write for the same configuration, in a process as a
+    script without Lightning has it: importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1,
+    a CUDA check in every optimizer step on a machine without CUDA (nnlab.tasks.loops)."""
+    saved = os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+    try:
+        return _hand_loop(cfg, device, baseline)
+    finally:
+        if saved is not None:
+            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = saved
+
+
+def _hand_loop(cfg: DictConfig, device: torch.device, baseline: str) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     dm = instantiate(cfg.data)
+    net = instantiate(cfg.model).to(device)  # before the data's setup, as nnlab-train does
     dm.prepare_data()
     dm.setup("fit")
     dm.setup("test")
-    net = instantiate(cfg.model).to(device)
     channels_last = bool(cfg.task.get("channels_last"))
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -151,7 +163,11 @@ def run_hand_loop(cfg: DictConfig, device: torch.device, baseline: str) -> dict:
     test_tensors = [t.to(device) for t in dm.datasets["test"].tensors]
     n = len(train_tensors[0])
 
-    def batches():
+    # The same sample order as nnlab's in-memory batcher (a seeded permutation per epoch).
+    loader = dm.train_dataloader()
+    same_order = getattr(loader, "order", None)
+
+    def batches(epoch: int):
         if baseline == "dataloader":
             loader = torch.utils.data.DataLoader(
                 torch.utils.data.TensorDataset(*dm.datasets["train"].tensors),
@@ -161,7 +177,10 @@ def run_hand_loop(cfg: DictConfig, device: torch.device, baseline: str) -> dict:
             for batch in loader:
                 yield [t.to(device, non_blocking=True) for t in batch]
             return
-        order = torch.randperm(n, device=device) if shuffle else torch.arange(n, device=device)
+        if same_order is not None:
+            order = same_order(epoch).to(device)
+        else:
+            order = torch.randperm(n, device=device) if shuffle else torch.arange(n, device=device)
         for i in range(0, n, batch_size):
             idx = order[i : i + batch_size]
             yield [t[idx] for t in train_tensors]
@@ -174,12 +193,12 @@ def run_hand_loop(cfg: DictConfig, device: torch.device, baseline: str) -> dict:
             return net(x)
 
     times = []
-    for _ in range(int(cfg.trainer.max_epochs)):
+    for epoch in range(int(cfg.trainer.max_epochs)):
         net.train()
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        for x, y in batches():
+        for x, y in batches(epoch):
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(forward(x).float(), y)
             loss.backward()

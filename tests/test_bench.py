@@ -24,7 +24,7 @@ def run_bench(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(
-    "extra", [[], ["--set", "task.fused_loop=true", "--baseline", "dataloader"]]
+    "extra", [[], ["--set", "task.loop=lightning", "--baseline", "dataloader"]]
 )
 def test_bench_compares_both_loops_on_the_same_model(tmp_path, extra):
     out = tmp_path / "bench.json"

@@ -1,9 +1,10 @@
-"""nnlab's fused loop and its CUDA-graph step (tasks/captured.py).
+"""The training loops (tasks/loops.py) and the CUDA-graph step (tasks/captured.py).
 
 On the CPU the step cannot be captured, but everything around it is checked: the fused loop
-(`task.fused_loop=true`: micro-batches split from grouped batches, Lightning's step counter,
-schedulers, clipping, epoch metrics, checkpoints) runs with eager steps and must train exactly
-like Lightning's automatic loop. The capture itself is checked on a GPU when one exists.
+(`task.loop=fused`, the CPU's `auto`: micro-batches split from grouped batches, Lightning's step
+counter, schedulers, clipping, epoch metrics, checkpoints, batch-counting trainer keys) runs with
+eager steps and must train exactly like Lightning's automatic loop. The capture itself is
+checked on a GPU when one exists.
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from omegaconf import open_dict
 
+from nnlab.errors import ConfigError
 from nnlab.runs import Run
-from nnlab.tasks import captured
+from nnlab.tasks import loops
 from nnlab.tasks.captured import CapturedStep, optimizer_blocker, plain_lrs
+from nnlab.tasks.classification import ClassificationTask
 from nnlab.train import train as train_run
 
 
@@ -52,32 +56,97 @@ def test_which_optimizers_can_step_inside_a_graph(optimizer, scheduler, reason):
 
 
 def test_on_the_cpu_the_step_stays_eager_and_says_why(make_cfg, caplog):
-    cfg = make_cfg("experiment=sine_mlp", "trainer.max_epochs=1", "task.cuda_graph=auto")
-    with caplog.at_level(logging.INFO, logger="nnlab.tasks.base"):
+    cfg = make_cfg("experiment=sine_mlp", "trainer.max_epochs=1", "task.loop=cuda_graph")
+    with caplog.at_level(logging.INFO, logger="nnlab.tasks.loops"):
         train(cfg)
-    assert "CUDA graph: off, Lightning's loop (training runs on cpu" in caplog.text
+    assert "CUDA graph: off, the fused loop's eager steps (training runs on cpu" in caplog.text
+    assert "WARNING" in caplog.text  # asked for by name: a warning, not just a note
 
 
-def test_text_rnns_are_not_captured():
-    class Trainer:
-        class strategy:  # noqa: N801 - a stand-in for trainer.strategy
-            root_device = torch.device("cuda", 0)
+def test_the_default_loop_is_the_fused_one_on_the_cpu(make_cfg, caplog):
+    cfg = make_cfg("experiment=sine_mlp", "trainer.max_epochs=1")
+    assert cfg.task.loop == "auto"
+    with caplog.at_level(logging.INFO, logger="nnlab.tasks.loops"):
+        train(cfg)
+    assert "Training loop: fused, 32 micro-batches per Lightning batch" in caplog.text
+    assert "WARNING" not in caplog.text
 
-        world_size, precision, accumulate_grad_batches = 1, "32-true", 1
 
-    class Data:
-        def example_input(self, n):
+MLP = {"_target_": "nnlab.models.mlp.MLP", "input_size": 4, "hidden_sizes": [8], "output_size": 3}
+
+
+class FakeTrainer:
+    """What the blockers read from a trainer."""
+
+    class strategy:  # noqa: N801 - a stand-in for trainer.strategy
+        root_device = torch.device("cuda", 0)
+
+    world_size, precision, accumulate_grad_batches = 1, "32-true", 1
+    callbacks: list = []
+
+    class datamodule:  # noqa: N801
+        def example_input(n):  # noqa: N805 - called on the class
+            return torch.zeros(n, 4)
+
+
+def test_blockers_name_what_keeps_a_run_in_lightnings_loop():
+    task, trainer = ClassificationTask(net=MLP, num_classes=3), FakeTrainer()
+    assert loops.loop_blocker(task, trainer) is None
+    assert loops.graph_blocker(task, trainer) is None
+
+    class TextData:
+        def example_input(n):  # noqa: N805
             return torch.zeros(n, 5, dtype=torch.long), torch.full((n,), 5)
 
-    class Task:
-        hparams = {"optimizer": ADAM, "scheduler": None, "compile": False}
+    trainer.datamodule = TextData
+    assert "variable-length" in loops.graph_blocker(task, trainer)
+    assert loops.loop_blocker(task, trainer) is None  # the fused loop runs them eagerly
 
-    assert "variable-length" in captured.graph_blocker(Task(), Trainer(), Data())
-    assert captured.loop_blocker(Task(), Trainer()) is None  # the fused loop runs them eagerly
-    Task.hparams = {**Task.hparams, "scheduler": PLATEAU}
-    assert "ReduceLROnPlateau" in captured.loop_blocker(Task(), Trainer())
-    Trainer.world_size = 2
-    assert "DDP" in captured.loop_blocker(Task(), Trainer())
+    class GradientWatcher(L.Callback):
+        def on_after_backward(self, trainer, pl_module):
+            pass
+
+    trainer.callbacks = [GradientWatcher()]
+    assert "GradientWatcher overrides on_after_backward" in loops.loop_blocker(task, trainer)
+    trainer.callbacks = []
+
+    class OwnStep(ClassificationTask):
+        def training_step(self, batch, batch_idx):
+            return super().training_step(batch, batch_idx)
+
+    assert "OwnStep defines its own training_step" in loops.loop_blocker(
+        OwnStep(net=MLP, num_classes=3), trainer
+    )
+    plateau = ClassificationTask(net=MLP, num_classes=3, scheduler=PLATEAU)
+    assert "ReduceLROnPlateau" in loops.loop_blocker(plateau, trainer)
+    trainer.world_size = 2
+    assert "DDP" in loops.loop_blocker(task, trainer)
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ({}, ("auto", 32)),
+        ({"cuda_graph": False, "fused_loop": False, "graph_batches": 8}, ("lightning", 8)),
+        ({"cuda_graph": False, "fused_loop": True, "graph_batches": 3}, ("fused", 3)),
+        ({"cuda_graph": "auto", "fused_loop": False}, ("auto", 32)),
+        ({"cuda_graph": True}, ("cuda_graph", 32)),
+    ],
+)
+def test_the_keys_the_loop_had_before_still_load(given, expected):
+    assert loops.loop_keys("auto", 32, given) == expected
+    task = ClassificationTask(net=MLP, num_classes=3, **given)
+    assert (task.hparams.loop, task.hparams.micro_batches) == expected
+    assert "fused_loop" not in task.hparams
+
+
+def test_bad_loop_keys_name_the_key():
+    with pytest.raises(ConfigError, match="task.loop"):
+        loops.loop_keys("fast", 8, {})
+    with pytest.raises(ConfigError, match="task.micro_batches"):
+        loops.loop_keys("auto", 0, {})
+    with pytest.raises(ConfigError, match="task.graph_batchez"):
+        loops.loop_keys("auto", 8, {"graph_batchez": 3})
 
 
 RECIPE = (
@@ -106,24 +175,58 @@ def test_the_fused_loop_trains_like_lightnings_own(
     and the manual loop give the same steps, learning rates, losses and test metrics as
     Lightning's automatic loop."""
     monkeypatch.setenv("NNLAB_DATA_DIR", str(data_dir))
-    eager = train(make_cfg(*RECIPE, *clipping))
+    eager = train(make_cfg(*RECIPE, *clipping, "task.loop=lightning"))
     for group in groups:
         graphed = train(
-            make_cfg(*RECIPE, *clipping, "task.fused_loop=true", f"task.graph_batches={group}")
+            make_cfg(*RECIPE, *clipping, "task.loop=fused", f"task.micro_batches={group}")
         )
         assert graphed["global_step"] == eager["global_step"]
         for key in ("test/acc", "test/loss", "val/loss"):
             assert graphed[key] == pytest.approx(eager[key], rel=1e-4, abs=1e-6), (group, key)
 
 
+@pytest.mark.parametrize(
+    "counts, steps",
+    [
+        (("trainer.limit_train_batches=3",), 2 * 3),
+        (("trainer.limit_train_batches=0.25",), 2 * 5),  # int(22 batches * 0.25)
+        (("+trainer.max_steps=5",), 5),
+        (("+trainer.overfit_batches=2",), 2 * 2),
+        (("+trainer.fast_dev_run=true",), 1),
+    ],
+    ids=["limit", "fraction", "max_steps", "overfit", "fast_dev_run"],
+)
+def test_batch_counts_mean_optimizer_steps_in_the_default_loop(make_cfg, caplog, counts, steps):
+    """sine_mlp: 22 batches per epoch. The keys that count Lightning's batches count optimizer
+    steps in the default (fused) loop too, and it trains like Lightning's loop."""
+    recipe = ("experiment=sine_mlp", "trainer.max_epochs=2", *counts)
+    with caplog.at_level(logging.INFO, logger="nnlab.tasks.loops"):
+        fused = train(make_cfg(*recipe))
+    assert "Training loop: fused, 1 micro-batch per Lightning batch (trainer." in caplog.text
+    lightning = train(make_cfg(*recipe, "task.loop=lightning"))
+    assert fused["global_step"] == lightning["global_step"] == steps
+    assert fused["test/mse"] == pytest.approx(lightning["test/mse"], rel=1e-5)
+
+
+def test_a_nan_loss_is_named_at_the_same_step_in_both_loops(make_cfg):
+    from nnlab.callbacks.resilience import NonFiniteLossError
+
+    messages = []
+    for loop in ("fused", "lightning"):
+        with pytest.raises(NonFiniteLossError) as error:
+            train(make_cfg("experiment=sine_mlp", "task.optimizer.lr=1e30", f"task.loop={loop}"))
+        messages.append(str(error.value).split(" (batch")[0])  # batches: Lightning's count
+    assert messages[0] == messages[1] and "at epoch 0, step" in messages[0]
+
+
 def test_the_fused_loop_logs_epoch_metrics_and_saves_plain_checkpoints(
     make_cfg, data_dir, monkeypatch, caplog
 ):
     monkeypatch.setenv("NNLAB_DATA_DIR", str(data_dir))
-    cfg = make_cfg(*RECIPE[:-2], "task.fused_loop=true", "task.graph_batches=4")
+    cfg = make_cfg(*RECIPE[:-2], "task.loop=fused", "task.micro_batches=4")
     with caplog.at_level(logging.INFO):
         metrics = train(cfg)
-    assert "Fused loop: 4 micro-batches per Lightning batch" in caplog.text
+    assert "Training loop: fused, 4 micro-batches per Lightning batch" in caplog.text
     assert "step captured" not in caplog.text  # the CPU never records a graph
     assert metrics["global_step"] == 2 * 7  # optimizer steps: 2 epochs of 100 samples / 16
     checkpoint = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=False)
@@ -139,9 +242,9 @@ def test_the_fused_loop_logs_epoch_metrics_and_saves_plain_checkpoints(
     assert {"train/loss", "train/acc", "val/acc"} <= set(scalars)
 
 
-def test_the_micro_batch_loop_matches_plain_steps():
-    """CapturedStep on the CPU: the batch is split into micro-batches, each one optimizer step,
-    loss and correct predictions summed per epoch."""
+def test_the_step_and_the_epoch_sums_match_plain_steps():
+    """CapturedStep on the CPU: each micro-batch one optimizer step, loss and correct predictions
+    summed on the device for the epoch."""
     torch.manual_seed(0)
     net = torch.nn.Linear(3, 2)
     reference = torch.nn.Linear(3, 2)
@@ -154,17 +257,18 @@ def test_the_micro_batch_loop_matches_plain_steps():
             logits.argmax(-1) == batch[1]
         ).sum()
 
-    steps = []
+    sums = loops.EpochSums(torch.device("cpu"))
     step = CapturedStep(
         list(net.parameters()),
         torch.optim.Adam(net.parameters(), lr=0.1),
         loss_fn,
+        sums,
         micro_batch_size=4,
         clip_val=0.5,
-        on_step=lambda: steps.append(1),
     )
-    step.train_batch((x, y))
-    assert len(steps) == 3 and step.samples == 10  # 4 + 4 + 2
+    for micro in zip(x.split(4), y.split(4), strict=True):  # 4 + 4 + 2
+        step(micro)
+        sums.samples += len(micro[0])
 
     optimizer = torch.optim.Adam(reference.parameters(), lr=0.1)
     losses, correct = [], 0
@@ -179,7 +283,7 @@ def test_the_micro_batch_loop_matches_plain_steps():
         optimizer.step()
     for a, b in zip(net.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(a, b)
-    metrics = step.epoch_metrics()
+    metrics = sums.metrics()
     assert metrics["train/loss"].item() == pytest.approx(sum(losses) / 10, rel=1e-6)
     assert metrics["train/acc"].item() == pytest.approx(correct / 10)
 
@@ -222,24 +326,27 @@ def test_the_graph_replays_the_eager_step_on_a_gpu(caplog):
                 logits.argmax(-1) == batch[1]
             ).sum()
 
-        step = CapturedStep(params, optimizer, loss_fn, micro_batch_size=16, clip_val=1.0)
+        sums = loops.EpochSums(device)
+        step = CapturedStep(params, optimizer, loss_fn, sums, micro_batch_size=16, clip_val=1.0)
         if not graphed:
             step.eager_reason = "reference"
         for _ in range(3):
-            step.epoch_start()
-            step.train_batch((x, y))
+            sums.reset()
+            for micro in zip(x.split(16), y.split(16), strict=True):  # 4 x 16, then 6
+                step(micro)
+                sums.samples += len(micro[0])
             scheduler.step()
         torch.cuda.synchronize()
-        return params, step
+        return params, step, sums
 
     with caplog.at_level(logging.INFO, logger="nnlab.tasks.captured"):
-        graphed, step = run(True)
+        graphed, step, sums = run(True)
     assert step.graph is not None and "captured for micro-batches of 16" in caplog.text
-    eager, reference = run(False)
+    eager, _, reference = run(False)
     for a, b in zip(graphed, eager, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
-    assert step.epoch_metrics()["train/loss"].item() == pytest.approx(
-        reference.epoch_metrics()["train/loss"].item(), rel=1e-3
+    assert sums.metrics()["train/loss"].item() == pytest.approx(
+        reference.metrics()["train/loss"].item(), rel=1e-3
     )
 
 
@@ -283,8 +390,8 @@ def test_a_fused_run_resumed_from_a_checkpoint_ends_where_an_unbroken_one_does(m
     recipe = (
         "experiment=sine_mlp",
         "trainer.max_epochs=2",
-        "task.fused_loop=true",
-        "task.graph_batches=3",
+        "task.loop=fused",
+        "task.micro_batches=3",
         "data.shuffle=true",
         "checkpoint.save_top_k=-1",
         "data.shuffle_seed=7",
@@ -306,8 +413,8 @@ def test_periodic_checkpoints_keep_coming_when_batches_carry_several_steps(make_
             "experiment=sine_mlp",
             "trainer.max_epochs=2",
             "data.batch_size=64",
-            "task.fused_loop=true",
-            "task.graph_batches=2",
+            "task.loop=fused",
+            "task.micro_batches=2",
             "checkpoint.every_n_train_steps=4",
         )
     )

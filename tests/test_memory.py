@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from nnlab.data.memory import MemoryBatcher, make_loader
+from nnlab.data.memory import GROUP_BYTES, MemoryBatcher, group_size, make_loader
 
 N, BATCH = 50, 8  # 6 full batches and one of 2
 
@@ -66,23 +66,59 @@ def test_a_resumed_epoch_continues_with_the_same_samples(saved_group, resumed_gr
     assert torch.cat(epoch(resumed)).tolist() != reference  # then the next epoch as usual
 
 
-def test_make_loader_groups_only_the_training_batches():
-    class Module:
-        train_group = 4
-
+def test_make_loader_groups_as_many_batches_as_it_is_told():
     class Strategy:
         root_device = torch.device("cpu")
 
     class Trainer:
-        lightning_module, strategy = Module(), Strategy()
+        strategy = Strategy()
         global_rank, world_size, current_epoch = 0, 1, 0
 
     class Data:
         trainer = Trainer()
 
     x = torch.arange(N)
-    train = make_loader(Data(), [x], BATCH, shuffle=True, train=True)
+    train = make_loader(Data(), [x], BATCH, shuffle=True, micro_batches=4)
     val = make_loader(Data(), [x], BATCH, shuffle=False)
     assert isinstance(train, MemoryBatcher) and train.group == 4 and len(train) == 2
     assert val.group == 1 and len(val) == 7
-    assert isinstance(make_loader(Data(), [x], BATCH, True, in_memory=False), DataLoader)
+    loader = make_loader(Data(), [x], BATCH, True, in_memory=False, micro_batches=4)
+    assert isinstance(loader, DataLoader) and [len(b[0]) for b in loader] == [32, 18]
+
+
+def test_the_fused_loop_tells_the_data_module_how_many_batches_to_group(make_cfg, monkeypatch):
+    """The training loader of a real data module, built while nnlab-train fits: grouped as the
+    fused loop says (sine: 22 batches of 32 -> 3 batches of up to 8 x 32), evaluation not."""
+    from lightning.pytorch import Callback
+    from omegaconf import open_dict
+
+    import nnlab.train as entry
+
+    seen = {}
+
+    class Spy(Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen["train"] = [len(b[0]) for b in trainer.train_dataloader]
+            seen["micro_batches"] = trainer.datamodule.micro_batches
+
+        def on_test_start(self, trainer, pl_module):
+            seen["test_group"] = trainer.test_dataloaders.group
+
+    build_all = entry.build_all
+    monkeypatch.setattr(
+        entry, "build_all", lambda cfg, key: [*build_all(cfg, key), *[Spy()][: key == "callbacks"]]
+    )
+    cfg = make_cfg("experiment=sine_mlp", "trainer.max_epochs=1", "task.micro_batches=8")
+    with open_dict(cfg):
+        del cfg["hydra"]
+    entry.train(cfg)
+    assert seen["micro_batches"] == 8 and seen["train"] == [256, 256, 184]
+    assert seen["test_group"] == 1
+
+
+def test_groups_stay_small_enough_to_reuse_memory():
+    rows = torch.zeros(100, 10000, dtype=torch.bool)  # 10 kB per sample, 5 MB per batch of 512
+    assert group_size([rows, torch.zeros(100)], 512, 8) == 3  # 15 MB <= GROUP_BYTES
+    assert group_size([torch.zeros(100, 28, 28)], 8, 32) == 32  # 25 kB batches: as asked
+    assert group_size([torch.zeros(100, 10**7, dtype=torch.bool)], 4, 8) == 1
+    assert GROUP_BYTES < 32 * 2**20

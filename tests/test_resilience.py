@@ -58,7 +58,9 @@ def wait_for_checkpoints(
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "loop", [[], ["task.fused_loop=true", "task.graph_batches=3"]], ids=["lightning", "fused"]
+    "loop",
+    [["task.loop=lightning"], ["task.loop=fused", "task.micro_batches=3"]],
+    ids=["lightning", "fused"],
 )
 def test_killed_runs_resume_to_bitwise_equal_metrics(tmp_path, loop):
     run_args = [*RUN, *loop]

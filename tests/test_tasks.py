@@ -3,6 +3,7 @@
 import shutil
 
 import lightning as L
+import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -87,3 +88,25 @@ def test_checkpoint_loads_alone_from_another_directory(tmp_path):
     loaded = RegressionTask.load_from_checkpoint(moved)
     task.eval()
     assert torch.equal(loaded(x), task(x))
+
+
+def test_every_loop_trains_with_the_tasks_one_loss_function():
+    """training_loss gives (mean loss, correct predictions); Lightning's loop logs train/loss and
+    train/acc from it, and the fused loop (the CPU's default) trains and logs the same."""
+    x = torch.randn(100, 4)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    task = ClassificationTask(net={**MLP, "output_size": 3}, num_classes=3)
+    loss, correct = task.training_loss((x, y))
+    predicted = task(x).argmax(-1)
+    assert loss.shape == () and correct == (predicted == y).sum()
+    logged = {}
+    for loop in ("lightning", "fused"):
+        L.seed_everything(0)
+        task = ClassificationTask(net={**MLP, "output_size": 3}, num_classes=3, loop=loop)
+        trainer = fit(task, x, y, epochs=3)
+        logged[loop] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        assert trainer.global_step == 3 * 7  # 100 samples in batches of 16
+        assert not task.automatic_optimization == (loop == "fused")
+    assert {"train/loss", "train/acc"} <= set(logged["lightning"])
+    for key, value in logged["lightning"].items():
+        assert logged["fused"][key] == pytest.approx(value, rel=1e-5), key

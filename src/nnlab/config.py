@@ -112,9 +112,11 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.deterministic": (lambda v: isinstance(v, bool) or v == "warn", "true, false or warn"),
     "task.optimizer.lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "task.optimizer.weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "task.cuda_graph": (lambda v: v in (True, False, "auto"), "true, false or auto"),
-    "task.fused_loop": (lambda v: isinstance(v, bool), "true or false"),
-    "task.graph_batches": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
+    "task.loop": (
+        lambda v: v in ("lightning", "fused", "cuda_graph", "auto"),
+        "one of lightning, fused, cuda_graph, auto",
+    ),
+    "task.micro_batches": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
     "task.compile": (
         lambda v: isinstance(v, bool | DictConfig | dict),
         "true, false or a mapping of torch.compile options",

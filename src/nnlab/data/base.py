@@ -45,6 +45,7 @@ class DataModule(L.LightningDataModule):
     classes: list[str] | None = None
     columns: tuple[str, str] = ("input", "class")  # predictions.csv: a sample's name, its class
     horizon: int | None = None
+    micro_batches = 1  # batches per training batch, set by the fused loop (tasks/loops.py)
 
     def __init__(
         self,
@@ -107,7 +108,7 @@ class DataModule(L.LightningDataModule):
             in_memory=self.in_memory,
             seed=self.shuffle_seed,
             num_workers=self.num_workers,
-            train=train,
+            micro_batches=self.micro_batches if train else 1,
         )
 
     def train_dataloader(self):

@@ -8,7 +8,7 @@ within the epoch is part of Lightning's checkpoint (`state_dict`), so a run resu
 mid-epoch checkpoint continues with exactly the batches it would have seen.
 
 With `group` > 1 each yielded batch is `group` consecutive batches concatenated (the same
-samples in the same order): a CUDA-graph training step replays them as micro-batches, so
+samples in the same order): nnlab's fused loop (tasks/loops.py) takes them as micro-batches, so
 Lightning's per-batch overhead is paid once per group. Positions are kept in micro-batches.
 """
 
@@ -131,6 +131,18 @@ def fits_on(device: torch.device, tensors: Sequence[torch.Tensor], fraction: flo
     return sum(t.numel() * t.element_size() for t in tensors) <= fraction * free
 
 
+# A grouped batch is gathered into fresh memory each time; above glibc's largest mmap threshold
+# (32 MB) every one is page-faulted anew. imdb_mlp's multi-hot rows (5 MB per batch of 512) lost
+# ~10% of their epoch to 40 MB groups: groups stay under this size (fewer micro-batches each).
+GROUP_BYTES = 16 * 2**20
+
+
+def group_size(tensors: Sequence[torch.Tensor], batch_size: int, micro_batches: int) -> int:
+    """How many batches to concatenate: `micro_batches`, fewer when that passes GROUP_BYTES."""
+    row_bytes = sum(t[0].numel() * t.element_size() for t in tensors)
+    return max(1, min(micro_batches, GROUP_BYTES // max(row_bytes * batch_size, 1)))
+
+
 def make_loader(
     datamodule,
     tensors: Sequence[torch.Tensor],
@@ -139,20 +151,23 @@ def make_loader(
     in_memory: bool | str = "auto",
     seed: int = 0,
     num_workers: int = 0,
-    train: bool = False,
+    micro_batches: int = 1,
 ):
     """A MemoryBatcher over `tensors` (moved to the training device once, when they fit), or a
-    plain DataLoader when `in_memory` is false (or 'auto' and they do not fit). The training
-    loader groups as many batches as the module being trained asks for (`train_group`)."""
+    plain DataLoader when `in_memory` is false (or 'auto' and they do not fit). Each batch is
+    `micro_batches` batches of `batch_size` concatenated (the fused loop sets the data module's
+    `micro_batches` for its training loader; a shuffling DataLoader draws the same order at any
+    batch size), fewer when a group would pass GROUP_BYTES."""
     from torch.utils.data import DataLoader, TensorDataset
 
     trainer = getattr(datamodule, "trainer", None)
     device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
     use_memory = in_memory is True or (in_memory == "auto" and fits_on(device, tensors))
+    micro_batches = group_size(tensors, batch_size, micro_batches)
     if not use_memory:
         return DataLoader(
             TensorDataset(*tensors),
-            batch_size=batch_size,
+            batch_size=batch_size * micro_batches,
             shuffle=shuffle,
             num_workers=num_workers,
             persistent_workers=num_workers > 0,
@@ -164,5 +179,5 @@ def make_loader(
         shuffle=shuffle,
         seed=seed,
         trainer_fn=lambda: getattr(datamodule, "trainer", None),
-        group=getattr(trainer.lightning_module, "train_group", 1) if train and trainer else 1,
+        group=micro_batches,
     )

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from nnlab.errors import ConfigError
-from nnlab.tasks import captured
+from nnlab.tasks import loops
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,15 @@ class Task(L.LightningModule):
         scheduler_interval: str = "epoch",
         scheduler_monitor: str = "val/loss",
         channels_last: bool = False,
-        cuda_graph: bool | str = False,
-        fused_loop: bool = False,
-        graph_batches: int = 8,
+        loop: str = "auto",
+        micro_batches: int = 32,
         compile: bool | Mapping[str, Any] = False,
+        **renamed: Any,
     ):
         super().__init__()
         net, optimizer, scheduler = plain(net), plain(optimizer), plain(scheduler)
+        # Older checkpoints and saved configs name the loop fused_loop/cuda_graph/graph_batches.
+        loop, micro_batches = loops.loop_keys(loop, micro_batches, renamed)
         self.save_hyperparameters(
             {
                 "net": net,
@@ -53,26 +55,17 @@ class Task(L.LightningModule):
                 "scheduler_interval": scheduler_interval,
                 "scheduler_monitor": scheduler_monitor,
                 "channels_last": channels_last,
-                "cuda_graph": cuda_graph,
-                "fused_loop": fused_loop,
-                "graph_batches": graph_batches,
+                "loop": loop,
+                "micro_batches": micro_batches,
                 "compile": plain(compile),
             }
         )
-        if cuda_graph not in (True, False, "auto"):
-            raise ConfigError("task.cuda_graph", f"must be true, false or auto, got {cuda_graph!r}")
-        if int(graph_batches) < 1:
-            raise ConfigError("task.graph_batches", f"must be >= 1, got {graph_batches}")
         self.net: nn.Module = instantiate(net)
         # NHWC weights and inputs: tensor-core convolutions skip their layout transposes (GPU).
         self.channels_last = channels_last
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
-        # Set in setup() (see tasks/captured.py).
-        self.fused = False  # nnlab's fused loop (manual optimization) is on
-        self.capture = False  # ... and its step is captured as a CUDA graph
-        self.captured_step: captured.CapturedStep | None = None
-        self.train_group = 1  # micro-batches per Lightning batch, read by the training loader
+        self.fused_loop: loops.TrainingLoop | None = None  # set while nnlab's fused loop runs
 
     def forward(self, x: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
         """The net's output; `extra` inputs (e.g. sequence lengths) are passed on to it."""
@@ -80,7 +73,27 @@ class Task(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x, *extra)
 
-    # -- how the training step runs: eager, compiled, or replayed as a CUDA graph --------------
+    # -- training: one loss function, whichever loop runs it (tasks/loops.py) -------------------
+    def training_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mean loss, number of correct predictions or None) of one batch, without reading
+        anything on the host: every loop trains with this, the CUDA graph captures it."""
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx):
+        if self.fused_loop is not None:  # nnlab's fused loop takes this batch's steps
+            return self.fused_loop.train_batch(self, batch)
+        loss, correct = self.training_loss(batch)
+        n = len(batch[-1])
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
+        if correct is not None:
+            self.log("train/acc", correct / n, on_step=False, on_epoch=True, batch_size=n)
+        return loss
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        if self.trainer.state.fn != "fit":  # validate/test/predict: no training loop to choose
+            return []
+        return [loops.TrainingLoop(self.hparams.loop, self.hparams.micro_batches)]
+
     def configure_model(self) -> None:
         options = self.hparams.get("compile")
         if options and not getattr(self, "_compiled", False):
@@ -89,95 +102,6 @@ class Task(L.LightningModule):
             self._compiled = True
             self.example_input_array = None  # TensorBoard's graph tracer cannot trace it
             log.info("torch.compile: on (%s)", options)
-
-    def setup(self, stage: str) -> None:
-        wants_graph = self.hparams.get("cuda_graph", False) is not False
-        if stage != "fit" or not (wants_graph or self.hparams.get("fused_loop")):
-            return
-        # An explicit `true` that cannot be honoured is a warning; `auto` just says so.
-        level = logging.WARNING if self.hparams.cuda_graph is True else logging.INFO
-        reason = captured.loop_blocker(self, self.trainer)
-        if reason is not None:
-            log.log(level, "Fused loop and CUDA graph: off, Lightning's loop (%s)", reason)
-            return
-        self.capture = False
-        if wants_graph:
-            reason = captured.graph_blocker(self, self.trainer, self.trainer.datamodule)
-            self.capture = reason is None
-            if reason is not None:
-                fused = self.hparams.get("fused_loop")
-                after = "the fused loop's eager steps" if fused else "Lightning's loop"
-                log.log(level, "CUDA graph: off, %s (%s)", after, reason)
-                if not fused:
-                    return
-        # The fused step does backward and optimizer step itself: Lightning's manual mode.
-        self.fused, self.automatic_optimization = True, False
-        self.train_group = int(self.hparams.graph_batches)
-        log.info(
-            "Fused loop: %d micro-batches per Lightning batch%s",
-            self.train_group,
-            ", step captured as a CUDA graph" if self.capture else "",
-        )
-
-    def training_step(self, batch, batch_idx):
-        if not self.fused:
-            return self.eager_training_step(batch, batch_idx)
-        if self.captured_step is None:  # built here: the optimizer exists and is restored now
-            self.captured_step = self._build_captured_step()
-        return {"loss": self.captured_step.train_batch(batch)}
-
-    def eager_training_step(self, batch, batch_idx):
-        raise NotImplementedError
-
-    def train_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(mean loss, correct predictions or None) with no host sync: the captured step."""
-        raise NotImplementedError
-
-    def _build_captured_step(self) -> captured.CapturedStep:
-        trainer = self.trainer
-        lightning_optimizer = self.optimizers()
-        per_step = self._schedulers() if self.hparams.scheduler_interval == "step" else []
-
-        def after_step() -> None:  # what Lightning does around an optimizer step it runs itself
-            lightning_optimizer._on_before_step()
-            lightning_optimizer._on_after_step()
-            for scheduler in per_step:
-                scheduler.step()
-
-        precision = str(trainer.precision)
-        return captured.CapturedStep(
-            self.parameters(),
-            lightning_optimizer.optimizer,
-            self.train_loss,
-            micro_batch_size=trainer.datamodule.batch_size,
-            clip_val=trainer.gradient_clip_val,
-            clip_algorithm=getattr(trainer.gradient_clip_algorithm, "value", None) or "norm",
-            autocast_dtype=torch.bfloat16 if precision == "bf16-mixed" else None,
-            on_step=after_step,
-            capture=self.capture,
-        )
-
-    def on_train_epoch_start(self) -> None:
-        if self.captured_step is not None:
-            self.captured_step.epoch_start()
-
-    def on_train_epoch_end(self) -> None:
-        if not self.fused or self.captured_step is None:
-            return
-        self.log_dict(self.captured_step.epoch_metrics(), prog_bar=False)
-        if self.hparams.scheduler_interval != "step":
-            for scheduler in self._schedulers():
-                scheduler.step()
-
-    def _schedulers(self) -> list:
-        schedulers = self.lr_schedulers()
-        if schedulers is None:
-            return []
-        return list(schedulers) if isinstance(schedulers, list) else [schedulers]
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.fused:
-            captured.plain_lrs(checkpoint)
 
     def configure_optimizers(self):
         optimizer_cfg = self.hparams.optimizer or {
@@ -189,15 +113,10 @@ class Task(L.LightningModule):
         if not self.hparams.scheduler:
             return optimizer
         scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {
-                "scheduler": scheduler,
-                "interval": self.hparams.scheduler_interval,
-                # The captured step steps its schedulers itself (never ReduceLROnPlateau).
-                **({} if self.fused else {"monitor": self.hparams.scheduler_monitor}),
-            },
-        }
+        config = {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = self.hparams.scheduler_monitor  # (never in the fused loop)
+        return {"optimizer": optimizer, "lr_scheduler": config}
 
     # -- does the network fit the data? (checked before training starts) ------------------------
     def output_width(self, datamodule) -> int | None:

@@ -1,16 +1,8 @@
-"""nnlab's fused training loop, and its step as one CUDA graph.
+"""The fused loop's step (tasks/loops.py), eager or replayed as one CUDA graph.
 
-Small classic models are bound by per-step overhead, not arithmetic. The fused loop runs inside
-Lightning's loop (manual optimization, so checkpoints, logging, callbacks and validation work as
-usual) but takes `task.graph_batches` optimizer steps per Lightning batch, one per micro-batch,
-so Lightning's own per-batch overhead is paid once for all of them; loss and accuracy are summed
-on the device and read only when the epoch is logged. On CUDA the step itself (forward, loss,
-backward, gradient clipping, optimizer step) is recorded once as a CUDA graph and replayed.
-
-`task.cuda_graph` (auto/true) asks for the graph, `task.fused_loop` for the loop alone (any
-device). Each has conditions, checked up front (`loop_blocker`, `graph_blocker`); where one is
-not met the run says why in one log line and goes on without it. A capture that fails anyway
-falls back to eager steps at the first batch, also with a log line.
+On CUDA the whole step (forward, loss, backward, gradient clipping, optimizer step, the epoch's
+sums) is recorded once as a CUDA graph and replayed for every full micro-batch. A capture that
+fails anyway falls back to eager steps at the first batch, with a log line.
 """
 
 from __future__ import annotations
@@ -32,20 +24,6 @@ WARMUP_STEPS = 3  # eager steps on a side stream before capture: cuDNN/cuBLAS pi
 CAPTURABLE = "capturable"
 
 
-def loop_blocker(task, trainer) -> str | None:
-    """Why nnlab's fused loop (micro-batches, sums on the device) cannot run here (None: it can)."""
-    if trainer.world_size > 1:
-        return f"{trainer.world_size} processes (DDP) reduce gradients once per backward"
-    precision = str(trainer.precision)
-    if precision.startswith("16") or precision == "transformer-engine":
-        return f"precision {precision} scales the loss with host-side overflow checks"
-    if trainer.accumulate_grad_batches != 1:
-        return "trainer.accumulate_grad_batches > 1"
-    if str((task.hparams.get("scheduler") or {}).get("_target_", "")).endswith("ReduceLROnPlateau"):
-        return "ReduceLROnPlateau needs the monitored metric, which Lightning's loop provides"
-    return None
-
-
 def optimizer_blocker(optimizer_cfg: dict | None, scheduler_cfg: dict | None) -> str | None:
     """Why this optimizer/scheduler pair cannot step inside a graph (None: it can)."""
     target = (optimizer_cfg or {}).get("_target_", "torch.optim.Adam")
@@ -61,26 +39,14 @@ def optimizer_blocker(optimizer_cfg: dict | None, scheduler_cfg: dict | None) ->
     return f"{target} cannot step inside a CUDA graph with a scheduler (use Adam, AdamW, RMSprop)"
 
 
-def graph_blocker(task, trainer, datamodule) -> str | None:
-    """Why the fused loop's step cannot be captured as a CUDA graph here (None: it can)."""
-    device = trainer.strategy.root_device
-    if device.type != "cuda":
-        return f"training runs on {device.type}, CUDA graphs need a CUDA device"
-    if task.hparams.get("compile"):
-        return "task.compile is on (torch.compile does its own graph capture)"
-    example = datamodule.example_input(2) if hasattr(datamodule, "example_input") else None
-    if isinstance(example, tuple | list):
-        return "the net reads variable-length sequences (packed by their lengths on the host)"
-    return optimizer_blocker(task.hparams.get("optimizer"), task.hparams.get("scheduler"))
-
-
 class CapturedStep:
-    """Replays `loss_fn(micro_batch)` + backward + clip + `optimizer.step()` as one CUDA graph.
+    """`step(micro_batch)`: `loss_fn(micro_batch)` + backward + clip + `optimizer.step()`, with the
+    loss and correct predictions added to `sums` (`add(loss, correct, n)`); replayed as one CUDA
+    graph when `capture` is set and the device is CUDA.
 
-    `loss_fn(batch) -> (mean loss, number of correct predictions or None)`. Micro-batches of the
-    captured size replay the graph; a smaller one (the epoch's last) takes an eager step on the
-    same parameters, gradients and optimizer state. `on_step` is called after every optimizer
-    step (Lightning's step counter, per-step schedulers).
+    `loss_fn(batch) -> (mean loss, number of correct predictions or None)`. Micro-batches of
+    `micro_batch_size` replay the graph; a smaller one (the epoch's last) takes an eager step on
+    the same parameters, gradients and optimizer state.
     """
 
     def __init__(
@@ -88,24 +54,19 @@ class CapturedStep:
         params: Sequence[torch.nn.Parameter],
         optimizer: torch.optim.Optimizer,
         loss_fn: Callable[[Sequence[torch.Tensor]], tuple[torch.Tensor, torch.Tensor | None]],
+        sums: Any,
         micro_batch_size: int,
         clip_val: float | None = None,
         clip_algorithm: str = "norm",
         autocast_dtype: torch.dtype | None = None,
-        on_step: Callable[[], None] = lambda: None,
         capture: bool = True,
     ):
         self.params = [p for p in params if p.requires_grad]
-        self.optimizer, self.loss_fn, self.on_step = optimizer, loss_fn, on_step
+        self.optimizer, self.loss_fn, self.sums = optimizer, loss_fn, sums
         self.micro_batch_size = int(micro_batch_size)
         self.clip_val, self.clip_algorithm = clip_val, clip_algorithm
         self.autocast_dtype = autocast_dtype
         self.device = self.params[0].device
-        # Per-epoch sums, updated inside the graph; read when the epoch is logged.
-        self.loss_sum = torch.zeros((), device=self.device)
-        self.correct = torch.zeros((), device=self.device, dtype=torch.long)
-        self.samples = 0
-        self.correct_counted = False
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: list[torch.Tensor] = []
         self.warmup_left = WARMUP_STEPS
@@ -130,16 +91,13 @@ class CapturedStep:
                 if isinstance(state.get("step"), torch.Tensor):
                     state["step"] = state["step"].to(self.device, torch.float32)
 
-    def epoch_start(self) -> None:
-        self.loss_sum.zero_()
-        self.correct.zero_()
-        self.samples = 0
-
     # -- one step -------------------------------------------------------------------------------
     def _forward(self, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.graph is None and self.eager_reason is not None:
+            return self.loss_fn(batch)  # Lightning's precision context already autocasts
         # Autocast's weight cache must stay off while capturing (its casts would be graph-private).
         autocast = (
-            torch.autocast("cuda", dtype=self.autocast_dtype, cache_enabled=False)
+            torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=False)
             if self.autocast_dtype is not None
             else nullcontext()
         )
@@ -157,11 +115,7 @@ class CapturedStep:
             else:
                 torch.nn.utils.clip_grad_norm_(self.params, self.clip_val, foreach=True)
         self.optimizer.step()
-        n = batch[0].shape[0]
-        self.loss_sum.add_(loss.detach().float(), alpha=n)
-        if correct is not None:
-            self.correct.add_(correct)
-            self.correct_counted = True
+        self.sums.add(loss, correct, batch[0].shape[0])
         return loss.detach()
 
     def _eager(self, batch: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -180,47 +134,31 @@ class CapturedStep:
         graph.replay()  # capture records without running: this executes the batch
         return self.static_loss
 
-    def train_micro_batch(self, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+    def __call__(self, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+        """One optimizer step on one micro-batch; returns its loss (on the device)."""
         full = batch[0].shape[0] == self.micro_batch_size
         if self.graph is not None and full:
             for static, t in zip(self.static, batch, strict=True):
                 static.copy_(t, non_blocking=True)
             self.graph.replay()
-            loss = self.static_loss
-        elif self.eager_reason is not None or not full:
-            loss = self._eager(batch)
-        elif self.warmup_left > 0:  # warm-up steps are real steps, on a side stream
+            return self.static_loss
+        if self.eager_reason is not None or not full:
+            return self._eager(batch)
+        if self.warmup_left > 0:  # warm-up steps are real steps, on a side stream
             self.warmup_left -= 1
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 loss = self._eager(batch)
             torch.cuda.current_stream().wait_stream(side)
-        else:
-            try:
-                loss = self._capture(batch)
-            except RuntimeError as exc:
-                self.graph = None
-                self.eager_reason = str(exc).splitlines()[0]
-                log.warning("CUDA graph: off, capture failed (%s); eager steps", self.eager_reason)
-                loss = self._eager(batch)
-        self.samples += batch[0].shape[0]
-        self.on_step()
-        return loss
-
-    def train_batch(self, batch: Sequence[torch.Tensor]) -> torch.Tensor:
-        """One Lightning batch: `graph_batches` micro-batches concatenated (the last may be short)."""
-        loss = None
-        for micro in zip(*(torch.split(t, self.micro_batch_size) for t in batch), strict=True):
-            loss = self.train_micro_batch(micro)
-        return loss
-
-    def epoch_metrics(self) -> dict[str, torch.Tensor]:
-        n = max(self.samples, 1)
-        metrics = {"train/loss": self.loss_sum / n}
-        if self.correct_counted:  # a classification loss_fn counts correct predictions
-            metrics["train/acc"] = self.correct.float() / n
-        return metrics
+            return loss
+        try:
+            return self._capture(batch)
+        except RuntimeError as exc:
+            self.graph = None
+            self.eager_reason = str(exc).splitlines()[0]
+            log.warning("CUDA graph: off, capture failed (%s); eager steps", self.eager_reason)
+            return self._eager(batch)
 
 
 def plain_lrs(checkpoint: dict[str, Any]) -> None:

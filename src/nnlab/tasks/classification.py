@@ -56,13 +56,6 @@ class ClassificationTask(Task):
                 "f1": MulticlassF1Score(num_classes, average="macro"),
             }
             confusion_classes = num_classes
-        # No argument checks in the training metric: they read values on the host (a GPU sync
-        # every step); the data were checked before training.
-        self.train_acc = (
-            BinaryAccuracy(validate_args=False)
-            if binary
-            else MulticlassAccuracy(num_classes, average="micro", validate_args=False)
-        )
         self.val_metrics = MetricCollection(metrics).clone(prefix="val/")
         self.test_metrics = MetricCollection(metrics).clone(prefix="test/")
         self.test_confusion = MulticlassConfusionMatrix(confusion_classes)
@@ -92,7 +85,7 @@ class ClassificationTask(Task):
     def predict_classes(self, scores: torch.Tensor) -> torch.Tensor:
         return (scores > 0.5).long() if self.binary else scores.argmax(dim=-1)
 
-    def train_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         y = batch[-1]
         logits = self(*batch[:-1])
         if self.binary:
@@ -100,15 +93,6 @@ class ClassificationTask(Task):
         else:
             predicted = logits.argmax(dim=-1)
         return self.loss(logits, y), (predicted == y).sum()
-
-    def eager_training_step(self, batch, batch_idx):
-        y = batch[-1]
-        logits = self(*batch[:-1])
-        loss = self.loss(logits, y)
-        self.train_acc(self.scores(logits.detach()), y)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
-        return loss
 
     def _evaluate(self, batch, metrics: MetricCollection, stage: str) -> torch.Tensor:
         y = batch[-1]

@@ -19,15 +19,9 @@ class RegressionTask(Task):
     def output_width(self, datamodule) -> int | None:
         return getattr(datamodule, "horizon", None)
 
-    def train_loss(self, batch) -> tuple[torch.Tensor, None]:
+    def training_loss(self, batch) -> tuple[torch.Tensor, None]:
         x, y = batch
         return F.mse_loss(self(x), y), None
-
-    def eager_training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = F.mse_loss(self(x), y)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
-        return loss
 
     def _evaluate(self, batch, metrics, stage: str) -> None:
         x, y = batch
