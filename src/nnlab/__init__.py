@@ -13,3 +13,26 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 from nnlab.data.views import register_resolvers as _register_data_resolvers  # noqa: E402
 
 _register_data_resolvers()
+
+
+def _register_model_resolvers() -> None:
+    """`${nnlab.example_shape:${data}}` and `${nnlab.task_width:${task},${data}}`: model=sequential
+    sized from the data's example input and the task (torch is imported only when they resolve)."""
+    from omegaconf import OmegaConf
+
+    def example_shape(data):
+        from nnlab.models.sequential import example_shape
+
+        return OmegaConf.create(example_shape(data))  # a ListConfig: OmegaConf.resolve keeps it
+
+    def task_width(task, data):
+        from nnlab.models.sequential import task_width
+
+        return task_width(task, data)
+
+    for name, fn in (("nnlab.example_shape", example_shape), ("nnlab.task_width", task_width)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+_register_model_resolvers()
