@@ -83,8 +83,9 @@ def transposed_padding(key: str, kernel: int, stride: int, same: bool) -> tuple[
     padding = -(-excess // 2)
     if 2 * padding - excess >= stride:
         raise ConfigError(
-            key, f"same padding cannot be had for kernel {kernel} with stride {stride}; use an odd "
-            "kernel or valid padding"
+            key,
+            f"same padding cannot be had for kernel {kernel} with stride {stride}; use an odd "
+            "kernel or valid padding",
         )
     return padding, 2 * padding - excess
 

@@ -196,7 +196,7 @@ class LastStep(nn.Module):
         if lengths is None:
             last = outputs[:, -1]
         else:
-            last = outputs[torch.arange(len(outputs), device=outputs.device), lengths - 1]
+            last = outputs[torch.arange(outputs.size(0), device=outputs.device), lengths - 1]
         if not self.bidirectional:
             return last
         return torch.cat([last[:, : self.units], outputs[:, 0, self.units :]], dim=-1)
@@ -508,7 +508,9 @@ def _parse(entry: Any, key: str) -> tuple[str, Any]:
     elif isinstance(entry, Mapping) and len(entry) == 1:
         kind, value = next(iter(entry.items()))
     else:
-        raise ConfigError(key, f"a layer is a kind or {{kind: arguments}} (e.g. {{dense: 16}}), got {entry!r}")
+        raise ConfigError(
+            key, f"a layer is a kind or {{kind: arguments}} (e.g. {{dense: 16}}), got {entry!r}"
+        )
     if kind not in KINDS:
         raise ConfigError(key, f"unknown layer kind {kind!r}; choose one of {', '.join(KINDS)}")
     return kind, value
@@ -533,14 +535,16 @@ def build_layers(
     """The modules of a layer list and each entry's output shape, from the input `shape`."""
     modules: list[nn.Module] = []
     shapes: list[tuple[int, ...]] = []
-    masked = False
+    masked, start = False, shape
     for i, entry in enumerate(entries):
         kind, value = _parse(entry, f"{prefix}[{i}]")
         last = i == len(entries) - 1
         if kind == "time_distributed":
             spec = Spec(i, kind, {}, shape, prefix)
             spec.rank(2, 3, 4, what="(steps, ...) inputs")
-            inner, inner_shapes = build_layers([value], shape[1:], None, f"{spec.key}.time_distributed")
+            inner, inner_shapes = build_layers(
+                [value], shape[1:], None, f"{spec.key}.time_distributed"
+            )
             if any(isinstance(m, MaskAware) for m in inner):
                 raise spec.error("wraps per-step layers only (no recurrent, embedding or pool)")
             modules.append(TimeDistributed(nn.Sequential(*inner)))
@@ -549,8 +553,8 @@ def build_layers(
             continue
         spec = Spec(i, kind, _args(kind, value, f"{prefix}[{i}]"), shape, prefix)
         sequence_layer = kind in RECURRENT or kind.endswith("1d") and "global" not in kind
-        at_input = all(s == shapes[0] for s in shapes) and (not shapes or shape == shapes[0])
-        if sequence_layer and len(shape) == 1 and (i == 0 or at_input):
+        at_input = all(s == start for s in (*shapes, shape))  # no layer has changed it yet
+        if sequence_layer and len(shape) == 1 and at_input:
             # the data's univariate series: one feature per step (as RecurrentNet reads it)
             modules.append(Reshape((shape[0], 1)))
             shape = spec.shape = (shape[0], 1)
