@@ -296,7 +296,11 @@ def test_sine_conv1d_gru_trains_summarises_exports_and_predicts(cli, tmp_path):
     for row in ("layers.1 (Conv1D)", "(B, 16, 32)", "layers.3 (MaxPool1D)", "(B, 8, 32)",
                 "layers.4.rnn (GRU)", "layers.5.last (LastStep)", "(B, 32)", "layers.6 (Linear)"):  # fmt: skip
         assert row in summary, summary
-    assert any((run / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert any("Sequential[net]" in node.name for node in events.Graph().node)  # the graph
 
     # The checkpoint rebuilds the network alone: its hyperparameters hold the input shape.
     from nnlab.tasks.regression import RegressionTask
@@ -323,3 +327,26 @@ def test_bad_layers_fail_before_training_with_exit_2(cli):
     assert result.returncode == 2, result.output[-2000:]
     assert "model.layers[2]" in result.output and "conv1d" in result.output
     assert not list(result.outputs.glob("runs/*/*/checkpoints/*.ckpt"))
+
+
+# --- the presets on the real data (minutes each on a CPU: -m full_run) -------------------------
+
+BOUNDS = {
+    "imdb_sequential_mlp": ("test/acc", ">=", 0.87),
+    "sine_conv1d_gru": ("test/mse", "<=", 0.055),
+    "mnist_stacked_lstm": ("test/acc", ">=", 0.98),
+    "mnist_separable_stack": ("test/acc", ">=", 0.98),
+}
+
+
+@pytest.mark.full_run
+@pytest.mark.real_data
+@pytest.mark.parametrize("experiment", sorted(BOUNDS))
+def test_preset_reaches_its_bound(cli, experiment):
+    import os
+
+    if experiment != "sine_conv1d_gru" and not os.environ.get("NNLAB_DATA_DIR"):
+        pytest.skip("needs the real data: set NNLAB_DATA_DIR")
+    metrics = cli(f"experiment={experiment}", env={"OMP_NUM_THREADS": "1"}).metrics()
+    key, op, bound = BOUNDS[experiment]
+    assert (metrics[key] >= bound) if op == ">=" else (metrics[key] <= bound), metrics

@@ -23,7 +23,8 @@ def _register_model_resolvers() -> None:
     def example_shape(data):
         from nnlab.models.sequential import example_shape
 
-        return OmegaConf.create(example_shape(data))  # a ListConfig: OmegaConf.resolve keeps it
+        shape = example_shape(data)  # a ListConfig: OmegaConf.resolve keeps it
+        return None if shape is None else OmegaConf.create(shape)
 
     def task_width(task, data):
         from nnlab.models.sequential import task_width

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnlab.errors import ConfigError
+from nnlab.errors import ConfigError, UserError
 from nnlab.models.cells import CELLS as CUSTOM_CELLS
 from nnlab.models.cnn import SeparableConv
 from nnlab.models.layers import (
@@ -249,6 +249,7 @@ class Spec:
 
     def __init__(self, index: int, kind: str, args: dict, shape: tuple[int, ...], prefix: str):
         self.key, self.kind, self.args, self.shape = f"{prefix}[{index}]", kind, args, shape
+        self.index = index
         self.used: set[str] = set()
 
     def error(self, message: str) -> ConfigError:
@@ -305,7 +306,7 @@ def _geometry(spec: Spec, sizes, kernel, stride, dilation=None) -> tuple[list[in
     for size, k, s, d in zip(sizes, kernel, stride, dilation, strict=True):
         k = d * (k - 1) + 1
         before, after = same_padding(size, k, s) if padding == "same" else (0, 0)
-        label = f"{spec.key.split('.')[-1]} ({spec.kind}) on input {spec.shape}"
+        label = f"{spec.index} ({spec.kind}) on input {spec.shape}"
         out.append(output_size(spec.key, label, size + before + after, k, s, 0, floor=True))
         pads = [before, after, *pads]
     return out, pads
@@ -321,8 +322,8 @@ def _conv(spec: Spec, dims: int, separable: bool = False):
     bias = bool(spec.get("use_bias", True))
     if separable:
         multiplier = spec.positive("depth_multiplier", 1)
-        if dilation != (1,) * dims:
-            raise spec.error("separable convolutions take no dilation here")
+        if dilation != (1,) * dims or not bias:
+            raise spec.error("separable convolutions take no dilation and keep their bias here")
         cls = SeparableConv1D if dims == 1 else SeparableConv2D
         conv = nn.Conv1d if dims == 1 else nn.Conv2d
         layer = cls(conv, channels, filters, kernel, stride, 0, multiplier)
@@ -667,12 +668,16 @@ class Sequential(nn.Module):
 # --- Config interpolations: sizes from the data and the task ---------------------------------------
 
 
-def example_shape(data_cfg) -> list[int]:
+def example_shape(data_cfg) -> list[int] | None:
     """`${nnlab.example_shape:${data}}`: the data's example input, one sample's sizes (the
-    datamodule is only constructed: no data is read)."""
+    datamodule is only constructed: no data is read). None for a data config that cannot be
+    built: building the data, first, then reports it with its key."""
     from nnlab.config import build
 
-    example = build(data_cfg, "data").example_input(1)
+    try:
+        example = build(data_cfg, "data").example_input(1)
+    except UserError:
+        return None
     first = example[0] if isinstance(example, tuple | list) else example
     return list(first.shape[1:])
 
