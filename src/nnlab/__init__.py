@@ -15,25 +15,11 @@ from nnlab.data.views import register_resolvers as _register_data_resolvers  # n
 _register_data_resolvers()
 
 
-def _register_model_resolvers() -> None:
-    """`${nnlab.example_shape:${data}}` and `${nnlab.task_width:${task},${data}}`: model=sequential
-    sized from the data's example input and the task (torch is imported only when they resolve)."""
-    from omegaconf import OmegaConf
+# model=sequential's sizes: `${nnlab.example_shape:${data}}`, `${nnlab.task_width:${task},${data}}`.
+from omegaconf import OmegaConf as _OmegaConf  # noqa: E402
 
-    def example_shape(data):
-        from nnlab.models.sequential import example_shape
+from nnlab.models import MODEL_RESOLVERS as _MODEL_RESOLVERS  # noqa: E402
 
-        shape = example_shape(data)  # a ListConfig: OmegaConf.resolve keeps it
-        return None if shape is None else OmegaConf.create(shape)
-
-    def task_width(task, data):
-        from nnlab.models.sequential import task_width
-
-        return task_width(task, data)
-
-    for name, fn in (("nnlab.example_shape", example_shape), ("nnlab.task_width", task_width)):
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
-
-
-_register_model_resolvers()
+for _name, _fn in _MODEL_RESOLVERS.items():
+    if not _OmegaConf.has_resolver(_name):
+        _OmegaConf.register_new_resolver(_name, _fn)
