@@ -45,7 +45,10 @@ RESOLVERS = {
 
 def register_resolvers() -> None:
     from nnlab.data.views import mnist_shape
+    from nnlab.models import MODEL_RESOLVERS  # model=sequential's sizes, from data and task
 
-    for name, (fn, cache) in {**RESOLVERS, "nnlab.mnist_shape": (mnist_shape, False)}.items():
+    extra = {"nnlab.mnist_shape": (mnist_shape, False)}
+    extra.update({name: (fn, False) for name, fn in MODEL_RESOLVERS.items()})
+    for name, (fn, cache) in {**RESOLVERS, **extra}.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn, use_cache=cache)

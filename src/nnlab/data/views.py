@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-from omegaconf import OmegaConf
-
 HEIGHT = WIDTH = 28
 PIXELS = HEIGHT * WIDTH
 NUM_CLASSES = 10
@@ -30,8 +28,3 @@ def mnist_shape(view: str, key: str) -> int | None:
     """`seq_len` or `input_size` of a view; None for an unknown view, so that the datamodule,
     built first, reports the bad `data.view` with the choices."""
     return MNIST_VIEWS.get(view, {}).get(key)
-
-
-def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("nnlab.mnist_shape"):
-        OmegaConf.register_new_resolver("nnlab.mnist_shape", mnist_shape)

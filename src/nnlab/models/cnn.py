@@ -32,12 +32,23 @@ HEADS = ("flatten", "gap")
 class SeparableConv(nn.Module):
     """Depthwise (groups = in_channels) FxF conv, then a pointwise 1x1 conv."""
 
-    def __init__(self, conv, in_channels: int, out_channels: int, kernel: int, stride, padding):
+    def __init__(
+        self,
+        conv,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        stride,
+        padding,
+        depth_multiplier: int = 1,
+    ):
         super().__init__()
+        # depth_multiplier: maps per input channel in the depthwise step (Keras' argument)
+        depth = in_channels * depth_multiplier
         self.depthwise = conv(
-            in_channels, in_channels, kernel, stride, padding, groups=in_channels, bias=False
+            in_channels, depth, kernel, stride, padding, groups=in_channels, bias=False
         )
-        self.pointwise = conv(in_channels, out_channels, 1)
+        self.pointwise = conv(depth, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pointwise(self.depthwise(x))

@@ -40,9 +40,12 @@ def _first(value) -> int:
     return value[0] if isinstance(value, tuple | list) else value
 
 
-def output_size(key: str, layer: str, size: int, kernel: int, stride: int, padding: int) -> int:
+def output_size(
+    key: str, layer: str, size: int, kernel: int, stride: int, padding: int, floor: bool = False
+) -> int:
     """`(W - F + 2P) / S + 1`, exactly: a layer whose window does not fit, or whose stride does
-    not divide the span, is a ConfigError naming the layer and the sizes (never rounded)."""
+    not divide the span, is a ConfigError naming the layer and the sizes (never rounded).
+    `floor=True` is Keras' `valid`: a last window that does not fit is dropped."""
     span = size - kernel + 2 * padding
     formula = f"(W - F + 2P)/S + 1 = ({size} - {kernel} + 2*{padding})/{stride} + 1"
     if span < 0:
@@ -52,13 +55,39 @@ def output_size(key: str, layer: str, size: int, kernel: int, stride: int, paddi
             f"than the {kernel}x{kernel} window); use a larger input, more padding or fewer "
             "downsampling layers",
         )
-    if span % stride:
+    if span % stride and not floor:
         raise ConfigError(
             key,
             f"layer {layer}: {formula} = {span / stride + 1:g} is not a whole number; change "
             "the kernel, stride or padding (or the input size) so that the stride divides",
         )
     return span // stride + 1
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """Keras' `same`: the zeros (before, after) that give ceil(W / S) outputs; the odd one goes
+    after, as in TensorFlow."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def transposed_padding(key: str, kernel: int, stride: int, same: bool) -> tuple[int, int]:
+    """(padding, output_padding) of a transposed conv whose output is W * S (`same`) or
+    (W - 1) * S + F (`valid`), as Keras' Conv2DTranspose."""
+    if not same:
+        return 0, 0
+    excess = kernel - stride
+    if excess < 0:
+        return 0, -excess
+    padding = -(-excess // 2)
+    if 2 * padding - excess >= stride:
+        raise ConfigError(
+            key,
+            f"same padding cannot be had for kernel {kernel} with stride {stride}; use an odd "
+            "kernel or valid padding",
+        )
+    return padding, 2 * padding - excess
 
 
 def trace_shapes(
@@ -154,8 +183,22 @@ def dense_stack(
     layers: list[nn.Module] = []
     for i, size in enumerate(sizes):
         require_positive(f"{key}[{i}]", size)
-        layers += [nn.Linear(width, size), activation(activation_name)]
+        layers += dense(width, size, activation_name)
         if dropout:
             layers.append(nn.Dropout(dropout))
         width = size
     return layers, width
+
+
+def dense(
+    width: int,
+    units: int,
+    activation_name: str | None,
+    bias: bool = True,
+    key: str = "model.activation",
+) -> list[nn.Module]:
+    """Keras' Dense: Linear (on the last axis), then its activation (none for None)."""
+    layers: list[nn.Module] = [nn.Linear(width, units, bias=bias)]
+    if activation_name is not None:
+        layers.append(activation(activation_name, key))
+    return layers

@@ -9,11 +9,13 @@ import torch
 from torch import nn
 
 from nnlab.errors import ConfigError, require_positive
-from nnlab.models.layers import dense_stack
+from nnlab.models.layers import activation as make_activation
 
 
 class MLP(nn.Module):
-    """Flatten -> [Linear -> activation -> Dropout] per hidden size -> Linear."""
+    """Flatten -> [Linear -> activation -> Dropout] per hidden size -> Linear: the layer list
+    `[flatten, {dense: {units, activation}}, {dropout}, ..., dense]` of model=sequential, with
+    the same modules and parameter names (`layers.1.weight`, ...)."""
 
     def __init__(
         self,
@@ -28,11 +30,16 @@ class MLP(nn.Module):
         require_positive("model.output_size", output_size)
         if not 0.0 <= dropout < 1.0:
             raise ConfigError("model.dropout", f"must be in [0, 1), got {dropout}")
-        hidden, width = dense_stack(
-            input_size, hidden_sizes, activation, dropout, "model.hidden_sizes"
-        )
-        layers: list[nn.Module] = [nn.Flatten(), *hidden, nn.Linear(width, output_size)]
-        self.layers = nn.Sequential(*layers)
+        from nnlab.models.sequential import build_layers
+
+        make_activation(activation)  # an unknown name is model.activation's error
+        layers: list = ["flatten"]
+        for i, size in enumerate(hidden_sizes):
+            require_positive(f"model.hidden_sizes[{i}]", size)
+            layers.append({"dense": {"units": size, "activation": activation}})
+            layers += [{"dropout": dropout}] if dropout else []
+        modules, _ = build_layers([*layers, "dense"], (input_size,), output_size)
+        self.layers = nn.Sequential(*modules)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)

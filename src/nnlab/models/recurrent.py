@@ -54,21 +54,10 @@ class RecurrentNet(nn.Module):
         if cell in ("rnn", "deep_rnn") and nonlinearity not in ("tanh", "relu"):
             raise ConfigError("model.nonlinearity", f"must be tanh or relu, got {nonlinearity!r}")
         self.cell, self.readout, self.bidirectional = cell, readout, bidirectional
-        common = {
-            "num_layers": num_layers,
-            "bidirectional": bidirectional,
-            "dropout": dropout if num_layers > 1 else 0.0,  # applied between layers only
-        }
-        if cell in TORCH_CELLS:
-            kwargs = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
-            self.rnn = TORCH_CELLS[cell](
-                input_size, hidden_size, batch_first=True, **common, **kwargs
-            )
-        else:
-            kwargs = {"depth": depth, "nonlinearity": nonlinearity} if cell == "deep_rnn" else {}
-            self.rnn = CellStack(cell, input_size, hidden_size, **common, **kwargs)
-        if cell == "lstm":
-            init_forget_bias(self.rnn, forget_bias)
+        self.rnn = make_rnn(
+            cell, input_size, hidden_size, num_layers, bidirectional, dropout,
+            nonlinearity, forget_bias, depth,
+        )  # fmt: skip
         self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), output_size)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,6 +74,35 @@ class RecurrentNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encode(x))
+
+
+def make_rnn(
+    cell: str,
+    input_size: int,
+    hidden_size: int,
+    num_layers: int = 1,
+    bidirectional: bool = False,
+    dropout: float = 0.0,
+    nonlinearity: str = "tanh",
+    forget_bias: float = 1.0,
+    depth: int = 3,
+) -> nn.Module:
+    """The recurrent encoder (batch-first; returns `(outputs, state)` as torch's nn.RNN does):
+    a torch RNN/LSTM/GRU or a `CellStack` of nnlab's cells. Shared with model=sequential."""
+    common = {
+        "num_layers": num_layers,
+        "bidirectional": bidirectional,
+        "dropout": dropout if num_layers > 1 else 0.0,  # applied between layers only
+    }
+    if cell in TORCH_CELLS:
+        kwargs = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
+        rnn = TORCH_CELLS[cell](input_size, hidden_size, batch_first=True, **common, **kwargs)
+    else:
+        kwargs = {"depth": depth, "nonlinearity": nonlinearity} if cell == "deep_rnn" else {}
+        rnn = CellStack(cell, input_size, hidden_size, **common, **kwargs)
+    if cell == "lstm":
+        init_forget_bias(rnn, forget_bias)
+    return rnn
 
 
 def init_forget_bias(lstm: nn.LSTM, value: float) -> None:

@@ -1,0 +1,693 @@
+"""model=sequential: a network written as a list of layers, as with Keras' Sequential API.
+
+  layers:
+    - {conv1d: {filters: 64, kernel: 3, activation: relu}}
+    - {max_pool1d: 2}
+    - {gru: {units: 32, return_sequences: true}}
+    - {gru: 32}
+    - {dropout: 0.3}
+    - dense                     # no width: the task's (classes, 1 when binary, horizon)
+
+A layer is a kind (`flatten`), `{kind: value}` (the kind's main argument: `{dense: 16}`) or
+`{kind: {arguments}}`. Only output widths are typed; every input size follows from
+`input_shape`, the data's example input without the batch axis (resolved from the data config
+and saved with the checkpoint, so the network rebuilds from its hyperparameters alone).
+Shapes are worked out while building, with the CNN family's size arithmetic (models/layers.py);
+a layer that does not fit is a ConfigError naming `model.layers[i]`, its kind and the shapes.
+
+Layouts: images are (channels, height, width) as the data gives them; sequences are (steps,
+features), as in Keras, and the 1D layers (conv1d, pooling, recurrent) read them so; a 1-D input
+such as a sine window becomes (steps, 1) before them. Outputs are logits: a final `softmax` /
+`sigmoid` activation (Keras' classifier head) is left to the task's loss. `mask_zero` on an
+embedding marks id 0 as padding (at the end of a sequence, as nnlab's IMDB view pads): torch's
+recurrent layers then skip the pads and the global 1D pools ignore them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnlab.errors import ConfigError, UserError
+from nnlab.models.cells import CELLS as CUSTOM_CELLS
+from nnlab.models.cnn import SeparableConv
+from nnlab.models.layers import (
+    activation,
+    dense,
+    output_size,
+    same_padding,
+    transposed_padding,
+)
+from nnlab.models.recurrent import TORCH_CELLS, make_rnn
+
+log = logging.getLogger(__name__)
+
+RECURRENT = {"simple_rnn": "rnn", "rnn": "rnn", "lstm": "lstm", "gru": "gru"}
+RECURRENT.update({name: name for name in CUSTOM_CELLS})
+HEADS = ("softmax", "sigmoid")  # left to the loss when they end the network
+
+
+# --- Layers whose layout differs from torch's, or that carry the padding mask ---------------------
+
+
+class MaskAware:
+    """A layer whose forward takes and returns `(x, mask)` (mask: (batch, steps) or None)."""
+
+
+class Reshape(nn.Module):
+    def __init__(self, shape: Sequence[int]):
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def extra_repr(self) -> str:
+        return str(self.shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.shape)
+
+
+class Permute(nn.Module):
+    def __init__(self, dims: Sequence[int]):
+        super().__init__()
+        self.dims = tuple(dims)  # 1-based, the batch axis stays first (Keras' Permute)
+
+    def extra_repr(self) -> str:
+        return str(self.dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, *self.dims)
+
+
+class Softmax(nn.Softmax):
+    def __init__(self):
+        super().__init__(dim=-1)
+
+
+class Pad(nn.Module):
+    """Zeros around the spatial axes: `pads` as F.pad takes them (last axis first)."""
+
+    def __init__(self, pads: Sequence[int], value: float = 0.0):
+        super().__init__()
+        self.pads, self.value = tuple(pads), value
+
+    def extra_repr(self) -> str:
+        return str(self.pads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, self.pads, value=self.value)
+
+
+def _steps_last(cls):
+    """A torch 1D layer (channels, steps) made to read Keras' (steps, channels)."""
+
+    class Layer(cls):
+        pads: tuple[int, ...] = ()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x.transpose(1, 2)
+            if self.pads:
+                x = F.pad(x, self.pads)
+            return super().forward(x).transpose(1, 2)
+
+    Layer.__name__ = Layer.__qualname__ = cls.__name__.replace("1d", "1D")
+    return Layer
+
+
+Conv1D = _steps_last(nn.Conv1d)
+MaxPool1D = _steps_last(nn.MaxPool1d)
+AvgPool1D = _steps_last(nn.AvgPool1d)
+BatchNorm1D = _steps_last(nn.BatchNorm1d)
+SeparableConv1D = _steps_last(SeparableConv)
+
+
+class Conv2D(nn.Conv2d):
+    pads: tuple[int, ...] = ()  # Keras' uneven `same` zeros (stride > 1), before the conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, self.pads) if self.pads else x)
+
+
+class SeparableConv2D(SeparableConv):
+    pads: tuple[int, ...] = ()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, self.pads) if self.pads else x)
+
+
+class ChannelLayerNorm(nn.LayerNorm):
+    """Layer normalisation over the channels of (C, H, W) maps (Keras' axis=-1, channels last)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+
+
+class Embedding(MaskAware, nn.Embedding):
+    """Keras' Embedding: uniform +-0.05 start; `mask_zero`: id 0 is padding (its row stays 0)."""
+
+    def __init__(self, input_dim: int, output_dim: int, mask_zero: bool = False):
+        super().__init__(input_dim, output_dim, padding_idx=0 if mask_zero else None)
+        self.mask_zero = mask_zero
+        with torch.no_grad():
+            self.weight.uniform_(-0.05, 0.05)
+            if mask_zero:
+                self.weight[0].zero_()
+
+    def forward(self, x, mask=None):
+        return super().forward(x), (x != 0) if self.mask_zero else mask
+
+
+class GlobalPool(MaskAware, nn.Module):
+    """Max or mean over the steps of (steps, C) or the map of (C, H, W); masked steps skipped."""
+
+    def __init__(self, mode: str, dims: int):
+        super().__init__()
+        self.mode, self.dims = mode, dims
+
+    def extra_repr(self) -> str:
+        return f"{self.mode}, {self.dims}D"
+
+    def forward(self, x, mask=None):
+        if self.dims == 2:
+            x = x.flatten(2)
+            return (x.amax(2) if self.mode == "max" else x.mean(2)), None
+        if mask is None:
+            return (x.amax(1) if self.mode == "max" else x.mean(1)), None
+        keep = mask[..., None]
+        if self.mode == "max":
+            return x.masked_fill(~keep, float("-inf")).amax(1), None
+        return (x * keep).sum(1) / keep.sum(1).clamp(min=1), None
+
+
+class LastStep(nn.Module):
+    """A recurrent layer's output without return_sequences: the forward pass's state at the
+    last (real) step, and the backward pass's at step 0, as h_n holds them."""
+
+    def __init__(self, units: int, bidirectional: bool):
+        super().__init__()
+        self.units, self.bidirectional = units, bidirectional
+
+    def forward(self, outputs: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        if lengths is None:
+            last = outputs[:, -1]
+        else:
+            last = outputs[torch.arange(outputs.size(0), device=outputs.device), lengths - 1]
+        if not self.bidirectional:
+            return last
+        return torch.cat([last[:, : self.units], outputs[:, 0, self.units :]], dim=-1)
+
+
+class Recurrent(MaskAware, nn.Module):
+    """One recurrent layer (models/recurrent.py's `make_rnn`: torch's or nnlab's cells)."""
+
+    def __init__(self, rnn: nn.Module, units: int, bidirectional: bool, return_sequences: bool):
+        super().__init__()
+        self.rnn = rnn
+        self.last = None if return_sequences else LastStep(units, bidirectional)
+
+    def forward(self, x, mask=None):
+        lengths = None
+        if mask is not None:
+            lengths = mask.sum(1).clamp(min=1)
+            packed = nn.utils.rnn.pack_padded_sequence(
+                x, lengths.cpu(), batch_first=True, enforce_sorted=False
+            )
+            outputs, _ = self.rnn(packed)
+            outputs, _ = nn.utils.rnn.pad_packed_sequence(
+                outputs, batch_first=True, total_length=x.shape[1]
+            )
+        else:
+            outputs, _ = self.rnn(x)
+        if self.last is None:
+            return outputs, mask
+        return self.last(outputs, lengths), None
+
+
+class TimeDistributed(nn.Module):
+    """The wrapped layers applied to every step of (steps, ...) on its own."""
+
+    def __init__(self, inner: nn.Sequential):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t = x.shape[:2]
+        y = self.inner(x.reshape(b * t, *x.shape[2:]))
+        return y.reshape(b, t, *y.shape[1:])
+
+
+# --- Building: one function per kind, (args, shape) -> (modules, output shape) ---------------------
+
+
+class Spec:
+    """One config entry being built: its key, kind and arguments, and the input shape."""
+
+    def __init__(self, index: int, kind: str, args: dict, shape: tuple[int, ...], prefix: str):
+        self.key, self.kind, self.args, self.shape = f"{prefix}[{index}]", kind, args, shape
+        self.index = index
+        self.used: set[str] = set()
+
+    def error(self, message: str) -> ConfigError:
+        return ConfigError(self.key, f"{self.kind} on input shape {self.shape}: {message}")
+
+    def get(self, name: str, default: Any = None, *aliases: str) -> Any:
+        for n in (name, *aliases):
+            self.used.add(n)
+            if n in self.args and self.args[n] is not None:
+                return self.args[n]
+        return default
+
+    def positive(self, name: str, default: Any = None, *aliases: str) -> int:
+        value = self.get(name, default, *aliases)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise self.error(f"{name} must be a whole number >= 1, got {value!r}")
+        return value
+
+    def pair(self, name: str, default: Any, dims: int, *aliases: str) -> tuple[int, ...]:
+        value = self.get(name, default, *aliases)
+        values = tuple(value) if isinstance(value, Sequence) else (value,) * dims
+        if len(values) != dims or any(
+            isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values
+        ):
+            raise self.error(f"{name} must be a whole number >= 1 or {dims} of them, got {value!r}")
+        return values
+
+    def rank(self, *ranks: int, what: str = "") -> None:
+        if len(self.shape) not in ranks:
+            raise self.error(f"needs {what or ' or '.join(map(str, ranks)) + '-D samples'}")
+
+    def activation(self, name: str | None) -> list[nn.Module]:
+        if name is None:
+            return []
+        return [Softmax()] if name == "softmax" else [activation(name, f"{self.key}.activation")]
+
+
+def _spatial(spec: Spec, dims: int) -> tuple[int, list[int]]:
+    """(channels, spatial sizes) of a 1D (steps, C) or 2D (C, H, W) input."""
+    if dims == 1:
+        spec.rank(2, what="(steps, features) sequences")
+        return spec.shape[1], [spec.shape[0]]
+    spec.rank(3, what="(channels, height, width) images")
+    return spec.shape[0], list(spec.shape[1:])
+
+
+def _geometry(spec: Spec, sizes, kernel, stride, dilation=None) -> tuple[list[int], list[int]]:
+    """Output sizes and F.pad's zeros (last axis first) of a window under Keras' padding."""
+    padding = spec.get("padding", "valid")
+    if padding not in ("same", "valid"):
+        raise spec.error(f"padding must be same or valid, got {padding!r}")
+    dilation = dilation or (1,) * len(sizes)
+    out, pads = [], []
+    for size, k, s, d in zip(sizes, kernel, stride, dilation, strict=True):
+        k = d * (k - 1) + 1
+        before, after = same_padding(size, k, s) if padding == "same" else (0, 0)
+        label = f"{spec.index} ({spec.kind}) on input {spec.shape}"
+        out.append(output_size(spec.key, label, size + before + after, k, s, 0, floor=True))
+        pads = [before, after, *pads]
+    return out, pads
+
+
+def _conv(spec: Spec, dims: int, separable: bool = False):
+    channels, sizes = _spatial(spec, dims)
+    filters = spec.positive("filters", None, "units")
+    kernel = spec.pair("kernel", 3, dims, "kernel_size")
+    stride = spec.pair("strides", 1, dims, "stride")
+    dilation = spec.pair("dilation", 1, dims, "dilation_rate")
+    out, pads = _geometry(spec, sizes, kernel, stride, dilation)
+    bias = bool(spec.get("use_bias", True))
+    if separable:
+        multiplier = spec.positive("depth_multiplier", 1)
+        if dilation != (1,) * dims or not bias:
+            raise spec.error("separable convolutions take no dilation and keep their bias here")
+        cls = SeparableConv1D if dims == 1 else SeparableConv2D
+        conv = nn.Conv1d if dims == 1 else nn.Conv2d
+        layer = cls(conv, channels, filters, kernel, stride, 0, multiplier)
+    else:
+        cls = Conv1D if dims == 1 else Conv2D
+        layer = cls(channels, filters, kernel, stride, 0, dilation, bias=bias)
+    if any(pads):  # pad symmetric zeros in the conv itself, uneven ones before it
+        if all(pads[i] == pads[i + 1] for i in range(0, len(pads), 2)):
+            inner = layer.depthwise if separable else layer
+            inner.padding = tuple(pads[::2][::-1])
+        else:
+            layer.pads = tuple(pads)
+    shape = (*out, filters) if dims == 1 else (filters, *out)
+    return [layer, *spec.activation(spec.get("activation"))], shape
+
+
+def _conv_transpose(spec: Spec):
+    channels, sizes = _spatial(spec, 2)
+    filters = spec.positive("filters", None, "units")
+    kernel = spec.pair("kernel", 3, 2, "kernel_size")
+    stride = spec.pair("strides", 1, 2, "stride")
+    padding = spec.get("padding", "valid")
+    if padding not in ("same", "valid"):
+        raise spec.error(f"padding must be same or valid, got {padding!r}")
+    geometry = [
+        transposed_padding(spec.key, k, s, padding == "same")
+        for k, s in zip(kernel, stride, strict=True)
+    ]
+    out = [
+        (w - 1) * s - 2 * p + k + op
+        for w, k, s, (p, op) in zip(sizes, kernel, stride, geometry, strict=True)
+    ]
+    layer = nn.ConvTranspose2d(
+        channels,
+        filters,
+        kernel,
+        stride,
+        padding=tuple(p for p, _ in geometry),
+        output_padding=tuple(op for _, op in geometry),
+        bias=bool(spec.get("use_bias", True)),
+    )
+    return [layer, *spec.activation(spec.get("activation"))], (filters, *out)
+
+
+def _pool(spec: Spec, mode: str, dims: int):
+    channels, sizes = _spatial(spec, dims)
+    window = spec.pair("pool_size", 2, dims, "size", "kernel")
+    stride = spec.pair("strides", window, dims, "stride")
+    out, pads = _geometry(spec, sizes, window, stride)
+    before, after = pads[::2][::-1], pads[1::2][::-1]  # per axis, first axis first
+    if any(b > w // 2 for b, w in zip(before, window, strict=True)):
+        raise spec.error(f"same pooling needs padding {before} <= half the window {window}")
+    kwargs: dict[str, Any] = {"padding": before, "ceil_mode": any(after)}
+    if mode == "avg":
+        kwargs["count_include_pad"] = False  # Keras averages the real values only
+    cls = {("max", 1): MaxPool1D, ("avg", 1): AvgPool1D}.get((mode, dims))
+    cls = cls or (nn.MaxPool2d if mode == "max" else nn.AvgPool2d)
+    if dims == 1:
+        kwargs["padding"] = before[0]
+        layer = cls(window[0], stride[0], **kwargs)
+    else:
+        layer = cls(window, stride, **kwargs)
+    shape = (*out, channels) if dims == 1 else (channels, *out)
+    return [layer], shape
+
+
+def _global_pool(spec: Spec, mode: str, dims: int | None):
+    dims = dims or (1 if len(spec.shape) == 2 else 2)
+    channels, _ = _spatial(spec, dims)
+    return [GlobalPool(mode, dims)], (channels,)
+
+
+def _dense(spec: Spec, output: int | None, last: bool):
+    spec.rank(1, 2, 3, 4)
+    units = spec.get("units")
+    if units is None and last and output is not None:
+        units = output
+    if units is None:
+        raise spec.error("needs units (only the last layer's width comes from the task)")
+    units = spec.positive("units", units)
+    act = spec.get("activation")
+    if last and act in HEADS:
+        act = None
+    layers = dense(spec.shape[-1], units, None, bool(spec.get("use_bias", True)))
+    return layers + spec.activation(act), (*spec.shape[:-1], units)
+
+
+def _recurrent(spec: Spec, cell: str, masked: bool):
+    spec.rank(2, what="(steps, features) sequences")
+    units = spec.positive("units", None, "hidden_size")
+    bidirectional = bool(spec.get("bidirectional", False))
+    return_sequences = bool(spec.get("return_sequences", False))
+    nonlinearity = spec.get("activation", "tanh", "nonlinearity")
+    if masked and cell not in TORCH_CELLS:
+        raise spec.error(
+            "mask_zero works with simple_rnn, lstm and gru here; nnlab's cells read every step"
+        )
+    rnn = make_rnn(
+        cell,
+        spec.shape[1],
+        units,
+        bidirectional=bidirectional,
+        nonlinearity=nonlinearity,
+        forget_bias=float(spec.get("forget_bias", 1.0)),
+        depth=spec.get("depth", 3),
+    )
+    width = units * (2 if bidirectional else 1)
+    layer = Recurrent(rnn, units, bidirectional, return_sequences)
+    return [layer], ((spec.shape[0], width) if return_sequences else (width,))
+
+
+def _reshape(spec: Spec):
+    target = list(spec.get("target_shape", None, "shape") or [])
+    total = math.prod(spec.shape)
+    known = math.prod(d for d in target if d != -1)
+    if not target or target.count(-1) > 1 or any(d == 0 or d < -1 for d in target):
+        raise spec.error(f"target_shape must be sizes (one may be -1), got {target}")
+    if -1 in target:
+        if total % known:
+            raise spec.error(f"{total} values cannot be reshaped to {target}")
+        target[target.index(-1)] = total // known
+    if math.prod(target) != total:
+        raise spec.error(f"{total} values cannot be reshaped to {tuple(target)}")
+    return [Reshape(target)], tuple(target)
+
+
+def _permute(spec: Spec):
+    dims = list(spec.get("dims", None) or [])
+    if sorted(dims) != list(range(1, len(spec.shape) + 1)):
+        raise spec.error(f"dims must order the axes 1..{len(spec.shape)}, got {dims}")
+    return [Permute(dims)], tuple(spec.shape[d - 1] for d in dims)
+
+
+def _norm(spec: Spec, kind: str):
+    spec.rank(1, 2, 3)
+    rank = len(spec.shape)
+    if kind == "batch_norm":
+        cls = {1: nn.BatchNorm1d, 2: BatchNorm1D, 3: nn.BatchNorm2d}[rank]
+        return [cls(spec.shape[-1] if rank < 3 else spec.shape[0])], spec.shape
+    if rank == 3:
+        return [ChannelLayerNorm(spec.shape[0])], spec.shape
+    return [nn.LayerNorm(spec.shape[-1])], spec.shape
+
+
+def _zero_padding(spec: Spec, dims: int):
+    _, sizes = _spatial(spec, dims)
+    pads = spec.pair("padding", 1, dims)
+    out = [s + 2 * p for s, p in zip(sizes, pads, strict=True)]
+    zeros = [p for p in pads[::-1] for _ in (0, 1)]
+    if dims == 1:
+        return [Permute((2, 1)), Pad(zeros), Permute((2, 1))], (out[0], spec.shape[1])
+    return [Pad(zeros)], (spec.shape[0], *out)
+
+
+# The argument `{kind: value}` sets.
+MAIN_ARG = {
+    "dense": "units",
+    "activation": "activation",
+    "dropout": "rate",
+    "reshape": "target_shape",
+    "permute": "dims",
+    "embedding": "output_dim",
+    "zero_padding1d": "padding",
+    "zero_padding2d": "padding",
+    **dict.fromkeys(
+        ["conv1d", "conv2d", "separable_conv1d", "separable_conv2d", "conv2d_transpose"], "filters"
+    ),
+    **{f"{m}_pool{d}d": "pool_size" for m in ("max", "avg", "average") for d in (1, 2)},
+    **dict.fromkeys(RECURRENT, "units"),
+}
+NO_ARGS = {
+    "flatten",
+    "batch_norm",
+    "layer_norm",
+    *(f"global_{m}_pool{d}" for m in ("max", "avg", "average") for d in ("", "1d", "2d")),
+}
+KINDS = sorted({*MAIN_ARG, *NO_ARGS, "time_distributed"})
+
+
+def _parse(entry: Any, key: str) -> tuple[str, Any]:
+    if isinstance(entry, str):
+        kind, value = entry, None
+    elif isinstance(entry, Mapping) and len(entry) == 1:
+        kind, value = next(iter(entry.items()))
+    else:
+        raise ConfigError(
+            key, f"a layer is a kind or {{kind: arguments}} (e.g. {{dense: 16}}), got {entry!r}"
+        )
+    if kind not in KINDS:
+        raise ConfigError(key, f"unknown layer kind {kind!r}; choose one of {', '.join(KINDS)}")
+    return kind, value
+
+
+def _args(kind: str, value: Any, spec_key: str) -> dict:
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    if kind in NO_ARGS:
+        raise ConfigError(spec_key, f"{kind} takes no arguments, got {value!r}")
+    return {MAIN_ARG[kind]: value}
+
+
+def build_layers(
+    entries: Sequence[Any],
+    shape: tuple[int, ...],
+    output: int | None = None,
+    prefix: str = "model.layers",
+) -> tuple[list[nn.Module], list[tuple[int, ...]]]:
+    """The modules of a layer list and each entry's output shape, from the input `shape`."""
+    modules: list[nn.Module] = []
+    shapes: list[tuple[int, ...]] = []
+    masked, start = False, shape
+    for i, entry in enumerate(entries):
+        kind, value = _parse(entry, f"{prefix}[{i}]")
+        last = i == len(entries) - 1
+        if kind == "time_distributed":
+            spec = Spec(i, kind, {}, shape, prefix)
+            spec.rank(2, 3, 4, what="(steps, ...) inputs")
+            inner, inner_shapes = build_layers(
+                [value], shape[1:], None, f"{spec.key}.time_distributed"
+            )
+            if any(isinstance(m, MaskAware) for m in inner):
+                raise spec.error("wraps per-step layers only (no recurrent, embedding or pool)")
+            modules.append(TimeDistributed(nn.Sequential(*inner)))
+            shape = (shape[0], *inner_shapes[-1])
+            shapes.append(shape)
+            continue
+        spec = Spec(i, kind, _args(kind, value, f"{prefix}[{i}]"), shape, prefix)
+        sequence_layer = kind in RECURRENT or kind.endswith("1d") and "global" not in kind
+        at_input = all(s == start for s in (*shapes, shape))  # no layer has changed it yet
+        if sequence_layer and len(shape) == 1 and at_input:
+            # the data's univariate series: one feature per step (as RecurrentNet reads it)
+            modules.append(Reshape((shape[0], 1)))
+            shape = spec.shape = (shape[0], 1)
+        new, shape = _build(spec, kind, output, last, masked)
+        if kind == "embedding":
+            masked = bool(spec.args.get("mask_zero"))
+        elif kind not in PASSES_MASK or len(shape) == 1:  # the steps are gone or moved
+            masked = False
+        unknown = set(spec.args) - spec.used
+        if unknown:
+            raise spec.error(f"unknown arguments {sorted(unknown)}")
+        modules += new
+        shapes.append(shape)
+    return modules, shapes
+
+
+# Layers after which the padding mask still lines up with the steps.
+PASSES_MASK = {"embedding", "dense", "activation", "dropout", "layer_norm", "batch_norm"}
+PASSES_MASK |= set(RECURRENT)  # return_sequences: the pads stay where they were
+
+
+def _build(spec: Spec, kind: str, output: int | None, last: bool, masked: bool):
+    if kind == "dense":
+        return _dense(spec, output, last)
+    if kind == "activation":
+        name = spec.get("activation")
+        return ([] if last and name in HEADS else spec.activation(name)), spec.shape
+    if kind == "dropout":
+        rate = spec.get("rate", 0.5)
+        if not (isinstance(rate, int | float) and 0.0 <= rate < 1.0):
+            raise spec.error(f"rate must be in [0, 1), got {rate!r}")
+        return [nn.Dropout(rate)], spec.shape
+    if kind == "flatten":
+        return [nn.Flatten()], (math.prod(spec.shape),)
+    if kind == "reshape":
+        return _reshape(spec)
+    if kind == "permute":
+        return _permute(spec)
+    if kind in ("batch_norm", "layer_norm"):
+        return _norm(spec, kind)
+    if kind == "embedding":
+        spec.rank(1, what="(steps,) integer ids")
+        layer = Embedding(
+            spec.positive("input_dim", None, "num_words"),
+            spec.positive("output_dim", None, "units"),
+            bool(spec.get("mask_zero", False)),
+        )
+        return [layer], (spec.shape[0], layer.embedding_dim)
+    if kind in ("conv1d", "conv2d"):
+        return _conv(spec, int(kind[-2]))
+    if kind.startswith("separable_conv"):
+        return _conv(spec, int(kind[-2]), separable=True)
+    if kind == "conv2d_transpose":
+        return _conv_transpose(spec)
+    if kind.startswith("zero_padding"):
+        return _zero_padding(spec, int(kind[-2]))
+    if kind.startswith("global_"):
+        dims = int(kind[-2]) if kind.endswith("d") else None
+        return _global_pool(spec, "max" if "max" in kind else "avg", dims)
+    if "_pool" in kind:
+        return _pool(spec, "max" if kind.startswith("max") else "avg", int(kind[-2]))
+    return _recurrent(spec, RECURRENT[kind], masked)
+
+
+class Sequential(nn.Module):
+    """The layers of `layers`, sized from `input_shape` (one sample, no batch axis); a last
+    `dense` without units gets `output_size` (the task's width), and the output must be that."""
+
+    def __init__(
+        self,
+        layers: Sequence[Any],
+        input_shape: Sequence[int],
+        output_size: int | None = None,
+    ):
+        super().__init__()
+        if not layers:
+            raise ConfigError("model.layers", "needs at least one layer, e.g. [flatten, dense]")
+        if (
+            not isinstance(input_shape, Sequence)
+            or not input_shape
+            or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in input_shape)
+        ):
+            raise ConfigError(
+                "model.input_shape",
+                f"must be the sizes of one sample, e.g. [1, 28, 28], got {input_shape!r}; leave "
+                "the default ${nnlab.example_shape:${data}} to take it from the data",
+            )
+        self.input_shape = tuple(input_shape)
+        modules, self.shapes = build_layers(layers, self.input_shape, output_size)
+        if output_size is not None and self.shapes[-1] != (output_size,):
+            raise ConfigError(
+                f"model.layers[{len(layers) - 1}]",
+                f"the network ends with shape {self.shapes[-1]}, but the task needs "
+                f"({output_size},) per sample; end with `dense` (its width comes from the task)",
+            )
+        self.layers = nn.ModuleList(modules)
+        self.takes_mask = [isinstance(m, MaskAware) for m in modules]
+
+    def forward(self, x: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+        """`extra` (e.g. the sequence lengths) is not needed: the mask comes from the ids."""
+        mask = None
+        for layer, takes_mask in zip(self.layers, self.takes_mask, strict=True):
+            if takes_mask:
+                x, mask = layer(x, mask)
+            else:
+                x = layer(x)
+        return x
+
+
+# --- Config interpolations: sizes from the data and the task ---------------------------------------
+
+
+def example_shape(data_cfg) -> list[int] | None:
+    """`${nnlab.example_shape:${data}}`: the data's example input, one sample's sizes (the
+    datamodule is only constructed: no data is read). None for a data config that cannot be
+    built: building the data, first, then reports it with its key."""
+    from nnlab.config import build
+
+    try:
+        example = build(data_cfg, "data").example_input(1)
+    except UserError:
+        return None
+    first = example[0] if isinstance(example, tuple | list) else example
+    return list(first.shape[1:])
+
+
+def task_width(task_cfg, data_cfg) -> int | None:
+    """`${nnlab.task_width:${task},${data}}`: outputs per sample the task scores: 1 for a binary
+    classifier, the classes for another, the horizon for a forecaster."""
+    if task_cfg.get("binary"):
+        return 1
+    if task_cfg.get("num_classes") is not None:
+        return int(task_cfg.num_classes)
+    horizon = data_cfg.get("horizon")
+    return int(horizon) if horizon is not None else None
