@@ -48,9 +48,9 @@ test: $(STAMP) $(WHEEL_STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-## nnlab against a hand-written loop (scripts/bench.py); e.g. ARGS="mnist_lstm --epochs 3".
+## nnlab against a hand-written loop (scripts/bench.py); e.g. ARGS="configs=mnist_lstm epochs=3".
 bench: $(STAMP)
-	$(BIN)/python scripts/bench.py $(or $(ARGS),all)
+	$(BIN)/python scripts/bench.py $(or $(ARGS),configs=all)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts

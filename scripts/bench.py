@@ -1,16 +1,17 @@
 """nnlab against a hand-written PyTorch loop, same model, data, optimizer and epochs, in one run.
 
-    python scripts/bench.py mnist_lstm sine_mlp --epochs 2 --json bench.json
-    python scripts/bench.py sine_mlp --set task.loop=lightning   # Lightning's own loop
+    python scripts/bench.py configs=[mnist_lstm,sine_mlp] epochs=2 json=bench.json
+    python scripts/bench.py configs=sine_mlp task.loop=lightning   # Lightning's own loop
 
-For each configuration both train for `--epochs` epochs; printed (a Markdown table) and saved
+Arguments are key=value as for every nnlab command (scripts/bench.yaml documents them; dotted
+keys override nnlab's side). For each configuration both train for `epochs` epochs; printed (a Markdown table) and saved
 (JSON): seconds per training epoch (validation excluded; the first epoch too when there are
 several: warm-up, cuDNN autotuning, graph capture), samples per second, nnlab / hand-loop time
 ratio, and the final test metric of each. The hand loop is what a careful user writes: the whole
 data set as tensors on the device, a seeded permutation each epoch (the one nnlab's in-memory
 batcher draws: the same batches in the same order), forward / loss / backward /
-clip / step, the scheduler once per epoch (`--baseline dataloader`: a shuffling DataLoader over a
-TensorDataset instead). Real data sets come from NNLAB_DATA_DIR (or --data-dir).
+clip / step, the scheduler once per epoch (`baseline=dataloader`: a shuffling DataLoader over a
+TensorDataset instead). Real data sets come from NNLAB_DATA_DIR (or data_dir=).
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nnlab import CONF_DIR
+from nnlab.cli import parse_args
+from nnlab.errors import UserError
 from nnlab.resolvers import register_resolvers
+from nnlab.runs import Run
 from nnlab.train import train
 
 # name -> (experiment preset, overrides): the configurations the performance issue names.
@@ -112,7 +116,7 @@ def run_nnlab(cfg: DictConfig) -> dict:
 
     nnlab_train.build_all = with_timer
     try:
-        metrics = train(cfg)
+        metrics = train(cfg, Run(cfg.paths.output_dir))
     finally:
         nnlab_train.build_all = original
     return {"epoch_times": timer.times, "metrics": metrics}
@@ -290,33 +294,60 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("configs", nargs="+", help=f"'all' or some of: {', '.join(CONFIGS)}")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs each side trains (2)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--baseline", default="tensors", choices=["tensors", "dataloader"])
-    parser.add_argument("--data-dir", help="real data sets (default: $NNLAB_DATA_DIR)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="nnlab override"
+def arguments(argv: list[str]) -> argparse.Namespace:
+    """key=value words (scripts/bench.yaml), checked; dotted keys go to nnlab's side."""
+    options, overrides = parse_args(
+        argv, "bench", entry=Path(__file__).with_name("bench.yaml"), prog="scripts/bench.py"
     )
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args(argv)
-
-    names = list(CONFIGS) if args.configs == ["all"] else args.configs
+    raw = str(options["configs"] or "").strip("[]")
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    names = list(CONFIGS) if names == ["all"] else names
     unknown = [n for n in names if n not in CONFIGS]
-    if unknown:
-        parser.error(f"unknown configuration {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
-    if args.epochs < 1:
-        parser.error("--epochs must be >= 1")
+    if unknown or not names:
+        raise UserError(
+            f"configs: unknown configuration {(unknown or [raw])[0]!r}; choose from "
+            f"{', '.join(CONFIGS)} or all"
+        )
+    try:
+        epochs = int(options["epochs"])
+        threads = int(options["threads"]) if options["threads"] else None
+    except ValueError as exc:
+        raise UserError(f"epochs/threads: expected a whole number ({exc})") from None
+    if epochs < 1:
+        raise UserError(f"epochs: must be >= 1, got {epochs}")
+    for key, choices in (
+        ("device", ("auto", "cpu", "cuda")),
+        ("baseline", ("tensors", "dataloader")),
+    ):
+        if options[key] not in choices:
+            raise UserError(f"{key}: {options[key]!r}; choose one of {', '.join(choices)}")
+    return argparse.Namespace(
+        configs=names,
+        epochs=epochs,
+        device=options["device"],
+        baseline=options["baseline"],
+        data_dir=options["data_dir"],
+        threads=threads,
+        set=overrides,
+        json=Path(options["json"]) if options["json"] else None,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = arguments(sys.argv[1:] if argv is None else argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    names = args.configs
     if args.data_dir:
         os.environ["NNLAB_DATA_DIR"] = str(Path(args.data_dir).resolve())
     if args.threads:
         torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available()
     if args.device == "cuda" and not cuda:
-        parser.error("--device cuda: no CUDA device here")
+        print("error: device: cuda, but there is no CUDA device here", file=sys.stderr)
+        return 2
     device = torch.device(
         "cuda" if args.device == "cuda" or (args.device == "auto" and cuda) else "cpu"
     )

@@ -23,12 +23,10 @@ def run_bench(tmp_path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize(
-    "extra", [[], ["--set", "task.loop=lightning", "--baseline", "dataloader"]]
-)
+@pytest.mark.parametrize("extra", [[], ["task.loop=lightning", "baseline=dataloader"]])
 def test_bench_compares_both_loops_on_the_same_model(tmp_path, extra):
     out = tmp_path / "bench.json"
-    proc = run_bench(tmp_path, "sine_mlp", "--epochs", "2", "--json", str(out), *extra)
+    proc = run_bench(tmp_path, "configs=sine_mlp", "epochs=2", f"json={out}", *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["environment"]["torch"] and report["epochs"] == 2
@@ -43,5 +41,5 @@ def test_bench_compares_both_loops_on_the_same_model(tmp_path, extra):
 
 
 def test_bench_names_an_unknown_configuration(tmp_path):
-    proc = run_bench(tmp_path, "mnist_transformer")
+    proc = run_bench(tmp_path, "configs=[mnist_transformer]")
     assert proc.returncode == 2 and "unknown configuration 'mnist_transformer'" in proc.stderr

@@ -27,17 +27,21 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def parse_args(
-    argv: list[str], config_name: str, run_overrides: bool = True
+    argv: list[str],
+    config_name: str,
+    run_overrides: bool = True,
+    entry: Path | None = None,
+    prog: str | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """`key=value` words, as nnlab-train takes them: the command's own keys, with their defaults
     and documentation in its entry config `conf/<config_name>.yaml` (what `--help` prints), and
     dotted keys of the run's config (`data.batch_size=64`) as overrides of it."""
-    entry = CONF_DIR / f"{config_name}.yaml"
+    entry = entry or CONF_DIR / f"{config_name}.yaml"
     values = OmegaConf.to_container(OmegaConf.load(entry), resolve=True)
     if any(arg in ("-h", "--help") for arg in argv):
         keys = " ".join(f"[{k}=...]" for k in values)
-        extra = " [data.KEY=VALUE ...]" if run_overrides else ""
-        print(f"usage: nnlab-{config_name} {keys}{extra}\n")
+        extra = " [KEY.SUBKEY=VALUE ...]" if run_overrides else ""
+        print(f"usage: {prog or 'nnlab-' + config_name} {keys}{extra}\n")
         print(entry.read_text().strip())
         sys.exit(0)
     overrides = []
