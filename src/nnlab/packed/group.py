@@ -182,6 +182,7 @@ class PackedGroup:
         num_batches = limit(train_loader._num_batches(), trials[0].cfg.trainer.limit_train_batches)
         steps = torch.tensor([float(t.global_step) for t in trials], device=device)
         clip = torch.tensor([t.clip for t in trials], device=device)
+        clipping = any(math.isfinite(t.clip) for t in trials)
         state = {n: {} for n in self.params}
         for name in self.params:
             for i, t in enumerate(trials):
@@ -220,11 +221,12 @@ class PackedGroup:
                 use = mask & ~bad
                 total = torch.where(use, losses, torch.zeros_like(losses)).sum()
                 grads = torch.autograd.grad(total, list(self.params.values()))
-                coef = stack.clip_coefficients(grads, clip)
+                coef = stack.clip_coefficients(grads, clip) if clipping else None
                 steps = steps + use.to(steps.dtype)
                 with torch.no_grad():
                     for (name, p), g in zip(self.params.items(), grads, strict=True):
-                        g = g * stack._b(coef, g)
+                        if coef is not None:
+                            g = g * stack._b(coef, g)
                         new, new_state = self.step_fn(p, g, state[name], hp, steps, self.decoupled)
                         keep = stack._b(use, p)
                         p.copy_(torch.where(keep, new, p))
