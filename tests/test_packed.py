@@ -188,9 +188,11 @@ def test_packed_sweep_runs_read_like_sequential_ones(tmp_path):
     assert len(rows) == 5 and sum(",failed," in r for r in rows) >= 1
 
 
-def last_epoch(run: Path) -> int:
+def last_epoch(sweep: Path, trial: int) -> int:
+    """The last epoch a packed group recorded for `trial` (its resume state)."""
     try:
-        return torch.load(run / "checkpoints/last.ckpt", weights_only=False)["packed"]["epoch"]
+        saved = torch.load(sweep / ".packed/group0.ckpt", weights_only=False)
+        return saved["trials"][trial]["epoch"]
     except Exception:  # not written yet
         return -1
 
@@ -221,12 +223,12 @@ def test_killed_packed_sweep_resumes_where_it_stopped(tmp_path):
         command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 300
-    while last_epoch(sweep / "1") < 2 and proc.poll() is None and time.monotonic() < deadline:
+    while last_epoch(sweep, 1) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the sweep ended before it could be killed"
-    stopped_at = last_epoch(sweep / "0")
+    stopped_at = last_epoch(sweep, 0)
     assert 2 <= stopped_at < 39
     assert read_status(sweep / "0")["status"] == "running"
     assert not (sweep / "0/metrics.json").exists()

@@ -9,9 +9,12 @@ trial's hyperparameters (its scheduler steps its own lr), validation gives the s
 and the loggers get the same scalars at the same steps. A trial whose loss becomes NaN/inf is
 frozen, marked failed and masked out; the others go on.
 
-Resume: every epoch each trial's `checkpoints/last.ckpt` also holds its packed training state
-(optimizer moments, scheduler, best score, early-stopping counter). Running the same sweep again
-with `hydra.sweep.dir=<that sweep>` skips the completed trials and continues the others.
+Checkpoints and resume: every epoch the group writes one file, `<sweep>/.packed/group<N>.ckpt`,
+with each trial's weights (current and best), optimizer moments, scheduler, best score and
+early-stopping counter. A file per trial per epoch would cost as much as the training itself for
+the small networks; the trials' own Lightning checkpoints (best and last, as ModelCheckpoint names
+them) are written when the trial ends. Running the same sweep again with
+`hydra.sweep.dir=<that sweep>` keeps the completed trials and continues the others.
 """
 
 from __future__ import annotations
@@ -34,7 +37,30 @@ from nnlab.runs import LAST, Run
 from nnlab.tasks.classification import ClassificationTask
 
 log = logging.getLogger("nnlab.packed")
-PACKED_STATE = "packed"  # the key in last.ckpt with the packed training state
+STATE_DIR = ".packed"  # in the sweep directory: each group's resume state, one file per group
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a kill never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_states(sweep_dir: Path) -> dict[int, dict]:
+    """Every trial's newest resume state found in `<sweep>/.packed/` (by job number)."""
+    found: dict[int, dict] = {}
+    for path in sorted((sweep_dir / STATE_DIR).glob("group*.ckpt")):
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # damaged: those trials start again
+            log.warning("Skipping damaged packed state %s: %s", path, exc)
+            continue
+        for num, state in saved.get("trials", {}).items():
+            if num not in found or state["epoch"] > found[num]["epoch"]:
+                found[num] = state
+    return found
 
 
 @dataclass
@@ -79,6 +105,9 @@ class Trial:
     best_score: float | None = None
     best_path: str | None = None
     best_epoch: int | None = None
+    best_step: int = 0
+    best_state: dict | None = None  # resumed: the best weights so far
+    epoch: int = -1  # the last epoch trained
     wait: int = 0
     stop_best: float | None = None
     stopped: bool = False
@@ -114,8 +143,8 @@ def better(current: float, best: float | None, mode: str, min_delta: float = 0.0
 
 
 class PackedGroup:
-    def __init__(self, trials: list[Trial], device: torch.device):
-        self.trials, self.device = trials, device
+    def __init__(self, trials: list[Trial], device: torch.device, state_path: Path):
+        self.trials, self.device, self.state_path = trials, device, state_path
         self.tasks = [t.task for t in trials]
         first = trials[0]
         self.classification = isinstance(first.task, ClassificationTask)
@@ -265,10 +294,8 @@ class PackedGroup:
                 metrics = {"train/loss": train_loss[i]}
                 if self.classification:
                     metrics["train/acc"] = train_acc[i]
-                # as Lightning logs them: validation's scalars, then training's, same step
-                self._log(t, {**val[i], "epoch": epoch}, t.global_step - 1)
+                metrics.update(val[i])  # at the step Lightning logs epoch-end scalars at
                 self._log(t, {**metrics, "epoch": epoch}, t.global_step - 1)
-                metrics.update(val[i])
                 t.say(
                     "Epoch %d: %s",
                     epoch,
@@ -276,6 +303,7 @@ class PackedGroup:
                 )
                 t.epochs_done = epoch + 1
                 self._end_of_epoch(i, t, epoch, metrics, state)
+            self._save_group(state)
         self.finish()
 
     def _hyperparameters(self) -> dict[str, torch.Tensor]:
@@ -299,36 +327,52 @@ class PackedGroup:
             monitor = cb.monitor
             current = metrics[monitor] if monitor else float(epoch)
             mode = cb.mode if monitor else "max"
-            if better(current, t.best_score, mode):
+            if better(current, t.best_score, mode):  # written when the trial ends
                 path = cb.format_checkpoint_name({"epoch": epoch, "step": t.global_step})
-                self._save(i, t, Path(path), epoch, None)
-                if t.best_path and t.best_path != path:
-                    Path(t.best_path).unlink(missing_ok=True)
                 t.best_score, t.best_path, t.best_epoch = current, path, epoch
+                t.best_step = t.global_step
                 self._keep_best(i)
         if t.scheduler is not None and t.scheduler_interval == "epoch":
             if isinstance(t.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 t.scheduler.step(metrics[t.scheduler_monitor])
             else:
                 t.scheduler.step()
-        if cb is not None and cb.save_last:
-            opt = {
+        t.epoch = epoch
+
+    def _resume_state(self, i: int, t: Trial, state: dict) -> dict:
+        """What continues trial `i` after a crash: its weights (current and best), optimizer
+        moments, scheduler, best score and early-stopping counter."""
+        return {
+            "epoch": t.epoch,
+            "global_step": t.global_step,
+            "state_dict": self._weights(i, t, self.params, self.buffers),
+            "best_state_dict": self._weights(i, t, self.best_params, self.best_buffers),
+            "optimizer": {
                 n: {k: v[i].detach().cpu().clone() for k, v in s.items()} for n, s in state.items()
-            }
-            resume = {
-                "epoch": epoch,
-                "global_step": t.global_step,
-                "optimizer": opt,
-                "optimizer_groups": t.optimizer.state_dict()["param_groups"],
-                "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
-                "best_score": t.best_score,
-                "best_path": t.best_path,
-                "best_epoch": t.best_epoch,
-                "wait": t.wait,
-                "stop_best": t.stop_best,
-                "stopped": t.stopped,
-            }
-            self._save(i, t, Path(cb.dirpath) / LAST, epoch, resume)
+            },
+            "optimizer_groups": t.optimizer.state_dict()["param_groups"],
+            "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
+            "best_score": t.best_score,
+            "best_path": t.best_path,
+            "best_epoch": t.best_epoch,
+            "best_step": t.best_step,
+            "wait": t.wait,
+            "stop_best": t.stop_best,
+            "stopped": t.stopped,
+            "failed": t.failed,
+        }
+
+    def _save_group(self, state: dict) -> None:
+        """One file per group and epoch (`<sweep>/.packed/group<first job>.ckpt`), written
+        atomically: each trial's resume state. Cheaper than a file per trial per epoch, which
+        costs as much as the training itself for small networks."""
+        trials = {
+            t.num: self._resume_state(i, t, state)
+            for i, t in enumerate(self.trials)
+            if t.checkpoint is not None and t.epoch >= 0
+        }
+        if trials:
+            atomic_save({"trials": trials}, self.state_path)
 
     def _keep_best(self, i: int) -> None:
         with torch.no_grad():
@@ -337,14 +381,17 @@ class PackedGroup:
             for name, b in self.buffers.items():
                 self.best_buffers[name][i] = b[i]
 
-    def _save(self, i: int, t: Trial, path: Path, epoch: int, resume: dict | None) -> None:
-        """A Lightning-format checkpoint: `Task.load_from_checkpoint` and nnlab-eval read it."""
-        weights = stack.state_dict_of(self.params, self.buffers, i)
+    def _weights(self, i: int, t: Trial, params: dict, buffers: dict) -> dict:
+        weights = stack.state_dict_of(params, buffers, i)
         state_dict = t.task.state_dict()  # the task's own names (net.…), these weights in them
         state_dict.update({k: v for k, v in weights.items() if k in state_dict})
+        return state_dict
+
+    def _save(self, t: Trial, path: Path, state_dict: dict, epoch: int, step: int) -> None:
+        """A Lightning-format checkpoint: `Task.load_from_checkpoint` and nnlab-eval read it."""
         checkpoint = {
             "epoch": epoch,
-            "global_step": t.global_step,
+            "global_step": step,
             "pytorch-lightning_version": L.__version__,
             "state_dict": state_dict,
             "hparams_name": None,
@@ -353,12 +400,19 @@ class PackedGroup:
         if getattr(t.data.module, "hparams", None):
             checkpoint["datamodule_hparams_name"] = "kwargs"
             checkpoint["datamodule_hyper_parameters"] = dict(t.data.module.hparams)
-        if resume is not None:
-            checkpoint[PACKED_STATE] = resume
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)  # a kill never leaves half a checkpoint
+        atomic_save(checkpoint, path)
+
+    def _write_checkpoints(self, i: int, t: Trial) -> None:
+        """The trial's best and last checkpoints, as ModelCheckpoint leaves them."""
+        cb = t.checkpoint
+        if cb is None or t.epoch < 0:
+            return
+        if t.best_path and t.best_epoch is not None:
+            best = self._weights(i, t, self.best_params, self.best_buffers)
+            self._save(t, Path(t.best_path), best, t.best_epoch, t.best_step)
+        if cb.save_last:
+            last = self._weights(i, t, self.params, self.buffers)
+            self._save(t, Path(cb.dirpath) / LAST, last, t.epoch, t.global_step)
 
     def _log(self, t: Trial, metrics: dict[str, float], step: int) -> None:
         for logger in t.loggers:
@@ -384,6 +438,18 @@ class PackedGroup:
             count += y.shape[1]
         self.base.train()
         losses = (loss_sum / max(count, 1)).tolist()
+        if not self.classification and set(self.tasks[0].val_metrics.keys()) == {
+            "val/mse",
+            "val/mae",
+        }:  # MeanSquaredError / MeanAbsoluteError over all samples, for every trial at once
+            out = torch.cat([o for o, _ in outputs], dim=1)
+            y = torch.cat([t for _, t in outputs], dim=1)
+            mse = (out - y).pow(2).flatten(1).mean(1).tolist()
+            mae = (out - y).abs().flatten(1).mean(1).tolist()
+            return [
+                {f"{split}/loss": loss, f"{split}/mse": a, f"{split}/mae": b}
+                for loss, a, b in zip(losses, mse, mae, strict=True)
+            ]
         results = []
         for i, task in enumerate(self.tasks):
             metrics = getattr(task, f"{split}_metrics")
@@ -404,15 +470,15 @@ class PackedGroup:
         self.best_params = {n: p.detach().clone() for n, p in self.params.items()}
         self.best_buffers = {n: b.clone() for n, b in self.buffers.items()}
         for i, t in enumerate(self.trials):
-            if t.best_path and Path(t.best_path).is_file():
-                saved = torch.load(t.best_path, map_location="cpu", weights_only=False)
-                with torch.no_grad():
-                    for name, value in saved["state_dict"].items():
-                        target = self.best_params.get(name)
-                        if target is None:
-                            target = self.best_buffers.get(name)
-                        if target is not None:
-                            target[i] = value.to(target.device)
+            if t.best_state is None:
+                continue
+            with torch.no_grad():
+                for name, value in t.best_state.items():
+                    target = self.best_params.get(name)
+                    if target is None:
+                        target = self.best_buffers.get(name)
+                    if target is not None:
+                        target[i] = value.to(target.device)
 
     def finish(self) -> None:
         """Validate and test every trial on its best weights; write metrics.json and status."""
@@ -432,7 +498,9 @@ class PackedGroup:
         val = self.evaluate("val", params, buffers)
         test = self.evaluate("test", params, buffers)
         for i, t in enumerate(self.trials):
+            self._write_checkpoints(i, t)  # a failed trial keeps those from before the NaN
             if t.failed:
+                t.run.fail(t.failed)  # again for a resumed one: its start said running
                 for logger in t.loggers:
                     logger.finalize("failed")
                 continue

@@ -13,6 +13,7 @@ import copy
 import logging
 import math
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,8 @@ from nnlab.config import build, build_all, validate
 from nnlab.console import print_config_tree
 from nnlab.data.memory import MemoryBatcher
 from nnlab.packed import stack
-from nnlab.packed.group import PACKED_STATE, Data, PackedGroup, Trial
-from nnlab.runs import LAST, METRICS, Run, read_status
+from nnlab.packed.group import STATE_DIR, Data, PackedGroup, Trial, load_states
+from nnlab.runs import METRICS, Run, read_status
 from nnlab.tasks.classification import ClassificationTask
 from nnlab.tasks.regression import RegressionTask
 
@@ -73,6 +74,8 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     data_cache: dict[str, Data] = {}
     skipped: set[str] = set()
     log.info("Packed launcher: %d jobs, up to %d per pack", len(job_overrides), launcher.pack_size)
+    started = time.perf_counter()
+    launcher._states = None
     for i, overrides in enumerate(job_overrides):
         num, overrides = initial_job_idx + i, list(overrides)
         job_config = _job_config(launcher, num, overrides)
@@ -86,12 +89,17 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
         except Unpackable as exc:
             log.info("\t#%d : %s runs on its own: %s", num, " ".join(overrides), exc)
             alone.append((num, overrides))
+    log.info(
+        "Composed and built %d jobs in %.1f s", len(job_overrides), time.perf_counter() - started
+    )
     if skipped:
         log.info("Packed trials do not run these callbacks: %s", ", ".join(sorted(skipped)))
     for group in _groups(trials, launcher.pack_size):
         nums = ", ".join(f"#{t.num}" for t in group)
         log.info("Training %d trials as one stacked model: %s", len(group), nums)
+        started = time.perf_counter()
         _run_group(group, launcher.device_for(group[0].cfg))
+        log.info("Packed group %s: %.1f s", nums, time.perf_counter() - started)
         for t in group:
             results[t.num] = _job_return(t)
     HydraConfig.instance().cfg = saved_hydra
@@ -327,7 +335,7 @@ def prepare(
             raise Unpackable(f"the scheduler monitors {trial.scheduler_monitor}")
     subdir = job_config.hydra.output_subdir  # resolves against the whole config
     trial.output_subdir = None if subdir is None else str(subdir)
-    _resume(trial)
+    _resume(trial, launcher_states(launcher))
     device = launcher.device_for(cfg)
     trial.signature = "\n".join(
         [
@@ -351,38 +359,35 @@ def prepare(
     return trial
 
 
+def launcher_states(launcher: Any) -> dict[int, dict]:
+    """The resume states of this sweep directory, read once per launch."""
+    if getattr(launcher, "_states", None) is None:
+        launcher._states = load_states(Path(str(launcher.config.hydra.sweep.dir)))
+    return launcher._states
+
+
 def _is_cls(task: Any) -> bool:
     return isinstance(task, ClassificationTask)
 
 
-def _resume(t: Trial) -> None:
-    """A trial of a resumed sweep continues from the packed state in its last.ckpt."""
-    if t.checkpoint is None:
+def _resume(t: Trial, states: dict[int, dict]) -> None:
+    """A trial of a resumed sweep continues from its state in `<sweep>/.packed/`."""
+    state = states.get(t.num)
+    if state is None or t.checkpoint is None:
         return
-    last = Path(t.checkpoint.dirpath) / LAST
-    if not last.is_file():
-        return
-    try:
-        saved = torch.load(last, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        log.warning("#%d: cannot read %s (%s); starting the trial again", t.num, last, exc)
-        return
-    state = saved.get(PACKED_STATE)
-    if state is None:
-        return
-    t.task.load_state_dict(saved["state_dict"])
+    t.task.load_state_dict(state["state_dict"])
+    t.best_state = state["best_state_dict"]
     t.optimizer.load_state_dict({"state": {}, "param_groups": state["optimizer_groups"]})
     if t.scheduler is not None and state.get("scheduler") is not None:
         t.scheduler.load_state_dict(state["scheduler"])
     t.optimizer_state = state["optimizer"]
-    t.start_epoch = t.epochs_done = int(state["epoch"]) + 1
+    t.epoch = int(state["epoch"])
+    t.start_epoch = t.epochs_done = t.epoch + 1
     t.global_step = int(state["global_step"])
-    t.best_score, t.best_path, t.best_epoch = (
-        state["best_score"],
-        state["best_path"],
-        state["best_epoch"],
-    )
-    t.wait, t.stop_best, t.stopped = state["wait"], state["stop_best"], state["stopped"]
+    t.best_score, t.best_path = state["best_score"], state["best_path"]
+    t.best_epoch, t.best_step = state["best_epoch"], state["best_step"]
+    t.wait, t.stop_best = state["wait"], state["stop_best"]
+    t.stopped, t.failed = state["stopped"], state["failed"]
     t.resumed = True
 
 
@@ -433,10 +438,11 @@ def _start(t: Trial) -> None:
 
 
 def _run_group(group: list[Trial], device: torch.device) -> None:
+    state_path = group[0].run.root.parent / STATE_DIR / f"group{group[0].num}.ckpt"
     try:
         for t in group:
             _start(t)
-        PackedGroup(group, device).run()
+        PackedGroup(group, device, state_path).run()
     except Exception as exc:  # every trial of the group failed as a sequential one would
         log.exception("Packed group failed")
         for t in group:
