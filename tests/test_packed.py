@@ -86,7 +86,7 @@ def sweep_both(args: list[str], tmp_path: Path) -> tuple[Path, Path]:
         proc = nnlab(["-m", *launcher, *args], tmp_path / name, tmp_path)
         assert proc.returncode == 0, proc.stderr[-4000:]
         runs.append(the_sweep(tmp_path / name))
-    assert "Training 2 trials as one stacked model" in proc.stderr
+    assert "Training 2 trials as one stacked model" in proc.stdout + proc.stderr
     return runs[0], runs[1]
 
 
@@ -162,8 +162,9 @@ def test_packed_sweep_runs_read_like_sequential_ones(tmp_path):
     runs = trials_of(sweep)
     assert [p.name for p in runs] == ["0", "1", "2", "3"]
     # job order: (SGD, 1e-2), (SGD, 1e12), (Adagrad, 1e-2), (Adagrad, 1e12)
-    assert "runs on its own: optimizer Adagrad" in proc.stderr
-    assert "Training 2 trials as one stacked model: #0, #1" in proc.stderr
+    log = proc.stdout + proc.stderr  # Hydra's log lines go to stdout
+    assert "runs on its own: optimizer Adagrad" in log
+    assert "Training 2 trials as one stacked model: #0, #1" in log
     good, diverged = runs[0], runs[1]
     assert read_status(good)["status"] == "completed"
     status = read_status(diverged)
@@ -261,4 +262,4 @@ def test_killed_packed_sweep_resumes_where_it_stopped(tmp_path):
         text=True,
         timeout=600,
     )
-    assert again.returncode == 0 and again.stderr.count("completed before; kept") == 2
+    assert again.returncode == 0 and again.stdout.count("completed before; kept") == 2
