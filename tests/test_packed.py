@@ -263,3 +263,51 @@ def test_killed_packed_sweep_resumes_where_it_stopped(tmp_path):
         timeout=600,
     )
     assert again.returncode == 0 and again.stdout.count("completed before; kept") == 2
+
+
+SEARCH = """# @package _global_
+defaults:
+  - override /hydra/sweeper: optuna
+  - override /hydra/sweeper/sampler: tpe
+optimized_metric: val/mse
+hydra:
+  mode: MULTIRUN
+  sweeper:
+    direction: minimize
+    study_name: packed_lr
+    storage: null
+    n_trials: 6
+    n_jobs: 3
+    sampler:
+      seed: 1
+    params:
+      task.optimizer.lr: tag(log, interval(1e-4, 3e-2))
+"""
+
+
+@pytest.mark.slow
+def test_optuna_batches_of_n_jobs_trials_are_packed(tmp_path):
+    """hydra.sweeper.n_jobs trials per Optuna batch reach the launcher together; a search over
+    the learning rate keeps the shapes, so each batch trains as one model."""
+    conf = tmp_path / "conf/hparams_search"
+    conf.mkdir(parents=True)
+    (conf / "packed_lr.yaml").write_text(SEARCH)
+    outputs = tmp_path / "outputs"
+    proc = nnlab(
+        [
+            f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+            "experiment=sine_mlp",
+            "hparams_search=packed_lr",
+            "hydra/launcher=packed",
+            "debug=limit",
+        ],
+        outputs,
+        tmp_path,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "Training 3 trials as one stacked model: #0, #1, #2" in log
+    assert "Training 3 trials as one stacked model: #3, #4, #5" in log
+    runs = trials_of(the_sweep(outputs))
+    assert len(runs) == 6 and all((r / "metrics.json").is_file() for r in runs)
+    assert "Best value" in log
