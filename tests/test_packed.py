@@ -182,6 +182,15 @@ def test_packed_sweep_runs_read_like_sequential_ones(tmp_path):
     evaluated = json.loads((good / "eval_metrics.json").read_text())
     assert evaluated["val/mse"] == pytest.approx(metrics["val/mse"], rel=1e-5)
 
+    # ... and nnlab-predict / nnlab-export read them as well (last.ckpt too)
+    proc = nnlab(
+        [f"run={good}", "input=0.1,0.5,0.9,0.3"], outputs, tmp_path, module="nnlab.predict"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = nnlab([f"run={good}", "ckpt=last"], outputs, tmp_path, module="nnlab.export")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (good / "export/model.torchscript.pt").is_file()
+
     report = tmp_path / "report"
     proc = nnlab([str(sweep), "--out", str(report)], outputs, tmp_path, module="nnlab.report")
     assert proc.returncode == 0, proc.stderr[-3000:]
