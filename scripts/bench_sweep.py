@@ -1,0 +1,85 @@
+"""Sweep throughput: the same seed/lr sweep through hydra/launcher=packed, Hydra's basic launcher
+and joblib, each as a user runs it (`nnlab-train -m ...` in a subprocess), timed end to end.
+
+    python scripts/bench_sweep.py --experiment sine_mlp --trials 32
+    python scripts/bench_sweep.py --experiment mnist_lstm --trials 16 --baseline-trials 4 \
+        trainer.max_epochs=1
+
+Trials per hour = completed trials / wall seconds * 3600; the ratio is packed over each baseline.
+The baselines can run fewer trials (--baseline-trials): a sequential launcher's rate does not
+depend on how many trials it runs, so that only shortens the measurement (say so when quoting).
+Set OMP_NUM_THREADS=1 (one thread per process, as the README's numbers) before running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LRS = ("1e-3", "2e-3", "5e-3", "1e-2")
+
+
+def sweep_overrides(trials: int) -> list[str]:
+    """`trials` jobs: seeds x 4 learning rates when it divides, else seeds only."""
+    if trials % len(LRS) == 0 and trials >= len(LRS):
+        seeds = ",".join(str(s) for s in range(1, trials // len(LRS) + 1))
+        return [f"seed={seeds}", f"task.optimizer.lr={','.join(LRS)}"]
+    return [f"seed={','.join(str(s) for s in range(1, trials + 1))}"]
+
+
+def run(mode: str, trials: int, args, extra: list[str]) -> dict:
+    launcher = {
+        "packed": ["hydra/launcher=packed"],
+        "basic": [],
+        "joblib": ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.joblib_jobs}"],
+    }[mode]
+    with tempfile.TemporaryDirectory(prefix=f"bench_sweep_{mode}_") as tmp:
+        env = {**os.environ, "NNLAB_OUTPUT_DIR": tmp, "PYTHONUNBUFFERED": "1"}
+        env.setdefault("OMP_NUM_THREADS", "1")
+        command = [sys.executable, "-m", "nnlab.train", "-m", f"experiment={args.experiment}"]
+        command += [*launcher, *sweep_overrides(trials), "print_config=false", *extra]
+        print("$", " ".join(command[2:]), flush=True)
+        start = time.perf_counter()
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            sys.exit(f"{mode} sweep failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        done = len(list(Path(tmp).glob("multiruns/*/*/*/metrics.json")))
+    rate = done / wall * 3600
+    print(f"  {mode}: {done}/{trials} trials in {wall:.1f} s = {rate:.0f} trials/h", flush=True)
+    return {"mode": mode, "trials": trials, "completed": done, "wall_s": wall, "per_hour": rate}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", default="sine_mlp")
+    parser.add_argument("--trials", type=int, default=32)
+    parser.add_argument("--baseline-trials", type=int, default=None)
+    parser.add_argument("--modes", default="packed,basic,joblib")
+    parser.add_argument("--joblib-jobs", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    args, extra = parser.parse_known_args()
+    rows = []
+    for mode in args.modes.split(","):
+        trials = args.trials if mode == "packed" else (args.baseline_trials or args.trials)
+        rows.append(run(mode, trials, args, extra))
+    packed = next((r for r in rows if r["mode"] == "packed"), None)
+    print("\n| launcher | trials | wall s | trials/h | packed speed-up |\n|---|---|---|---|---|")
+    for r in rows:
+        ratio = f"{packed['per_hour'] / r['per_hour']:.1f}x" if packed else ""
+        print(
+            f"| {r['mode']} | {r['completed']}/{r['trials']} | {r['wall_s']:.0f} | "
+            f"{r['per_hour']:.0f} | {ratio if r is not packed else '1.0x'} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

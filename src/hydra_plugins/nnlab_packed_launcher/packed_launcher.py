@@ -1,0 +1,43 @@
+"""`hydra/launcher=packed`: trains the jobs of a sweep whose networks have the same shapes as one
+stacked model (see nnlab/packed/). Hydra takes launcher classes from `hydra_plugins` only, so
+this class is here and forwards to nnlab.packed.launcher."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+class PackedLauncher(Launcher):
+    def __init__(self, pack_size: int = 32, device: str = "auto") -> None:
+        self.pack_size, self.device = int(pack_size), device
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config, self.task_function, self.hydra_context = config, task_function, hydra_context
+
+    def device_for(self, cfg: Any):
+        """`device: auto` follows the trial's trainer.accelerator (a GPU when there is one)."""
+        import torch
+
+        if self.device != "auto":
+            return torch.device(self.device)
+        accelerator = str(cfg.trainer.get("accelerator", "auto"))
+        wants_gpu = accelerator in ("gpu", "cuda") or accelerator == "auto"
+        return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
+
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        from nnlab.packed.launcher import launch
+
+        return launch(self, job_overrides, initial_job_idx)

@@ -1,0 +1,6 @@
+"""Packed sweeps: many trials of a sweep trained as one stacked model (`hydra/launcher=packed`).
+
+stack.py    stacking networks, vmappable module swaps, per-trial optimizer steps
+group.py    training one group of trials, each ending in its own run directory
+launcher.py composing and grouping a sweep's jobs; the ones that cannot be packed run alone
+"""

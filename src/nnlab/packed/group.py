@@ -1,0 +1,518 @@
+"""One packed group: the trials of a sweep whose networks have the same shapes, trained together
+as one stacked model, each ending in its own run directory as a sequential trial would.
+
+Per epoch and per trial this follows what nnlab-train's Lightning loop does: the batches come in
+the trial's own data order (`MemoryBatcher.order`, the same function), the loss is the task's,
+gradients are clipped by the trial's `trainer.gradient_clip_val`, the optimizer step uses the
+trial's hyperparameters (its scheduler steps its own lr), validation gives the same metrics
+(torchmetrics, the task's collections), ModelCheckpoint / EarlyStopping decide as Lightning's do,
+and the loggers get the same scalars at the same steps. A trial whose loss becomes NaN/inf is
+frozen, marked failed and masked out; the others go on.
+
+Checkpoints and resume: every epoch the group writes one file, `<sweep>/.packed/group<N>.ckpt`,
+with each trial's weights (current and best), optimizer moments, scheduler, best score and
+early-stopping counter. A file per trial per epoch would cost as much as the training itself for
+the small networks; the trials' own Lightning checkpoints (best and last, as ModelCheckpoint names
+them) are written when the trial ends. Running the same sweep again with
+`hydra.sweep.dir=<that sweep>` keeps the completed trials and continues the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from omegaconf import DictConfig
+
+from nnlab.packed import stack
+from nnlab.runs import LAST, Run
+from nnlab.tasks.classification import ClassificationTask
+
+log = logging.getLogger("nnlab.packed")
+STATE_DIR = ".packed"  # in the sweep directory: each group's resume state, one file per group
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a kill never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_states(sweep_dir: Path) -> dict[int, dict]:
+    """Every trial's newest resume state found in `<sweep>/.packed/` (by job number)."""
+    found: dict[int, dict] = {}
+    for path in sorted((sweep_dir / STATE_DIR).glob("group*.ckpt")):
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # damaged: those trials start again
+            log.warning("Skipping damaged packed state %s: %s", path, exc)
+            continue
+        for num, state in saved.get("trials", {}).items():
+            if num not in found or state["epoch"] > found[num]["epoch"]:
+                found[num] = state
+    return found
+
+
+@dataclass
+class Data:
+    """A data module, set up, and its three in-memory loaders (MemoryBatcher)."""
+
+    key: str
+    module: Any
+    train_loader: Any
+    val_loader: Any
+    test_loader: Any
+
+
+@dataclass
+class Trial:
+    """One job of the sweep, ready to train: its config, run, task, data and decisions."""
+
+    num: int
+    overrides: list[str]
+    cfg: DictConfig  # resolved, without the hydra block
+    raw_cfg: DictConfig  # as Hydra composed it (saved in the run directory)
+    hydra_cfg: DictConfig
+    job_config: DictConfig  # both together, as Hydra composed them for this job
+    run: Run
+    task: Any
+    data: Data
+    optimizer: torch.optim.Optimizer
+    scheduler: Any = None
+    scheduler_interval: str = "epoch"
+    scheduler_monitor: str | None = None
+    checkpoint: ModelCheckpoint | None = None
+    early_stopping: EarlyStopping | None = None
+    lr_monitor: bool = False
+    loggers: list = field(default_factory=list)
+    max_epochs: int = 1
+    min_epochs: int = 0
+    clip: float = math.inf
+    # training progress (restored on resume)
+    start_epoch: int = 0
+    global_step: int = 0
+    optimizer_state: dict = field(default_factory=dict)  # param name -> {state name: tensor}
+    best_score: float | None = None
+    best_path: str | None = None
+    best_epoch: int | None = None
+    best_step: int = 0
+    best_state: dict | None = None  # resumed: the best weights so far
+    epoch: int = -1  # the last epoch trained
+    wait: int = 0
+    stop_best: float | None = None
+    stopped: bool = False
+    failed: str | None = None
+    epochs_done: int = 0
+    file_log: logging.Logger | None = None
+
+    signature: str = ""
+    output_subdir: str | None = ".hydra"
+    resumed: bool = False
+    record: dict = field(default_factory=dict)
+
+    def say(self, message: str, *args: Any) -> None:
+        if self.file_log is not None:
+            self.file_log.info(message, *args)
+
+
+def limit(count: int, value: Any) -> int:
+    """Lightning's limit_*_batches: None/1.0 all, an int a count, a float a fraction."""
+    if value is None:
+        return count
+    if isinstance(value, float) and value <= 1.0:
+        return int(count * value) if value < 1.0 else count
+    return min(count, int(value))
+
+
+def better(current: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    if not math.isfinite(current):
+        return best is None
+    if best is None:
+        return True
+    return current < best - min_delta if mode == "min" else current > best + min_delta
+
+
+class PackedGroup:
+    def __init__(self, trials: list[Trial], device: torch.device, state_path: Path):
+        self.trials, self.device, self.state_path = trials, device, state_path
+        self.tasks = [t.task for t in trials]
+        first = trials[0]
+        self.classification = isinstance(first.task, ClassificationTask)
+        # One copy of every distinct data set, stacked: (datasets, samples, ...) per tensor.
+        distinct = list({t.data.key: t.data for t in trials}.values())
+        keys = [d.key for d in distinct]
+        self.data_index = torch.tensor([keys.index(t.data.key) for t in trials], device=device)
+        self.loaders = {
+            split: [getattr(d, f"{split}_loader") for d in distinct] for split in ("val", "test")
+        }
+        self.loaders["train"] = [t.data.train_loader for t in trials]
+        self.data = {  # every distinct data set once: (data sets, samples, ...) per tensor
+            split: [
+                torch.stack([getattr(d, f"{split}_loader").tensors[i] for d in distinct]).to(device)
+                for i in range(len(first.data.train_loader.tensors))
+            ]
+            for split in ("train", "val", "test")
+        }
+        self.base = stack.functional_copy(first.task).to(device)
+        self.params, self.buffers = stack.stack_states([t.task for t in trials], device)
+        names = self._optimizer_spec()
+        self.hp_names = names
+
+    def _optimizer_spec(self) -> tuple[str, ...]:
+        kind = type(self.trials[0].optimizer).__name__
+        self.step_fn, self.decoupled, names, _ = stack.OPTIMIZERS[kind]
+        self.optimizer_name = kind
+        return names
+
+    # -- the vectorised pieces -----------------------------------------------------------------
+    def _loss(self, out: torch.Tensor, y: torch.Tensor):
+        """The task's training loss and the number of correct predictions (0 for regression).
+        (To become `Task.training_loss` once every task defines it.)"""
+        if self.classification:
+            task = self.base
+            loss = task.loss(out, y)
+            predicted = (out.squeeze(-1) > 0).long() if task.binary else out.argmax(dim=-1)
+            return loss, (predicted == y).sum().to(out.dtype)
+        return F.mse_loss(out, y), out.new_zeros(())
+
+    def _train_fn(self, params, buffers, x, y):
+        out = torch.func.functional_call(self.base, (params, buffers), (x,))
+        return self._loss(out, y)
+
+    def _eval_fn(self, params, buffers, x, y):
+        out = torch.func.functional_call(self.base, (params, buffers), (x,))
+        return out, self._loss(out, y)[0]
+
+    def _gather(self, split: str, idx: torch.Tensor) -> list[torch.Tensor]:
+        """Each trial's own samples: idx (trials, batch) -> tensors (trials, batch, ...)."""
+        rows = self.data_index[:, None]
+        return [t[rows, idx] for t in self.data[split]]
+
+    def _slice(self, split: str, start: int, end: int) -> list[torch.Tensor]:
+        return [t[self.data_index, start:end] for t in self.data[split]]
+
+    # -- training --------------------------------------------------------------------------------
+    def run(self) -> None:
+        trials, device = self.trials, self.device
+        n_trials = len(trials)
+        self._restore()
+        train_loader = trials[0].data.train_loader
+        batch_size = train_loader.batch_size
+        num_batches = limit(train_loader._num_batches(), trials[0].cfg.trainer.limit_train_batches)
+        steps = torch.tensor([float(t.global_step) for t in trials], device=device)
+        clip = torch.tensor([t.clip for t in trials], device=device)
+        clipping = any(math.isfinite(t.clip) for t in trials)
+        state = {n: {} for n in self.params}
+        for name in self.params:
+            for i, t in enumerate(trials):
+                for key, value in t.optimizer_state.get(name, {}).items():
+                    stacked = state[name].setdefault(key, torch.zeros_like(self.params[name]))
+                    stacked[i] = value.to(device)
+        step_schedulers = any(t.scheduler and t.scheduler_interval == "step" for t in trials)
+        train_step = torch.vmap(self._train_fn, randomness="different")
+        last_epoch = max(t.max_epochs for t in trials)
+        for epoch in range(min(t.start_epoch for t in trials), last_epoch):
+            active = [
+                not (t.stopped or t.failed) and t.start_epoch <= epoch < t.max_epochs
+                for t in trials
+            ]
+            if not any(active):
+                break
+            mask = torch.tensor(active, device=device)
+            for t, on in zip(trials, active, strict=True):
+                if on and t.lr_monitor:
+                    lr = t.optimizer.param_groups[0]["lr"]
+                    self._log(t, {f"lr-{self.optimizer_name}": lr}, t.global_step)
+            hp = self._hyperparameters()
+            orders = torch.stack([loader.order(epoch) for loader in self.loaders["train"]])
+            orders = orders.to(device)
+            bad = torch.zeros(n_trials, dtype=torch.bool, device=device)
+            loss_sum = torch.zeros(n_trials, device=device)
+            correct = torch.zeros(n_trials, device=device)
+            seen = torch.zeros(n_trials, device=device)
+            self.base.train()
+            for b in range(num_batches):
+                idx = orders[:, b * batch_size : (b + 1) * batch_size]
+                x, y = self._gather("train", idx)
+                before = {n: buf.clone() for n, buf in self.buffers.items()}
+                losses, right = train_step(self.params, self.buffers, x, y)
+                bad |= mask & ~torch.isfinite(losses.detach())
+                use = mask & ~bad
+                total = torch.where(use, losses, torch.zeros_like(losses)).sum()
+                grads = torch.autograd.grad(total, list(self.params.values()))
+                coef = stack.clip_coefficients(grads, clip) if clipping else None
+                steps = steps + use.to(steps.dtype)
+                with torch.no_grad():
+                    for (name, p), g in zip(self.params.items(), grads, strict=True):
+                        if coef is not None:
+                            g = g * stack._b(coef, g)
+                        new, new_state = self.step_fn(p, g, state[name], hp, steps, self.decoupled)
+                        keep = stack._b(use, p)
+                        p.copy_(torch.where(keep, new, p))
+                        for key, value in new_state.items():
+                            old = state[name].get(key, torch.zeros_like(value))
+                            state[name][key] = torch.where(keep, value, old)
+                    for n, buf in self.buffers.items():  # frozen trials keep their statistics
+                        buf.copy_(torch.where(stack._b(use, buf), buf, before[n]))
+                    n = float(idx.shape[1])
+                    loss_sum += torch.where(use, losses.detach() * n, 0.0)
+                    correct += torch.where(use, right.detach(), 0.0)
+                    seen += use.to(seen.dtype) * n
+                if step_schedulers:
+                    for t, on in zip(trials, active, strict=True):
+                        if on and t.scheduler is not None and t.scheduler_interval == "step":
+                            t.scheduler.step()
+                    hp = self._hyperparameters()
+            bad_now = bad.tolist()
+            step_counts = steps.long().tolist()
+            val = self.evaluate("val", self.params, self.buffers)
+            train_loss = (loss_sum / seen.clamp_min(1)).tolist()
+            train_acc = (correct / seen.clamp_min(1)).tolist()
+            for i, t in enumerate(trials):
+                if not active[i]:
+                    continue
+                t.global_step = step_counts[i]
+                if bad_now[i]:
+                    t.failed = (
+                        f"training loss became nan/inf in epoch {epoch} (packed trial); lower "
+                        "task.optimizer.lr, clip gradients (trainer.gradient_clip_val=1.0) or "
+                        "check the data. The checkpoints from before are kept."
+                    )
+                    t.say("Trial failed: %s", t.failed)
+                    t.run.fail(t.failed)
+                    continue
+                metrics = {"train/loss": train_loss[i]}
+                if self.classification:
+                    metrics["train/acc"] = train_acc[i]
+                metrics.update(val[i])  # at the step Lightning logs epoch-end scalars at
+                self._log(t, {**metrics, "epoch": epoch}, t.global_step - 1)
+                t.say(
+                    "Epoch %d: %s",
+                    epoch,
+                    ", ".join(f"{k}={v:.6g}" for k, v in metrics.items()),
+                )
+                t.epochs_done = epoch + 1
+                self._end_of_epoch(i, t, epoch, metrics, state)
+            self._save_group(state)
+        self.finish()
+
+    def _hyperparameters(self) -> dict[str, torch.Tensor]:
+        groups = [t.optimizer.param_groups[0] for t in self.trials]
+        return stack.hyperparameters(groups, self.hp_names, self.device)
+
+    def _end_of_epoch(self, i: int, t: Trial, epoch: int, metrics: dict, state: dict) -> None:
+        """Checkpoints, early stopping and the scheduler, in Lightning's order."""
+        es = t.early_stopping
+        if es is not None:
+            current = metrics[es.monitor]
+            if better(current, t.stop_best, es.mode, abs(es.min_delta)):
+                t.stop_best, t.wait = current, 0
+            else:
+                t.wait += 1
+            if (t.wait >= es.patience or not math.isfinite(current)) and epoch + 1 >= t.min_epochs:
+                t.stopped = True
+                t.say("Early stopping at epoch %d (%s did not improve)", epoch, es.monitor)
+        cb = t.checkpoint
+        if cb is not None:
+            monitor = cb.monitor
+            current = metrics[monitor] if monitor else float(epoch)
+            mode = cb.mode if monitor else "max"
+            if better(current, t.best_score, mode):  # written when the trial ends
+                path = cb.format_checkpoint_name({"epoch": epoch, "step": t.global_step})
+                t.best_score, t.best_path, t.best_epoch = current, path, epoch
+                t.best_step = t.global_step
+                self._keep_best(i)
+        if t.scheduler is not None and t.scheduler_interval == "epoch":
+            if isinstance(t.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                t.scheduler.step(metrics[t.scheduler_monitor])
+            else:
+                t.scheduler.step()
+        t.epoch = epoch
+
+    def _resume_state(self, i: int, t: Trial, state: dict) -> dict:
+        """What continues trial `i` after a crash: its weights (current and best), optimizer
+        moments, scheduler, best score and early-stopping counter."""
+        return {
+            "epoch": t.epoch,
+            "global_step": t.global_step,
+            "state_dict": self._weights(i, t, self.params, self.buffers),
+            "best_state_dict": self._weights(i, t, self.best_params, self.best_buffers),
+            "optimizer": {
+                n: {k: v[i].detach().cpu().clone() for k, v in s.items()} for n, s in state.items()
+            },
+            "optimizer_groups": t.optimizer.state_dict()["param_groups"],
+            "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
+            "best_score": t.best_score,
+            "best_path": t.best_path,
+            "best_epoch": t.best_epoch,
+            "best_step": t.best_step,
+            "wait": t.wait,
+            "stop_best": t.stop_best,
+            "stopped": t.stopped,
+            "failed": t.failed,
+        }
+
+    def _save_group(self, state: dict) -> None:
+        """One file per group and epoch (`<sweep>/.packed/group<first job>.ckpt`), written
+        atomically: each trial's resume state. Cheaper than a file per trial per epoch, which
+        costs as much as the training itself for small networks."""
+        trials = {
+            t.num: self._resume_state(i, t, state)
+            for i, t in enumerate(self.trials)
+            if t.checkpoint is not None and t.epoch >= 0
+        }
+        if trials:
+            atomic_save({"trials": trials}, self.state_path)
+
+    def _keep_best(self, i: int) -> None:
+        with torch.no_grad():
+            for name, p in self.params.items():
+                self.best_params[name][i] = p[i].detach()
+            for name, b in self.buffers.items():
+                self.best_buffers[name][i] = b[i]
+
+    def _weights(self, i: int, t: Trial, params: dict, buffers: dict) -> dict:
+        weights = stack.state_dict_of(params, buffers, i)
+        state_dict = t.task.state_dict()  # the task's own names (net.…), these weights in them
+        state_dict.update({k: v for k, v in weights.items() if k in state_dict})
+        return state_dict
+
+    def _save(self, t: Trial, path: Path, state_dict: dict, epoch: int, step: int) -> None:
+        """A Lightning-format checkpoint: `Task.load_from_checkpoint` and nnlab-eval read it."""
+        checkpoint = {
+            "epoch": epoch,
+            "global_step": step,
+            "pytorch-lightning_version": L.__version__,
+            "state_dict": state_dict,
+            "hparams_name": None,
+            "hyper_parameters": dict(t.task.hparams),
+        }
+        if getattr(t.data.module, "hparams", None):
+            checkpoint["datamodule_hparams_name"] = "kwargs"
+            checkpoint["datamodule_hyper_parameters"] = dict(t.data.module.hparams)
+        atomic_save(checkpoint, path)
+
+    def _write_checkpoints(self, i: int, t: Trial) -> None:
+        """The trial's best and last checkpoints, as ModelCheckpoint leaves them."""
+        cb = t.checkpoint
+        if cb is None or t.epoch < 0:
+            return
+        if t.best_path and t.best_epoch is not None:
+            best = self._weights(i, t, self.best_params, self.best_buffers)
+            self._save(t, Path(t.best_path), best, t.best_epoch, t.best_step)
+        if cb.save_last:
+            last = self._weights(i, t, self.params, self.buffers)
+            self._save(t, Path(cb.dirpath) / LAST, last, t.epoch, t.global_step)
+
+    def _log(self, t: Trial, metrics: dict[str, float], step: int) -> None:
+        for logger in t.loggers:
+            logger.log_metrics(metrics, step=max(step, 0))
+
+    # -- validation and test -------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, split: str, params: dict, buffers: dict) -> list[dict[str, float]]:
+        """Every trial's metrics on `split`, named as the task logs them."""
+        loader = self.loaders[split][0]
+        n = len(loader.tensors[0])
+        size = loader.batch_size
+        limit_key = f"limit_{split}_batches"
+        batches = limit(math.ceil(n / size), self.trials[0].cfg.trainer.get(limit_key))
+        fn = torch.vmap(self._eval_fn, randomness="different")
+        self.base.eval()
+        outputs, loss_sum, count = [], 0.0, 0
+        for b in range(batches):
+            x, y = self._slice(split, b * size, min((b + 1) * size, n))
+            out, loss = fn(params, buffers, x, y)
+            outputs.append((out, y))
+            loss_sum = loss_sum + loss * y.shape[1]
+            count += y.shape[1]
+        self.base.train()
+        losses = (loss_sum / max(count, 1)).tolist()
+        if not self.classification and set(self.tasks[0].val_metrics.keys()) == {
+            "val/mse",
+            "val/mae",
+        }:  # MeanSquaredError / MeanAbsoluteError over all samples, for every trial at once
+            out = torch.cat([o for o, _ in outputs], dim=1)
+            y = torch.cat([t for _, t in outputs], dim=1)
+            mse = (out - y).pow(2).flatten(1).mean(1).tolist()
+            mae = (out - y).abs().flatten(1).mean(1).tolist()
+            return [
+                {f"{split}/loss": loss, f"{split}/mse": a, f"{split}/mae": b}
+                for loss, a, b in zip(losses, mse, mae, strict=True)
+            ]
+        results = []
+        for i, task in enumerate(self.tasks):
+            metrics = getattr(task, f"{split}_metrics")
+            metrics.reset()
+            out = torch.cat([o[i] for o, _ in outputs]).cpu()
+            y = torch.cat([t[i] for _, t in outputs]).cpu()
+            metrics.update(task.scores(out) if self.classification else out, y)
+            values = {f"{split}/loss": losses[i]}
+            values.update({k: float(v) for k, v in metrics.compute().items()})
+            metrics.reset()
+            results.append(values)
+        return results
+
+    # -- resume and the end ----------------------------------------------------------------------
+    def _restore(self) -> None:
+        """Trials resumed from their last.ckpt: weights into the stacked tensors, the best
+        checkpoint's weights as the best so far."""
+        self.best_params = {n: p.detach().clone() for n, p in self.params.items()}
+        self.best_buffers = {n: b.clone() for n, b in self.buffers.items()}
+        for i, t in enumerate(self.trials):
+            if t.best_state is None:
+                continue
+            with torch.no_grad():
+                for name, value in t.best_state.items():
+                    target = self.best_params.get(name)
+                    if target is None:
+                        target = self.best_buffers.get(name)
+                    if target is not None:
+                        target[i] = value.to(target.device)
+
+    def finish(self) -> None:
+        """Validate and test every trial on its best weights; write metrics.json and status."""
+        have_best = [bool(t.checkpoint is not None and t.best_path) for t in self.trials]
+        params = {
+            n: torch.where(
+                stack._b(torch.tensor(have_best, device=self.device), p), self.best_params[n], p
+            )
+            for n, p in self.params.items()
+        }
+        buffers = {
+            n: torch.where(
+                stack._b(torch.tensor(have_best, device=self.device), b), self.best_buffers[n], b
+            )
+            for n, b in self.buffers.items()
+        }
+        val = self.evaluate("val", params, buffers)
+        test = self.evaluate("test", params, buffers)
+        for i, t in enumerate(self.trials):
+            self._write_checkpoints(i, t)  # a failed trial keeps those from before the NaN
+            if t.failed:
+                t.run.fail(t.failed)  # again for a resumed one: its start said running
+                for logger in t.loggers:
+                    logger.finalize("failed")
+                continue
+            record: dict[str, Any] = {**val[i], **test[i]}
+            record["best_checkpoint"] = t.best_path
+            if t.best_epoch is not None:
+                record["best_epoch"] = t.best_epoch
+            record["epochs"] = t.epochs_done
+            record["global_step"] = t.global_step
+            self._log(t, {**val[i], "epoch": t.epochs_done}, t.global_step)
+            self._log(t, {**test[i], "epoch": t.epochs_done}, t.global_step)
+            for logger in t.loggers:
+                logger.finalize("success")
+            t.record = t.run.finish(record)
+            t.say("Metrics: %s", t.run.metrics_path)

@@ -1,0 +1,500 @@
+"""The packed launcher's work: compose every job of a sweep batch, group the ones whose networks
+have the same parameter shapes (and training setup), train each group as one stacked model
+(`nnlab.packed.group`), and run the rest one after another through the normal job path, as
+Hydra's basic launcher does, with one log line saying why.
+
+The Hydra plugin class (`hydra_plugins.nnlab_packed_launcher`) only forwards here: Hydra accepts
+launchers from its `hydra_plugins` namespace only.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import OverrideType
+from hydra.core.utils import (
+    JobReturn,
+    JobStatus,
+    _save_config,
+    configure_log,
+    filter_overrides,
+    run_job,
+    setup_globals,
+)
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from nnlab.config import build, build_all, validate
+from nnlab.console import print_config_tree
+from nnlab.data.memory import MemoryBatcher
+from nnlab.packed import stack
+from nnlab.packed.group import STATE_DIR, Data, PackedGroup, Trial, load_states
+from nnlab.runs import METRICS, Run, read_status
+from nnlab.tasks.classification import ClassificationTask
+from nnlab.tasks.regression import RegressionTask
+
+log = logging.getLogger("nnlab.packed")
+
+# Callbacks that only draw figures or print summaries: not run for packed trials (named once).
+SKIPPED_CALLBACKS = (
+    "ModelSummaryFile",
+    "ForecastPlot",
+    "ClassificationFigures",
+    "ConvFilters",
+    "PeriodicCheckpoint",
+    "ModelSummary",
+    "RichModelSummary",
+    "TQDMProgressBar",
+    "RichProgressBar",
+)
+
+
+class Unpackable(Exception):
+    """Why a job runs on its own."""
+
+
+def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
+    setup_globals()
+    config = launcher.config
+    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    saved_hydra = HydraConfig.instance().cfg
+    results: dict[int, JobReturn] = {}
+    alone: list[tuple[int, list[str]]] = []
+    trials: list[Trial] = []
+    data_cache: dict[str, Data] = {}
+    skipped: set[str] = set()
+    log.info("Packed launcher: %d jobs, up to %d per pack", len(job_overrides), launcher.pack_size)
+    started = time.perf_counter()
+    launcher._states = None
+    for i, overrides in enumerate(job_overrides):
+        num, overrides = initial_job_idx + i, list(overrides)
+        job_config = _job_config(launcher, num, overrides)
+        output_dir = Path(job_config.hydra.runtime.output_dir)
+        if (done := _completed(output_dir, job_config, overrides)) is not None:
+            log.info("\t#%d : %s (completed before; kept)", num, " ".join(overrides))
+            results[num] = done
+            continue
+        try:
+            trials.append(prepare(num, overrides, job_config, data_cache, launcher, skipped))
+        except Unpackable as exc:
+            log.info("\t#%d : %s runs on its own: %s", num, " ".join(overrides), exc)
+            alone.append((num, overrides))
+    log.info(
+        "Composed and built %d jobs in %.1f s", len(job_overrides), time.perf_counter() - started
+    )
+    if skipped:
+        log.info("Packed trials do not run these callbacks: %s", ", ".join(sorted(skipped)))
+    for group in _groups(trials, launcher.pack_size):
+        nums = ", ".join(f"#{t.num}" for t in group)
+        log.info("Training %d trials as one stacked model: %s", len(group), nums)
+        started = time.perf_counter()
+        _run_group(group, launcher.device_for(group[0].cfg))
+        log.info("Packed group %s: %.1f s", nums, time.perf_counter() - started)
+        for t in group:
+            results[t.num] = _job_return(t)
+    HydraConfig.instance().cfg = saved_hydra
+    for num, overrides in alone:  # what Hydra's basic launcher does, job by job
+        log.info("\t#%d : %s", num, " ".join(filter_overrides(overrides)))
+        sweep_config = _job_config(launcher, num, overrides)
+        results[num] = run_job(
+            hydra_context=launcher.hydra_context,
+            task_function=launcher.task_function,
+            config=sweep_config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    HydraConfig.instance().cfg = saved_hydra
+    return [results[initial_job_idx + i] for i in range(len(job_overrides))]
+
+
+def _job_config(launcher: Any, num: int, overrides: list[str]) -> DictConfig:
+    """The job's full config, with Hydra's job number and output directory set and HydraConfig
+    pointing at it (as `run_job` does before it calls the task function)."""
+    cfg = _compose(launcher, overrides)
+    with open_dict(cfg):
+        cfg.hydra.job.id = num
+        cfg.hydra.job.num = num
+    HydraConfig.instance().set_config(cfg)
+    output_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+    with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+        cfg.hydra.runtime.output_dir = os.path.abspath(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def _compose(launcher: Any, overrides: list[str]) -> DictConfig:
+    """`load_sweep_config`, once per distinct set of config-group choices and overridden keys:
+    the jobs of a grid that differ only in values (seed=1 vs seed=2) share the defaults list,
+    so a copy of the first one's config gets the others' values the way Hydra applies them
+    (composing each from scratch costs ~0.5 s a job, as much as training a packed sine MLP)."""
+    loader = launcher.hydra_context.config_loader
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    values, key = [], []
+    for o in parsed:
+        plain = (
+            not o.is_hydra_override()
+            and o.type == OverrideType.CHANGE
+            and o.package is None
+            and not o.is_sweep_override()
+            and not loader.repository.group_exists(o.key_or_group)
+        )
+        key.append(o.key_or_group if plain else o.input_line)
+        if plain:
+            values.append(o)
+    cache = launcher.__dict__.setdefault("_composed", {})
+    if tuple(key) not in cache:
+        cfg = loader.load_sweep_config(launcher.config, overrides)
+        cache[tuple(key)] = copy.deepcopy(cfg)
+        return cfg
+    cfg = copy.deepcopy(cache[tuple(key)])
+    ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+    task = [o for o in parsed if not o.is_hydra_override()]
+    naming = cfg.hydra.job.config.override_dirname
+    with open_dict(cfg.hydra):
+        cfg.hydra.overrides.task = [o.input_line for o in task]
+        cfg.hydra.job.override_dirname = get_overrides_dirname(
+            overrides=task,
+            kv_sep=naming.kv_sep,
+            item_sep=naming.item_sep,
+            exclude_keys=naming.exclude_keys,
+        )
+    OmegaConf.copy_cache(from_config=launcher.config, to_config=cfg)
+    return cfg
+
+
+def _task_config(job_config: DictConfig) -> DictConfig:
+    cfg = copy.deepcopy(job_config)
+    with read_write(cfg), open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def _job_return(t: Trial, value: Any = None) -> JobReturn:
+    ret = JobReturn(
+        overrides=t.overrides,
+        cfg=t.raw_cfg,
+        hydra_cfg=t.hydra_cfg,
+        working_dir=os.getcwd(),
+        task_name=t.hydra_cfg.hydra.job.name,
+        status=JobStatus.COMPLETED,
+    )
+    optimized = t.cfg.get("optimized_metric")
+    # A failed trial gives the sweeper NaN, as nnlab-train does in a multirun.
+    ret.return_value = math.nan if t.failed else (t.record.get(optimized) if optimized else None)
+    return ret
+
+
+def _completed(output_dir: Path, job_config: DictConfig, overrides: list[str]):
+    """A job of a resumed sweep whose run completed: its recorded result, not a new run."""
+    if not (output_dir / METRICS).is_file() or read_status(output_dir).get("status") != (
+        "completed"
+    ):
+        return None
+    metrics = Run(output_dir).metrics()
+    optimized = OmegaConf.select(job_config, "optimized_metric", default=None)
+    ret = JobReturn(
+        overrides=overrides,
+        cfg=_task_config(job_config),
+        hydra_cfg=copy.deepcopy(HydraConfig.instance().cfg),
+        working_dir=os.getcwd(),
+        task_name=job_config.hydra.job.name,
+        status=JobStatus.COMPLETED,
+    )
+    ret.return_value = metrics.get(optimized) if optimized else None
+    return ret
+
+
+# -- what can be packed ---------------------------------------------------------------------------
+def check_trainer(trainer: DictConfig) -> None:
+    def get(key, default=None):
+        return trainer.get(key, default)
+
+    if str(get("strategy", "auto")) != "auto" or get("num_nodes", 1) not in (1, None):
+        raise Unpackable("distributed training (trainer.strategy / num_nodes)")
+    if get("devices", 1) not in (1, "1", "auto"):
+        raise Unpackable(f"trainer.devices={get('devices')} (packed trials use one device)")
+    if str(get("precision", "32-true")) not in ("32-true", "32"):
+        raise Unpackable(f"trainer.precision={get('precision')} (packed: 32-true)")
+    checks = {
+        "accumulate_grad_batches": (1, None),
+        "fast_dev_run": (False, None, 0),
+        "max_steps": (-1, None),
+        "check_val_every_n_epoch": (1, None),
+        "val_check_interval": (1.0, None),
+        "overfit_batches": (0, 0.0, None),
+        "max_time": (None,),
+        "gradient_clip_algorithm": ("norm", None),
+        "accelerator": ("auto", "cpu", "gpu", "cuda"),
+    }
+    for key, allowed in checks.items():
+        if get(key, allowed[0]) not in allowed:
+            raise Unpackable(f"trainer.{key}={get(key)}")
+
+
+def _callbacks(cfg: DictConfig, trial: dict, skipped: set[str]) -> None:
+    for name, entry in (cfg.get("callbacks") or {}).items():
+        if not isinstance(entry, DictConfig) or "_target_" not in entry:
+            continue
+        callback = build(entry, f"callbacks.{name}")
+        kind = type(callback).__name__
+        if kind in SKIPPED_CALLBACKS:
+            skipped.add(kind)
+        elif type(callback) is ModelCheckpoint:
+            if callback.save_top_k != 1 or (callback._every_n_epochs or 1) != 1:
+                raise Unpackable("ModelCheckpoint other than save_top_k=1 every epoch")
+            if callback._every_n_train_steps or callback._train_time_interval:
+                raise Unpackable("ModelCheckpoint every N steps")
+            if trial.get("checkpoint") is not None:
+                raise Unpackable("more than one ModelCheckpoint")
+            trial["checkpoint"] = callback
+        elif type(callback) is EarlyStopping:
+            if callback.stopping_threshold is not None or callback.divergence_threshold:
+                raise Unpackable("EarlyStopping thresholds")
+            trial["early_stopping"] = callback
+        elif type(callback) is LearningRateMonitor:
+            trial["lr_monitor"] = True
+        else:
+            raise Unpackable(f"callback {kind} (packed: checkpoints, early stopping, lr monitor)")
+
+
+def _data(cfg: DictConfig, datamodule: Any, cache: dict[str, Data]) -> Data:
+    key = OmegaConf.to_yaml(cfg.data)
+    if key in cache:
+        return cache[key]
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    loaders = [
+        datamodule.train_dataloader(),
+        datamodule.val_dataloader(),
+        datamodule.test_dataloader(),
+    ]
+    for loader in loaders:
+        if not isinstance(loader, MemoryBatcher):
+            raise Unpackable("data not held in memory (data.in_memory=false or too large)")
+        if len(loader.tensors) != 2:
+            raise Unpackable("batches with extra inputs (sequence lengths); packed: (x, y)")
+        if loader.drop_last:
+            raise Unpackable("drop_last batches")
+    cache[key] = Data(key, datamodule, *loaders)
+    return cache[key]
+
+
+def prepare(
+    num: int,
+    overrides: list[str],
+    job_config: DictConfig,
+    data_cache: dict[str, Data],
+    launcher: Any,
+    skipped: set[str],
+) -> Trial:
+    """Everything a job needs to train packed, built as nnlab-train builds it (same seed, same
+    order, so the same initial weights); Unpackable when it cannot be packed."""
+    raw_cfg = _task_config(job_config)
+    try:
+        cfg = OmegaConf.create(OmegaConf.to_container(raw_cfg, resolve=True))
+        validate(cfg)
+    except Exception as exc:  # the job's own run reports it, as a sequential run would
+        raise Unpackable(f"config problem ({str(exc).splitlines()[0]})") from None
+    if cfg.get("resume") or cfg.get("ckpt_path"):
+        raise Unpackable("resume= / ckpt_path= (a single run's continuation)")
+    check_trainer(cfg.trainer)
+    task_cfg = cfg.task
+    if task_cfg.get("compile"):
+        raise Unpackable("task.compile")
+    parts: dict[str, Any] = {}
+    _callbacks(cfg, parts, skipped)
+    try:
+        if cfg.get("seed") is not None:
+            L.seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule = build(cfg.data, "data")
+        task = build(cfg.task, "task", net=cfg.model, _recursive_=False)
+        task.check_data(datamodule)
+        data = _data(cfg, datamodule, data_cache)
+    except Unpackable:
+        raise
+    except Exception as exc:
+        raise Unpackable(f"it does not build ({str(exc).splitlines()[0]})") from None
+    if type(task) not in (RegressionTask, ClassificationTask):
+        raise Unpackable(f"task {type(task).__name__} (packed: regression, classification)")
+    if (reason := stack.blocker(task.net)) is not None:
+        raise Unpackable(reason)
+    configured = task.configure_optimizers()
+    if isinstance(configured, dict):
+        optimizer = configured["optimizer"]
+        scheduler = configured["lr_scheduler"]["scheduler"]
+        interval = configured["lr_scheduler"].get("interval", "epoch")
+    else:
+        optimizer, scheduler, interval = configured, None, "epoch"
+    if (reason := stack.optimizer_blocker(optimizer)) is not None:
+        raise Unpackable(reason)
+    if interval not in ("epoch", "step"):
+        raise Unpackable(f"task.scheduler_interval={interval}")
+    known = {"val/loss", "train/loss", *task.val_metrics.keys()}
+    known |= {"train/acc"} if _is_cls(task) else set()
+    for owner in ("checkpoint", "early_stopping"):
+        monitor = getattr(parts.get(owner), "monitor", None)
+        if monitor and monitor not in known:
+            raise Unpackable(f"{owner} monitors {monitor}, which the task does not log")
+    trainer = cfg.trainer
+    clip = trainer.get("gradient_clip_val")
+    hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+    trial = Trial(
+        num=num,
+        overrides=overrides,
+        cfg=cfg,
+        raw_cfg=raw_cfg,
+        hydra_cfg=hydra_cfg,
+        job_config=job_config,
+        run=Run(job_config.hydra.runtime.output_dir),
+        task=task,
+        data=data,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scheduler_interval=interval,
+        scheduler_monitor=task.hparams.get("scheduler_monitor"),
+        checkpoint=parts.get("checkpoint"),
+        early_stopping=parts.get("early_stopping"),
+        lr_monitor=parts.get("lr_monitor", False),
+        max_epochs=int(trainer.get("max_epochs") or 1000),
+        min_epochs=int(trainer.get("min_epochs") or 0),
+        clip=float(clip) if clip else math.inf,
+    )
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        if trial.scheduler_monitor not in known:
+            raise Unpackable(f"the scheduler monitors {trial.scheduler_monitor}")
+    subdir = job_config.hydra.output_subdir  # resolves against the whole config
+    trial.output_subdir = None if subdir is None else str(subdir)
+    _resume(trial, launcher_states(launcher))
+    device = launcher.device_for(cfg)
+    trial.signature = "\n".join(
+        [
+            stack.architecture(task),
+            type(task).__name__,
+            repr({k: v for k, v in task.hparams.items() if k not in ("optimizer", "scheduler")})
+            if not _is_cls(task)
+            else repr((task.num_classes, task.binary, task.hparams.channels_last)),
+            type(optimizer).__name__,
+            repr(
+                [
+                    (tuple(t.shape[1:]), t.dtype, len(t), loader.batch_size)
+                    for loader in (data.train_loader, data.val_loader, data.test_loader)
+                    for t in loader.tensors
+                ]
+            ),
+            repr([trainer.get(f"limit_{s}_batches") for s in ("train", "val", "test")]),
+            str(device),
+        ]
+    )
+    return trial
+
+
+def launcher_states(launcher: Any) -> dict[int, dict]:
+    """The resume states of this sweep directory, read once per launch."""
+    if getattr(launcher, "_states", None) is None:
+        launcher._states = load_states(Path(str(launcher.config.hydra.sweep.dir)))
+    return launcher._states
+
+
+def _is_cls(task: Any) -> bool:
+    return isinstance(task, ClassificationTask)
+
+
+def _resume(t: Trial, states: dict[int, dict]) -> None:
+    """A trial of a resumed sweep continues from its state in `<sweep>/.packed/`."""
+    state = states.get(t.num)
+    if state is None or t.checkpoint is None:
+        return
+    t.task.load_state_dict(state["state_dict"])
+    t.best_state = state["best_state_dict"]
+    t.optimizer.load_state_dict({"state": {}, "param_groups": state["optimizer_groups"]})
+    if t.scheduler is not None and state.get("scheduler") is not None:
+        t.scheduler.load_state_dict(state["scheduler"])
+    t.optimizer_state = state["optimizer"]
+    t.epoch = int(state["epoch"])
+    t.start_epoch = t.epochs_done = t.epoch + 1
+    t.global_step = int(state["global_step"])
+    t.best_score, t.best_path = state["best_score"], state["best_path"]
+    t.best_epoch, t.best_step = state["best_epoch"], state["best_step"]
+    t.wait, t.stop_best = state["wait"], state["stop_best"]
+    t.stopped, t.failed = state["stopped"], state["failed"]
+    t.resumed = True
+
+
+def _groups(trials: list[Trial], pack_size: int) -> list[list[Trial]]:
+    by_signature: dict[str, list[Trial]] = {}
+    for t in trials:
+        by_signature.setdefault(t.signature, []).append(t)
+    groups = []
+    for members in by_signature.values():
+        for start in range(0, len(members), max(pack_size, 1)):
+            groups.append(members[start : start + pack_size])
+    return groups
+
+
+# -- running a group ------------------------------------------------------------------------------
+def _start(t: Trial) -> None:
+    """The run directory as nnlab-train leaves it at start: .hydra/, config, status, loggers."""
+    root = t.run.root
+    root.mkdir(parents=True, exist_ok=True)
+    if t.output_subdir is not None and not t.resumed:
+        hydra_dir = root / t.output_subdir
+        _save_config(t.raw_cfg, "config.yaml", hydra_dir)
+        _save_config(t.hydra_cfg, "hydra.yaml", hydra_dir)
+        _save_config(t.hydra_cfg.hydra.overrides.task, "overrides.yaml", hydra_dir)
+    HydraConfig.instance().set_config(t.job_config)  # what the config's ${hydra:...} read
+    if t.resumed:
+        t.run.start(resumed=True)
+    else:
+        t.run.start(experiment=t.cfg.get("name"))
+        t.run.save_config(t.raw_cfg)
+        print_config_tree(t.raw_cfg, save_to=root / "config_tree.log", echo=False)
+    file_log = logging.getLogger(f"nnlab.packed.trial{t.num}")
+    file_log.propagate = False
+    file_log.setLevel(logging.INFO)
+    for handler in list(file_log.handlers):
+        file_log.removeHandler(handler)
+    handler = logging.FileHandler(root / "train.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    file_log.addHandler(handler)
+    t.file_log = file_log
+    t.say("Packed trial #%d (%s)%s", t.num, " ".join(t.overrides), " resumed" if t.resumed else "")
+    t.loggers = build_all(t.cfg.get("logger"), "logger")
+    hparams = {**dict(t.task.hparams_initial)}
+    if getattr(t.data.module, "hparams_initial", None):
+        hparams.update(dict(t.data.module.hparams_initial))
+    for logger in t.loggers:
+        logger.log_hyperparams(hparams)
+
+
+def _run_group(group: list[Trial], device: torch.device) -> None:
+    state_path = group[0].run.root.parent / STATE_DIR / f"group{group[0].num}.ckpt"
+    try:
+        for t in group:
+            _start(t)
+        PackedGroup(group, device, state_path).run()
+    except Exception as exc:  # every trial of the group failed as a sequential one would
+        log.exception("Packed group failed")
+        for t in group:
+            if not t.failed:
+                t.failed = f"{type(exc).__name__}: {exc}"
+                t.run.fail(t.failed)
+    finally:
+        for t in group:
+            if t.file_log is not None:
+                for handler in list(t.file_log.handlers):
+                    handler.close()
+                    t.file_log.removeHandler(handler)

@@ -1,0 +1,284 @@
+"""Many copies of one network as one: parameters stacked on a leading trial axis, the forward pass
+vectorised over it (`torch.func.functional_call` + `torch.vmap`), and optimizer steps that apply
+each trial's own hyperparameters to the stacked tensors.
+
+Two module swaps make a network vmappable with per-trial settings (done on a private copy, the
+functional "base"; the trials' own modules are untouched):
+- `nn.Dropout` -> `TrialDropout`, whose rate is a buffer, so each trial keeps its own rate;
+- `nn.RNN/LSTM/GRU` -> `UnrolledRNN` (same parameter names, the same gate equations step by step):
+  torch's fused recurrent kernels have no vmap batching rule.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DROPOUT_RATE = "packed_dropout_rate"  # the swapped modules' rate buffers: never in checkpoints
+
+
+class TrialDropout(nn.Module):
+    """nn.Dropout with its rate as a buffer: stacked, every trial has its own."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.register_buffer(DROPOUT_RATE, torch.tensor(float(p)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return trial_dropout(x, getattr(self, DROPOUT_RATE), self.training)
+
+
+def trial_dropout(x: torch.Tensor, p: torch.Tensor, training: bool) -> torch.Tensor:
+    if not training:
+        return x
+    keep = (torch.rand_like(x) >= p).to(x.dtype)
+    return x * keep / (1 - p).clamp_min(1e-12)
+
+
+class UnrolledRNN(nn.Module):
+    """An nn.RNN / nn.LSTM / nn.GRU (batch_first, with biases, no projections) computed step by
+    step with plain tensor ops, which vmap can batch. Parameters keep torch's names and layout
+    (gates i, f, g, o for LSTM; r, z, n for GRU), so a state_dict moves between the two as is."""
+
+    def __init__(self, rnn: nn.RNNBase):
+        super().__init__()
+        self.mode = {"LSTM": "lstm", "GRU": "gru"}.get(rnn.mode, rnn.mode)  # RNN_TANH / RNN_RELU
+        self.num_layers, self.hidden_size = rnn.num_layers, rnn.hidden_size
+        self.directions = 2 if rnn.bidirectional else 1
+        for name, param in rnn.named_parameters():
+            self.register_parameter(name, nn.Parameter(param.detach().clone()))
+        self.register_buffer(DROPOUT_RATE, torch.tensor(float(rnn.dropout)))
+
+    def _direction(self, x: torch.Tensor, suffix: str, reverse: bool):
+        w_ih, w_hh = getattr(self, f"weight_ih_{suffix}"), getattr(self, f"weight_hh_{suffix}")
+        b_ih, b_hh = getattr(self, f"bias_ih_{suffix}"), getattr(self, f"bias_hh_{suffix}")
+        batch, steps = x.shape[0], x.shape[1]
+        inputs = F.linear(x, w_ih, b_ih)  # every step's input projection in one product
+        h = x.new_zeros(batch, self.hidden_size)
+        c = x.new_zeros(batch, self.hidden_size)
+        outputs = []
+        order = range(steps - 1, -1, -1) if reverse else range(steps)
+        for t in order:
+            gi, gh = inputs[:, t], F.linear(h, w_hh, b_hh)
+            if self.mode == "lstm":
+                i, f, g, o = (gi + gh).chunk(4, dim=-1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+            elif self.mode == "gru":
+                ir, iz, in_ = gi.chunk(3, dim=-1)
+                hr, hz, hn = gh.chunk(3, dim=-1)
+                r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+                h = (1 - z) * torch.tanh(in_ + r * hn) + z * h
+            else:
+                h = torch.tanh(gi + gh) if self.mode == "RNN_TANH" else torch.relu(gi + gh)
+            outputs.append(h)
+        if reverse:
+            outputs.reverse()
+        return torch.stack(outputs, dim=1), h, c
+
+    def forward(self, x: torch.Tensor):
+        hs, cs = [], []
+        for layer in range(self.num_layers):
+            if layer > 0:
+                x = trial_dropout(x, getattr(self, DROPOUT_RATE), self.training)
+            outs = []
+            for d in range(self.directions):
+                suffix = f"l{layer}" + ("_reverse" if d else "")
+                out, h, c = self._direction(x, suffix, reverse=bool(d))
+                outs.append(out)
+                hs.append(h)
+                cs.append(c)
+            x = torch.cat(outs, dim=-1) if self.directions > 1 else outs[0]
+        h_n = torch.stack(hs)
+        return (x, (h_n, torch.stack(cs))) if self.mode == "lstm" else (x, h_n)
+
+
+def rnn_blocker(rnn: nn.RNNBase) -> str | None:
+    if not rnn.batch_first:
+        return "a recurrent layer that is not batch_first"
+    if not rnn.bias or getattr(rnn, "proj_size", 0):
+        return "a recurrent layer without biases or with projections"
+    return None
+
+
+def functional_copy(module: nn.Module) -> nn.Module:
+    """A copy of `module` with dropout rates as buffers and recurrent layers unrolled."""
+    base = copy.deepcopy(module)
+    for name, child in list(base.named_modules()):
+        replacement = None
+        if type(child) is nn.Dropout:
+            replacement = TrialDropout(child.p)
+        elif type(child) in (nn.RNN, nn.LSTM, nn.GRU):
+            replacement = UnrolledRNN(child)
+        if replacement is not None:
+            parent_name, _, attr = name.rpartition(".")
+            setattr(base.get_submodule(parent_name) if parent_name else base, attr, replacement)
+    return base
+
+
+def architecture(module: nn.Module) -> str:
+    """What must be equal for two networks to be stacked: the module tree and every parameter's
+    and buffer's name and shape. Dropout rates may differ (they become per-trial buffers)."""
+    text = re.sub(r"\b(p|dropout)=[0-9.e-]+", "", repr(module))
+    shapes = [(n, tuple(t.shape), str(t.dtype)) for n, t in module.state_dict().items()]
+    return f"{text}\n{shapes}"
+
+
+def blocker(module: nn.Module) -> str | None:
+    """Why `module` cannot be stacked, or None."""
+    for name, child in module.named_modules():
+        if isinstance(child, nn.RNNBase):
+            if type(child) not in (nn.RNN, nn.LSTM, nn.GRU):
+                return f"{name}: {type(child).__name__} is not a plain RNN/LSTM/GRU"
+            if (reason := rnn_blocker(child)) is not None:
+                return f"{name}: {reason}"
+        if isinstance(child, nn.modules.dropout._DropoutNd) and type(child) is not nn.Dropout:
+            return f"{name}: {type(child).__name__} (only nn.Dropout is stacked)"
+    return None
+
+
+def stack_states(modules: list[nn.Module], device: torch.device):
+    """({name: (trials, ...) parameter}, {name: (trials, ...) buffer}) of the functional copies
+    of `modules`; the parameters are leaves that take gradients."""
+    copies = [functional_copy(m) for m in modules]
+    params = {
+        name: torch.stack([dict(c.named_parameters())[name].detach() for c in copies])
+        .to(device)
+        .requires_grad_(True)
+        for name, _ in copies[0].named_parameters()
+    }
+    buffers = {
+        name: torch.stack([dict(c.named_buffers())[name] for c in copies]).to(device)
+        for name, _ in copies[0].named_buffers()
+    }
+    return params, buffers
+
+
+def state_dict_of(params: dict, buffers: dict, trial: int) -> dict[str, torch.Tensor]:
+    """One trial's weights, named as its own module names them (the swapped modules' dropout
+    rates left out)."""
+    out = {n: p[trial].detach().clone().cpu() for n, p in params.items()}
+    out.update(
+        {n: b[trial].clone().cpu() for n, b in buffers.items() if not n.endswith(DROPOUT_RATE)}
+    )
+    return out
+
+
+# -- optimizer steps on stacked tensors, per-trial hyperparameters ------------------------------
+# Each function takes a parameter (trials, ...), its gradient, its state dict and the per-trial
+# hyperparameters as tensors of shape (trials,), and returns the new parameter; the state is
+# updated in place. The arithmetic follows torch.optim's single-tensor implementations.
+
+
+def _b(h: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-trial (trials,) tensor broadcast against a stacked (trials, ...) tensor."""
+    return h.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def adam_step(p, g, state, hp, step, decoupled: bool):
+    lr, wd = _b(hp["lr"], p), _b(hp["weight_decay"], p)
+    beta1, beta2, eps = _b(hp["beta1"], p), _b(hp["beta2"], p), _b(hp["eps"], p)
+    if decoupled:
+        p = p * (1 - lr * wd)
+    else:
+        g = g + wd * p
+    m = state.get("exp_avg", torch.zeros_like(p))
+    v = state.get("exp_avg_sq", torch.zeros_like(p))
+    m = m + (g - m) * (1 - beta1)
+    v = v * beta2 + (1 - beta2) * g * g
+    s = _b(step, p)
+    bias1, bias2 = 1 - beta1**s, 1 - beta2**s
+    denom = v.sqrt() / bias2.sqrt() + eps
+    return p - (lr / bias1) * m / denom, {"exp_avg": m, "exp_avg_sq": v}
+
+
+def sgd_step(p, g, state, hp, step, decoupled: bool = False):
+    lr, wd = _b(hp["lr"], p), _b(hp["weight_decay"], p)
+    momentum, dampening = _b(hp["momentum"], p), _b(hp["dampening"], p)
+    g = g + wd * p
+    new_state = {}
+    if bool((hp["momentum"] != 0).any()):
+        previous = state.get("momentum_buffer")
+        later = momentum * previous + (1 - dampening) * g if previous is not None else g
+        buf = torch.where(_b(step == 1, p), g, later)  # the first step starts the buffer at g
+        new_state["momentum_buffer"] = buf
+        with_momentum = torch.where(_b(hp["nesterov"] > 0, p), g + momentum * buf, buf)
+        g = torch.where(_b(hp["momentum"] != 0, p), with_momentum, g)
+    return p - lr * g, new_state
+
+
+def rmsprop_step(p, g, state, hp, step, decoupled: bool = False):
+    lr, wd, alpha, eps = (_b(hp[k], p) for k in ("lr", "weight_decay", "alpha", "eps"))
+    momentum = _b(hp["momentum"], p)
+    g = g + wd * p
+    sq = state.get("square_avg", torch.zeros_like(p))
+    sq = sq * alpha + (1 - alpha) * g * g
+    new_state = {"square_avg": sq}
+    if bool((hp["centered"] > 0).any()):
+        ga = state.get("grad_avg", torch.zeros_like(p))
+        ga = ga + (g - ga) * (1 - alpha)
+        new_state["grad_avg"] = ga
+        avg = torch.where(_b(hp["centered"] > 0, p), (sq - ga * ga).sqrt(), sq.sqrt()) + eps
+    else:
+        avg = sq.sqrt() + eps
+    if bool((hp["momentum"] > 0).any()):
+        buf = state.get("momentum_buffer", torch.zeros_like(p))
+        buf = buf * momentum + g / avg
+        new_state["momentum_buffer"] = buf
+        update = torch.where(_b(hp["momentum"] > 0, p), buf, g / avg)
+    else:
+        update = g / avg
+    return p - lr * update, new_state
+
+
+# optimizer class -> (step function, decoupled weight decay, its hyperparameters, unsupported
+# options that must be off)
+OPTIMIZERS: dict[str, tuple[Callable, bool, tuple[str, ...], tuple[str, ...]]] = {
+    "Adam": (adam_step, False, ("lr", "beta1", "beta2", "eps", "weight_decay"), ("amsgrad",)),
+    "AdamW": (adam_step, True, ("lr", "beta1", "beta2", "eps", "weight_decay"), ("amsgrad",)),
+    "SGD": (sgd_step, False, ("lr", "momentum", "dampening", "weight_decay", "nesterov"), ()),
+    "RMSprop": (
+        rmsprop_step,
+        False,
+        ("lr", "alpha", "eps", "weight_decay", "momentum", "centered"),
+        (),
+    ),
+}
+
+
+def optimizer_blocker(optimizer: torch.optim.Optimizer) -> str | None:
+    name = type(optimizer).__name__
+    if name not in OPTIMIZERS or type(optimizer).__module__.split(".")[0] != "torch":
+        return f"optimizer {name} (packed: {', '.join(OPTIMIZERS)})"
+    group = optimizer.param_groups[0]
+    for option in (*OPTIMIZERS[name][3], "maximize", "differentiable"):
+        if group.get(option):
+            return f"optimizer option {option}=true"
+    if isinstance(group.get("lr"), torch.Tensor):
+        return "a tensor learning rate"
+    return None
+
+
+def hyperparameters(groups: list[dict], names: tuple[str, ...], device) -> dict[str, torch.Tensor]:
+    """Per-trial hyperparameter tensors (trials,) read from each trial's param_groups[0]."""
+    out = {}
+    for name in names:
+        if name in ("beta1", "beta2"):
+            values = [g["betas"][0 if name == "beta1" else 1] for g in groups]
+        else:
+            values = [float(g.get(name, 0.0) or 0.0) for g in groups]
+        out[name] = torch.tensor(values, dtype=torch.float32, device=device)
+    return out
+
+
+def clip_coefficients(grads: list[torch.Tensor], max_norm: torch.Tensor) -> torch.Tensor:
+    """Per-trial scale for gradient-norm clipping, as torch.nn.utils.clip_grad_norm_ computes it
+    (total 2-norm over every parameter; max_norm/(norm + 1e-6), at most 1; inf: no clipping)."""
+    total = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    return torch.where(torch.isfinite(max_norm), coef, torch.ones_like(coef))

@@ -1,0 +1,322 @@
+"""Packed sweeps (hydra/launcher=packed) as users run them: the same sweep packed and through
+Hydra's basic launcher gives the same per-epoch metrics (MLP, LSTM, CNN); every trial is a
+complete run directory that nnlab-eval and nnlab-report read; a diverging trial fails alone;
+jobs that cannot be packed run on their own; a killed packed sweep resumes.
+
+Tolerance: per-epoch scalars and final metrics agree to rel 1e-4 (abs 1e-6). The packed step
+computes the same float32 arithmetic in another order (vmapped matmuls, an unrolled LSTM); the
+differences seen are ~1e-6 relative after a few epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nnlab.runs import read_status
+
+REL, ABS = 1e-4, 1e-6
+TB_TAGS_IGNORED = {"hp_metric"}
+
+
+def nnlab(args: list[str], outputs: Path, cwd: Path, module: str = "nnlab.train"):
+    env = {**os.environ, "NNLAB_OUTPUT_DIR": str(outputs), "PYTHONUNBUFFERED": "1"}
+    extra = ["print_config=false"] if module == "nnlab.train" else []
+    return subprocess.run(
+        [sys.executable, "-m", module, *args, *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+def the_sweep(outputs: Path) -> Path:
+    (sweep,) = [p for p in outputs.glob("multiruns/*/*") if p.is_dir()]
+    return sweep
+
+
+def trials_of(sweep: Path) -> list[Path]:
+    return sorted((p for p in sweep.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    out = {}
+    for tag in acc.Tags()["scalars"]:
+        if tag in TB_TAGS_IGNORED:
+            continue
+        # `epoch` is logged twice per step by Lightning (with the train and the val scalars)
+        out[tag] = sorted({(s.step, s.value) for s in acc.Scalars(tag)})
+    return out
+
+
+def assert_same_run(sequential: Path, packed: Path) -> None:
+    seq_m = json.loads((sequential / "metrics.json").read_text())
+    pk_m = json.loads((packed / "metrics.json").read_text())
+    for key in ("best_epoch", "epochs", "global_step"):
+        assert pk_m[key] == seq_m[key], key
+    for key, value in seq_m.items():
+        if "/" in key:
+            assert pk_m[key] == pytest.approx(value, rel=REL, abs=ABS), key
+    assert Path(pk_m["best_checkpoint"]).name == Path(seq_m["best_checkpoint"]).name
+    seq_s, pk_s = scalars(sequential), scalars(packed)
+    assert set(pk_s) == set(seq_s)
+    for tag, points in seq_s.items():
+        assert [s for s, _ in pk_s[tag]] == [s for s, _ in points], tag
+        for (_, a), (_, b) in zip(pk_s[tag], points, strict=True):
+            assert a == pytest.approx(b, rel=REL, abs=ABS), tag
+
+
+def sweep_both(args: list[str], tmp_path: Path) -> tuple[Path, Path]:
+    runs = []
+    for name, launcher in (("sequential", []), ("packed", ["hydra/launcher=packed"])):
+        proc = nnlab(["-m", *launcher, *args], tmp_path / name, tmp_path)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        runs.append(the_sweep(tmp_path / name))
+    assert "Training 2 trials as one stacked model" in proc.stdout + proc.stderr
+    return runs[0], runs[1]
+
+
+COMMON = ["callbacks=[model_checkpoint,lr_monitor]", "seed=1,2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "family, args",
+    [
+        ("mlp", ["experiment=sine_mlp", "trainer.max_epochs=3", "task.optimizer.lr=1e-2"]),
+        (
+            "lstm",  # shuffled: each trial's own data order
+            [
+                "experiment=sine_lstm",
+                "model.hidden_size=8",
+                "data.window=8",
+                "trainer.max_epochs=2",
+                "trainer.gradient_clip_val=0.5",
+            ],
+        ),
+    ],
+)
+def test_packed_trials_equal_sequential_trials(family, args, tmp_path):
+    sequential, packed = sweep_both([*args, *COMMON], tmp_path)
+    assert [p.name for p in trials_of(packed)] == ["0", "1"]
+    for seq_run, pk_run in zip(trials_of(sequential), trials_of(packed), strict=True):
+        assert_same_run(seq_run, pk_run)
+
+
+@pytest.mark.slow
+def test_packed_cnn_with_batch_norm_and_cosine_schedule_equals_sequential(data_dir, tmp_path):
+    args = [
+        "experiment=mnist_cnn",
+        f"data.data_dir={data_dir}",
+        "data.download=false",
+        "data.val_size=20",
+        "data.batch_size=16",
+        "data.eval_batch_size=16",
+        "model.blocks=[{channels:4,kernel:3,padding:same,pool:2}]",
+        "model.dense=[16]",
+        "model.dropout=0",
+        "model.dense_dropout=0",
+        "trainer.max_epochs=2",
+        "trainer.accelerator=cpu",
+        *COMMON,
+    ]
+    sequential, packed = sweep_both(args, tmp_path)
+    for seq_run, pk_run in zip(trials_of(sequential), trials_of(packed), strict=True):
+        assert_same_run(seq_run, pk_run)
+        assert "train/acc" in scalars(pk_run) and "lr-Adam" in scalars(pk_run)
+
+
+@pytest.mark.slow
+def test_packed_sweep_runs_read_like_sequential_ones(tmp_path):
+    """A diverging trial fails alone; an unpackable job runs on its own; nnlab-eval and
+    nnlab-report read the packed run directories."""
+    outputs = tmp_path / "outputs"
+    proc = nnlab(
+        [
+            "-m",
+            "hydra/launcher=packed",
+            "experiment=sine_mlp",
+            "trainer.max_epochs=3",
+            "task.optimizer._target_=torch.optim.SGD,torch.optim.Adagrad",
+            "task.optimizer.lr=1e-2,1e12",
+        ],
+        outputs,
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    sweep = the_sweep(outputs)
+    runs = trials_of(sweep)
+    assert [p.name for p in runs] == ["0", "1", "2", "3"]
+    # job order: (SGD, 1e-2), (SGD, 1e12), (Adagrad, 1e-2), (Adagrad, 1e12)
+    log = proc.stdout + proc.stderr  # Hydra's log lines go to stdout
+    assert "runs on its own: optimizer Adagrad" in log
+    assert "Training 2 trials as one stacked model: #0, #1" in log
+    good, diverged = runs[0], runs[1]
+    assert read_status(good)["status"] == "completed"
+    status = read_status(diverged)
+    assert status["status"] == "failed" and "nan/inf" in status["error"]
+    assert not (diverged / "metrics.json").exists()
+    metrics = json.loads((good / "metrics.json").read_text())
+    assert metrics["epochs"] == 3 and metrics["global_step"] == 66 and metrics["best_epoch"] >= 0
+    for path in (".hydra/config.yaml", ".hydra/overrides.yaml", "config.resolved.yaml"):
+        assert (good / path).is_file(), path
+    assert (good / "checkpoints/last.ckpt").is_file()
+
+    # the best checkpoint is a Lightning checkpoint: nnlab-eval gives metrics.json's numbers
+    proc = nnlab([f"run={good}", "split=val"], outputs, tmp_path, module="nnlab.evaluate")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluated = json.loads((good / "eval_metrics.json").read_text())
+    assert evaluated["val/mse"] == pytest.approx(metrics["val/mse"], rel=1e-5)
+
+    # ... and nnlab-predict / nnlab-export read them as well (last.ckpt too)
+    proc = nnlab(
+        [f"run={good}", "input=0.1,0.5,0.9,0.3"], outputs, tmp_path, module="nnlab.predict"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = nnlab([f"run={good}", "ckpt=last"], outputs, tmp_path, module="nnlab.export")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (good / "export/model.torchscript.pt").is_file()
+
+    report = tmp_path / "report"
+    proc = nnlab([str(sweep), "--out", str(report)], outputs, tmp_path, module="nnlab.report")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = (report / "leaderboard.csv").read_text().splitlines()
+    assert len(rows) == 5 and sum(",failed," in r for r in rows) >= 1
+
+
+def last_epoch(sweep: Path, trial: int) -> int:
+    """The last epoch a packed group recorded for `trial` (its resume state)."""
+    try:
+        saved = torch.load(sweep / ".packed/group0.ckpt", weights_only=False)
+        return saved["trials"][trial]["epoch"]
+    except Exception:  # not written yet
+        return -1
+
+
+@pytest.mark.slow
+def test_killed_packed_sweep_resumes_where_it_stopped(tmp_path):
+    args = [
+        "-m",
+        "hydra/launcher=packed",
+        "experiment=sine_mlp",
+        "seed=1,2",
+        "trainer.max_epochs=40",
+        "callbacks=[model_checkpoint]",
+        "logger=none",
+    ]
+    # uninterrupted, for the numbers the resumed sweep must end with
+    reference = nnlab(args, tmp_path / "reference", tmp_path)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    expected = [
+        json.loads((r / "metrics.json").read_text())
+        for r in trials_of(the_sweep(tmp_path / "reference"))
+    ]
+
+    sweep = tmp_path / "outputs/multiruns/killed"
+    env = {**os.environ, "NNLAB_OUTPUT_DIR": str(tmp_path / "outputs")}
+    command = [sys.executable, "-m", "nnlab.train", *args, f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(
+        command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    while last_epoch(sweep, 1) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the sweep ended before it could be killed"
+    stopped_at = last_epoch(sweep, 0)
+    assert 2 <= stopped_at < 39
+    assert read_status(sweep / "0")["status"] == "running"
+    assert not (sweep / "0/metrics.json").exists()
+
+    resumed = subprocess.run(
+        command + ["print_config=false"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for run, want in zip(trials_of(sweep), expected, strict=True):
+        status = read_status(run)
+        assert status["status"] == "completed" and status["resumed"] == 1
+        got = json.loads((run / "metrics.json").read_text())
+        assert got["epochs"] == 40 and got["global_step"] == want["global_step"]
+        assert got["best_epoch"] == want["best_epoch"]
+        for key in ("val/mse", "test/mse"):
+            assert got[key] == pytest.approx(want[key], rel=REL, abs=ABS), key
+        assert "resumed" in (run / "train.log").read_text()
+
+    # run once more: the completed trials are kept, not trained again
+    again = subprocess.run(
+        command + ["print_config=false"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0 and again.stdout.count("completed before; kept") == 2
+
+
+SEARCH = """# @package _global_
+defaults:
+  - override /hydra/sweeper: optuna
+  - override /hydra/sweeper/sampler: tpe
+optimized_metric: val/mse
+hydra:
+  mode: MULTIRUN
+  sweeper:
+    direction: minimize
+    study_name: packed_lr
+    storage: null
+    n_trials: 6
+    n_jobs: 3
+    sampler:
+      seed: 1
+    params:
+      task.optimizer.lr: tag(log, interval(1e-4, 3e-2))
+"""
+
+
+@pytest.mark.slow
+def test_optuna_batches_of_n_jobs_trials_are_packed(tmp_path):
+    """hydra.sweeper.n_jobs trials per Optuna batch reach the launcher together; a search over
+    the learning rate keeps the shapes, so each batch trains as one model."""
+    conf = tmp_path / "conf/hparams_search"
+    conf.mkdir(parents=True)
+    (conf / "packed_lr.yaml").write_text(SEARCH)
+    outputs = tmp_path / "outputs"
+    proc = nnlab(
+        [
+            f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+            "experiment=sine_mlp",
+            "hparams_search=packed_lr",
+            "hydra/launcher=packed",
+            "debug=limit",
+        ],
+        outputs,
+        tmp_path,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "Training 3 trials as one stacked model: #0, #1, #2" in log
+    assert "Training 3 trials as one stacked model: #3, #4, #5" in log
+    runs = trials_of(the_sweep(outputs))
+    assert len(runs) == 6 and all((r / "metrics.json").is_file() for r in runs)
+    assert "Best value" in log
