@@ -124,7 +124,8 @@ class Run:
         # Only one process of a distributed run writes the run's files.
         self.writes = is_global_zero()
         self._lock_file = None
-        self._best = None  # the ModelCheckpoint that keeps the best checkpoint
+        # the ModelCheckpoint that keeps the best checkpoint (set by `callbacks`)
+        self.best_callback = None
 
     @staticmethod
     def is_run_dir(path: str | os.PathLike) -> bool:
@@ -280,7 +281,7 @@ class Run:
         if not checkpoint.get("enabled", True):
             return callbacks
         shared = {"auto_insert_metric_name": False, "save_last": False}
-        self._best = ModelCheckpoint(
+        self.best_callback = ModelCheckpoint(
             dirpath=directory,
             filename="epoch{epoch:03d}-step{step:06d}",
             monitor=monitor,
@@ -288,7 +289,7 @@ class Run:
             save_top_k=int(checkpoint.get("save_top_k", 1)),
             **shared,
         )
-        callbacks.append(self._best)
+        callbacks.append(self.best_callback)
         if every := int(checkpoint.get("every_n_train_steps") or 0):
             callbacks.append(
                 PeriodicCheckpoint(
@@ -317,7 +318,9 @@ class Run:
 
     def best_checkpoint(self) -> str | None:
         """The best checkpoint's path after fitting (None when checkpointing was off)."""
-        return (self._best.best_model_path or None) if self._best is not None else None
+        return (
+            (self.best_callback.best_model_path or None) if self.best_callback is not None else None
+        )
 
     def metrics(self) -> dict[str, Any]:
         return json.loads(self.metrics_path.read_text()) if self.metrics_path.is_file() else {}

@@ -33,7 +33,7 @@ from hydra.core.utils import (
     run_job,
     setup_globals,
 )
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from nnlab.config import build, build_all, validate
@@ -253,14 +253,6 @@ def _callbacks(cfg: DictConfig, trial: dict, skipped: set[str]) -> None:
         kind = type(callback).__name__
         if kind in SKIPPED_CALLBACKS:
             skipped.add(kind)
-        elif type(callback) is ModelCheckpoint:
-            if callback.save_top_k != 1 or (callback._every_n_epochs or 1) != 1:
-                raise Unpackable("ModelCheckpoint other than save_top_k=1 every epoch")
-            if callback._every_n_train_steps or callback._train_time_interval:
-                raise Unpackable("ModelCheckpoint every N steps")
-            if trial.get("checkpoint") is not None:
-                raise Unpackable("more than one ModelCheckpoint")
-            trial["checkpoint"] = callback
         elif type(callback) is EarlyStopping:
             if callback.stopping_threshold is not None or callback.divergence_threshold:
                 raise Unpackable("EarlyStopping thresholds")
@@ -317,6 +309,13 @@ def prepare(
         raise Unpackable("task.compile")
     parts: dict[str, Any] = {}
     _callbacks(cfg, parts, skipped)
+    run = Run(job_config.hydra.runtime.output_dir)
+    checkpointing = cfg.get("checkpoint") or {}
+    if checkpointing.get("enabled", True):  # the run manager's best checkpoint (and last.ckpt)
+        if int(checkpointing.get("save_top_k", 1)) != 1:
+            raise Unpackable("checkpoint.save_top_k other than 1")
+        run.callbacks(cfg.monitor, cfg.monitor_mode, checkpointing)
+        parts["checkpoint"] = run.best_callback
     try:
         if cfg.get("seed") is not None:
             L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -359,7 +358,7 @@ def prepare(
         raw_cfg=raw_cfg,
         hydra_cfg=hydra_cfg,
         job_config=job_config,
-        run=Run(job_config.hydra.runtime.output_dir),
+        run=run,
         task=task,
         data=data,
         optimizer=optimizer,
