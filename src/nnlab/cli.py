@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from nnlab import CONF_DIR
 from nnlab.checkpoint_io import check_checkpoint
 from nnlab.config import build
-from nnlab.errors import UserError, file_error
+from nnlab.errors import UserError, exit_on_user_error
 from nnlab.runs import RESOLVED_CONFIG, Run
 
 warnings.filterwarnings("ignore", message=r".*torch\.jit\..* is deprecated", category=FutureWarning)
@@ -75,17 +75,8 @@ def command(config_name: str, run_overrides: bool = True) -> Callable:
 
         @functools.wraps(fn)
         def main(argv: list[str] | None = None) -> None:
-            try:
-                try:
-                    call(sys.argv[1:] if argv is None else argv)
-                except OSError as exc:  # permission denied, a folder where a file belongs, ...
-                    error = file_error(exc)
-                    if error is None:
-                        raise
-                    raise error from exc
-            except UserError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                sys.exit(exc.exit_code)
+            with exit_on_user_error():
+                call(sys.argv[1:] if argv is None else argv)
 
         main.call = call
         return main

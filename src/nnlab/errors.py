@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
+
 
 class UserError(Exception):
     """Bad input (config, file, data): the message names the key or file and how to fix it."""
@@ -40,3 +44,27 @@ def file_error(exc: OSError) -> UserError | None:
         f"{where}: {exc.strerror or type(exc).__name__}; check that the path exists, is the kind "
         "of file expected, and that you may read (and, for outputs, write) it"
     )
+
+
+@contextlib.contextmanager
+def file_errors_as_user_errors() -> Iterator[None]:
+    """An OSError that names a file comes out as a UserError (see `file_error`)."""
+    try:
+        yield
+    except OSError as exc:
+        error = file_error(exc)
+        if error is None:
+            raise
+        raise error from exc
+
+
+@contextlib.contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """A command's body: a UserError (or a file-system error naming a file) ends it with one
+    line `error: ...` on stderr and exit status 2; anything else is a crash and propagates."""
+    try:
+        with file_errors_as_user_errors():
+            yield
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

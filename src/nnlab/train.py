@@ -33,7 +33,12 @@ from nnlab.checkpoint_io import AtomicCheckpointIO, check_checkpoint
 from nnlab.cli import check_writable, rerun_overrides, resumed_config
 from nnlab.config import build, build_all, validate
 from nnlab.console import print_config_tree
-from nnlab.errors import ConfigError, UserError, file_error
+from nnlab.errors import (
+    ConfigError,
+    UserError,
+    exit_on_user_error,
+    file_errors_as_user_errors,
+)
 from nnlab.runs import PREEMPTED_EXIT_CODE, Run, RunInUse
 from nnlab.sweeps import NoTrialCompleted, SweepOutcome, separate_trials, single_job_argv
 from nnlab.tracking import log_run_summary
@@ -143,15 +148,11 @@ def hydra_main(cfg: DictConfig) -> float | None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run = Run(hydra_cfg.runtime.output_dir)
     try:
-        try:
+        # permission denied, a file where a folder belongs, ...: user errors naming the file
+        with file_errors_as_user_errors():
             cfg = start(cfg, run)
             with separate_trials() if multirun else contextlib.nullcontext():
                 record = run.finish(train(cfg, run))
-        except OSError as exc:  # permission denied, a file where a folder belongs, ...
-            error = file_error(exc)
-            if error is None:
-                raise
-            raise error from exc
     except RunInUse as exc:  # another process's run: leave its files alone
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -188,20 +189,11 @@ def hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """Console entry. A `resume=` that is not a free run directory is refused before Hydra
     creates (or writes a log into) it; a re-run of a saved config gets our directory layout."""
-    try:
-        try:
-            for arg in sys.argv[1:]:
-                if arg.startswith("resume=") and arg != "resume=null":
-                    Run.check_free(arg.split("=", 1)[1], key="resume")
-            check_writable(sys.argv[1:])
-        except OSError as exc:  # a run directory that cannot be written
-            error = file_error(exc)
-            if error is None:
-                raise
-            raise error from exc
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+    with exit_on_user_error():
+        for arg in sys.argv[1:]:
+            if arg.startswith("resume=") and arg != "resume=null":
+                Run.check_free(arg.split("=", 1)[1], key="resume")
+        check_writable(sys.argv[1:])
     sys.argv += rerun_overrides(sys.argv[1:])
     SweepOutcome.completed = None
     # Hydra's own errors (an unknown key or group option, bad override syntax) are user errors:
