@@ -26,13 +26,17 @@ status.json and metrics.json (Lightning already keeps checkpoints and loggers to
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
 import os
 import socket
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,7 +44,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from nnlab.checkpoint_io import checkpoint_problem
-from nnlab.errors import UserError
+from nnlab.errors import UserError, file_errors_as_user_errors
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +115,14 @@ def relocatable_config(cfg: DictConfig, output_dir: str | os.PathLike) -> dict[s
 
 class RunInUse(UserError):
     """Another process holds the run directory's lock."""
+
+
+@dataclass
+class Session:
+    """How one session of a run ended: `record` (its metrics.json) or `failed`."""
+
+    record: dict[str, Any] = field(default_factory=dict)
+    failed: bool = False
 
 
 class Run:
@@ -375,6 +387,43 @@ class Run:
             self._write_status(status, error=str(error), wall_time_s=self.wall_time())
         except OSError as exc:  # the directory itself is the problem: say so, keep the error
             log.error("cannot record the failure in %s: %s", self.status_path, exc)
+
+    @contextlib.contextmanager
+    def session(self, multirun: bool = False) -> Iterator[Session]:
+        """One session of training in this run: its outcome goes to status.json. A user error
+        (bad input, a file it cannot read or write) ends it `failed` with one line and exit 2; a
+        preemption signal `preempted` (exit 143, resumable); a crash `failed` with the
+        exception propagating. In a sweep (`multirun`) a failed trial is logged and the session
+        says `failed` instead, so the sweep goes on. The lock is released either way."""
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        session = Session()
+        try:
+            with file_errors_as_user_errors():
+                yield session
+        except RunInUse as exc:  # another process's run: leave its files alone
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+        except UserError as exc:
+            self.fail(exc)  # the message goes to status.json, and once to the terminal
+            if not multirun:
+                print(f"error: {exc}", file=sys.stderr)
+                sys.exit(exc.exit_code)
+            log.error("Trial failed: %s", exc)
+            session.failed = True
+        except SIGTERMException as exc:
+            resume = f"resume with nnlab-train resume={self.root}"
+            self.fail(f"stopped by a signal ({exc or 'SIGTERM'}); {resume}", "preempted")
+            log.warning("Preempted: last.ckpt saved; %s", resume)
+            sys.exit(PREEMPTED_EXIT_CODE)
+        except BaseException as exc:
+            self.fail(f"{type(exc).__name__}: {exc}")
+            if not (multirun and isinstance(exc, Exception)):
+                raise
+            log.exception("Trial failed")
+            session.failed = True
+        finally:
+            self.unlock()
 
     def state(self) -> tuple[str, str]:
         """(status, error) as things stand now: completed | failed | preempted | running |

@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
@@ -37,9 +37,8 @@ from nnlab.errors import (
     ConfigError,
     UserError,
     exit_on_user_error,
-    file_errors_as_user_errors,
 )
-from nnlab.runs import PREEMPTED_EXIT_CODE, Run, RunInUse
+from nnlab.runs import Run
 from nnlab.sweeps import NoTrialCompleted, SweepOutcome, separate_trials, single_job_argv
 from nnlab.tracking import log_run_summary
 
@@ -147,43 +146,18 @@ def hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run = Run(hydra_cfg.runtime.output_dir)
-    try:
-        # permission denied, a file where a folder belongs, ...: user errors naming the file
-        with file_errors_as_user_errors():
-            cfg = start(cfg, run)
-            with separate_trials() if multirun else contextlib.nullcontext():
-                record = run.finish(train(cfg, run))
-    except RunInUse as exc:  # another process's run: leave its files alone
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except UserError as exc:
-        run.fail(exc)  # the message goes to status.json, and once to the terminal
-        if multirun:  # a failed trial must not stop the sweep: the sweeper sees NaN
-            log.error("Trial failed: %s", exc)
-            return math.nan
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except SIGTERMException as exc:
-        run.fail(
-            f"stopped by a signal ({exc or 'SIGTERM'}); resume with nnlab-train resume={run.root}",
-            "preempted",
-        )
-        log.warning("Preempted: last.ckpt saved; resume with nnlab-train resume=%s", run.root)
-        sys.exit(PREEMPTED_EXIT_CODE)
-    except BaseException as exc:
-        run.fail(f"{type(exc).__name__}: {exc}")
-        if multirun and isinstance(exc, Exception):
-            log.exception("Trial failed")
-            return math.nan
-        raise
-    finally:
-        run.unlock()
+    with run.session(multirun) as session:  # the run manager records how it ended
+        cfg = start(cfg, run)
+        with separate_trials() if multirun else contextlib.nullcontext():
+            session.record = run.finish(train(cfg, run))
+    if session.failed:  # a failed trial must not stop the sweep: the sweeper sees NaN
+        return math.nan
     if run.writes:
         log.info("Run directory: %s", run.root)
         log.info("Metrics: %s", run.metrics_path)
         log.info("TensorBoard: tensorboard --logdir %s", run.root)
     optimized = cfg.get("optimized_metric")
-    return record.get(optimized) if optimized else None
+    return session.record.get(optimized) if optimized else None
 
 
 def main() -> None:
