@@ -190,13 +190,37 @@ class JZS3Cell(RecurrentCell):
 CELLS = {"deep_rnn": DeepTransitionRNNCell, "jzs1": JZS1Cell, "jzs2": JZS2Cell, "jzs3": JZS3Cell}
 
 
-def run_cell(cell: RecurrentCell, x: torch.Tensor) -> torch.Tensor:
-    """(batch, steps, features) -> every step's state (batch, steps, hidden), from h_0 = 0."""
+def step_mask(lengths: torch.Tensor | None, steps: int) -> torch.Tensor | None:
+    """(batch, steps, 1) True at real steps, or None when every step is real."""
+    if lengths is None:
+        return None
+    return (torch.arange(steps, device=lengths.device)[None, :] < lengths[:, None])[..., None]
+
+
+def reverse_padded(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """Each sequence's real steps in reverse order, padding left where it is (a backward pass
+    then starts at each sequence's own last step, never at padding)."""
+    if lengths is None:
+        return x.flip(1)
+    t = torch.arange(x.shape[1], device=x.device)[None, :]
+    lengths = lengths.to(x.device)[:, None]
+    index = torch.where(t < lengths, lengths - 1 - t, t)
+    return x.gather(1, index[..., None].expand_as(x))
+
+
+def run_cell(
+    cell: RecurrentCell, x: torch.Tensor, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(batch, steps, features) -> every step's state (batch, steps, hidden), from h_0 = 0.
+    With `lengths`, a sequence's state stops changing after its last real step (so the last
+    column holds each sequence's final real state) and padded steps read no input."""
     projected = cell.project(x)  # one matrix product for all steps
+    mask = step_mask(lengths, x.shape[1])
     h = x.new_zeros(x.shape[0], cell.hidden_size)
     states = []
     for t in range(x.shape[1]):
-        h = cell.step(projected[:, t], h)
+        new = cell.step(projected[:, t], h)
+        h = new if mask is None else torch.where(mask[:, t], new, h)
         states.append(h)
     return torch.stack(states, dim=1)
 
@@ -233,8 +257,13 @@ class CellStack(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """With `lengths`, padded steps are never read: h_n holds each sequence's state at its
+        own last real step (the backward pass starts there) and outputs are zero at padding."""
         finals = []
+        mask = step_mask(lengths, x.shape[1])
         for layer in range(self.num_layers):
             if layer > 0:
                 x = self.dropout(x)
@@ -242,12 +271,12 @@ class CellStack(nn.Module):
             for direction in range(self.directions):
                 cell = self.cells[layer * self.directions + direction]
                 if direction == 0:
-                    states = run_cell(cell, x)
+                    states = run_cell(cell, x, lengths)
                     finals.append(states[:, -1])
-                else:  # read the sequence backwards, store the states in forward time order
-                    states = run_cell(cell, x.flip(1))
+                else:  # read each sequence backwards, store the states in forward time order
+                    states = run_cell(cell, reverse_padded(x, lengths), lengths)
                     finals.append(states[:, -1])
-                    states = states.flip(1)
-                outputs.append(states)
+                    states = reverse_padded(states, lengths)
+                outputs.append(states if mask is None else states * mask)
             x = torch.cat(outputs, dim=-1)
         return x, torch.stack(finals)

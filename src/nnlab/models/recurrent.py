@@ -5,20 +5,32 @@ One network serves both the sequence classifier (output_size = classes) and the 
 regressor (output_size = horizon): inputs are (batch, steps, features), or (batch, steps) for a
 univariate series. Stacking (`num_layers`), `bidirectional` and dropout between layers work the
 same for every cell.
+
+Sequences of different lengths come as `(x, lengths)`, x zero-padded at the end: padded steps
+are never read (torch cells run on packed sequences, the custom cells hold their state still
+there), so the output never depends on the padding. `readout` picks what the head sees, as
+Keras' `return_sequences` of the top layer does: `last` (each direction's state at its last
+real step; Keras' return_sequences=False), `mean` (the top layer's outputs averaged over real
+steps) or `all` (one output per step, (batch, steps, output_size): many-to-many, Keras'
+return_sequences=True; outputs at padded steps are zeroed by the mask and scored by nobody).
+`return_sequences: [true, ..., X]` spells the same per layer, Keras-style: every layer below the
+top must return sequences (the next one reads them), and the top's X means `all` (true) or
+`last` (false).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nnlab.errors import ConfigError, require_positive
 from nnlab.models.cells import CELLS as CUSTOM_CELLS
-from nnlab.models.cells import CellStack
+from nnlab.models.cells import CellStack, step_mask
 
 TORCH_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 CELLS = [*TORCH_CELLS, *CUSTOM_CELLS]
-READOUTS = ("last", "mean")
+READOUTS = ("last", "mean", "all")
 
 
 class RecurrentNet(nn.Module):
@@ -35,6 +47,7 @@ class RecurrentNet(nn.Module):
         nonlinearity: str = "tanh",
         forget_bias: float = 1.0,
         depth: int = 3,
+        return_sequences: list[bool] | None = None,
     ):
         super().__init__()
         require_positive("model.input_size", input_size)
@@ -49,6 +62,8 @@ class RecurrentNet(nn.Module):
             raise ConfigError(
                 "model.readout", f"unknown readout {readout!r}; choose one of {', '.join(READOUTS)}"
             )
+        if return_sequences is not None:
+            readout = keras_readout(return_sequences, num_layers, readout)
         if not 0.0 <= dropout < 1.0:
             raise ConfigError("model.dropout", f"must be in [0, 1), got {dropout}")
         if cell in ("rnn", "deep_rnn") and nonlinearity not in ("tanh", "relu"):
@@ -71,20 +86,62 @@ class RecurrentNet(nn.Module):
             init_forget_bias(self.rnn, forget_bias)
         self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), output_size)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """(batch, steps, features) -> (batch, hidden * directions)."""
+    def encode(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, steps, features) -> (batch, hidden * directions), or (batch, steps, ...)
+        for readout `all`; `lengths` the true lengths of zero-padded sequences."""
         if x.dim() == 2:
             x = x.unsqueeze(-1)
-        outputs, state = self.rnn(x)
+        if lengths is not None:
+            lengths = lengths.clamp(min=1, max=x.shape[1])
+        if self.cell in TORCH_CELLS and lengths is not None:
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            packed_out, state = self.rnn(packed)
+            outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=x.shape[1])
+        elif self.cell in TORCH_CELLS:
+            outputs, state = self.rnn(x)
+        else:
+            outputs, state = self.rnn(x, lengths)
+        if self.readout == "all":
+            return outputs
         if self.readout == "mean":
-            return outputs.mean(dim=1)
+            if lengths is None:
+                return outputs.mean(dim=1)
+            mask = step_mask(lengths.to(outputs.device), outputs.shape[1])
+            return (outputs * mask).sum(1) / lengths.to(outputs.device)[:, None]
         h_n = state[0] if isinstance(state, tuple) else state  # (layers * directions, B, H)
         if self.bidirectional:  # forward's last step and backward's last step (at t = 0)
             return torch.cat([h_n[-2], h_n[-1]], dim=-1)
         return h_n[-1]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encode(x))
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.head(self.encode(x, lengths))
+        if self.readout == "all" and lengths is not None:  # padded steps: exactly zero
+            out = out * step_mask(lengths.clamp(min=1).to(out.device), out.shape[1])
+        return out
+
+
+def keras_readout(return_sequences, num_layers: int, readout: str) -> str:
+    """The readout that Keras' per-layer `return_sequences` flags spell (see the docstring)."""
+    flags = [bool(f) for f in return_sequences]
+    if len(flags) != num_layers:
+        raise ConfigError(
+            "model.return_sequences",
+            f"{len(flags)} flags for {num_layers} layers (model.num_layers); give one per layer",
+        )
+    if not all(flags[:-1]):
+        raise ConfigError(
+            "model.return_sequences",
+            f"{flags}: a layer below the top must return sequences (true), the next layer reads "
+            "them; only the top layer may return its last state",
+        )
+    spelled = "all" if flags[-1] else "last"
+    if readout not in (spelled, "last"):
+        raise ConfigError(
+            "model.readout",
+            f"{readout!r} contradicts model.return_sequences {flags} (which means {spelled!r}); "
+            "set one of them",
+        )
+    return spelled
 
 
 def init_forget_bias(lstm: nn.LSTM, value: float) -> None:
