@@ -49,23 +49,25 @@ class RegressionTask(Task):
         self.test_metrics = metrics.clone(prefix="test/")
 
     def output_width(self, datamodule) -> int | None:
-        if getattr(datamodule, "num_classes", None) is not None or hasattr(
-            datamodule, "num_labels"
-        ):
+        multilabel = hasattr(datamodule, "num_labels")
+        if multilabel or getattr(datamodule, "num_classes", None) is not None:
+            kind, fix = (
+                ("k-hot labels", "multilabel") if multilabel else ("classes", "classification")
+            )
             raise ConfigError(
                 "task",
                 f"regression ({self.hparams.loss}) on {type(datamodule).__name__}, whose targets "
-                "are classes; use task=classification (or task=multilabel)",
+                f"are {kind}; use task={fix}",
             )
-        return getattr(datamodule, "targets_per_step", None) or getattr(datamodule, "horizon", None)
+        return getattr(datamodule, "horizon", None)
 
     def outputs(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(predictions, targets) of a batch `(x, y)` or `(x, lengths, y)`, real steps only."""
         *inputs, y = batch
-        pred = self(*inputs)
+        pred, y = real_steps(self(*inputs), y, inputs[1] if len(inputs) > 1 else None)
         if pred.dim() == y.dim() + 1 and pred.shape[-1] == 1:  # one value per step
             pred = pred.squeeze(-1)
-        return real_steps(pred, y, inputs[1] if len(inputs) > 1 else None)
+        return pred, y
 
     def training_loss(self, batch) -> tuple[torch.Tensor, None]:
         pred, y = self.outputs(batch)
