@@ -31,6 +31,11 @@ from nnlab.models.cells import CellStack, step_mask
 TORCH_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 CELLS = [*TORCH_CELLS, *CUSTOM_CELLS]
 READOUTS = ("last", "mean", "all")
+# Old Keras' initialisers for torch's cells (the custom cells always start this way):
+# `init` for input weights, `inner_init` for recurrent ones; `default` keeps torch's.
+INITS = ("default", "glorot_uniform")
+INNER_INITS = ("default", "orthogonal")
+FORGET_BIAS = {"one": 1.0, "zero": 0.0}  # Keras' forget_bias_init names
 
 
 class RecurrentNet(nn.Module):
@@ -45,9 +50,12 @@ class RecurrentNet(nn.Module):
         dropout: float = 0.0,
         readout: str = "last",
         nonlinearity: str = "tanh",
-        forget_bias: float = 1.0,
+        forget_bias: float | str = 1.0,
         depth: int = 3,
         return_sequences: list[bool] | None = None,
+        inner_activation: str = "sigmoid",
+        init: str = "default",
+        inner_init: str = "default",
     ):
         super().__init__()
         require_positive("model.input_size", input_size)
@@ -66,8 +74,21 @@ class RecurrentNet(nn.Module):
             readout = keras_readout(return_sequences, num_layers, readout)
         if not 0.0 <= dropout < 1.0:
             raise ConfigError("model.dropout", f"must be in [0, 1), got {dropout}")
-        if cell in ("rnn", "deep_rnn") and nonlinearity not in ("tanh", "relu"):
+        if cell == "deep_rnn" and nonlinearity not in ("tanh", "relu"):
             raise ConfigError("model.nonlinearity", f"must be tanh or relu, got {nonlinearity!r}")
+        if cell == "rnn" and nonlinearity not in ("tanh", "relu"):
+            cell = "simple_rnn"  # nn.RNN has tanh/relu only; the plain cell has every activation
+        if init not in INITS or inner_init not in INNER_INITS:
+            key, value = (
+                ("model.init", init) if init not in INITS else ("model.inner_init", inner_init)
+            )
+            raise ConfigError(
+                key,
+                f"unknown {value!r}; choose one of {', '.join(INITS if key == 'model.init' else INNER_INITS)}",
+            )
+        forget_bias = FORGET_BIAS.get(forget_bias, forget_bias)
+        if isinstance(forget_bias, str):
+            raise ConfigError("model.forget_bias", f"a number, one or zero; got {forget_bias!r}")
         self.cell, self.readout, self.bidirectional = cell, readout, bidirectional
         common = {
             "num_layers": num_layers,
@@ -79,8 +100,17 @@ class RecurrentNet(nn.Module):
             self.rnn = TORCH_CELLS[cell](
                 input_size, hidden_size, batch_first=True, **common, **kwargs
             )
+            keras_init(self.rnn, init, inner_init)
         else:
-            kwargs = {"depth": depth, "nonlinearity": nonlinearity} if cell == "deep_rnn" else {}
+            kwargs = {
+                "deep_rnn": {"depth": depth, "nonlinearity": nonlinearity},
+                "simple_rnn": {"nonlinearity": nonlinearity},
+                "simple_deep_rnn": {
+                    "depth": depth,
+                    "nonlinearity": nonlinearity,
+                    "inner_activation": inner_activation,
+                },
+            }.get(cell, {"inner_activation": inner_activation})
             self.rnn = CellStack(cell, input_size, hidden_size, **common, **kwargs)
         if cell == "lstm":
             init_forget_bias(self.rnn, forget_bias)
@@ -142,6 +172,24 @@ def keras_readout(return_sequences, num_layers: int, readout: str) -> str:
             "set one of them",
         )
     return spelled
+
+
+def keras_init(rnn: nn.RNNBase, init: str, inner_init: str) -> None:
+    """Glorot-uniform input and orthogonal recurrent weights, each gate's block on its own (as
+    Keras' separate W_i, W_f ... matrices), zero biases."""
+    if init == "default" and inner_init == "default":
+        return
+    with torch.no_grad():
+        for name, param in rnn.named_parameters():
+            blocks = param.split(rnn.hidden_size, dim=0)  # torch stacks the gates' rows
+            if name.startswith("weight_ih") and init == "glorot_uniform":
+                for block in blocks:
+                    nn.init.xavier_uniform_(block)
+            elif name.startswith("weight_hh") and inner_init == "orthogonal":
+                for block in blocks:
+                    nn.init.orthogonal_(block)
+            elif name.startswith("bias"):
+                param.zero_()
 
 
 def init_forget_bias(lstm: nn.LSTM, value: float) -> None:
