@@ -35,3 +35,9 @@ def mnist_shape(view: str, key: str) -> int | None:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("nnlab.mnist_shape"):
         OmegaConf.register_new_resolver("nnlab.mnist_shape", mnist_shape)
+    # Sizes of the multivariate CSV data (conf/data/csv_multivariate.yaml): the number of
+    # feature / target columns, and horizon x targets.
+    if not OmegaConf.has_resolver("nnlab.len"):
+        OmegaConf.register_new_resolver("nnlab.len", lambda items: len(items))
+    if not OmegaConf.has_resolver("nnlab.product"):
+        OmegaConf.register_new_resolver("nnlab.product", lambda a, b: int(a) * int(b))

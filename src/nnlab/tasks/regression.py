@@ -59,7 +59,7 @@ class RegressionTask(Task):
                 f"regression ({self.hparams.loss}) on {type(datamodule).__name__}, whose targets "
                 f"are {kind}; use task={fix}",
             )
-        return getattr(datamodule, "horizon", None)
+        return getattr(datamodule, "output_size", None) or getattr(datamodule, "horizon", None)
 
     def outputs(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(predictions, targets) of a batch `(x, y)` or `(x, lengths, y)`, real steps only."""
@@ -84,6 +84,9 @@ class RegressionTask(Task):
     def _evaluate(self, batch, metrics, stage: str) -> None:
         pred, y = self.outputs(batch)
         self.log(f"{stage}/loss", self.loss_fn(pred, y), prog_bar=stage == "val")
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        if hasattr(datamodule, "unscale_targets"):  # metrics in the data's own units
+            pred, y = datamodule.unscale_targets(pred), datamodule.unscale_targets(y)
         metrics.update(pred, y)
         self.log_dict(metrics, prog_bar=stage == "val")
 
