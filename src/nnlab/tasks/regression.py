@@ -64,7 +64,11 @@ class RegressionTask(Task):
     def outputs(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(predictions, targets) of a batch `(x, y)` or `(x, lengths, y)`, real steps only."""
         *inputs, y = batch
-        pred, y = real_steps(self(*inputs), y, inputs[1] if len(inputs) > 1 else None)
+        if self.training and getattr(self.net, "uses_targets", False):  # teacher forcing
+            out = self.net(*inputs, targets=y)
+        else:
+            out = self(*inputs)
+        pred, y = real_steps(out, y, inputs[1] if len(inputs) > 1 else None)
         if pred.dim() == y.dim() + 1 and pred.shape[-1] == 1:  # one value per step
             pred = pred.squeeze(-1)
         return pred, y
