@@ -66,3 +66,17 @@ def test_the_preset_trains(cli):
 def test_sine_seq2seq_reaches_its_bound(cli):
     """8 steps ahead on the noisy sine: near the noise floor (0.04)."""
     assert cli("experiment=sine_seq2seq", "logger=none").metrics()["test/mse"] <= 0.06
+
+
+def test_the_recursive_forecast_feeds_predictions_back():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "scripts" / "recursive_forecast.py"
+    spec = importlib.util.spec_from_file_location("recursive_forecast", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    # a "model" that predicts the sum of its window's last two values: a Fibonacci recursion
+    windows = torch.tensor([[0.0, 1.0, 1.0]])
+    out = module.recursive_forecast(lambda h: h[:, -2:].sum(1, keepdim=True), windows, 4)
+    assert out.tolist() == [[2.0, 3.0, 5.0, 8.0]]
