@@ -43,7 +43,7 @@ def write_ts(path: Path, n: int, seed: int, channels: int = 3, name: str = "Toy"
         label = i % len(CLASSES)
         steps = int(torch.randint(5, 13, (), generator=generator))
         case = torch.randn(steps, channels, generator=generator) * 0.3 + 5.0
-        case[:, 0] += (1 - label) * torch.linspace(-2, 2, steps) if label < 2 else 0.0
+        case[:, 0] += (1.0, -1.0, 0.0)[label] * torch.linspace(-2, 2, steps)  # up, down, flat
         lines.append(case_line(case, CLASSES[label]))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
@@ -238,7 +238,8 @@ def test_a_masked_lstm_learns_the_toy_set(cli, toy_dir):
     result = cli(
         "experiment=uea_japanese_vowels_lstm",
         *TOY,
-        "trainer.max_epochs=15",
+        "trainer.max_epochs=30",
+        "model.hidden_size=32",
         "logger=none",
         env={"NNLAB_DATA_DIR": str(toy_dir)},
     )
