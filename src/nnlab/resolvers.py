@@ -40,6 +40,10 @@ RESOLVERS = {
     "nnlab.unless_resume": (lambda resume, v: None if resume else v, False),
     "nnlab.sqlite": (sqlite_url, False),
     "nnlab.choice": (group_choice, False),
+    # sizes of the multivariate CSV data (conf/data/csv_multivariate.yaml): the number of
+    # feature / target columns, and horizon x targets
+    "nnlab.len": (lambda items: len(items), False),
+    "nnlab.product": (lambda a, b: int(a) * int(b), False),
 }
 
 

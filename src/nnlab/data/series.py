@@ -287,3 +287,226 @@ def read_csv_column(path: Path, column: str | None) -> torch.Tensor:
     if not values:
         raise DataError(f"data.column: column {column!r} of {path} has no values")
     return torch.tensor(values, dtype=torch.float64)
+
+
+# -- several columns: features in, targets out ---------------------------------------------------
+def read_csv_columns(
+    path: Path, columns: list[str], time_column: str | None
+) -> tuple[torch.Tensor, list[str]]:
+    """(rows, len(columns)) float64 values in time order (by `time_column`, a number or an ISO
+    date/time, when given; else file order), with errors naming the file, line and column."""
+    from datetime import datetime
+
+    if not path.is_file():
+        raise DataError(f"data.path: CSV file not found: {path}; check the path (data.path=...)")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, None) or []]
+        if not header:
+            raise DataError(f"data.path: {path} is empty; it needs a header row and values")
+        wanted = [*columns, *([time_column] if time_column else [])]
+        for name in wanted:
+            if name not in header:
+                key = "data.time_column" if name == time_column else "data.features/targets"
+                raise ConfigError(
+                    key, f"no column {name!r} in {path}; its columns are: {', '.join(header)}"
+                )
+        index = [header.index(c) for c in columns]
+        rows, times = [], []
+        for line_no, row in enumerate(reader, start=2):
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            values = []
+            for c, i in zip(columns, index, strict=True):
+                cell = row[i].strip() if i < len(row) else ""
+                try:
+                    value = float(cell)
+                except ValueError:
+                    value = math.nan
+                if not math.isfinite(value):
+                    raise DataError(
+                        f"data.path: {path} line {line_no}: column {c!r} holds {cell!r}, not a "
+                        "number; fill or drop missing values first"
+                    )
+                values.append(value)
+            if time_column:
+                stamp = row[header.index(time_column)].strip()
+                try:
+                    times.append(float(stamp))
+                except ValueError:
+                    try:
+                        times.append(datetime.fromisoformat(stamp).timestamp())
+                    except ValueError:
+                        raise DataError(
+                            f"data.time_column: {path} line {line_no}: {stamp!r} is neither a "
+                            "number nor an ISO date/time"
+                        ) from None
+            rows.append(values)
+    if not rows:
+        raise DataError(f"data.path: {path} has no rows of values")
+    values = torch.tensor(rows, dtype=torch.float64)
+    if time_column:
+        t = torch.tensor(times, dtype=torch.float64)
+        order = torch.argsort(t, stable=True)
+        if (t[order][1:] == t[order][:-1]).any():
+            raise DataError(f"data.time_column: {path} has repeated times in {time_column!r}")
+        values = values[order]
+    return values, header
+
+
+def write_weather_csv(path: Path, rows: int, seed: int = 0) -> Path:
+    """A generated hourly weather CSV (time, temp, humidity, pressure, wind): daily and slower
+    cycles, humidity falling as temperature rises, pressure a random walk, noise; rows shuffled
+    in the file, so only the time column gives the order."""
+    from datetime import datetime, timedelta
+
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(rows, dtype=torch.float64)
+    day = torch.sin(2 * math.pi * t / 24)
+    pressure = 1013 + torch.cumsum(torch.randn(rows, generator=g, dtype=torch.float64), 0) * 0.3
+    temp = 12 + 6 * day + 4 * torch.sin(2 * math.pi * t / (24 * 30)) - 0.05 * (pressure - 1013)
+    temp = temp + 0.5 * torch.randn(rows, generator=g, dtype=torch.float64)
+    humidity = 70 - 2.5 * (temp - 12) + 2 * torch.randn(rows, generator=g, dtype=torch.float64)
+    wind = (3 + 2 * torch.sin(2 * math.pi * t / 50) + torch.rand(rows, generator=g)).abs()
+    start = datetime(2020, 1, 1)
+    order = torch.randperm(rows, generator=g).tolist()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(["time", "temp", "humidity", "pressure", "wind"])
+        for i in order:
+            stamp = (start + timedelta(hours=i)).isoformat()
+            out.writerow([stamp, *(f"{float(c[i]):.3f}" for c in (temp, humidity, pressure, wind))])
+    tmp.replace(path)
+    return path
+
+
+class MultivariateCSVDataModule(DataModule):
+    """Several numeric columns of a CSV file: windows of `features` (window, len(features)) ->
+    the next `horizon` steps of `targets`, flattened step by step to (horizon * len(targets)).
+
+    Rows in time order (`time_column`, or file order), split by time (train, val, test), each
+    split windowed on its own. Each column is standardised with the training span's statistics;
+    `unscale_targets` undoes it, so the regression metrics and plots are in the data's units.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        features: list[str] | None = None,
+        targets: list[str] | None = None,
+        time_column: str | None = None,
+        window: int = 16,
+        horizon: int = 1,
+        splits: tuple[float, float, float] = (0.7, 0.15, 0.15),
+        batch_size: int = 32,
+        shuffle: bool = True,
+        standardize: bool = True,
+        num_workers: int = 0,
+        in_memory: bool | str = "auto",
+        shuffle_seed: int = 0,
+        generate: int = 0,
+        input_size: int | None = None,
+        output_size: int | None = None,
+        flat_input_size: int | None = None,
+    ):
+        super().__init__(
+            batch_size,
+            shuffle=shuffle,
+            shuffle_seed=shuffle_seed,
+            in_memory=in_memory,
+            num_workers=num_workers,
+        )
+        if not path:
+            raise ConfigError("data.path", "no CSV file given; pass data.path=/path/to/series.csv")
+        if not features:
+            raise ConfigError("data.features", "name the input columns, e.g. [temp, humidity]")
+        if not targets:
+            raise ConfigError("data.targets", "name the column(s) to predict, e.g. [temp]")
+        require_positive("data.window", window)
+        require_positive("data.horizon", horizon)
+        self.save_hyperparameters()
+        self.path, self.features, self.targets = (
+            Path(path).expanduser(),
+            list(features),
+            list(targets),
+        )
+        self.time_column, self.window, self.horizon = time_column, int(window), int(horizon)
+        self.splits = tuple(float(f) for f in splits)
+        self.standardize = standardize
+        self.input_size = len(self.features)
+        self.output_size = self.horizon * len(self.targets)
+        for key, given, real in (
+            ("input_size", input_size, self.input_size),
+            ("output_size", output_size, self.output_size),
+            ("flat_input_size", flat_input_size, self.window * self.input_size),
+        ):
+            if given is not None and given != real:
+                raise ConfigError(f"data.{key}", f"is derived from the columns ({real}); unset it")
+        self.mean = torch.zeros(0)
+        self.std = torch.ones(0)
+
+    def example_input(self, n: int = 2) -> torch.Tensor:
+        return torch.zeros(n, self.window, self.input_size)
+
+    def encode(self, raw) -> Encoded:
+        """Windows of feature rows (n, window, features) in the data's units -> model inputs."""
+        x = torch.as_tensor(raw, dtype=torch.float32).reshape(-1, self.window, self.input_size)
+        scaled = (x - self.mean[: self.input_size]) / self.std[: self.input_size]
+        return Encoded((scaled,), None, x)
+
+    def save_artifacts(self, run_dir) -> list[Path]:
+        import json
+
+        self.setup("fit")  # the scaling comes from the training span
+        path = Path(run_dir) / "scaling.json"
+        columns = [*self.features, *self.targets]
+        path.write_text(
+            json.dumps({"columns": columns, "mean": self.mean.tolist(), "std": self.std.tolist()})
+        )
+        return [path]
+
+    def unscale_targets(self, values: torch.Tensor) -> torch.Tensor:
+        """(..., horizon * targets) in standard units -> the targets' own units."""
+        mean = self.mean[self.input_size :].to(values).repeat(self.horizon)
+        std = self.std[self.input_size :].to(values).repeat(self.horizon)
+        return values * std + mean
+
+    def prepare_data(self) -> None:
+        if self.hparams.generate and not self.path.is_file():
+            write_weather_csv(self.path, int(self.hparams.generate), seed=self.shuffle_seed)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        self.prepare_data()
+        raw, _ = read_csv_columns(self.path, [*self.features, *self.targets], self.time_column)
+        bounds = split_bounds(len(raw), self.splits)
+        need = self.window + self.horizon
+        for name, (start, end) in zip(SPLITS, bounds, strict=True):
+            if end - start < need:
+                raise ConfigError(
+                    "data.window",
+                    f"window {self.window} + horizon {self.horizon} = {need} rows do not fit in "
+                    f"the {name} split of {self.path} ({end - start} of {len(raw)} rows)",
+                )
+        train = raw[bounds[0][0] : bounds[0][1]]
+        if self.standardize:  # the training span's statistics only: no peeking ahead
+            self.mean, self.std = train.mean(0), train.std(0).clamp(min=1e-8)
+        else:
+            self.mean, self.std = torch.zeros(raw.shape[1]), torch.ones(raw.shape[1])
+        scaled = ((raw - self.mean) / self.std).float()
+        self.mean, self.std = self.mean.float(), self.std.float()
+        f = self.input_size
+        for name, (start, end) in zip(SPLITS, bounds, strict=True):
+            frames = scaled[start:end].unfold(0, need, 1)  # (n, columns, need)
+            x = frames[:, :f, : self.window].transpose(1, 2).contiguous()
+            y = frames[:, f:, self.window :].transpose(1, 2).reshape(len(frames), -1).contiguous()
+            self.datasets[name] = TensorDataset(x, y)
+        if self.batch_size > len(self.datasets["train"]):
+            raise ConfigError(
+                "data.batch_size",
+                f"{self.batch_size} is larger than the {len(self.datasets['train'])} training "
+                "windows; use a smaller batch size",
+            )

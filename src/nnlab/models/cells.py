@@ -6,6 +6,13 @@
       s_1 = f(W x_t + U h_{t-1} + b_1),   s_k = f(S_k s_{k-1} + b_k) (k = 2..depth),   h_t = s_depth
   (The first Keras SimpleDeepRNN used `depth` for a lookback of several past states instead;
   this follows the "several inner transitions per step" reading.)
+- `SimpleDeepRNNCell` (`cell: simple_deep_rnn`): the SimpleDeepRNN as the old Keras docs wrote
+  it, a SimpleRNN that looks `depth` states back:
+      h_t = f(W x_t + b + sum_{k=1..depth} g(U_k h_{t-k}))
+  f the activation (`nonlinearity`), g the `inner_activation`; its state is the last `depth`
+  h's, its output h_t.
+- `SimpleRNNCell` (`cell: simple_rnn`, also `cell: rnn` with a sigmoid / hard_sigmoid
+  activation, which torch's nn.RNN lacks): h_t = f(W x_t + U h_{t-1} + b), Keras' SimpleRNN.
 - `JZS1Cell`, `JZS2Cell`, `JZS3Cell` (`cell: jzs1 | jzs2 | jzs3`): MUT1, MUT2, MUT3 of
   Jozefowicz, Zaremba, Sutskever (2015), "An Empirical Exploration of Recurrent Network
   Architectures", as old Keras wrote them (`keras/layers/recurrent.py` JZS1-3):
@@ -24,6 +31,9 @@
   Keras multiplies by a matrix P instead, the identity when the sizes match and otherwise a
   random sign matrix scaled by 1/sqrt(input size), and trains it with the rest. So do we.
 
+The gates (z, r) use `inner_activation`: `sigmoid`, or old Keras' default `hard_sigmoid`
+(clip(0.2 x + 0.5, 0, 1), cheaper and piecewise linear; not torch's hardsigmoid, x / 6 + 0.5).
+
 Every cell splits its step in two: `project(x)` applies the input weights (to a whole sequence at
 once, one matrix product), `step(projected_x_t, h)` the recurrence; `cell(x_t, h)` does both.
 Initialisation as old Keras: Glorot-uniform input weights, orthogonal recurrent weights, zero
@@ -40,15 +50,34 @@ from torch import nn
 
 from nnlab.errors import ConfigError, require_positive
 
+
+def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """Old Keras' (Theano's) hard sigmoid: clip(0.2 x + 0.5, 0, 1)."""
+    return (0.2 * x + 0.5).clamp(0.0, 1.0)
+
+
 NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
+ACTIVATIONS = {**NONLINEARITIES, "sigmoid": torch.sigmoid, "hard_sigmoid": hard_sigmoid}
+GATES = {"sigmoid": torch.sigmoid, "hard_sigmoid": hard_sigmoid}
+
+
+def pick(table: dict, key: str, value: str):
+    if value not in table:
+        raise ConfigError(key, f"must be one of {', '.join(table)}, got {value!r}")
+    return table[value]
 
 
 class RecurrentCell(nn.Module):
     """One step of a recurrence with a single state vector h of `hidden_size`."""
 
-    def __init__(self, input_size: int, hidden_size: int):
+    def __init__(self, input_size: int, hidden_size: int, inner_activation: str = "sigmoid"):
         super().__init__()
         self.input_size, self.hidden_size = input_size, hidden_size
+        self.state_size = hidden_size  # what step() carries; output() reads h_t from it
+        self.gate = pick(GATES, "model.inner_activation", inner_activation)
+
+    def output(self, state: torch.Tensor) -> torch.Tensor:
+        return state
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """The input-side terms of a step, for x (..., input_size)."""
@@ -60,7 +89,7 @@ class RecurrentCell(nn.Module):
 
     def forward(self, x: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
         if h is None:
-            h = x.new_zeros(x.shape[0], self.hidden_size)
+            h = x.new_zeros(x.shape[0], self.state_size)
         return self.step(self.project(x), h)
 
     def reset_parameters(self) -> None:
@@ -117,8 +146,8 @@ class DeepTransitionRNNCell(RecurrentCell):
 
 
 class JZS1Cell(RecurrentCell):
-    def __init__(self, input_size: int, hidden_size: int):
-        super().__init__(input_size, hidden_size)
+    def __init__(self, input_size: int, hidden_size: int, inner_activation: str = "sigmoid"):
+        super().__init__(input_size, hidden_size, inner_activation)
         H = hidden_size
         self.W_zr = nn.Parameter(torch.empty(input_size, 2 * H))  # [W_xz | W_xr]
         self.b_zr = nn.Parameter(torch.empty(2 * H))
@@ -133,15 +162,15 @@ class JZS1Cell(RecurrentCell):
 
     def step(self, xp, h):
         xz, xr, xh = xp.chunk(3, dim=-1)
-        z = torch.sigmoid(xz)
-        r = torch.sigmoid(xr + h @ self.U_r)
+        z = self.gate(xz)
+        r = self.gate(xr + h @ self.U_r)
         candidate = torch.tanh(xh + (r * h) @ self.U_h)
         return candidate * z + h * (1 - z)
 
 
 class JZS2Cell(RecurrentCell):
-    def __init__(self, input_size: int, hidden_size: int):
-        super().__init__(input_size, hidden_size)
+    def __init__(self, input_size: int, hidden_size: int, inner_activation: str = "sigmoid"):
+        super().__init__(input_size, hidden_size, inner_activation)
         H = hidden_size
         self.W_zh = nn.Parameter(torch.empty(input_size, 2 * H))  # [W_xz | W_xh]
         self.b_z = nn.Parameter(torch.empty(H))
@@ -159,15 +188,15 @@ class JZS2Cell(RecurrentCell):
 
     def step(self, xp, h):
         xz, xr, xh = xp.chunk(3, dim=-1)
-        z = torch.sigmoid(xz + h @ self.U_z)
-        r = torch.sigmoid(xr + h @ self.U_r)
+        z = self.gate(xz + h @ self.U_z)
+        r = self.gate(xr + h @ self.U_r)
         candidate = torch.tanh(xh + (r * h) @ self.U_h)
         return candidate * z + h * (1 - z)
 
 
 class JZS3Cell(RecurrentCell):
-    def __init__(self, input_size: int, hidden_size: int):
-        super().__init__(input_size, hidden_size)
+    def __init__(self, input_size: int, hidden_size: int, inner_activation: str = "sigmoid"):
+        super().__init__(input_size, hidden_size, inner_activation)
         H = hidden_size
         self.W = nn.Parameter(torch.empty(input_size, 3 * H))  # [W_xz | W_xr | W_xh]
         self.b = nn.Parameter(torch.empty(3 * H))  # [b_z | b_r | b_h]
@@ -181,23 +210,105 @@ class JZS3Cell(RecurrentCell):
 
     def step(self, xp, h):
         xz, xr, xh = xp.chunk(3, dim=-1)
-        z = torch.sigmoid(xz + torch.tanh(h) @ self.U_z)
-        r = torch.sigmoid(xr + h @ self.U_r)
+        z = self.gate(xz + torch.tanh(h) @ self.U_z)
+        r = self.gate(xr + h @ self.U_r)
         candidate = torch.tanh(xh + (r * h) @ self.U_h)
         return candidate * z + h * (1 - z)
 
 
-CELLS = {"deep_rnn": DeepTransitionRNNCell, "jzs1": JZS1Cell, "jzs2": JZS2Cell, "jzs3": JZS3Cell}
+class SimpleRNNCell(RecurrentCell):
+    def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "tanh"):
+        super().__init__(input_size, hidden_size)
+        self.act = pick(ACTIVATIONS, "model.nonlinearity", nonlinearity)
+        self.W = nn.Parameter(torch.empty(input_size, hidden_size))
+        self.U = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.b = nn.Parameter(torch.empty(hidden_size))
+        self.reset_parameters()
+
+    def project(self, x):
+        return x @ self.W + self.b
+
+    def step(self, xp, h):
+        return self.act(xp + h @ self.U)
 
 
-def run_cell(cell: RecurrentCell, x: torch.Tensor) -> torch.Tensor:
-    """(batch, steps, features) -> every step's state (batch, steps, hidden), from h_0 = 0."""
+class SimpleDeepRNNCell(RecurrentCell):
+    """State: [h_{t-1} | h_{t-2} | ... | h_{t-depth}] (batch, depth * hidden)."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        depth: int = 3,
+        nonlinearity: str = "tanh",
+        inner_activation: str = "hard_sigmoid",
+    ):
+        super().__init__(input_size, hidden_size, inner_activation)
+        require_positive("model.depth", depth)
+        self.depth, self.state_size = int(depth), int(depth) * hidden_size
+        self.act = pick(ACTIVATIONS, "model.nonlinearity", nonlinearity)
+        self.inner = pick(ACTIVATIONS, "model.inner_activation", inner_activation)
+        self.W = nn.Parameter(torch.empty(input_size, hidden_size))
+        self.b = nn.Parameter(torch.empty(hidden_size))
+        self.U = nn.ParameterList(
+            nn.Parameter(torch.empty(hidden_size, hidden_size)) for _ in range(self.depth)
+        )
+        self.reset_parameters()
+
+    def output(self, state):
+        return state[..., : self.hidden_size]
+
+    def project(self, x):
+        return x @ self.W + self.b
+
+    def step(self, xp, state):
+        past = state.split(self.hidden_size, dim=-1)  # h_{t-1}, ..., h_{t-depth}
+        h = self.act(xp + sum(self.inner(p @ u) for p, u in zip(past, self.U, strict=True)))
+        return torch.cat([h, *past[:-1]], dim=-1)
+
+
+CELLS = {
+    "deep_rnn": DeepTransitionRNNCell,
+    "jzs1": JZS1Cell,
+    "jzs2": JZS2Cell,
+    "jzs3": JZS3Cell,
+    "simple_rnn": SimpleRNNCell,
+    "simple_deep_rnn": SimpleDeepRNNCell,
+}
+
+
+def step_mask(lengths: torch.Tensor | None, steps: int) -> torch.Tensor | None:
+    """(batch, steps, 1) True at real steps, or None when every step is real."""
+    if lengths is None:
+        return None
+    return (torch.arange(steps, device=lengths.device)[None, :] < lengths[:, None])[..., None]
+
+
+def reverse_padded(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """Each sequence's real steps in reverse order, padding left where it is (a backward pass
+    then starts at each sequence's own last step, never at padding)."""
+    if lengths is None:
+        return x.flip(1)
+    t = torch.arange(x.shape[1], device=x.device)[None, :]
+    lengths = lengths.to(x.device)[:, None]
+    index = torch.where(t < lengths, lengths - 1 - t, t)
+    return x.gather(1, index[..., None].expand_as(x))
+
+
+def run_cell(
+    cell: RecurrentCell, x: torch.Tensor, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(batch, steps, features) -> every step's state (batch, steps, hidden), from h_0 = 0.
+    With `lengths`, a sequence's state stops changing after its last real step (so the last
+    column holds each sequence's final real state) and padded steps read no input."""
     projected = cell.project(x)  # one matrix product for all steps
-    h = x.new_zeros(x.shape[0], cell.hidden_size)
+    mask = step_mask(lengths, x.shape[1])
+    h = x.new_zeros(x.shape[0], cell.state_size)
     states = []
     for t in range(x.shape[1]):
-        h = cell.step(projected[:, t], h)
-        states.append(h)
+        new = cell.step(projected[:, t], h)
+        h = new if mask is None else torch.where(mask[:, t], new, h)
+        states.append(cell.output(h))
     return torch.stack(states, dim=1)
 
 
@@ -233,8 +344,13 @@ class CellStack(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """With `lengths`, padded steps are never read: h_n holds each sequence's state at its
+        own last real step (the backward pass starts there) and outputs are zero at padding."""
         finals = []
+        mask = step_mask(lengths, x.shape[1])
         for layer in range(self.num_layers):
             if layer > 0:
                 x = self.dropout(x)
@@ -242,12 +358,12 @@ class CellStack(nn.Module):
             for direction in range(self.directions):
                 cell = self.cells[layer * self.directions + direction]
                 if direction == 0:
-                    states = run_cell(cell, x)
+                    states = run_cell(cell, x, lengths)
                     finals.append(states[:, -1])
-                else:  # read the sequence backwards, store the states in forward time order
-                    states = run_cell(cell, x.flip(1))
+                else:  # read each sequence backwards, store the states in forward time order
+                    states = run_cell(cell, reverse_padded(x, lengths), lengths)
                     finals.append(states[:, -1])
-                    states = states.flip(1)
-                outputs.append(states)
+                    states = reverse_padded(states, lengths)
+                outputs.append(states if mask is None else states * mask)
             x = torch.cat(outputs, dim=-1)
         return x, torch.stack(finals)

@@ -17,6 +17,7 @@ from torchmetrics.classification import (
 
 from nnlab.errors import ConfigError
 from nnlab.tasks.base import Task
+from nnlab.tasks.regression import real_steps
 
 
 class ClassificationTask(Task):
@@ -64,6 +65,16 @@ class ClassificationTask(Task):
 
     def output_width(self, datamodule) -> int | None:
         classes = getattr(datamodule, "num_classes", None)
+        if classes is None and (
+            hasattr(datamodule, "num_labels") or getattr(datamodule, "horizon", None)
+        ):
+            kind = "k-hot labels" if hasattr(datamodule, "num_labels") else "real-valued targets"
+            fix = "task=multilabel" if hasattr(datamodule, "num_labels") else "task=regression"
+            raise ConfigError(
+                "task",
+                f"classification on {type(datamodule).__name__}, whose targets are {kind}; "
+                f"use {fix}",
+            )
         if classes is not None and classes != self.num_classes:
             raise ConfigError(
                 "task.num_classes",
@@ -85,32 +96,42 @@ class ClassificationTask(Task):
     def predict_classes(self, scores: torch.Tensor) -> torch.Tensor:
         return (scores > 0.5).long() if self.binary else scores.argmax(dim=-1)
 
+    def outputs(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, targets) of `(x, y)` or `(x, lengths, y)`; many-to-many (logits per step,
+        y (batch, steps)): the real steps only, as rows."""
+        *inputs, y = batch
+        logits = self(*inputs)
+        if logits.dim() == 3 and y.dim() == 2:
+            return real_steps(
+                logits, y, inputs[1] if len(inputs) > 1 else y.new_full((len(y),), y.shape[1])
+            )
+        return logits, y
+
     def training_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        y = batch[-1]
-        logits = self(*batch[:-1])
+        logits, y = self.outputs(batch)
         if self.binary:
             predicted = (logits.squeeze(-1) > 0).long()
         else:
             predicted = logits.argmax(dim=-1)
         return self.loss(logits, y), (predicted == y).sum()
 
-    def _evaluate(self, batch, metrics: MetricCollection, stage: str) -> torch.Tensor:
-        y = batch[-1]
-        logits = self(*batch[:-1])
+    def _evaluate(self, batch, metrics: MetricCollection, stage: str):
+        logits, y = self.outputs(batch)
         self.log(f"{stage}/loss", self.loss(logits, y), prog_bar=stage == "val")
         scores = self.scores(logits)
         metrics.update(scores, y)
         self.log_dict(metrics, prog_bar=stage == "val")
-        return scores
+        return scores, y
 
     def validation_step(self, batch, batch_idx):
         self._evaluate(batch, self.val_metrics, "val")
 
     def test_step(self, batch, batch_idx):
-        scores = self._evaluate(batch, self.test_metrics, "test")
+        scores, y = self._evaluate(batch, self.test_metrics, "test")
         predicted = self.predict_classes(scores)
-        self.test_confusion.update(predicted, batch[-1])
-        self.collect_mistakes(batch[0], batch[-1], predicted)
+        self.test_confusion.update(predicted, y)
+        if y is batch[-1]:  # whole samples (not the steps of many-to-many ones)
+            self.collect_mistakes(batch[0], y, predicted)
 
     def collect_mistakes(self, x: torch.Tensor, y: torch.Tensor, predicted: torch.Tensor) -> None:
         room = self.keep_mistakes - sum(len(m[1]) for m in self.test_mistakes)

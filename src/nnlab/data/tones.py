@@ -1,0 +1,96 @@
+"""Generated multi-label sequences: each sample is noise plus a random subset of `num_labels`
+tones (sinusoids of distinct frequencies and random phase) over `steps` steps; its target is
+the k-hot vector of the tones present (none, one or several). Sizes are config keys, so models
+are sized from `data.num_labels` / `data.input_size`. Batches `(x, y)`: x (batch, steps, 1),
+y (batch, num_labels) float 0/1. Splits by a seeded draw."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch.utils.data import TensorDataset
+
+from nnlab.data.base import DataModule, Encoded
+from nnlab.errors import ConfigError, require_positive
+
+
+class TonesDataModule(DataModule):
+    def __init__(
+        self,
+        input_size: int = 1,
+        num_samples: int = 2000,
+        steps: int = 32,
+        num_labels: int = 4,
+        p_present: float = 0.4,
+        noise: float = 0.3,
+        splits: tuple[float, float, float] = (0.7, 0.15, 0.15),
+        batch_size: int = 64,
+        seed: int = 0,
+        num_workers: int = 0,
+        in_memory: bool | str = "auto",
+    ):
+        super().__init__(
+            batch_size, shuffle_seed=seed, in_memory=in_memory, num_workers=num_workers
+        )
+        if input_size != 1:
+            raise ConfigError("data.input_size", f"the tones are univariate: 1, got {input_size}")
+        self.input_size = 1
+        for key, value in (("num_samples", num_samples), ("steps", steps)):
+            require_positive(f"data.{key}", value)
+        require_positive("data.num_labels", num_labels)
+        require_positive("data.batch_size", batch_size)
+        if not 0.0 < p_present < 1.0:
+            raise ConfigError("data.p_present", f"must be in (0, 1), got {p_present}")
+        if len(splits) != 3 or not math.isclose(sum(splits), 1.0) or min(splits) <= 0:
+            raise ConfigError(
+                "data.splits", f"need three positive fractions summing to 1: {splits}"
+            )
+        self.save_hyperparameters()
+        self.num_samples, self.steps, self.num_labels = (
+            int(num_samples),
+            int(steps),
+            int(num_labels),
+        )
+        self.p_present, self.noise, self.splits = p_present, noise, tuple(splits)
+        self.seed = int(seed)
+
+    def example_input(self, n: int = 2) -> torch.Tensor:
+        return torch.zeros(n, self.steps, 1)
+
+    def encode(self, raw) -> Encoded:
+        """Series (each `steps` numbers) as model inputs (n, steps, 1)."""
+        x = torch.as_tensor(raw, dtype=torch.float32).reshape(-1, self.steps, 1)
+        return Encoded((x,), None, raw)
+
+    def save_artifacts(self, run_dir) -> list[Path]:
+        path = Path(run_dir) / "labels.json"
+        path.write_text(json.dumps({"labels": self.frequencies().tolist()}))
+        return [path]
+
+    def frequencies(self) -> torch.Tensor:
+        """Label k's tone: k + 1 cycles over the sequence (distinct, all below Nyquist)."""
+        return torch.arange(1, self.num_labels + 1, dtype=torch.float32)
+
+    def generate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed)
+        n, k = self.num_samples, self.num_labels
+        y = (torch.rand(n, k, generator=g) < self.p_present).float()
+        phase = torch.rand(n, k, 1, generator=g) * 2 * math.pi
+        t = torch.arange(self.steps, dtype=torch.float32) / self.steps
+        tones = torch.sin(2 * math.pi * self.frequencies()[None, :, None] * t + phase)
+        x = (y[..., None] * tones).sum(1) + self.noise * torch.randn(n, self.steps, generator=g)
+        return x[..., None], y
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        x, y = self.generate()
+        ends = [round(self.num_samples * sum(self.splits[: i + 1])) for i in range(3)]
+        starts = [0, *ends[:-1]]
+        for name, a, b in zip(("train", "val", "test"), starts, ends, strict=True):
+            self.datasets[name] = TensorDataset(x[a:b], y[a:b])
+        if self.batch_size > len(self.datasets["train"]):
+            raise ConfigError("data.batch_size", "larger than the training set; use a smaller one")

@@ -1,0 +1,79 @@
+"""Multi-label classification: k-hot targets (batch, num_labels), one logit per label, sigmoid +
+binary cross-entropy (the workflow chapter's choice for several labels per sample); micro and
+macro F1 and per-label accuracy per split (torchmetrics)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MultilabelAccuracy, MultilabelF1Score
+
+from nnlab.errors import ConfigError, require_positive
+from nnlab.tasks.base import Task
+
+
+class MultiLabelTask(Task):
+    """Batches `(x, y)` or `(x, *extra, y)`, y k-hot (0/1) of `num_labels`."""
+
+    def __init__(self, *args, num_labels: int = 2, threshold: float = 0.5, **kwargs):
+        super().__init__(*args, **kwargs)
+        require_positive("task.num_labels", num_labels)
+        if not 0.0 < threshold < 1.0:
+            raise ConfigError("task.threshold", f"must be in (0, 1), got {threshold}")
+        self.save_hyperparameters({"num_labels": num_labels, "threshold": threshold})
+        self.num_labels, self.threshold = int(num_labels), float(threshold)
+        k = self.num_labels
+        metrics = MetricCollection(
+            {
+                "f1_micro": MultilabelF1Score(k, threshold=threshold, average="micro"),
+                "f1_macro": MultilabelF1Score(k, threshold=threshold, average="macro"),
+                "acc": MultilabelAccuracy(k, threshold=threshold, average="micro"),
+            }
+        )
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def output_width(self, datamodule) -> int | None:
+        labels = getattr(datamodule, "num_labels", None)
+        if labels is None:
+            raise ConfigError(
+                "task",
+                f"multi-label classification on {type(datamodule).__name__}, whose targets are "
+                "not k-hot labels; use task=classification (one class per sample) or "
+                "task=regression",
+            )
+        if labels != self.num_labels:
+            raise ConfigError(
+                "task.num_labels",
+                f"{self.num_labels}, but the data has {labels} labels; use ${{data.num_labels}}",
+            )
+        return self.num_labels
+
+    def outputs(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        *inputs, y = batch
+        return self(*inputs), y
+
+    def training_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, y = self.outputs(batch)
+        # samples with every label right: train/acc is the exact-match (subset) accuracy
+        correct = ((logits > 0) == y.bool()).all(-1).sum()
+        return F.binary_cross_entropy_with_logits(logits, y.float()), correct
+
+    def _evaluate(self, batch, metrics: MetricCollection, stage: str) -> None:
+        logits, y = self.outputs(batch)
+        loss = F.binary_cross_entropy_with_logits(logits, y.float())
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val")
+        metrics.update(torch.sigmoid(logits.float()), y.long())
+        self.log_dict(metrics, prog_bar=stage == "val")
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, self.val_metrics, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, self.test_metrics, "test")
+
+    def predict_step(self, batch, batch_idx):
+        inputs = batch[:-1] if isinstance(batch, list | tuple) and len(batch) > 1 else batch
+        inputs = inputs if isinstance(inputs, list | tuple) else (inputs,)
+        return torch.sigmoid(self(*inputs).float())

@@ -1,0 +1,118 @@
+"""Multivariate CSV series: feature and target columns, time column order, chronological split,
+scaling fitted on the training span and undone for the metrics; MLP and recurrent regressors."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from nnlab.data.series import MultivariateCSVDataModule, read_csv_columns, write_weather_csv
+from nnlab.errors import ConfigError, DataError
+
+
+def write_csv(path: Path, rows: list[list], header=("t", "a", "b", "c")) -> Path:
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(header)
+        out.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def ramp(tmp_path) -> Path:
+    """a = i, b = 10 i, c = -i for i = 0..39, rows written in reverse time order."""
+    rows = [[i, i, 10 * i, -i] for i in range(40)][::-1]
+    return write_csv(tmp_path / "ramp.csv", rows)
+
+
+def module(path, **kwargs):
+    kwargs = {"features": ["a", "b"], "targets": ["c"], "window": 3, "horizon": 2, **kwargs}
+    return MultivariateCSVDataModule(path=str(path), batch_size=4, **kwargs)
+
+
+def test_windows_follow_the_time_column_and_split_by_time(ramp):
+    dm = module(ramp, time_column="t", standardize=False)
+    dm.setup()
+    x, y = dm.datasets["train"].tensors
+    assert x.shape == (24, 3, 2) and y.shape == (24, 2)  # 28 training rows - 5 + 1 windows
+    assert x[0].tolist() == [[0, 0], [1, 10], [2, 20]] and y[0].tolist() == [-3, -4]
+    val_x, _ = dm.datasets["val"].tensors
+    assert val_x[0, 0, 0] == 28  # validation starts where training ends: no window straddles
+    assert dm.input_size == 2 and dm.output_size == 2
+
+
+def test_without_a_time_column_the_file_order_counts(ramp):
+    dm = module(ramp, standardize=False)
+    dm.setup()
+    assert dm.datasets["train"].tensors[0][0, 0, 0] == 39
+
+
+def test_scaling_is_fitted_on_the_training_span_and_undone_for_targets(ramp):
+    dm = module(ramp, time_column="t")
+    dm.setup()
+    train = torch.arange(28, dtype=torch.float32)
+    assert torch.allclose(dm.mean, torch.stack([train, 10 * train, -train]).mean(1))
+    _, y = dm.datasets["test"].tensors
+    assert y.min() < -2  # test values lie beyond the training span: not re-fitted on them
+    raw = dm.unscale_targets(y)
+    assert torch.allclose(raw[0], torch.tensor([-37.0, -38.0]))
+    assert torch.allclose(
+        dm.encode([[[0, 0], [1, 10], [2, 20]]]).inputs[0], dm.datasets["train"].tensors[0][:1]
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"features": ["a", "zzz"]}, ConfigError, "no column 'zzz'"),
+        ({"time_column": "when"}, ConfigError, "data.time_column: no column 'when'"),
+        ({"targets": []}, ConfigError, "data.targets"),
+        ({"window": 30}, ConfigError, "data.window"),
+    ],
+)
+def test_bad_settings_name_the_key(ramp, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        module(ramp, **kwargs).setup()
+
+
+def test_bad_cells_and_times_name_the_line(tmp_path):
+    path = write_csv(tmp_path / "x.csv", [[0, 1, 2, 3], [1, 1, "", 3]])
+    with pytest.raises(DataError, match="line 3: column 'b' holds ''"):
+        read_csv_columns(path, ["a", "b"], None)
+    path = write_csv(tmp_path / "y.csv", [["noon", 1, 2, 3]])
+    with pytest.raises(DataError, match="neither a number nor an ISO date"):
+        read_csv_columns(path, ["a"], "t")
+    path = write_csv(tmp_path / "z.csv", [[1, 1, 2, 3], [1, 2, 2, 3]])
+    with pytest.raises(DataError, match="repeated times"):
+        read_csv_columns(path, ["a"], "t")
+
+
+def test_the_generated_weather_file_needs_its_time_column(tmp_path):
+    path = write_weather_csv(tmp_path / "w.csv", 100, seed=0)
+    by_time, header = read_csv_columns(path, ["temp"], "time")
+    by_file, _ = read_csv_columns(path, ["temp"], None)
+    assert header[0] == "time" and not torch.equal(by_time, by_file)
+    assert sorted(by_time[:, 0].tolist()) == sorted(by_file[:, 0].tolist())
+
+
+@pytest.mark.parametrize("model", ["recurrent", "mlp"])
+def test_the_weather_preset_trains_with_each_regressor(cli, tmp_path, model):
+    extra = ["model.input_size=${data.flat_input_size}", "model.hidden_sizes=[16]"]
+    extra += ["~model.cell", "~model.hidden_size"]  # the preset's LSTM keys
+    result = cli(
+        "experiment=weather_lstm",
+        f"model={model}",
+        "model.output_size=${data.output_size}",
+        *(extra if model == "mlp" else ["model.input_size=${data.input_size}"]),
+        "data.generate=400",
+        "trainer.max_epochs=1",
+        "logger=none",
+        env={"NNLAB_DATA_DIR": str(tmp_path / "data")},
+    )
+    metrics = result.metrics()
+    # metrics in the data's units (degrees, percent): far above the standardised loss
+    assert metrics["test/mse"] > metrics["test/loss"]
+    assert (tmp_path / "data" / "generated" / "weather.csv").is_file()
