@@ -217,7 +217,9 @@ def test_the_run_saves_the_vocabulary_and_predict_encodes_through_it(tmp_path, m
     ).run_dir()
     assert (run / "vocab.json").is_file()
     monkeypatch.setenv("NNLAB_DATA_DIR", str(tmp_path / "elsewhere"))  # no data needed now
-    out = nnlab.predict.main([f"run={run}", "text=great wonderful film", f"out={tmp_path / 'p'}"])
+    out = nnlab.predict.main.call(
+        [f"run={run}", "text=great wonderful film", f"out={tmp_path / 'p'}"]
+    )
     rows = (out / "predictions.csv").read_text().splitlines()
     assert rows[0] == "review,sentiment,probability,p_positive" and len(rows) == 2
 
