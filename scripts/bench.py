@@ -105,20 +105,9 @@ def steady(times: list[float]) -> float:
 
 
 def run_nnlab(cfg: DictConfig) -> dict:
-    import nnlab.train as nnlab_train
 
     timer = EpochTimer()
-    original = nnlab_train.build_all
-
-    def with_timer(group_cfg, key):  # the run's own callbacks, plus the timer
-        built = original(group_cfg, key)
-        return [*built, timer] if key == "callbacks" else built
-
-    nnlab_train.build_all = with_timer
-    try:
-        metrics = train(cfg, Run(cfg.paths.output_dir))
-    finally:
-        nnlab_train.build_all = original
+    metrics = train(cfg, Run(cfg.paths.output_dir), extra_callbacks=[timer])
     return {"epoch_times": timer.times, "metrics": metrics}
 
 

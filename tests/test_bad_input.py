@@ -63,7 +63,7 @@ CASES = [
     ("unknown model", ["model=nope"], 2, "Could not find 'model/nope'"),
     ("unknown data", ["data=nope"], 2, "Could not find 'data/nope'"),
     ("unknown trainer", ["trainer=nope"], 2, "Could not find 'trainer/nope'"),
-    ("unknown key", ["data.windw=3"], 2, "Key 'windw' is not in struct"),
+    ("unknown key", ["data.windw=3"], 2, "Could not override 'data.windw'"),
     (
         "epochs not a number",
         ["trainer.max_epochs=abc"],

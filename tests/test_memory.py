@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from nnlab.data.memory import GROUP_BYTES, MemoryBatcher, group_size, make_loader
+from nnlab.runs import Run
 
 N, BATCH = 50, 8  # 6 full batches and one of 2
 
@@ -104,14 +105,10 @@ def test_the_fused_loop_tells_the_data_module_how_many_batches_to_group(make_cfg
         def on_test_start(self, trainer, pl_module):
             seen["test_group"] = trainer.test_dataloaders.group
 
-    build_all = entry.build_all
-    monkeypatch.setattr(
-        entry, "build_all", lambda cfg, key: [*build_all(cfg, key), *[Spy()][: key == "callbacks"]]
-    )
     cfg = make_cfg("experiment=sine_mlp", "trainer.max_epochs=1", "task.micro_batches=8")
     with open_dict(cfg):
         del cfg["hydra"]
-    entry.train(cfg)
+    entry.train(cfg, Run(cfg.paths.output_dir), extra_callbacks=[Spy()])
     assert seen["micro_batches"] == 8 and seen["train"] == [256, 256, 184]
     assert seen["test_group"] == 1
 

@@ -207,7 +207,7 @@ def test_ddp_presets_compose(tmp_path):
     assert cfg.hydra.launcher._target_.endswith("LocalLauncher")
 
 
-def test_lightning_takes_over_submitits_requeue_signal():
+def test_nnlab_takes_over_submitits_requeue_signal():
     submitit = pytest.importorskip("submitit")
     from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
 
@@ -221,8 +221,9 @@ def test_lightning_takes_over_submitits_requeue_signal():
     try:
         assert _SignalConnector._has_already_handler(signal.SIGUSR2)  # Lightning would back off
         env = SubmititSLURMEnvironment()
-        assert env.requeue_signal == signal.SIGUSR2 and env.auto_requeue
-        assert not _SignalConnector._has_already_handler(signal.SIGUSR2)  # now it installs its own
+        # nnlab's Preemption callback requeues on USR2 (at a batch boundary); Lightning does not
+        assert env.nnlab_requeue_signal == signal.SIGUSR2 and not env.auto_requeue
+        assert not _SignalConnector._has_already_handler(signal.SIGUSR2)  # submitit's is gone
         mine = signal.signal(signal.SIGUSR2, lambda *a: None)
         SubmititSLURMEnvironment()  # a handler that is not submitit's is left alone
         assert signal.getsignal(signal.SIGUSR2) is not signal.SIG_DFL

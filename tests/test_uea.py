@@ -151,7 +151,8 @@ def test_encode_and_artifacts_match_the_training_scaling(toy_dir, tmp_path):
     x, lengths = dm.encode([c.tolist() for c in raw]).inputs
     assert torch.allclose(x[0, : len(raw[0])], dm.datasets["test"].tensors[0][0, : len(raw[0])])
     assert lengths.tolist() == [len(c) for c in raw]
-    meta = json.loads(dm.save_artifacts(tmp_path / "run").read_text())
+    (path,) = dm.save_artifacts(tmp_path / "run")
+    meta = json.loads(path.read_text())
     assert meta["classes"] == CLASSES and len(meta["mean"]) == 3
     with pytest.raises(DataError, match=r"expected \(steps, 3\)"):
         dm.encode([[[1.0, 2.0]]])

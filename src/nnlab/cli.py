@@ -171,6 +171,21 @@ def rerun_overrides(argv: list[str]) -> list[str]:
     return extra
 
 
+def unparsable_argument(argv: list[str]) -> str | None:
+    """The first command-line override that Hydra's grammar cannot read, if any."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            parser.parse_overrides([arg])
+        except Exception:  # noqa: BLE001 - Hydra raises its own parse errors
+            return arg
+    return None
+
+
 def check_writable(argv: list[str]) -> None:
     """Run directories go under paths.log_dir: refuse one that cannot be written, before Hydra
     tries (and fails with a stack trace)."""

@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 from nnlab import CONF_DIR
 from nnlab.callbacks.resilience import NonFiniteLoss
 from nnlab.checkpoint_io import AtomicCheckpointIO, check_checkpoint
-from nnlab.cli import check_writable, rerun_overrides, resumed_config
+from nnlab.cli import check_writable, rerun_overrides, resumed_config, unparsable_argument
 from nnlab.config import build, build_all, validate
 from nnlab.console import print_config_tree
 from nnlab.errors import (
@@ -48,8 +49,9 @@ warnings.filterwarnings("ignore", message=r".*torch\.jit\..* is deprecated", cat
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
-def train(cfg: DictConfig, run: Run) -> dict[str, Any]:
-    """Fit the configured task, then validate and test the best checkpoint; returns metrics."""
+def train(cfg: DictConfig, run: Run, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Fit the configured task, then validate and test the best checkpoint; returns metrics.
+    `extra_callbacks` join the configured ones (benchmarks and tests watch a run with them)."""
     validate(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
@@ -69,6 +71,7 @@ def train(cfg: DictConfig, run: Run) -> dict[str, Any]:
     checkpointing = cfg.get("checkpoint") or {}
     callbacks = [
         *build_all(cfg.get("callbacks"), "callbacks"),
+        *extra_callbacks,
         *run.callbacks(cfg.monitor, cfg.monitor_mode, checkpointing, requeue_signal=requeue),
         NonFiniteLoss(),
     ]
@@ -177,6 +180,8 @@ def main() -> None:
         hydra_main()
     except (HydraException, OmegaConfBaseException) as exc:
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        if (bad := unparsable_argument(sys.argv[1:])) is not None:  # name it: Hydra does not
+            message = f"{bad}: {message}"
         print(f"error: {message}", file=sys.stderr)
         sys.exit(UserError.exit_code)
     except NoTrialCompleted as exc:

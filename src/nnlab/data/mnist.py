@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,7 @@ class MNISTDataModule(DataModule):
                 try:
                     with gzip.open(packed, "rb") as src, open(self.raw_folder / name, "wb") as dst:
                         shutil.copyfileobj(src, dst)
-                except (OSError, EOFError) as exc:
+                except (OSError, EOFError, zlib.error) as exc:
                     (self.raw_folder / name).unlink(missing_ok=True)
                     raise DataError(
                         f"{packed}: cannot unzip ({exc}); delete it or replace it"

@@ -49,7 +49,9 @@ from nnlab.models.recurrent import TORCH_CELLS, make_rnn
 log = logging.getLogger(__name__)
 
 RECURRENT = {"simple_rnn": "rnn", "rnn": "rnn", "lstm": "lstm", "gru": "gru"}
-RECURRENT.update({name: name for name in CUSTOM_CELLS})
+# nnlab's own cells by their names; Keras' `simple_rnn` stays torch's nn.RNN (cuDNN, packed
+# sequences), as RecurrentNet's `rnn` is: the same parameters as model=recurrent's.
+RECURRENT.update({name: name for name in CUSTOM_CELLS if name not in RECURRENT})
 HEADS = ("softmax", "sigmoid")  # left to the loss when they end the network
 
 
