@@ -76,7 +76,6 @@ class AlexNet(nn.Module):
         net_channels, size, mode, (k1, s1, p1), p2 = VARIANTS[variant]
         size = input_size or size  # what conv1 sees; 227 as published (224 does not divide)
         c1, c2, c3, c4, c5 = channels
-        self.variant = variant
 
         def norm() -> nn.Module:
             return LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0) if lrn else nn.Identity()

@@ -43,7 +43,6 @@ class LeNet5(nn.Module):
         require_positive("model.num_classes", num_classes)
         default_activation, pool = VARIANTS[variant]
         act = activation or default_activation
-        self.variant = variant
 
         def a() -> nn.Module:
             return make_activation(act)
