@@ -35,6 +35,7 @@ from omegaconf import DictConfig
 from nnlab.packed import stack
 from nnlab.runs import LAST, Run
 from nnlab.tasks.classification import ClassificationTask
+from nnlab.tracking import log_run_summary
 
 log = logging.getLogger("nnlab.packed")
 STATE_DIR = ".packed"  # in the sweep directory: each group's resume state, one file per group
@@ -512,6 +513,8 @@ class PackedGroup:
             record["global_step"] = t.global_step
             self._log(t, {**val[i], "epoch": t.epochs_done}, t.global_step)
             self._log(t, {**test[i], "epoch": t.epochs_done}, t.global_step)
+            # hyperparameters, final metrics, tags: what a sequential run sends (nnlab/tracking.py)
+            log_run_summary(t.loggers, t.cfg, t.task, record)
             for logger in t.loggers:
                 logger.finalize("success")
             t.record = t.run.finish(record)
