@@ -268,8 +268,10 @@ class TrainingLoop(L.Callback):
             self._per_step = self._schedulers(trainer, "step")
         loss = None
         on_cpu = self.step.device.type == "cpu"
+        steps = 0
         for micro in zip(*(t.split(self.micro_batch_size) for t in batch), strict=True):
             loss = self.step(micro)
+            steps += 1
             self.sums.samples += len(micro[-1])
             # Lightning's manual loop counts optimizer steps (trainer.global_step) through
             # these two hooks on the LightningOptimizer; the raw optimizer stepped above.
@@ -279,6 +281,9 @@ class TrainingLoop(L.Callback):
                 scheduler.step()
             if on_cpu and not math.isfinite(loss.item()):  # reading it costs nothing on the CPU
                 break  # the NaN check (callbacks/resilience.py) names this step
+        # The loggers' step axis (Lightning counts one per batch that stepped): optimizer steps,
+        # as in Lightning's own loop, so curves of both loops line up.
+        trainer.fit_loop.epoch_loop._batches_that_stepped += steps - 1
         return loss
 
     def _start_sums(self, task: L.LightningModule) -> None:
