@@ -411,9 +411,9 @@ class PackedGroup:
         if t.best_path and t.best_epoch is not None:
             best = self._weights(i, t, self.best_params, self.best_buffers)
             self._save(t, Path(t.best_path), best, t.best_epoch, t.best_step)
-        if cb.save_last:
-            last = self._weights(i, t, self.params, self.buffers)
-            self._save(t, Path(cb.dirpath) / LAST, last, t.epoch, t.global_step)
+        # the run manager always keeps last.ckpt (nnlab/runs.py)
+        last = self._weights(i, t, self.params, self.buffers)
+        self._save(t, Path(cb.dirpath) / LAST, last, t.epoch, t.global_step)
 
     def _log(self, t: Trial, metrics: dict[str, float], step: int) -> None:
         for logger in t.loggers:
