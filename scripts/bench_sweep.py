@@ -1,19 +1,21 @@
 """Sweep throughput: the same seed/lr sweep through hydra/launcher=packed, Hydra's basic launcher
 and joblib, each as a user runs it (`nnlab-train -m ...` in a subprocess), timed end to end.
 
-    python scripts/bench_sweep.py --experiment sine_mlp --trials 32
-    python scripts/bench_sweep.py --experiment mnist_lstm --trials 16 --baseline-trials 4 \
+    python scripts/bench_sweep.py experiment=sine_mlp trials=32
+    python scripts/bench_sweep.py experiment=mnist_lstm trials=16 baseline_trials=4 \
         trainer.max_epochs=1
 
+(key=value arguments, as every nnlab command: scripts/bench_sweep.yaml; dotted keys go to each
+trial's nnlab-train command line.)
+
 Trials per hour = completed trials / wall seconds * 3600; the ratio is packed over each baseline.
-The baselines can run fewer trials (--baseline-trials): a sequential launcher's rate does not
+The baselines can run fewer trials (baseline_trials=): a sequential launcher's rate does not
 depend on how many trials it runs, so that only shortens the measurement (say so when quoting).
 Set OMP_NUM_THREADS=1 (one thread per process, as the README's numbers) before running.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -37,12 +39,12 @@ def run(mode: str, trials: int, args, extra: list[str]) -> dict:
     launcher = {
         "packed": ["hydra/launcher=packed"],
         "basic": [],
-        "joblib": ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.joblib_jobs}"],
+        "joblib": ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args['joblib_jobs']}"],
     }[mode]
     with tempfile.TemporaryDirectory(prefix=f"bench_sweep_{mode}_") as tmp:
         env = {**os.environ, "NNLAB_OUTPUT_DIR": tmp, "PYTHONUNBUFFERED": "1"}
         env.setdefault("OMP_NUM_THREADS", "1")
-        command = [sys.executable, "-m", "nnlab.train", "-m", f"experiment={args.experiment}"]
+        command = [sys.executable, "-m", "nnlab.train", "-m", f"experiment={args['experiment']}"]
         command += [*launcher, *sweep_overrides(trials), "print_config=false", *extra]
         print("$", " ".join(command[2:]), flush=True)
         start = time.perf_counter()
@@ -56,18 +58,28 @@ def run(mode: str, trials: int, args, extra: list[str]) -> dict:
     return {"mode": mode, "trials": trials, "completed": done, "wall_s": wall, "per_hour": rate}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--experiment", default="sine_mlp")
-    parser.add_argument("--trials", type=int, default=32)
-    parser.add_argument("--baseline-trials", type=int, default=None)
-    parser.add_argument("--modes", default="packed,basic,joblib")
-    parser.add_argument("--joblib-jobs", type=int, default=2)
-    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
-    args, extra = parser.parse_known_args()
+def main(argv: list[str] | None = None) -> None:
+    from nnlab.cli import parse_args
+    from nnlab.errors import UserError, exit_on_user_error
+
+    with exit_on_user_error():
+        args, extra = parse_args(
+            sys.argv[1:] if argv is None else argv,
+            "bench_sweep",
+            entry=Path(__file__).with_suffix(".yaml"),
+            prog="scripts/bench_sweep.py",
+        )
+        try:
+            for key in ("trials", "joblib_jobs"):
+                args[key] = int(args[key])
+            args["baseline_trials"] = int(args["baseline_trials"] or args["trials"])
+        except ValueError as exc:
+            raise UserError(
+                f"trials / baseline_trials / joblib_jobs: whole numbers ({exc})"
+            ) from None
     rows = []
-    for mode in args.modes.split(","):
-        trials = args.trials if mode == "packed" else (args.baseline_trials or args.trials)
+    for mode in str(args["modes"]).strip("[]").split(","):
+        trials = args["trials"] if mode == "packed" else args["baseline_trials"]
         rows.append(run(mode, trials, args, extra))
     packed = next((r for r in rows if r["mode"] == "packed"), None)
     print("\n| launcher | trials | wall s | trials/h | packed speed-up |\n|---|---|---|---|---|")
@@ -77,8 +89,8 @@ def main() -> None:
             f"| {r['mode']} | {r['completed']}/{r['trials']} | {r['wall_s']:.0f} | "
             f"{r['per_hour']:.0f} | {ratio if r is not packed else '1.0x'} |"
         )
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    if args["json"]:
+        Path(args["json"]).write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -192,7 +192,7 @@ def test_packed_sweep_runs_read_like_sequential_ones(tmp_path):
     assert (good / "export/model.torchscript.pt").is_file()
 
     report = tmp_path / "report"
-    proc = nnlab([str(sweep), "--out", str(report)], outputs, tmp_path, module="nnlab.report")
+    proc = nnlab([f"sweep={sweep}", f"out={report}"], outputs, tmp_path, module="nnlab.report")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = (report / "leaderboard.csv").read_text().splitlines()
     assert len(rows) == 5 and sum(",failed," in r for r in rows) >= 1
