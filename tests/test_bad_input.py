@@ -235,7 +235,7 @@ CASES = [
             "data.sha256=abc123",
         ],
         2,
-        "checksum",
+        "data.sha256: the download from",
     ),
     (
         "cnn input size the layers cannot take",

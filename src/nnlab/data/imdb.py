@@ -44,7 +44,6 @@ import shutil
 import tarfile
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +52,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from nnlab.data.base import DataModule, Encoded
+from nnlab.data.download import download, sha256_of
 from nnlab.data.folds import fold_indices
 from nnlab.errors import ConfigError, DataError, UserError, require_positive
 
@@ -86,41 +86,6 @@ def tokenize(text: str) -> list[str]:
 
 
 # -- download, verify, extract -----------------------------------------------------------------
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def download(url: str, dest: Path, sha256: str | None) -> Path:
-    """Fetch `url` to `dest` through a `.part` file, renamed only when its checksum matches."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    log.info("Downloading %s to %s", url, dest)
-    digest = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, part.open("wb") as out:
-            while block := response.read(1 << 20):
-                digest.update(block)
-                out.write(block)
-    except (OSError, ValueError) as exc:
-        part.unlink(missing_ok=True)
-        raise DataError(
-            f"data.url: could not download {url}: {exc}; check the network, or put "
-            f"{ARCHIVE} (or the extracted {FOLDER}/ folder) into {dest.parent} yourself"
-        ) from None
-    if sha256 and digest.hexdigest() != sha256.lower():
-        part.unlink(missing_ok=True)
-        raise DataError(
-            f"data.sha256: the download from {url} has sha256 {digest.hexdigest()}, expected "
-            f"{sha256}; it is corrupt or not the right file (deleted it); try again"
-        )
-    part.replace(dest)
-    return dest
-
-
 def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
     name = member.name
     parts = Path(name).parts
@@ -188,7 +153,7 @@ def ensure_aclimdb(
                 "corrupt or incomplete: delete it so that it is downloaded again"
             )
     elif allow_download and url:
-        download(url, archive, sha256)
+        download(url, archive, sha256, f"{ARCHIVE} (or the extracted {FOLDER}/ folder)")
     else:
         raise DataError(
             f"no {FOLDER}/ folder or {ARCHIVE} in {data_dir}; set data.download=true (and "

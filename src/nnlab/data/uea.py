@@ -22,13 +22,11 @@ validate. Each channel is standardised with the mean and std of the training cas
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import shutil
 import tempfile
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +36,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from nnlab.data.base import DataModule, Encoded
-from nnlab.data.imdb import sha256_of
+from nnlab.data.download import check_digest, download, sha256_of
 from nnlab.errors import ConfigError, DataError, require_positive
 
 log = logging.getLogger(__name__)
@@ -134,40 +132,6 @@ def pad_cases(cases: list[torch.Tensor], steps: int) -> tuple[torch.Tensor, torc
 
 
 # -- download, verify, extract -----------------------------------------------------------------
-def download(url: str, dest: Path, sha256: str | None) -> Path:
-    """Fetch `url` to `dest` through a `.part` file, renamed only when its checksum matches."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    log.info("Downloading %s to %s", url, dest)
-    digest = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, part.open("wb") as out:
-            while block := response.read(1 << 20):
-                digest.update(block)
-                out.write(block)
-    except (OSError, ValueError) as exc:
-        part.unlink(missing_ok=True)
-        raise DataError(
-            f"data.url: could not download {url}: {exc}; check the network, or put {dest.name} "
-            f"(or its two .ts files) into {dest.parent} yourself"
-        ) from None
-    check_digest(digest.hexdigest(), sha256, part, url)
-    part.replace(dest)
-    return dest
-
-
-def check_digest(got: str, sha256: str | None, path: Path, source: str) -> None:
-    if not sha256:
-        log.warning("%s has sha256 %s; pin it with data.sha256=%s", source, got, got)
-        return
-    if got != sha256:
-        path.unlink(missing_ok=True)
-        raise DataError(
-            f"data.sha256: {source} has sha256 {got}, expected {sha256}; it is corrupt or not "
-            f"the right file (deleted it); try again, or fix data.sha256"
-        )
-
-
 def extract_ts(archive: Path, name: str, folder: Path) -> None:
     """The two `<name>_{TRAIN,TEST}.ts` members of the zip (wherever they sit in it) into
     `folder`, through a temporary folder renamed into place when both are there."""
@@ -215,7 +179,7 @@ def ensure_files(
     if archive.is_file():
         check_digest(sha256_of(archive), sha256, archive, str(archive))
     elif allow_download and url:
-        download(url, archive, sha256)
+        download(url, archive, sha256, f"{archive.name} (or its two .ts files)")
     else:
         raise DataError(
             f"no {files['TRAIN'].name} / {files['TEST'].name} in {folder} and no {archive.name} "
