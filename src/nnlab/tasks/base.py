@@ -89,6 +89,16 @@ class Task(L.LightningModule):
             self.log("train/acc", correct / n, on_step=False, on_epoch=True, batch_size=n)
         return loss
 
+    # -- evaluation: each task's `_evaluate` logs `<stage>/loss` and its metrics ---------------
+    def _evaluate(self, batch, metrics, stage: str):
+        raise NotImplementedError
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, self.val_metrics, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, self.test_metrics, "test")
+
     def configure_callbacks(self) -> list[L.Callback]:
         if self.trainer.state.fn != "fit":  # validate/test/predict: no training loop to choose
             return []

@@ -123,9 +123,6 @@ class ClassificationTask(Task):
         self.log_dict(metrics, prog_bar=stage == "val")
         return scores, y
 
-    def validation_step(self, batch, batch_idx):
-        self._evaluate(batch, self.val_metrics, "val")
-
     def test_step(self, batch, batch_idx):
         scores, y = self._evaluate(batch, self.test_metrics, "test")
         predicted = self.predict_classes(scores)

@@ -67,12 +67,6 @@ class MultiLabelTask(Task):
         metrics.update(torch.sigmoid(logits.float()), y.long())
         self.log_dict(metrics, prog_bar=stage == "val")
 
-    def validation_step(self, batch, batch_idx):
-        self._evaluate(batch, self.val_metrics, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._evaluate(batch, self.test_metrics, "test")
-
     def predict_step(self, batch, batch_idx):
         inputs = batch[:-1] if isinstance(batch, list | tuple) and len(batch) > 1 else batch
         inputs = inputs if isinstance(inputs, list | tuple) else (inputs,)

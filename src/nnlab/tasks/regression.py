@@ -86,12 +86,6 @@ class RegressionTask(Task):
         metrics.update(pred, y)
         self.log_dict(metrics, prog_bar=stage == "val")
 
-    def validation_step(self, batch, batch_idx):
-        self._evaluate(batch, self.val_metrics, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._evaluate(batch, self.test_metrics, "test")
-
     def predict_step(self, batch, batch_idx):
         if not isinstance(batch, list | tuple):
             return self(batch)
