@@ -44,8 +44,6 @@ class SeriesDataModule(DataModule):
     `encode` reads a series a user gives (a CSV file, its `column`, or inline values) into
     windows scaled as in training; `decode` brings outputs back to the series' units."""
 
-    micro_batches = 1  # batches per training batch, set by the fused loop (tasks/loops.py)
-
     def __init__(
         self,
         window: int = 4,
