@@ -207,6 +207,26 @@ def test_an_optuna_search_survives_a_crashing_trial(tmp_path):
     assert "failed" in report and "task.optimizer.lr" in report
 
 
+def test_a_grid_search_whose_last_trial_fails_ends_cleanly(tmp_path):
+    """Every grid point fails, so the last one told to Optuna is a failure: Optuna's grid sampler
+    then stops the study, which the search must take as its end (exit 1: none completed), not
+    crash on (the grid's order is random, so the four-point search above meets this only
+    sometimes)."""
+    optuna = pytest.importorskip("optuna")
+    search = tmp_path / "my_conf" / "hparams_search"
+    search.mkdir(parents=True)
+    crashy = CRASHY_SEARCH.replace("n_trials: 4", "n_trials: 2")
+    (search / "crashy.yaml").write_text(crashy.replace("0.001, 0.002, 0.003, -1.0", "-1.0, -2.0"))
+    args = ["--config-dir", str(tmp_path / "my_conf"), "experiment=sine_mlp"]
+    proc = command("nnlab-train", *args, "hparams_search=crashy", *QUICK, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "none of the search's trials completed" in proc.stderr
+    assert "Traceback" not in proc.stderr and "Study.stop" not in proc.stderr
+    db = tmp_path / "outputs" / "optuna" / "crashy.db"
+    study = optuna.load_study(study_name="crashy", storage=f"sqlite:///{db}")
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
+
+
 def test_a_sweep_in_which_no_trial_completes_exits_1(tmp_path):
     proc = command("nnlab-train", "-m", *SINE, "data.window=100000,200000", *QUICK, cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr[-2000:]

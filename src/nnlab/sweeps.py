@@ -6,6 +6,9 @@ a search, an exit code that says whether any trial completed, and DDP inside a t
   (nnlab-train returns NaN for it, its error is in the trial's status.json) is told to Optuna as
   FAIL, and the study goes on to its n_trials. (The plugin itself tells Optuna "COMPLETE with
   NaN", which Optuna refuses, and its error handling then ends the whole search.)
+- `grid_exhaustion_tolerated`: Optuna's GridSampler calls `study.stop()` when its last grid point
+  is told, which raises outside `study.optimize()`. The plugin forgives that for a COMPLETE trial
+  but not for a FAIL one, so a search whose last grid point failed crashed at the very end.
 - `SweepOutcome`: a Hydra callback; after a multirun it counts the trials' status.json files and
   records whether any completed, so `nnlab-train -m` exits non-zero only when none did.
 - `separate_trials`: Lightning's DDP launcher leaves its process group and its environment
@@ -57,6 +60,28 @@ def failed_as_raised(returns: Sequence[JobReturn]) -> Sequence[JobReturn]:
             ret.status = JobStatus.FAILED
             ret._return_value = TrialFailed(f"trial failed (see {where or 'its'}/status.json)")
     return returns
+
+
+@contextlib.contextmanager
+def grid_exhaustion_tolerated() -> Iterator[None]:
+    """While a sweep runs, Optuna's GridSampler may find its grid exhausted after any trial
+    (completed or failed) without raising: the sweep's own loop ends at n_trials anyway."""
+    from optuna.samplers import GridSampler
+
+    after_trial = GridSampler.after_trial
+
+    def tolerant_after_trial(self: Any, study: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            after_trial(self, study, *args, **kwargs)
+        except RuntimeError as exc:
+            if "Study.stop" not in str(exc):
+                raise
+
+    GridSampler.after_trial = tolerant_after_trial
+    try:
+        yield
+    finally:
+        GridSampler.after_trial = after_trial
 
 
 class FailureAwareLauncher:

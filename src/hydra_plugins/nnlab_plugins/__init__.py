@@ -44,10 +44,11 @@ if _PluginOptunaSweeper is not None:
             self.sweeper.launcher = FailureAwareLauncher(self.sweeper.launcher)
 
         def sweep(self, arguments: list[str]) -> None:
-            from nnlab.sweeps import NoTrialCompleted
+            from nnlab.sweeps import NoTrialCompleted, grid_exhaustion_tolerated
 
             try:
-                return super().sweep(arguments)
+                with grid_exhaustion_tolerated():
+                    return super().sweep(arguments)
             except ValueError as exc:  # Optuna asked for the best of no completed trial
                 if "does not exist" not in str(exc) and "No trials are completed" not in str(exc):
                     raise
