@@ -266,6 +266,12 @@ CASES = [
     ("forked ddp", ["+trainer.strategy=ddp_fork"], 2, "trainer.strategy"),
     ("log every zero steps", ["trainer.log_every_n_steps=0"], 2, "trainer.log_every_n_steps"),
     (
+        "negative checkpoint interval",
+        ["checkpoint.every_n_minutes=-1"],
+        2,
+        "checkpoint.every_n_minutes",
+    ),  # fmt: skip
+    (
         "validate every zero epochs",
         ["trainer.check_val_every_n_epoch=0"],
         2,

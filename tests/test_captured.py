@@ -421,3 +421,22 @@ def test_periodic_checkpoints_keep_coming_when_batches_carry_several_steps(make_
     assert metrics["global_step"] == 22
     periodic = Path(metrics["best_checkpoint"]).parent / "periodic"
     assert [p.name for p in periodic.glob("*.ckpt")] == ["step000021.ckpt"]  # passed 20
+
+
+@pytest.mark.parametrize(("minutes", "saved"), [(1e-9, ["step000022.ckpt"]), (0, [])])
+def test_periodic_checkpoints_by_training_time(make_cfg, minutes, saved):
+    """`checkpoint.every_n_minutes`: a save whenever that much training time has passed since
+    the last one (here: at every batch, the newest kept); 0 with no step interval: none."""
+    metrics = train(
+        make_cfg(
+            "experiment=sine_mlp",
+            "trainer.max_epochs=2",
+            "data.batch_size=64",
+            "task.loop=fused",
+            "task.micro_batches=2",
+            f"checkpoint.every_n_minutes={minutes}",
+            "checkpoint.every_n_train_steps=0",
+        )
+    )
+    periodic = Path(metrics["best_checkpoint"]).parent / "periodic"
+    assert sorted(p.name for p in periodic.glob("*.ckpt")) == saved

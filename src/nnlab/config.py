@@ -110,6 +110,9 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.limit_val_batches": (_limit, "a count of batches or a fraction in [0, 1]"),
     "trainer.limit_test_batches": (_limit, "a count of batches or a fraction in [0, 1]"),
     "trainer.deterministic": (lambda v: isinstance(v, bool) or v == "warn", "true, false or warn"),
+    "checkpoint.every_n_minutes": (lambda v: _is_number(v) and v >= 0, "a number >= 0 (0: off)"),
+    "checkpoint.every_n_train_steps": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
+    "checkpoint.save_top_k": (lambda v: _is_int(v) and v >= -1, "a whole number (-1: all)"),
     "task.optimizer.lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "task.optimizer.weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "task.loop": (

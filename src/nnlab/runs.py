@@ -12,7 +12,7 @@ A run directory holds
     train.log          the log
     checkpoints/       the best checkpoint(s) by the monitored metric (epochNNN-stepNNNNNN.ckpt),
                        last.ckpt (every epoch end and on preemption: always the newest state),
-                       periodic/stepNNNNNN.ckpt (every checkpoint.every_n_train_steps steps)
+                       periodic/stepNNNNNN.ckpt (every checkpoint.every_n_minutes / every_n_train_steps)
     hpc_ckpt_N.ckpt    saved by Lightning on SLURM's time-limit signal before a requeue
     .lock              held by the process that trains in it (pid and host inside)
     tensorboard/       TensorBoard events (open with `tensorboard --logdir <run dir>`)
@@ -281,7 +281,7 @@ class Run:
     ) -> list:
         """Every callback that writes into the run's checkpoints/ and the state they carry:
         the best `save_top_k` by `monitor`, last.ckpt at every epoch end (always the newest
-        state), a periodic one every `every_n_train_steps` steps, last.ckpt on preemption, and
+        state), a periodic one every `every_n_minutes` of training and/or `every_n_train_steps` steps, last.ckpt on preemption, and
         the random-number states inside each. On `requeue_signal` (cluster=slurm) the job is
         requeued after last.ckpt is saved."""
         from lightning.pytorch.callbacks import ModelCheckpoint
@@ -302,12 +302,15 @@ class Run:
             **shared,
         )
         callbacks.append(self.best_callback)
-        if every := int(checkpoint.get("every_n_train_steps") or 0):
+        every = int(checkpoint.get("every_n_train_steps") or 0)
+        minutes = float(checkpoint.get("every_n_minutes") or 0)
+        if every or minutes:
             callbacks.append(
                 PeriodicCheckpoint(
                     dirpath=str(self.checkpoints / "periodic"),
                     filename="step{step:06d}",
                     every_n_train_steps=every,
+                    every_n_minutes=minutes,
                     save_top_k=1,
                     **shared,
                 )

@@ -7,6 +7,7 @@ import logging
 import math
 import random
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -112,19 +113,41 @@ class Preemption(L.Callback):
 
 
 class PeriodicCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint every `every_n_train_steps` optimizer steps, also when one
-    batch takes several steps (nnlab's fused loop): it saves whenever the step count passes a
-    multiple of N, where Lightning's waits for the count to land on one exactly."""
+    """Lightning's ModelCheckpoint during the epochs: every `every_n_minutes` of training and/or
+    every `every_n_train_steps` optimizer steps, whichever comes first (0 turns one off). Steps
+    count also when one batch takes several (nnlab's fused loop): it saves whenever the count
+    passes a multiple of N, where Lightning's waits for the count to land on one exactly.
+    (Lightning's own class takes one trigger only.)"""
+
+    def __init__(self, *args: Any, every_n_minutes: float = 0, **kwargs: Any):
+        super().__init__(*args, every_n_epochs=0, **kwargs)
+        self._every_seconds = float(every_n_minutes) * 60
+        self._last_saved_at: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._last_saved_at = time.monotonic()
+
+    def _time_is_due(self, trainer: L.Trainer) -> bool:
+        if self._every_seconds <= 0 or self._last_saved_at is None:
+            return False
+        due = time.monotonic() - self._last_saved_at >= self._every_seconds
+        # ranks' clocks differ: rank 0 decides, so that all save (a collective) or none does
+        return bool(trainer.strategy.broadcast(due))
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
-        every = self._every_n_train_steps
-        if every < 1 or self._should_skip_saving_checkpoint(trainer):
+        if self._should_skip_saving_checkpoint(trainer):
             return
-        if trainer.global_step // every <= self._last_global_step_saved // every:
+        every = self._every_n_train_steps
+        steps_due = every >= 1 and (
+            trainer.global_step // every > self._last_global_step_saved // every
+        )
+        if not (self._time_is_due(trainer) or steps_due):
             return
         candidates = self._monitor_candidates(trainer)
         self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)
+        self._last_saved_at = time.monotonic()
 
 
 class NonFiniteLoss(L.Callback):
