@@ -71,7 +71,8 @@ def compose_run(experiment: str, overrides: list[str], output_dir: Path) -> Dict
 
 
 class EpochTimer(L.Callback):
-    """Seconds from each training epoch's start to its validation (or end): training only."""
+    """Seconds from each training epoch's start to the end of its last training batch (or to its
+    validation, or its end, whichever comes first): training only, as the hand loop's clock."""
 
     def __init__(self) -> None:
         self.times: list[float] = []
@@ -89,6 +90,10 @@ class EpochTimer(L.Callback):
         if self._start is not None:
             self.times.append(self._now() - self._start)
             self._start = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx + 1 >= trainer.num_training_batches:
+            self._stop()
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:

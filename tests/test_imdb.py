@@ -392,3 +392,38 @@ REAL = os.environ.get("NNLAB_DATA_DIR")
 def test_imdb_mlp_reaches_86_percent_in_two_epochs(cli):
     metrics = cli("experiment=imdb_mlp", "trainer.max_epochs=2", timeout=1200).metrics()
     assert metrics["test/acc"] >= 0.86, metrics
+
+
+def test_the_fused_loop_casts_one_micro_batch_at_a_time(make_cfg, mini_data, monkeypatch):
+    """imdb_mlp's bool multi-hot rows become floats per micro-batch (one batch's floats at a
+    time, not a whole group's: the same casts as in Lightning's loop), and the fused loop still
+    trains exactly like Lightning's."""
+    from omegaconf import open_dict
+
+    from nnlab.runs import Run
+    from nnlab.train import train
+
+    monkeypatch.setenv("NNLAB_DATA_DIR", str(mini_data))
+    rows: list[tuple[bool, int]] = []
+    transform = IMDBDataModule.batch_transform
+
+    def recording(self, batch):
+        rows.append((self.trainer is not None and self.trainer.training, batch[0].shape))
+        return transform(self, batch)
+
+    monkeypatch.setattr(IMDBDataModule, "batch_transform", recording)
+    results, casts = {}, {}
+    for loop in ("lightning", "fused"):
+        rows.clear()
+        tiny = [o for o in TINY if not o.startswith("debug=")]  # batch limits: no groups
+        cfg = make_cfg("experiment=imdb_mlp", *tiny, "trainer.max_epochs=2", f"task.loop={loop}")
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(mini_data.parent / loop)
+            del cfg["hydra"]
+        results[loop] = train(cfg, Run(cfg.paths.output_dir))
+        casts[loop] = [shape for in_training, shape in rows if in_training]
+    # batches of data.batch_size=8 rows, and the graph's example input (TensorBoard)
+    assert casts["fused"] == casts["lightning"]
+    assert [s[0] for s in casts["fused"]].count(8) >= 4
+    for key in ("test/acc", "test/loss", "val/loss"):
+        assert results["fused"][key] == pytest.approx(results["lightning"][key], rel=1e-4)

@@ -21,6 +21,13 @@ from typing import Any
 import torch
 
 
+class MicroBatches(tuple):
+    """A training batch of `group` batches concatenated, for the fused loop: it is split, and
+    each part transformed (`DataModule.batch_transform`), one optimizer step at a time."""
+
+    __slots__ = ()
+
+
 class MemoryBatcher:
     """Iterates (tensor[idx] for each tensor) batches over the first dimension; `group` > 1
     yields `group` batches concatenated (the last group of an epoch may be shorter)."""
@@ -105,7 +112,8 @@ class MemoryBatcher:
         for b in range(start, batches, self.group):
             self._position = min(b + self.group, batches)  # micro-batches consumed after this one
             idx = indices[b * size : self._position * size]
-            yield tuple(t[idx] for t in self.tensors)
+            batch = tuple(t[idx] for t in self.tensors)
+            yield MicroBatches(batch) if self.group > 1 else batch
 
     # -- Lightning's stateful-loader protocol ---------------------------------------------------
     def state_dict(self) -> dict[str, int]:

@@ -33,6 +33,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from nnlab.data.memory import MicroBatches
 from nnlab.errors import ConfigError
 from nnlab.tasks import captured
 
@@ -269,7 +270,13 @@ class TrainingLoop(L.Callback):
         loss = None
         on_cpu = self.step.device.type == "cpu"
         steps = 0
+        # a group of the in-memory batcher's comes untransformed (data/memory.py): each
+        # micro-batch is made the network's input (e.g. bool -> float) as its step comes
+        grouped = isinstance(batch, MicroBatches)  # only nnlab's data modules make them
+        transform = trainer.datamodule.batch_transform if grouped else None
         for micro in zip(*(t.split(self.micro_batch_size) for t in batch), strict=True):
+            if transform is not None:
+                micro = transform(micro)
             loss = self.step(micro)
             steps += 1
             self.sums.samples += len(micro[-1])
