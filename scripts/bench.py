@@ -4,8 +4,9 @@
     python scripts/bench.py configs=sine_mlp task.loop=lightning   # Lightning's own loop
 
 Arguments are key=value as for every nnlab command (scripts/bench.yaml documents them; dotted
-keys override nnlab's side). For each configuration both train for `epochs` epochs; printed (a Markdown table) and saved
-(JSON): seconds per training epoch (validation excluded; the first epoch too when there are
+keys override nnlab's side). For each configuration both train for `epochs` epochs, each side in
+a fresh process of its own (`processes=one`: both in this one); printed (a Markdown table) and
+saved (JSON): seconds per training epoch (validation excluded; the first epoch too when there are
 several: warm-up, cuDNN autotuning, graph capture), samples per second, nnlab / hand-loop time
 ratio, and the final test metric of each. The hand loop is what a careful user writes: the whole
 data set as tensors on the device, a seeded permutation each epoch (the one nnlab's in-memory
@@ -22,6 +23,7 @@ import math
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -218,28 +220,63 @@ def _hand_loop(cfg: DictConfig, device: torch.device, baseline: str) -> dict:
     return {"epoch_times": times, "metrics": metrics, "samples": n}
 
 
-def bench(name: str, args, device: torch.device) -> dict:
-    experiment, overrides = CONFIGS[name]
+def run_side(name: str, args, device: torch.device, side: str) -> dict:
+    """One side (`hand` or `nnlab`) of one configuration, in this process."""
+    experiment = CONFIGS[name][0]
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    try:
+        cfg = compose_run(experiment, side_overrides(name, args, device), workdir)
+        if side == "hand":
+            OmegaConf.resolve(cfg)
+            return run_hand_loop(cfg, device, args.baseline)
+        run = run_nnlab(cfg)
+        metrics = {k: float(v) for k, v in run["metrics"].items() if isinstance(v, int | float)}
+        return {"epoch_times": run["epoch_times"], "metrics": metrics}
+    finally:
+        GlobalHydra.instance().clear()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def side_overrides(name: str, args, device: torch.device) -> list[str]:
     accelerator = "gpu" if device.type == "cuda" else "cpu"
-    overrides = [
-        *overrides,
+    return [
+        *CONFIGS[name][1],
         f"trainer.max_epochs={args.epochs}",
         f"trainer.accelerator={accelerator}",
         "logger=none",
         *args.set,
     ]
-    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
-    try:
-        cfg = compose_run(experiment, overrides, workdir)
-        OmegaConf.resolve(cfg)
-        hand = run_hand_loop(cfg, device, args.baseline)
-        ours = run_nnlab(compose_run(experiment, overrides, workdir / "nnlab"))
-    finally:
-        GlobalHydra.instance().clear()
-        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_side_alone(name: str, args, side: str) -> dict:
+    """One side in a fresh process of its own: neither side inherits the other's heap (the
+    allocator's state moved a side's time by up to ~20%) or warmed caches."""
+    with tempfile.TemporaryDirectory(prefix="bench-side-") as tmp:
+        out = Path(tmp) / f"{side}.json"
+        command = [sys.executable, __file__, f"configs=[{name}]", f"side={side}", f"json={out}"]
+        proc = subprocess.run([*command, *args.passed_on], stdout=subprocess.DEVNULL)
+        if proc.returncode != 0 or not out.is_file():
+            raise RuntimeError(f"{name}: the {side} side failed (exit {proc.returncode})")
+        return json.loads(out.read_text())
+
+
+def bench(name: str, args, device: torch.device) -> dict:
+    if args.processes == "separate":
+        hand = run_side_alone(name, args, "hand")
+        ours = run_side_alone(name, args, "nnlab")
+    else:
+        hand = run_side(name, args, device, "hand")
+        ours = run_side(name, args, device, "nnlab")
     samples = hand["samples"]
     metric = next(iter(hand["metrics"]))
-    result = {"config": name, "experiment": experiment, "overrides": overrides, "metric": metric}
+    experiment = CONFIGS[name][0]
+    result = {
+        "config": name,
+        "experiment": experiment,
+        "overrides": side_overrides(name, args, device),
+        "metric": metric,
+        "processes": args.processes,
+    }
     for side, run in (("nnlab", ours), ("hand", hand)):
         epoch = steady(run["epoch_times"])
         value = run["metrics"].get(metric)
@@ -312,6 +349,8 @@ def arguments(argv: list[str]) -> argparse.Namespace:
     for key, choices in (
         ("device", ("auto", "cpu", "cuda")),
         ("baseline", ("tensors", "dataloader")),
+        ("processes", ("separate", "one")),
+        ("side", ("both", "hand", "nnlab")),
     ):
         if options[key] not in choices:
             raise UserError(f"{key}: {options[key]!r}; choose one of {', '.join(choices)}")
@@ -324,6 +363,12 @@ def arguments(argv: list[str]) -> argparse.Namespace:
         threads=threads,
         set=overrides,
         json=Path(options["json"]) if options["json"] else None,
+        processes=options["processes"],
+        side=options["side"],
+        # what a side run in its own process is given besides its config, side and json
+        passed_on=[
+            w for w in argv if w.split("=", 1)[0] not in {"configs", "side", "json", "processes"}
+        ],
     )
 
 
@@ -345,6 +390,13 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(
         "cuda" if args.device == "cuda" or (args.device == "auto" and cuda) else "cpu"
     )
+
+    if args.side != "both":  # one side of one configuration, for a parent bench.py
+        (name,) = names
+        run = run_side(name, args, device, args.side)
+        if args.json:
+            args.json.write_text(json.dumps(run) + "\n")
+        return 0
 
     results = []
     for name in names:

@@ -23,7 +23,9 @@ def run_bench(tmp_path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("extra", [[], ["task.loop=lightning", "baseline=dataloader"]])
+@pytest.mark.parametrize(
+    "extra", [[], ["task.loop=lightning", "baseline=dataloader", "processes=one"]]
+)
 def test_bench_compares_both_loops_on_the_same_model(tmp_path, extra):
     out = tmp_path / "bench.json"
     proc = run_bench(tmp_path, "configs=sine_mlp", "epochs=2", f"json={out}", *extra)
@@ -32,6 +34,7 @@ def test_bench_compares_both_loops_on_the_same_model(tmp_path, extra):
     assert report["environment"]["torch"] and report["epochs"] == 2
     (result,) = report["results"]
     assert result["config"] == "sine_mlp" and result["metric"] == "test/mse"
+    assert result["processes"] == ("one" if "processes=one" in extra else "separate")
     for side in ("nnlab", "hand"):
         assert len(result[side]["epoch_times"]) == 2 and result[side]["samples_per_s"] > 0
         assert 0 < result[side]["test/mse"] < 2.0
