@@ -230,3 +230,27 @@ def test_nnlab_takes_over_submitits_requeue_signal():
         del mine
     finally:
         signal.signal(signal.SIGUSR2, previous)
+
+
+def test_a_job_is_requeued_at_most_max_requeues_times(tmp_path, monkeypatch):
+    """SLURM counts a job's requeues in SLURM_RESTART_COUNT; at hydra.launcher.max_num_timeout
+    the job is not requeued again (a run that never fits its time limit would come back
+    forever), and scontrol is not called."""
+    from nnlab.cluster import SubmititSLURMEnvironment
+
+    calls = tmp_path / "calls"
+    scontrol = tmp_path / "bin" / "scontrol"
+    scontrol.parent.mkdir()
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{scontrol.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    env = SubmititSLURMEnvironment(requeue_signal="USR2", max_requeues=3)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert env.requeue() is None
+    assert calls.read_text().split() == ["requeue", "42"]
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "3")
+    problem = env.requeue()
+    assert "requeued 3 times already" in problem and "max_num_timeout=3" in problem
+    assert calls.read_text().split() == ["requeue", "42"]  # not called again

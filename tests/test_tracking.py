@@ -5,6 +5,7 @@ logger=many; read back through each tool's own reader."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -221,3 +222,31 @@ def test_missing_extra_is_one_clear_error(cli, tmp_path):
     assert result.returncode == 2, result.output[-2000:]
     assert "pip install 'nnlab[mlflow]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@needs_mlflow
+def test_a_resumed_run_continues_its_mlflow_run(cli, tmp_path, monkeypatch):
+    """resume= logs into the MLflow run the run started (its id in tracking.json), so the
+    curves go on in one run instead of two half-runs."""
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first = cli(*SHORT, "logger=mlflow", "trainer.max_epochs=2")
+    run = first.run_dir()
+    ids = json.loads((run / "tracking.json").read_text())
+    cli(f"resume={run}", "trainer.max_epochs=4")
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    (found,) = client.search_runs([client.get_experiment_by_name("sine_mlp").experiment_id])
+    assert found.info.run_id == ids["mlflow"]
+    epochs = {int(m.value) for m in client.get_metric_history(found.info.run_id, "epoch")}
+    assert {0, 1, 2, 3} <= epochs  # both sessions' epochs in the one run
+
+
+@needs_wandb
+def test_a_resumed_run_continues_its_wandb_run(cli):
+    first = cli(*SHORT, "logger=wandb", "trainer.max_epochs=2", env={"WANDB_SILENT": "true"})
+    run = first.run_dir()
+    run_id = json.loads((run / "tracking.json").read_text())["wandb"]
+    cli(f"resume={run}", "trainer.max_epochs=3", env={"WANDB_SILENT": "true"})
+    offline = sorted((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline) == 2 and all(p.name == f"run-{run_id}.wandb" for p in offline)

@@ -37,7 +37,12 @@ class SubmititSLURMEnvironment(SLURMEnvironment):
     """Lightning's SLURM environment (ranks, nodes), with the requeue signal left to nnlab:
     `requeue_signal` is the signal the Preemption callback turns into a save and a requeue."""
 
-    def __init__(self, auto_requeue: bool = True, requeue_signal: str | None = None):
+    def __init__(
+        self,
+        auto_requeue: bool = True,
+        requeue_signal: str | None = None,
+        max_requeues: int | None = None,
+    ):
         sig = (
             signal.Signals[f"SIG{requeue_signal.upper().removeprefix('SIG')}"]
             if requeue_signal
@@ -46,8 +51,21 @@ class SubmititSLURMEnvironment(SLURMEnvironment):
         # Lightning's own requeue off: it would save inside the signal handler, mid-step.
         super().__init__(auto_requeue=False, requeue_signal=sig)
         self.nnlab_requeue_signal = sig if auto_requeue else None
+        self.max_requeues = max_requeues
         if _is_submitit_handler(signal.getsignal(sig)):
             signal.signal(sig, signal.SIG_DFL)  # submitit's handler would requeue from scratch
+
+    def requeue(self) -> str | None:
+        """Requeue this job, unless it was requeued `max_requeues` times already (SLURM counts
+        them in SLURM_RESTART_COUNT): a run that never fits its time limit must not come back
+        forever. None on success, else why not."""
+        done = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        if self.max_requeues is not None and done >= self.max_requeues:
+            return (
+                f"requeued {done} times already, the limit "
+                f"(hydra.launcher.max_num_timeout={self.max_requeues})"
+            )
+        return requeue_job()
 
 
 def requeue_job() -> str | None:

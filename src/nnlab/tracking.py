@@ -10,9 +10,11 @@ MLflow as params, metrics and tags, Weights & Biases as config and summary.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import subprocess
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,8 @@ from nnlab.errors import UserError
 from nnlab.runs import is_global_zero
 
 log = logging.getLogger(__name__)
+
+TRACKING_FILE = "tracking.json"  # in the run directory: {"mlflow": run id, "wandb": run id}
 
 
 def _require(module: str, extra: str, logger: str) -> None:
@@ -44,30 +48,78 @@ def run_label(name: str | None, run_dir: str | None) -> str:
     return f"{path.parent.name}/{path.name}" if path.name.isdigit() else path.name
 
 
+def tracker_ids(run_dir: str | None) -> dict[str, str]:
+    """The tracker runs this run directory logs to (`tracking.json`): a resumed run continues
+    the same MLflow / W&B run instead of starting another."""
+    path = Path(run_dir) / TRACKING_FILE if run_dir else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        return {str(k): str(v) for k, v in json.loads(path.read_text()).items()}
+    except (OSError, ValueError, AttributeError):
+        log.warning("%s is unreadable: the trackers start new runs", path)
+        return {}
+
+
+def remember_tracker_id(run_dir: str | None, tracker: str, run_id: str | None) -> None:
+    if not run_dir or not run_id or not Path(run_dir).is_dir() or not is_global_zero():
+        return
+    ids = tracker_ids(run_dir)
+    if ids.get(tracker) != run_id:
+        (Path(run_dir) / TRACKING_FILE).write_text(json.dumps({**ids, tracker: run_id}) + "\n")
+
+
 def mlflow_logger(
     tags: Iterable[str] = (), run_name: str | None = None, run_dir: str | None = None, **kwargs
 ):
     """Lightning's MLFlowLogger; each of the run's `tags` becomes an MLflow tag, and all of them
-    together the tag `nnlab.tags`."""
+    together the tag `nnlab.tags`. A resumed run logs into the MLflow run it started."""
     _require("mlflow", "mlflow", "mlflow")
     from lightning.pytorch.loggers import MLFlowLogger
 
     tags = [str(t) for t in tags or ()]
-    return MLFlowLogger(
+    run_id = tracker_ids(run_dir).get("mlflow")
+    if run_id is not None:
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        try:
+            MlflowClient(kwargs.get("tracking_uri")).get_run(run_id)
+        except MlflowException:  # another tracking store now: a new run there
+            log.warning("MLflow run %s is not in this tracking store: a new run", run_id)
+            run_id = None
+    logger = MLFlowLogger(
         run_name=run_label(run_name, run_dir),
         tags={**{t: "" for t in tags}, "nnlab.tags": ", ".join(tags)},
+        run_id=run_id,
         **kwargs,
     )
+    # the run is created here (on rank 0; other ranks get None), so that its id is on disk
+    # before any training a kill could interrupt
+    remember_tracker_id(run_dir, "mlflow", logger.run_id)
+    return logger
 
 
 def wandb_logger(
     tags: Iterable[str] = (), name: str | None = None, run_dir: str | None = None, **kwargs
 ):
-    """Lightning's WandbLogger (offline by default: `wandb sync` uploads the run later)."""
+    """Lightning's WandbLogger (offline by default: `wandb sync` uploads the run later). The W&B
+    run's id is chosen once per run directory: a resumed run continues it (`wandb sync` of the
+    offline folders gives one run)."""
     _require("wandb", "wandb", "wandb")
     from lightning.pytorch.loggers import WandbLogger
 
-    return WandbLogger(name=run_label(name, run_dir), tags=[str(t) for t in tags or ()], **kwargs)
+    run_id = tracker_ids(run_dir).get("wandb")
+    if run_id is None:
+        run_id = uuid.uuid4().hex[:12]
+        remember_tracker_id(run_dir, "wandb", run_id)
+    return WandbLogger(
+        name=run_label(name, run_dir),
+        tags=[str(t) for t in tags or ()],
+        id=run_id,
+        resume="allow",
+        **kwargs,
+    )
 
 
 def git_state(path: Path | None = None) -> dict[str, Any]:

@@ -100,14 +100,19 @@ class Preemption(L.Callback):
         trainer.should_stop = True
         reason = f"preempted by {self.requested}"
         if self.requested == self.requeue_signal and trainer.is_global_zero:
-            from nnlab.cluster import requeue_job
+            from nnlab.cluster import SubmititSLURMEnvironment, requeue_job
 
-            problem = requeue_job()
+            env = trainer.strategy.cluster_environment
+            problem = env.requeue() if isinstance(env, SubmititSLURMEnvironment) else requeue_job()
             if problem is None:
                 log.warning("SLURM job requeued: it continues from %s", self.path)
                 reason += "; the SLURM job was requeued and continues in this run directory"
             else:
-                log.error("SLURM requeue failed (%s); resume by hand", problem)
+                log.error(
+                    "SLURM job not requeued (%s); continue it with nnlab-train resume=%s",
+                    problem,
+                    self.path.parent.parent,
+                )
         if not trainer.received_sigterm:  # Lightning stops by itself on SIGTERM only
             raise SIGTERMException(reason)
 
