@@ -277,13 +277,13 @@ class Run:
         monitor: str,
         mode: str,
         checkpoint: DictConfig | dict,
-        requeue_signal: Any = None,
+        cluster: Any = None,
     ) -> list:
         """Every callback that writes into the run's checkpoints/ and the state they carry:
         the best `save_top_k` by `monitor`, last.ckpt at every epoch end (always the newest
         state), a periodic one every `every_n_minutes` of training and/or `every_n_train_steps` steps, last.ckpt on preemption, and
-        the random-number states inside each. On `requeue_signal` (cluster=slurm) the job is
-        requeued after last.ckpt is saved."""
+        the random-number states inside each. On the `cluster`'s requeue signal (cluster=slurm:
+        `nnlab.cluster.SubmititSLURMEnvironment`) the job is requeued after last.ckpt is saved."""
         from lightning.pytorch.callbacks import ModelCheckpoint
 
         from nnlab.callbacks.resilience import PeriodicCheckpoint, Preemption, RNGState
@@ -327,7 +327,7 @@ class Run:
             )
         )
         callbacks.append(
-            Preemption(dirpath=directory, filename=LAST, requeue_signal=requeue_signal)
+            Preemption(dirpath=directory, filename=LAST, cluster=cluster)
         )
         return callbacks
 

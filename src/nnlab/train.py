@@ -67,12 +67,12 @@ def train(cfg: DictConfig, run: Run, extra_callbacks: Sequence[Any] = ()) -> dic
 
     # the config's own plugins (cluster=slurm's SLURM environment) and atomic checkpoint writes
     plugins = [build(p, "trainer.plugins") for p in cfg.trainer.get("plugins") or []]
-    requeue = next((p.nnlab_requeue_signal for p in plugins if getattr(p, "nnlab_requeue_signal", None)), None)  # fmt: skip
+    cluster = next((p for p in plugins if getattr(p, "nnlab_requeue_signal", None)), None)
     checkpointing = cfg.get("checkpoint") or {}
     callbacks = [
         *build_all(cfg.get("callbacks"), "callbacks"),
         *extra_callbacks,
-        *run.callbacks(cfg.monitor, cfg.monitor_mode, checkpointing, requeue_signal=requeue),
+        *run.callbacks(cfg.monitor, cfg.monitor_mode, checkpointing, cluster=cluster),
         NonFiniteLoss(),
     ]
     loggers = build_all(cfg.get("logger"), "logger")

@@ -64,11 +64,14 @@ class Preemption(L.Callback):
         dirpath: str,
         filename: str = "last.ckpt",
         signals: tuple[str, ...] = ("SIGUSR1",),
-        requeue_signal: signal.Signals | str | None = None,
+        cluster: Any = None,
     ):
         self.path = Path(dirpath) / filename
         self.signals = signals
         self.requested: str | None = None
+        # cluster=slurm's environment (nnlab.cluster): its signal, and it requeues the job
+        self.cluster = cluster
+        requeue_signal = getattr(cluster, "nnlab_requeue_signal", None)
         self.requeue_signal = getattr(requeue_signal, "name", requeue_signal)
         self._previous: dict[int, Any] = {}
 
@@ -100,10 +103,7 @@ class Preemption(L.Callback):
         trainer.should_stop = True
         reason = f"preempted by {self.requested}"
         if self.requested == self.requeue_signal and trainer.is_global_zero:
-            from nnlab.cluster import SubmititSLURMEnvironment, requeue_job
-
-            env = trainer.strategy.cluster_environment
-            problem = env.requeue() if isinstance(env, SubmititSLURMEnvironment) else requeue_job()
+            problem = self.cluster.requeue()
             if problem is None:
                 log.warning("SLURM job requeued: it continues from %s", self.path)
                 reason += "; the SLURM job was requeued and continues in this run directory"
