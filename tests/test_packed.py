@@ -328,3 +328,15 @@ def test_optuna_batches_of_n_jobs_trials_are_packed(tmp_path):
     runs = trials_of(the_sweep(outputs))
     assert len(runs) == 6 and all((r / "metrics.json").is_file() for r in runs)
     assert "Best value" in log
+
+
+def test_an_unknown_recurrent_kernel_is_refused(tmp_path):
+    proc = nnlab(
+        ["-m", "hydra/launcher=packed", "hydra.launcher.recurrent=fast", "experiment=sine_lstm"]
+        + ["seed=1,2", "trainer.max_epochs=1"],
+        tmp_path / "out",
+        tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "hydra.launcher.recurrent: 'fast'; choose one of auto, batched, per_trial" in proc.stderr
+    assert not list((tmp_path / "out").glob("multiruns/*/*/0"))  # no trial started
