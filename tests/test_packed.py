@@ -4,8 +4,8 @@ complete run directory that nnlab-eval and nnlab-report read; a diverging trial 
 jobs that cannot be packed run on their own; a killed packed sweep resumes.
 
 Tolerance: per-epoch scalars and final metrics agree to rel 1e-4 (abs 1e-6). The packed step
-computes the same float32 arithmetic in another order (vmapped matmuls, an unrolled LSTM); the
-differences seen are ~1e-6 relative after a few epochs.
+computes the same float32 arithmetic in another order (vmapped matmuls, the batched recurrence of
+packed/recurrent.py); the differences seen are ~1e-6 relative after a few epochs.
 """
 
 from __future__ import annotations
@@ -80,9 +80,9 @@ def assert_same_run(sequential: Path, packed: Path) -> None:
             assert a == pytest.approx(b, rel=REL, abs=ABS), tag
 
 
-def sweep_both(args: list[str], tmp_path: Path) -> tuple[Path, Path]:
+def sweep_both(args: list[str], tmp_path: Path, packed: tuple[str, ...] = ()) -> tuple[Path, Path]:
     runs = []
-    for name, launcher in (("sequential", []), ("packed", ["hydra/launcher=packed"])):
+    for name, launcher in (("sequential", []), ("packed", ["hydra/launcher=packed", *packed])):
         proc = nnlab(["-m", *launcher, *args], tmp_path / name, tmp_path)
         assert proc.returncode == 0, proc.stderr[-4000:]
         runs.append(the_sweep(tmp_path / name))
@@ -93,27 +93,35 @@ def sweep_both(args: list[str], tmp_path: Path) -> tuple[Path, Path]:
 COMMON = ["callbacks=[lr_monitor]", "seed=1,2"]
 
 
+LSTM_ARGS = [
+    "experiment=sine_lstm",
+    "model.hidden_size=8",
+    "data.window=8",
+    "trainer.max_epochs=2",
+    "trainer.gradient_clip_val=0.5",
+]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "family, args",
+    "family, args, packed",
     [
-        ("mlp", ["experiment=sine_mlp", "trainer.max_epochs=3", "task.optimizer.lr=1e-2"]),
+        ("mlp", ["experiment=sine_mlp", "trainer.max_epochs=3", "task.optimizer.lr=1e-2"], []),
+        ("lstm", LSTM_ARGS, []),  # shuffled: each trial's own data order; torch's LSTM per trial
+        # the batched recurrence (one product per step for all trials, its own backward)
+        ("lstm_batched", LSTM_ARGS, ["hydra.launcher.recurrent=batched"]),
         (
-            "lstm",  # shuffled: each trial's own data order
-            [
-                "experiment=sine_lstm",
-                "model.hidden_size=8",
-                "data.window=8",
-                "trainer.max_epochs=2",
-                "trainer.gradient_clip_val=0.5",
-            ],
+            "gru_batched",  # two bidirectional layers; regression with the huber loss
+            [*LSTM_ARGS, "model.cell=gru", "model.num_layers=2", "model.bidirectional=true"]
+            + ["task.loss=huber"],
+            ["hydra.launcher.recurrent=batched"],
         ),
     ],
 )
-def test_packed_trials_equal_sequential_trials(family, args, tmp_path):
-    sequential, packed = sweep_both([*args, *COMMON], tmp_path)
-    assert [p.name for p in trials_of(packed)] == ["0", "1"]
-    for seq_run, pk_run in zip(trials_of(sequential), trials_of(packed), strict=True):
+def test_packed_trials_equal_sequential_trials(family, args, packed, tmp_path):
+    sequential, packed_sweep = sweep_both([*args, *COMMON], tmp_path, tuple(packed))
+    assert [p.name for p in trials_of(packed_sweep)] == ["0", "1"]
+    for seq_run, pk_run in zip(trials_of(sequential), trials_of(packed_sweep), strict=True):
         assert_same_run(seq_run, pk_run)
 
 
@@ -320,3 +328,15 @@ def test_optuna_batches_of_n_jobs_trials_are_packed(tmp_path):
     runs = trials_of(the_sweep(outputs))
     assert len(runs) == 6 and all((r / "metrics.json").is_file() for r in runs)
     assert "Best value" in log
+
+
+def test_an_unknown_recurrent_kernel_is_refused(tmp_path):
+    proc = nnlab(
+        ["-m", "hydra/launcher=packed", "hydra.launcher.recurrent=fast", "experiment=sine_lstm"]
+        + ["seed=1,2", "trainer.max_epochs=1"],
+        tmp_path / "out",
+        tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "hydra.launcher.recurrent: 'fast'; choose one of auto, batched, per_trial" in proc.stderr
+    assert not list((tmp_path / "out").glob("multiruns/*/*/0"))  # no trial started

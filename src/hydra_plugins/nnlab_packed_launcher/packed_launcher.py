@@ -14,8 +14,15 @@ from omegaconf import DictConfig
 
 
 class PackedLauncher(Launcher):
-    def __init__(self, pack_size: int = 32, device: str = "auto") -> None:
-        self.pack_size, self.device = int(pack_size), device
+    def __init__(self, pack_size: int = 32, device: str = "auto", recurrent: str = "auto") -> None:
+        from nnlab.errors import ConfigError
+        from nnlab.packed.recurrent import KERNELS
+
+        if recurrent not in KERNELS:
+            raise ConfigError(
+                "hydra.launcher.recurrent", f"{recurrent!r}; choose one of {', '.join(KERNELS)}"
+            )
+        self.pack_size, self.device, self.recurrent = int(pack_size), device, recurrent
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None

@@ -28,9 +28,9 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig
+from torch import nn
 
 from nnlab.packed import stack
 from nnlab.runs import LAST, Run
@@ -143,8 +143,30 @@ def better(current: float, best: float | None, mode: str, min_delta: float = 0.0
     return current < best - min_delta if mode == "min" else current > best + min_delta
 
 
+class TaskCall(nn.Module):
+    """A task's own methods as a module's forward, so that functional_call + vmap run them with
+    each trial's weights: the packed trainer has no loss of its own. Training: the task's
+    `training_loss(batch)` (mean loss, correct predictions or None); evaluation: the task's
+    `outputs(batch)` and `loss(outputs, targets)`."""
+
+    def __init__(self, task: nn.Module):
+        super().__init__()
+        self.task = task
+        self.counts_correct = False
+
+    def forward(self, batch, evaluate: bool = False):
+        if evaluate:
+            out, y = self.task.outputs(batch)
+            return out, y, self.task.loss(out, y)
+        loss, correct = self.task.training_loss(batch)
+        self.counts_correct = correct is not None
+        return loss, (loss.new_zeros(()) if correct is None else correct.to(loss.dtype))
+
+
 class PackedGroup:
-    def __init__(self, trials: list[Trial], device: torch.device, state_path: Path):
+    def __init__(
+        self, trials: list[Trial], device: torch.device, state_path: Path, recurrent: str = "auto"
+    ):
         self.trials, self.device, self.state_path = trials, device, state_path
         self.tasks = [t.task for t in trials]
         first = trials[0]
@@ -164,7 +186,8 @@ class PackedGroup:
             ]
             for split in ("train", "val", "test")
         }
-        self.base = stack.functional_copy(first.task).to(device)
+        self.base = stack.functional_copy(first.task, recurrent).to(device)
+        self.caller = TaskCall(self.base)
         self.params, self.buffers = stack.stack_states([t.task for t in trials], device)
         names = self._optimizer_spec()
         self.hp_names = names
@@ -176,23 +199,16 @@ class PackedGroup:
         return names
 
     # -- the vectorised pieces -----------------------------------------------------------------
-    def _loss(self, out: torch.Tensor, y: torch.Tensor):
-        """The task's training loss and the number of correct predictions (0 for regression).
-        (To become `Task.training_loss` once every task defines it.)"""
-        if self.classification:
-            task = self.base
-            loss = task.loss(out, y)
-            predicted = (out.squeeze(-1) > 0).long() if task.binary else out.argmax(dim=-1)
-            return loss, (predicted == y).sum().to(out.dtype)
-        return F.mse_loss(out, y), out.new_zeros(())
+    def _call(self, params, buffers, batch, evaluate: bool = False):
+        """The task's own loss (TaskCall) with one trial's weights (vmapped over trials)."""
+        named = {f"task.{k}": v for k, v in (params | buffers).items()}
+        return torch.func.functional_call(self.caller, named, (batch,), {"evaluate": evaluate})
 
     def _train_fn(self, params, buffers, x, y):
-        out = torch.func.functional_call(self.base, (params, buffers), (x,))
-        return self._loss(out, y)
+        return self._call(params, buffers, (x, y))
 
     def _eval_fn(self, params, buffers, x, y):
-        out = torch.func.functional_call(self.base, (params, buffers), (x,))
-        return out, self._loss(out, y)[0]
+        return self._call(params, buffers, (x, y), evaluate=True)
 
     def _gather(self, split: str, idx: torch.Tensor) -> list[torch.Tensor]:
         """Each trial's own samples: idx (trials, batch) -> tensors (trials, batch, ...)."""
@@ -293,7 +309,7 @@ class PackedGroup:
                     t.run.fail(t.failed)
                     continue
                 metrics = {"train/loss": train_loss[i]}
-                if self.classification:
+                if self.caller.counts_correct:  # the task's training_loss counts them
                     metrics["train/acc"] = train_acc[i]
                 metrics.update(val[i])  # at the step Lightning logs epoch-end scalars at
                 self._log(t, {**metrics, "epoch": epoch}, t.global_step - 1)
@@ -433,7 +449,7 @@ class PackedGroup:
         outputs, loss_sum, count = [], 0.0, 0
         for b in range(batches):
             x, y = self._slice(split, b * size, min((b + 1) * size, n))
-            out, loss = fn(params, buffers, x, y)
+            out, y, loss = fn(params, buffers, x, y)
             outputs.append((out, y))
             loss_sum = loss_sum + loss * y.shape[1]
             count += y.shape[1]

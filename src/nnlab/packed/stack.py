@@ -5,8 +5,10 @@ each trial's own hyperparameters to the stacked tensors.
 Two module swaps make a network vmappable with per-trial settings (done on a private copy, the
 functional "base"; the trials' own modules are untouched):
 - `nn.Dropout` -> `TrialDropout`, whose rate is a buffer, so each trial keeps its own rate;
-- `nn.RNN/LSTM/GRU` -> `UnrolledRNN` (same parameter names, the same gate equations step by step):
-  torch's fused recurrent kernels have no vmap batching rule.
+- `nn.RNN/LSTM/GRU` -> `TrialRNN` (same parameter names, torch's gate equations; `recurrent.py`):
+  torch's fused recurrent kernels have no vmap batching rule, and a vmapped step-by-step cell is
+  slow (small ops, autograd through every one); TrialRNN runs all trials' recurrence with one
+  batched product per step and a hand-written backward.
 """
 
 from __future__ import annotations
@@ -16,10 +18,9 @@ import re
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-DROPOUT_RATE = "packed_dropout_rate"  # the swapped modules' rate buffers: never in checkpoints
+from nnlab.packed.recurrent import DROPOUT_RATE, TrialRNN, trial_dropout
 
 
 class TrialDropout(nn.Module):
@@ -33,71 +34,6 @@ class TrialDropout(nn.Module):
         return trial_dropout(x, getattr(self, DROPOUT_RATE), self.training)
 
 
-def trial_dropout(x: torch.Tensor, p: torch.Tensor, training: bool) -> torch.Tensor:
-    if not training:
-        return x
-    keep = (torch.rand_like(x) >= p).to(x.dtype)
-    return x * keep / (1 - p).clamp_min(1e-12)
-
-
-class UnrolledRNN(nn.Module):
-    """An nn.RNN / nn.LSTM / nn.GRU (batch_first, with biases, no projections) computed step by
-    step with plain tensor ops, which vmap can batch. Parameters keep torch's names and layout
-    (gates i, f, g, o for LSTM; r, z, n for GRU), so a state_dict moves between the two as is."""
-
-    def __init__(self, rnn: nn.RNNBase):
-        super().__init__()
-        self.mode = {"LSTM": "lstm", "GRU": "gru"}.get(rnn.mode, rnn.mode)  # RNN_TANH / RNN_RELU
-        self.num_layers, self.hidden_size = rnn.num_layers, rnn.hidden_size
-        self.directions = 2 if rnn.bidirectional else 1
-        for name, param in rnn.named_parameters():
-            self.register_parameter(name, nn.Parameter(param.detach().clone()))
-        self.register_buffer(DROPOUT_RATE, torch.tensor(float(rnn.dropout)))
-
-    def _direction(self, x: torch.Tensor, suffix: str, reverse: bool):
-        w_ih, w_hh = getattr(self, f"weight_ih_{suffix}"), getattr(self, f"weight_hh_{suffix}")
-        b_ih, b_hh = getattr(self, f"bias_ih_{suffix}"), getattr(self, f"bias_hh_{suffix}")
-        batch, steps = x.shape[0], x.shape[1]
-        inputs = F.linear(x, w_ih, b_ih)  # every step's input projection in one product
-        h = x.new_zeros(batch, self.hidden_size)
-        c = x.new_zeros(batch, self.hidden_size)
-        outputs = []
-        order = range(steps - 1, -1, -1) if reverse else range(steps)
-        for t in order:
-            gi, gh = inputs[:, t], F.linear(h, w_hh, b_hh)
-            if self.mode == "lstm":
-                i, f, g, o = (gi + gh).chunk(4, dim=-1)
-                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                h = torch.sigmoid(o) * torch.tanh(c)
-            elif self.mode == "gru":
-                ir, iz, in_ = gi.chunk(3, dim=-1)
-                hr, hz, hn = gh.chunk(3, dim=-1)
-                r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
-                h = (1 - z) * torch.tanh(in_ + r * hn) + z * h
-            else:
-                h = torch.tanh(gi + gh) if self.mode == "RNN_TANH" else torch.relu(gi + gh)
-            outputs.append(h)
-        if reverse:
-            outputs.reverse()
-        return torch.stack(outputs, dim=1), h, c
-
-    def forward(self, x: torch.Tensor):
-        hs, cs = [], []
-        for layer in range(self.num_layers):
-            if layer > 0:
-                x = trial_dropout(x, getattr(self, DROPOUT_RATE), self.training)
-            outs = []
-            for d in range(self.directions):
-                suffix = f"l{layer}" + ("_reverse" if d else "")
-                out, h, c = self._direction(x, suffix, reverse=bool(d))
-                outs.append(out)
-                hs.append(h)
-                cs.append(c)
-            x = torch.cat(outs, dim=-1) if self.directions > 1 else outs[0]
-        h_n = torch.stack(hs)
-        return (x, (h_n, torch.stack(cs))) if self.mode == "lstm" else (x, h_n)
-
-
 def rnn_blocker(rnn: nn.RNNBase) -> str | None:
     if not rnn.batch_first:
         return "a recurrent layer that is not batch_first"
@@ -106,15 +42,16 @@ def rnn_blocker(rnn: nn.RNNBase) -> str | None:
     return None
 
 
-def functional_copy(module: nn.Module) -> nn.Module:
-    """A copy of `module` with dropout rates as buffers and recurrent layers unrolled."""
+def functional_copy(module: nn.Module, recurrent: str = "auto") -> nn.Module:
+    """A copy of `module` with dropout rates as buffers and recurrent layers batched over
+    trials (TrialRNN, with the `recurrent` kernel: recurrent.KERNELS)."""
     base = copy.deepcopy(module)
     for name, child in list(base.named_modules()):
         replacement = None
         if type(child) is nn.Dropout:
             replacement = TrialDropout(child.p)
         elif type(child) in (nn.RNN, nn.LSTM, nn.GRU):
-            replacement = UnrolledRNN(child)
+            replacement = TrialRNN(child, recurrent)
         if replacement is not None:
             parent_name, _, attr = name.rpartition(".")
             setattr(base.get_submodule(parent_name) if parent_name else base, attr, replacement)

@@ -76,7 +76,17 @@ class Task(L.LightningModule):
     # -- training: one loss function, whichever loop runs it (tasks/loops.py) -------------------
     def training_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mean loss, number of correct predictions or None) of one batch, without reading
-        anything on the host: every loop trains with this, the CUDA graph captures it."""
+        anything on the host: every loop trains with this, the CUDA graph captures it, and the
+        packed trainer vmaps it over trials (nnlab/packed/group.py: TaskCall)."""
+        raise NotImplementedError
+
+    def outputs(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the net's outputs, targets) of a batch, as `loss` scores them."""
+        raise NotImplementedError
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The task's loss of `outputs(batch)`: training_loss, evaluation and packed trials
+        all use this one definition."""
         raise NotImplementedError
 
     def training_step(self, batch, batch_idx):

@@ -54,16 +54,18 @@ class MultiLabelTask(Task):
         *inputs, y = batch
         return self(*inputs), y
 
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits, y.float())
+
     def training_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         logits, y = self.outputs(batch)
         # samples with every label right: train/acc is the exact-match (subset) accuracy
         correct = ((logits > 0) == y.bool()).all(-1).sum()
-        return F.binary_cross_entropy_with_logits(logits, y.float()), correct
+        return self.loss(logits, y), correct
 
     def _evaluate(self, batch, metrics: MetricCollection, stage: str) -> None:
         logits, y = self.outputs(batch)
-        loss = F.binary_cross_entropy_with_logits(logits, y.float())
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "val")
+        self.log(f"{stage}/loss", self.loss(logits, y), prog_bar=stage == "val")
         metrics.update(torch.sigmoid(logits.float()), y.long())
         self.log_dict(metrics, prog_bar=stage == "val")
 

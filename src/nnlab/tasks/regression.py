@@ -73,13 +73,16 @@ class RegressionTask(Task):
             pred = pred.squeeze(-1)
         return pred, y
 
+    def loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(pred, y)
+
     def training_loss(self, batch) -> tuple[torch.Tensor, None]:
         pred, y = self.outputs(batch)
-        return self.loss_fn(pred, y), None
+        return self.loss(pred, y), None
 
     def _evaluate(self, batch, metrics, stage: str) -> None:
         pred, y = self.outputs(batch)
-        self.log(f"{stage}/loss", self.loss_fn(pred, y), prog_bar=stage == "val")
+        self.log(f"{stage}/loss", self.loss(pred, y), prog_bar=stage == "val")
         datamodule = self._trainer.datamodule if self._trainer is not None else None
         if hasattr(datamodule, "unscale_targets"):  # metrics in the data's own units
             pred, y = datamodule.unscale_targets(pred), datamodule.unscale_targets(y)
