@@ -108,7 +108,7 @@ class ReviewSamples(L.Callback):
 
 
 class GeneratedSamples(L.Callback):
-    """After every validation epoch (not the sanity check): `num_samples` texts of `length`
+    """After every training epoch's validation: `num_samples` texts of `length`
     tokens generated from `prompts` (the task's `generate`, seeded so that epochs compare), as
     TensorBoard text `samples/generated` at the current step."""
 
@@ -148,7 +148,8 @@ class GeneratedSamples(L.Callback):
         return "\n\n".join(blocks)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        fitting = trainer.state.fn == "fit" and not trainer.sanity_checking
+        if not fitting or not trainer.is_global_zero:  # one set per training epoch
             return
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if not loggers:
