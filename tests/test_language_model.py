@@ -153,7 +153,6 @@ def test_state_is_carried_between_batches_and_detached(mini_data):
         logits = task.net(whole)[:, -8:]
         expected = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[:, -8:].reshape(-1))  # fmt: skip
     assert torch.allclose(losses[-1], expected, atol=1e-5)
-    fresh, _ = LanguageModelTask.training_loss(task.__class__({**NET, "vocab_size": dm.vocab_size}), batches[-1])  # fmt: skip
     task.on_train_epoch_start()  # a new epoch starts from zero
     assert "train" not in task.states
     with torch.no_grad():
@@ -161,7 +160,6 @@ def test_state_is_carried_between_batches_and_detached(mini_data):
         from_zero = task.net(batches[-1][0])
     assert not torch.allclose(again, losses[-1])
     assert torch.allclose(again, torch.nn.functional.cross_entropy(from_zero.reshape(-1, dm.vocab_size), batches[-1][1].reshape(-1)))  # fmt: skip
-    assert fresh.requires_grad
 
 
 def test_carry_state_needs_contiguous_batches(mini_data):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ from torch.utils.data import TensorDataset
 from nnlab.data import imdb
 from nnlab.data.base import DataModule, Encoded
 from nnlab.errors import ConfigError, UserError, require_positive
+
+log = logging.getLogger(__name__)
 
 LEVELS = ("char", "word")
 UNK, SEP = 0, 1
@@ -267,6 +270,7 @@ class IMDBLanguageDataModule(DataModule):
                     "or the batch size, or read more text (data.max_train_chars / max_eval_chars)",
                 )
             self.datasets[split] = TensorDataset(windows[:, :-1], windows[:, 1:])
+        log.info("%s", self.describe())
 
     # -- for baselines and callbacks -----------------------------------------------------------
     def unigram_loss(self, split: str = "test") -> float:
