@@ -9,6 +9,7 @@ import json
 import math
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -167,6 +168,9 @@ def test_carry_state_needs_contiguous_batches(mini_data):
     task = LanguageModelTask({**NET, "vocab_size": dm.vocab_size}, carry_state=True)
     with pytest.raises(ConfigError, match="^task.carry_state"):
         task.check_data(dm)
+    task._trainer = SimpleNamespace(world_size=2)  # DDP would deal the rows out to processes
+    with pytest.raises(ConfigError, match="^task.carry_state: rows that continue"):
+        task.setup("fit")
     assert task.graph_blocker() and LanguageModelTask({**NET, "vocab_size": 9}).graph_blocker() is None  # fmt: skip
 
 

@@ -74,6 +74,15 @@ class LanguageModelTask(Task):
             )
         return getattr(datamodule, "vocab_size", None)
 
+    def setup(self, stage: str) -> None:
+        if self.carry_state and self.trainer.world_size > 1:
+            raise ConfigError(
+                "task.carry_state",
+                f"rows that continue batch to batch cannot be split between "
+                f"{self.trainer.world_size} processes (each sees every world_size-th row); train "
+                "on one device, or set data.tbptt=false",
+            )
+
     def graph_blocker(self) -> str | None:
         if self.carry_state:
             return "the hidden state is carried from batch to batch (task.carry_state)"
