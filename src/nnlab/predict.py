@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from datetime import datetime
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from rich.table import Table
 from nnlab.cli import command, load_task, output_dir, run_config
 from nnlab.config import build
 from nnlab.data.base import Encoded
-from nnlab.errors import UserError
+from nnlab.errors import ConfigError, UserError
 from nnlab.runs import Run
 
 
@@ -106,8 +107,32 @@ def classify(task, datamodule, encoded: Encoded, chunk: int = 256):
     return header, rows
 
 
+def number(key: str, value, kind: type, optional: bool = False):
+    """A command-line value (as typed) as `kind`; `null`/`none` for None when `optional`."""
+    if value is None or (optional and str(value).lower() in ("null", "none", "")):
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(key, f"expected {what}, got {value!r}") from None
+
+
+def generate(task, datamodule, prompt, length, temperature, top_k, seed) -> dict:
+    """Language-model runs: text sampled after the prompt, with the settings that made it."""
+    settings = {
+        "length": number("length", length, int),
+        "temperature": number("temperature", temperature, float),
+        "top_k": number("top_k", top_k, int, optional=True),
+        "seed": number("seed", seed, int),
+    }
+    return {**task.generate(datamodule, prompt or "", **settings), **settings}
+
+
 @command("predict")
-def main(run, input, text, ckpt, out, steps, column, overrides) -> Path:  # noqa: A002 (the CLI's word)
+def main(
+    run, input, text, ckpt, out, steps, column, prompt, length, temperature, top_k, seed, overrides
+) -> Path:  # noqa: A002 (the CLI's word)
     try:
         n_steps = int(steps)
     except ValueError:
@@ -121,6 +146,16 @@ def main(run, input, text, ckpt, out, steps, column, overrides) -> Path:  # noqa
     task, path = load_task(run_dir, cfg, ckpt)
     datamodule = build(cfg.data, "data")
     datamodule.load_artifacts(run_dir.root)
+    if callable(getattr(task, "generate", None)):  # a language model: text from a prompt
+        sample = generate(task, datamodule, prompt, length, temperature, top_k, seed)
+        target = output_dir(run_dir, out, f"predictions/{timestamp()}")  # only once it worked
+        path = target / "generated.json"
+        path.write_text(json.dumps(sample, indent=1, ensure_ascii=False), encoding="utf-8")
+        print(sample["text"])
+        print(f"Wrote {path}")
+        return target
+    if prompt is not None:
+        raise UserError(f"prompt: {type(task).__name__} does not generate text; prompt= is for language-model runs (task=language_model)")  # fmt: skip
     encoded = datamodule.encode([text] if text is not None else input)
     forecasting = datamodule.horizon is not None  # else a classifier (datamodule.classes)
     if forecasting:  # one step ahead, then recursively

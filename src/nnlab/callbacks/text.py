@@ -105,3 +105,57 @@ class ReviewSamples(L.Callback):
             (self.dirpath / self.filename).write_text(
                 json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8"
             )
+
+
+class GeneratedSamples(L.Callback):
+    """After every training epoch's validation: `num_samples` texts of `length`
+    tokens generated from `prompts` (the task's `generate`, seeded so that epochs compare), as
+    TensorBoard text `samples/generated` at the current step."""
+
+    def __init__(
+        self,
+        prompts: list[str] | None = None,
+        num_samples: int = 3,
+        length: int = 200,
+        temperature: float = 0.8,
+        top_k: int | None = 20,
+        seed: int = 0,
+    ):
+        from nnlab.tasks.language_model import check_sampling
+
+        check_sampling(temperature, top_k, length)
+        self.prompts = list(prompts or [""])
+        self.num_samples, self.length = num_samples, length
+        self.temperature, self.top_k, self.seed = temperature, top_k, seed
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not callable(getattr(pl_module, "generate", None)):
+            raise ConfigError(
+                "callbacks.generated_samples",
+                f"generates text, but {type(pl_module).__name__} does not; use it with "
+                "task=language_model",
+            )
+
+    def samples(self, pl_module: L.LightningModule, datamodule) -> str:
+        blocks = []
+        for i in range(self.num_samples):
+            prompt = self.prompts[i % len(self.prompts)]
+            out = pl_module.generate(
+                datamodule, prompt, self.length, self.temperature, self.top_k, self.seed + i
+            )
+            text = out["text"].replace("\n", " / ")  # review ends, in one markdown paragraph
+            blocks.append(f"**{prompt or '(a new review)'}** (seed {self.seed + i})\n\n> {text}")
+        return "\n\n".join(blocks)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        fitting = trainer.state.fn == "fit" and not trainer.sanity_checking
+        if not fitting or not trainer.is_global_zero:  # one set per training epoch
+            return
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not loggers:
+            return
+        markdown = self.samples(pl_module, trainer.datamodule)
+        for logger in loggers:
+            logger.experiment.add_text(
+                "samples/generated", markdown, global_step=trainer.global_step
+            )

@@ -99,6 +99,10 @@ class Task(L.LightningModule):
             self.log("train/acc", correct / n, on_step=False, on_epoch=True, batch_size=n)
         return loss
 
+    def graph_blocker(self) -> str | None:
+        """Why this task's training step cannot be captured as a CUDA graph (None: it can)."""
+        return None
+
     # -- evaluation: each task's `_evaluate` logs `<stage>/loss` and its metrics ---------------
     def _evaluate(self, batch, metrics, stage: str):
         raise NotImplementedError

@@ -110,6 +110,8 @@ def graph_blocker(task: L.LightningModule, trainer: L.Trainer) -> str | None:
         return f"training runs on {device.type}, CUDA graphs need a CUDA device"
     if task.hparams.get("compile"):
         return "task.compile is on (torch.compile does its own graph capture)"
+    if (reason := getattr(task, "graph_blocker", lambda: None)()) is not None:
+        return reason
     datamodule = trainer.datamodule
     example = datamodule.example_input(2) if datamodule is not None else None
     if isinstance(example, tuple | list):

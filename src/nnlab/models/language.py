@@ -1,0 +1,61 @@
+"""A recurrent language model: Embedding -> RNN / LSTM / GRU (`make_rnn`, as RecurrentNet) ->
+one Linear head per step (RecurrentNet's `readout: all`) giving the next token's logits.
+
+`forward(ids)` -> logits (batch, steps, vocab_size), from a zero state; `step(ids, state)` ->
+(logits, state) continues from a given state: truncated backpropagation through time carries it
+from batch to batch, generation feeds one token at a time.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nnlab.errors import ConfigError, require_positive
+from nnlab.models.recurrent import TORCH_CELLS, RecurrentNet
+
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+class RecurrentLanguageModel(RecurrentNet):
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int = 64,
+        cell: str = "lstm",
+        hidden_size: int = 256,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        **keras_options,  # forget_bias, init, inner_init, nonlinearity (see RecurrentNet)
+    ):
+        require_positive("model.vocab_size", vocab_size)
+        require_positive("model.embedding_dim", embedding_dim)
+        if cell not in TORCH_CELLS:  # nnlab's own cells start every sequence from zero
+            raise ConfigError(
+                "model.cell",
+                f"{cell!r} cannot continue from a given state; a language model uses one of "
+                f"{', '.join(TORCH_CELLS)}",
+            )
+        for key in ("bidirectional", "readout", "return_sequences", "input_size", "output_size"):
+            if key in keras_options:  # a language model reads left to right, one output a step
+                raise ConfigError(f"model.{key}", "is fixed for a language model; remove it")
+        super().__init__(
+            input_size=embedding_dim,
+            output_size=vocab_size,
+            cell=cell,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            dropout=dropout,
+            readout="all",
+            **keras_options,
+        )
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.drop = nn.Dropout(dropout)
+
+    def step(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """Logits (batch, steps, vocab) for `ids` (batch, steps), and the state after them."""
+        outputs, state = self.rnn(self.drop(self.embedding(ids)), state)
+        return self.head(self.drop(outputs)), state
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.step(ids)[0]
