@@ -1,5 +1,6 @@
-"""Multivariate CSV series: feature and target columns, time column order, chronological split,
-scaling fitted on the training span and undone for the metrics; MLP and recurrent regressors."""
+"""Multivariate series under data=csv: feature and target columns, time column order,
+chronological split, scaling fitted on the training span and undone for the metrics; every
+regressor (MLP, recurrent, seq2seq, Conv1D) on it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nnlab.data.series import MultivariateCSVDataModule, read_csv_columns, write_weather_csv
+from nnlab.data.series import CSVSeriesDataModule, read_csv_columns, write_weather_csv
 from nnlab.errors import ConfigError, DataError
 
 
@@ -29,8 +30,15 @@ def ramp(tmp_path) -> Path:
 
 
 def module(path, **kwargs):
-    kwargs = {"features": ["a", "b"], "targets": ["c"], "window": 3, "horizon": 2, **kwargs}
-    return MultivariateCSVDataModule(path=str(path), batch_size=4, **kwargs)
+    kwargs = {
+        "features": ["a", "b"],
+        "targets": ["c"],
+        "window": 3,
+        "horizon": 2,
+        "standardize": True,
+        **kwargs,
+    }
+    return CSVSeriesDataModule(path=str(path), batch_size=4, **kwargs)
 
 
 def test_windows_follow_the_time_column_and_split_by_time(ramp):
@@ -57,20 +65,30 @@ def test_scaling_is_fitted_on_the_training_span_and_undone_for_targets(ramp):
     assert torch.allclose(dm.mean, torch.stack([train, 10 * train, -train]).mean(1))
     _, y = dm.datasets["test"].tensors
     assert y.min() < -2  # test values lie beyond the training span: not re-fitted on them
-    raw = dm.unscale_targets(y)
+    raw = dm.decode(y)
     assert torch.allclose(raw[0], torch.tensor([-37.0, -38.0]))
-    assert torch.allclose(
-        dm.encode([[[0, 0], [1, 10], [2, 20]]]).inputs[0], dm.datasets["train"].tensors[0][:1]
-    )
+    given = torch.tensor([[0.0, 0, 0], [1, 10, -1], [2, 20, -2]], dtype=torch.float64)
+    assert torch.allclose(dm.encode(given).inputs[0], dm.datasets["train"].tensors[0][:1])
 
 
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"features": ["a", "zzz"]}, ConfigError, "no column 'zzz'"),
+        ({"features": ["a", "zzz"]}, ConfigError, "data.features: no column 'zzz'"),
+        ({"targets": ["zzz"]}, ConfigError, "data.targets: no column 'zzz'"),
         ({"time_column": "when"}, ConfigError, "data.time_column: no column 'when'"),
-        ({"targets": []}, ConfigError, "data.targets"),
+        ({"targets": []}, ConfigError, "data.targets: a list of one or more"),
+        ({"targets": None}, ConfigError, "data.targets: name the column"),
+        ({"features": ["a", "a"]}, ConfigError, "data.features: names 'a' more than once"),
+        (
+            {"time_column": "t", "features": ["t", "a"]},
+            ConfigError,
+            "data.features: holds the time",
+        ),
+        ({"time_column": "t", "targets": ["t"]}, ConfigError, "data.targets: holds the time"),
+        ({"column": "a"}, ConfigError, "data.column: name the columns either"),
         ({"window": 30}, ConfigError, "data.window"),
+        ({"input_size": 3}, ConfigError, "data.input_size: 3, but the columns give 2"),
     ],
 )
 def test_bad_settings_name_the_key(ramp, kwargs, error, message):
@@ -80,7 +98,7 @@ def test_bad_settings_name_the_key(ramp, kwargs, error, message):
 
 def test_bad_cells_and_times_name_the_line(tmp_path):
     path = write_csv(tmp_path / "x.csv", [[0, 1, 2, 3], [1, 1, "", 3]])
-    with pytest.raises(DataError, match="line 3: column 'b' holds ''"):
+    with pytest.raises(DataError, match="line 3: '' in column 'b' is not a number"):
         read_csv_columns(path, ["a", "b"], None)
     path = write_csv(tmp_path / "y.csv", [["noon", 1, 2, 3]])
     with pytest.raises(DataError, match="neither a number nor an ISO date"):
@@ -98,21 +116,40 @@ def test_the_generated_weather_file_needs_its_time_column(tmp_path):
     assert sorted(by_time[:, 0].tolist()) == sorted(by_file[:, 0].tolist())
 
 
-@pytest.mark.parametrize("model", ["recurrent", "mlp"])
-def test_the_weather_preset_trains_with_each_regressor(cli, tmp_path, model):
-    extra = ["model.input_size=${data.flat_input_size}", "model.hidden_sizes=[16]"]
-    extra += ["~model.cell", "~model.hidden_size"]  # the preset's LSTM keys
+@pytest.mark.parametrize("model", ["mlp", "recurrent", "seq2seq", "conv1d"])
+def test_every_regressor_trains_on_multivariate_csv(cli, tmp_path, model):
+    """data=csv with several features and targets: each model family is sized from the data
+    config alone (no size typed), and the metrics come back in the data's units."""
+    path = write_weather_csv(tmp_path / "w.csv", 300, seed=0)
     result = cli(
-        "experiment=weather_lstm",
+        "~experiment",
+        "data=csv",
+        f"data.path={path}",
+        "data.time_column=time",
+        "data.features=[temp,humidity,pressure,wind]",
+        "data.targets=[temp,humidity]",
+        "data.window=8",
+        "data.horizon=2",
         f"model={model}",
-        "model.output_size=${data.output_size}",
-        *(extra if model == "mlp" else ["model.input_size=${data.input_size}"]),
-        "data.generate=400",
+        "task=regression",
         "trainer.max_epochs=1",
+        "callbacks=[default,forecast_plot]",
         "logger=none",
-        env={"NNLAB_DATA_DIR": str(tmp_path / "data")},
     )
     metrics = result.metrics()
     # metrics in the data's units (degrees, percent): far above the standardised loss
-    assert metrics["test/mse"] > metrics["test/loss"]
+    assert metrics["test/mse"] > 3 * metrics["test/loss"]
+    assert (result.run_dir() / "forecast.png").is_file()
+
+
+def test_the_weather_presets_write_and_read_their_file(cli, tmp_path):
+    for preset in ("weather_lstm", "weather_conv1d"):
+        cli(
+            f"experiment={preset}",
+            "data.generate=400",
+            "trainer.max_epochs=1",
+            "logger=none",
+            env={"NNLAB_DATA_DIR": str(tmp_path / "data")},
+        )
     assert (tmp_path / "data" / "generated" / "weather.csv").is_file()
+    assert len(list((tmp_path / "outputs").glob("runs/*/*/metrics.json"))) == 2
