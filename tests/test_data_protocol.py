@@ -130,10 +130,11 @@ def test_series_encode_is_what_training_reads(build_data):
     # the user's CSV file (data.column) encodes to exactly the training windows
     from_file = dm.encode(str(dm.path)).inputs[0]
     assert torch.equal(from_file[dm.starts["test"] - dm.window :][: len(x)], x)
-    again = dm.encode(",".join(str(v) for v in encoded.raw.tolist()))
+    values = encoded.raw[:, 0]  # the table (rows, columns) in the data's units: one column
+    again = dm.encode(",".join(str(v) for v in values.tolist()))
     assert torch.allclose(again.inputs[0], encoded.inputs[0])
-    assert torch.allclose(dm.decode(x[:, -1]), encoded.raw[4 : 4 + len(x)].float(), atol=1e-5)
-    with pytest.raises(UserError, match="give at least 5 values"):
+    assert torch.allclose(dm.decode(x[:, -1:])[:, 0], values[4 : 4 + len(x)].float(), atol=1e-5)
+    with pytest.raises(UserError, match="3 rows given, .* give at least 5"):
         dm.encode("1,2,3")
 
 
