@@ -153,3 +153,59 @@ def test_the_weather_presets_write_and_read_their_file(cli, tmp_path):
         )
     assert (tmp_path / "data" / "generated" / "weather.csv").is_file()
     assert len(list((tmp_path / "outputs").glob("runs/*/*/metrics.json"))) == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "sizes"),
+    [
+        (["data.column=v"], (1, 1, 2, [0])),
+        (["data.targets=[a,b]"], (2, 2, 4, [0, 1])),  # features default to the targets
+        (["data.features=[a,b,c]", "data.targets=[c,a]"], (3, 2, 4, [2, 0])),
+        (["data.features=[a,b]", "data.targets=[d]"], (2, 1, 2, None)),
+    ],
+)
+def test_the_data_config_derives_every_size(make_cfg, overrides, sizes):
+    from omegaconf import OmegaConf
+
+    cfg = make_cfg("data=csv", "data.path=x.csv", "data.horizon=2", *overrides)
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    got = (data["input_size"], data["num_targets"], data["output_size"], data["target_features"])
+    assert got == sizes and data["flat_input_size"] == data["window"] * sizes[0]
+
+
+def test_conv1d_regression_head_reads_windows_channels_last():
+    from nnlab.models.cnn import CNN
+
+    blocks = [{"channels": 4, "kernel": 3, "padding": "same", "pool": 2}]
+    net = CNN(output_size=6, blocks=blocks, in_channels=3, in_size=8, dims=1, layout="sequence")
+    x = torch.randn(5, 8, 3)
+    assert net(x).shape == (5, 6)
+    assert net.shapes[-1][1] == (4 * 4,)  # the exact size arithmetic: 8 steps, pooled to 4
+    # channels last: the same as feeding (batch, channels, steps) to the conv stack directly
+    assert torch.allclose(net(x), net.classifier(net.features(x.transpose(1, 2))))
+    one = CNN(output_size=1, blocks=blocks, in_channels=1, in_size=8, dims=1, layout="sequence")
+    assert one(torch.randn(2, 8)).shape == (2, 1)  # one feature: (batch, window)
+    with pytest.raises(ConfigError, match="model.output_size: give either"):
+        CNN(num_classes=3, output_size=2, blocks=blocks, dims=1, layout="sequence")
+    with pytest.raises(ConfigError, match="model.layout"):
+        CNN(output_size=2, blocks=blocks, layout="sequence")  # dims 2
+    with pytest.raises(ConfigError, match=r"model.blocks\[0\]"):
+        CNN(output_size=2, blocks=blocks, in_channels=3, in_size=7, dims=1, layout="sequence")
+
+
+def test_seq2seq_emits_every_target_at_each_step():
+    from nnlab.models.seq2seq import Seq2SeqForecaster
+
+    torch.manual_seed(0)
+    net = Seq2SeqForecaster(3, 4, num_targets=2, hidden_size=5, target_features=[2, 0]).eval()
+    x = torch.randn(2, 6, 3)
+    out = net(x)
+    assert out.shape == (2, 8)  # horizon 4 x 2 targets, step by step
+    _, state = net.encoder(x)
+    h, _ = net.decoder(x[:, -1:, [2, 0]], state)  # starts from the targets' last values
+    assert torch.allclose(out[:, :2], net.head(h)[:, 0], atol=1e-6)
+    forced = Seq2SeqForecaster(3, 4, num_targets=2, target_features=None, teacher_forcing_ratio=1)
+    y = torch.randn(2, 8)
+    assert forced.train()(x, targets=y).shape == (2, 8)
+    with pytest.raises(ConfigError, match="model.target_features"):
+        Seq2SeqForecaster(3, 4, num_targets=2, target_features=[0])

@@ -194,9 +194,10 @@ class SeriesDataModule(DataModule):
             values = self.read_table(raw)
             scaled = self.scale(values.float())  # as setup() scales the training table
         if len(values) < self.window:
+            unit = "values" if len(self.names) == 1 else "rows"
             raise UserError(
-                f"input: {len(values)} rows given, but the model reads windows of "
-                f"{self.window}; give at least {self.window}"
+                f"input: {len(values)} {unit} given, but the model reads windows of "
+                f"{self.window}; give at least {self.window} {unit}"
             )
         windows, _ = self.inputs(scaled)
         names = [str(i + self.window) for i in range(len(windows))]  # the row each predicts
