@@ -209,3 +209,20 @@ def test_seq2seq_emits_every_target_at_each_step():
     assert forced.train()(x, targets=y).shape == (2, 8)
     with pytest.raises(ConfigError, match="model.target_features"):
         Seq2SeqForecaster(3, 4, num_targets=2, target_features=[0])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.targets=[nope]", "data.targets: no column 'nope'"),
+        ("data.features=[time,temp]", "data.features: holds the time column 'time'"),
+        ("data.column=temp", "data.column: name the columns either"),
+    ],
+)
+def test_bad_columns_stop_the_command_naming_the_key(cli, tmp_path, override, message):
+    path = write_weather_csv(tmp_path / "w.csv", 100, seed=0)
+    args = ["~experiment", "data=csv", f"data.path={path}", "data.time_column=time"]
+    args += ["data.features=[temp,wind]", "data.targets=[temp]", "task=regression", override]
+    result = cli(*args, "logger=none", check=False)
+    assert result.returncode == 2 and message in result.stderr, result.output[-2000:]
+    assert not list((tmp_path / "outputs").glob("runs/*/*/metrics.json"))
