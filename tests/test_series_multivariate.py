@@ -226,3 +226,14 @@ def test_bad_columns_stop_the_command_naming_the_key(cli, tmp_path, override, me
     result = cli(*args, "logger=none", check=False)
     assert result.returncode == 2 and message in result.stderr, result.output[-2000:]
     assert not list((tmp_path / "outputs").glob("runs/*/*/metrics.json"))
+
+
+def test_a_run_predicts_from_its_saved_scaling_without_the_training_file(ramp, tmp_path):
+    dm = module(ramp, time_column="t")
+    (path,) = dm.save_artifacts(tmp_path / "run")
+    fresh = module(tmp_path / "gone.csv", time_column="t")  # the training file is not needed
+    fresh.load_artifacts(tmp_path / "run")
+    assert torch.equal(fresh.mean, dm.mean) and fresh.targets == ["c"]
+    given = write_csv(tmp_path / "new.csv", [[i, i, 10 * i] for i in range(5)], ("t", "a", "b"))
+    x = fresh.encode(str(given)).inputs[0]
+    assert torch.allclose(x[0], dm.datasets["train"].tensors[0][0])

@@ -179,6 +179,29 @@ class SeriesDataModule(DataModule):
         y = y[..., [self.names.index(t) for t in self.targets]].reshape(len(y), -1)
         return x.contiguous(), y.contiguous()
 
+    def save_artifacts(self, run_dir: Path) -> list[Path]:
+        """`series.json`: the columns and the training span's scaling, so that predictions on
+        new inputs need neither the training file nor the generator."""
+        import json
+
+        self.setup("fit")
+        path = Path(run_dir) / "series.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"features": self.features, "targets": self.targets}
+        meta.update(mean=self.mean.tolist(), std=self.std.tolist())
+        path.write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        return [path]
+
+    def load_artifacts(self, run_dir: Path) -> None:
+        import json
+
+        path = Path(run_dir) / "series.json"
+        if not path.is_file():  # a run from before series.json: from the data
+            return super().load_artifacts(run_dir)
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        self.features, self.targets = list(meta["features"]), list(meta["targets"])
+        self.mean, self.std = torch.tensor(meta["mean"]), torch.tensor(meta["std"])
+
     def encode(self, raw: Any) -> Encoded:
         """A series -> its windows, scaled, one per position with `window` rows before it.
         `raw`: None (the test split, with the window before it), a CSV file (the feature
