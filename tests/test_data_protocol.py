@@ -93,9 +93,10 @@ def test_every_data_module_implements_the_protocol(build_data, tmp_path, name, o
         assert batch[-1].max() < dm.num_classes
     else:
         assert dm.horizon == batch[-1].shape[1] == 1
-    # files predictions need: only IMDB has some (its vocabulary)
+    # files predictions need: the IMDB vocabulary, the series' columns and scaling
     saved = dm.save_artifacts(tmp_path / "run")
-    assert [p.name for p in saved] == (["vocab.json"] if name == "imdb" else [])
+    artifacts = {"imdb": ["vocab.json"], "sine": ["series.json"], "csv": ["series.json"]}
+    assert [p.name for p in saved] == artifacts.get(name, [])
     assert all(p.is_file() for p in saved)
 
 
