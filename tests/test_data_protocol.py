@@ -93,9 +93,10 @@ def test_every_data_module_implements_the_protocol(build_data, tmp_path, name, o
         assert batch[-1].max() < dm.num_classes
     else:
         assert dm.horizon == batch[-1].shape[1] == 1
-    # files predictions need: only IMDB has some (its vocabulary)
+    # files predictions need: the IMDB vocabulary, the series' columns and scaling
     saved = dm.save_artifacts(tmp_path / "run")
-    assert [p.name for p in saved] == (["vocab.json"] if name == "imdb" else [])
+    artifacts = {"imdb": ["vocab.json"], "sine": ["series.json"], "csv": ["series.json"]}
+    assert [p.name for p in saved] == artifacts.get(name, [])
     assert all(p.is_file() for p in saved)
 
 
@@ -130,9 +131,10 @@ def test_series_encode_is_what_training_reads(build_data):
     # the user's CSV file (data.column) encodes to exactly the training windows
     from_file = dm.encode(str(dm.path)).inputs[0]
     assert torch.equal(from_file[dm.starts["test"] - dm.window :][: len(x)], x)
-    again = dm.encode(",".join(str(v) for v in encoded.raw.tolist()))
+    values = encoded.raw[:, 0]  # the table (rows, columns) in the data's units: one column
+    again = dm.encode(",".join(str(v) for v in values.tolist()))
     assert torch.allclose(again.inputs[0], encoded.inputs[0])
-    assert torch.allclose(dm.decode(x[:, -1]), encoded.raw[4 : 4 + len(x)].float(), atol=1e-5)
+    assert torch.allclose(dm.decode(x[:, -1:])[:, 0], values[4 : 4 + len(x)].float(), atol=1e-5)
     with pytest.raises(UserError, match="give at least 5 values"):
         dm.encode("1,2,3")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from datetime import datetime
 from pathlib import Path
 
@@ -21,49 +22,66 @@ from nnlab.runs import Run
 
 @torch.no_grad()
 def forecast(task, datamodule, encoded: Encoded, steps: int):
-    """Rows of (kind, t, target, prediction): one step ahead for each window, then a recursive
-    forecast of `steps` points past the end (each prediction fed back as input)."""
+    """Rows of (kind, t, column, target, prediction): one step ahead of each window for each
+    target column, then a recursive forecast of `steps` rows past the end (each prediction fed
+    back as input; only where the targets are the features)."""
     (windows,) = datamodule.batch_transform(encoded.inputs)
-    values, window = encoded.raw, windows.shape[1]
-    one_step = datamodule.decode(task(windows)).double()  # (N, horizon)
+    table, window, targets = encoded.raw, datamodule.window, datamodule.targets
+    columns = [datamodule.names.index(t) for t in targets]
+    one_step = datamodule.decode(task(windows)).double().reshape(len(windows), -1, len(targets))
     rows = []
     for i, pred in enumerate(one_step):
-        t = i + window  # index of the first predicted value
-        target = values[t].item() if t < len(values) else ""
-        rows.append(("one_step", t, target, pred[0].item()))
-    history = windows[-1].clone()
-    ahead: list[float] = []
+        t = i + window  # row of the first predicted value
+        for j, name in enumerate(targets):
+            target = table[t, columns[j]].item() if t < len(table) else math.nan
+            rows.append(
+                ("one_step", t, name, "" if math.isnan(target) else target, pred[0, j].item())
+            )
+    if steps and targets != datamodule.features:
+        print(
+            f"No recursive forecast: it feeds predictions back as inputs, and this run predicts "
+            f"{', '.join(targets)} from {', '.join(datamodule.features)} (steps=0 hides this)"
+        )
+        return rows
+    history = windows[-1].clone()  # (window[, features]): the features are the targets here
+    ahead: list[torch.Tensor] = []
     while len(ahead) < steps:
         (step,) = datamodule.batch_transform((history.unsqueeze(0),))
-        pred = task(step)[0]
-        history = torch.cat([history, pred])[-window:]
-        ahead.extend(datamodule.decode(pred).double().tolist())
-    rows += [("forecast", len(values) + k, "", v) for k, v in enumerate(ahead[:steps])]
+        pred = task(step)[0]  # (horizon * targets,), step by step
+        history = torch.cat([history, pred.reshape(-1, *history.shape[1:])])[-window:]
+        ahead.extend(datamodule.decode(pred).double().reshape(-1, len(targets)))
+    for k, values in enumerate(ahead[:steps]):
+        at = len(table) + k
+        rows += [("forecast", at, n, "", v.item()) for n, v in zip(targets, values, strict=True)]
     return rows
 
 
-def plot_series(values: torch.Tensor, rows, path: Path) -> None:
+def plot_series(datamodule, table: torch.Tensor, rows, path: Path) -> None:
+    """One panel per target column: the input series, one step ahead, the forecast."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, ax = plt.subplots(figsize=(9, 3.5))
-    ax.plot(range(len(values)), values, ".", ms=3, color="0.55", label="input series")
-    one = [(t, p) for kind, t, _, p in rows if kind == "one_step"]
-    ahead = [(t, p) for kind, t, _, p in rows if kind == "forecast"]
-    if one:
-        ax.plot(*zip(*one, strict=True), color="C1", lw=1.2, label="one step ahead")
-    if ahead:
-        ax.plot(
-            *zip(*ahead, strict=True),
-            color="C3",
-            lw=1.5,
-            ls="--",
-            label=f"forecast ({len(ahead)} steps)",
-        )
-    ax.set(xlabel="time step", ylabel="value")
-    ax.legend(loc="best", fontsize=8)
+    targets = datamodule.targets
+    figure, axes = plt.subplots(len(targets), 1, figsize=(9, 3.5 * len(targets)), squeeze=False)
+    for ax, name in zip(axes[:, 0], targets, strict=True):
+        values = table[:, datamodule.names.index(name)]
+        ax.plot(range(len(values)), values, ".", ms=3, color="0.55", label="input series")
+        one = [(t, p) for kind, t, c, _, p in rows if kind == "one_step" and c == name]
+        ahead = [(t, p) for kind, t, c, _, p in rows if kind == "forecast" and c == name]
+        if one:
+            ax.plot(*zip(*one, strict=True), color="C1", lw=1.2, label="one step ahead")
+        if ahead:
+            ax.plot(
+                *zip(*ahead, strict=True),
+                color="C3",
+                lw=1.5,
+                ls="--",
+                label=f"forecast ({len(ahead)} steps)",
+            )
+        ax.set(xlabel="time step", ylabel=name)
+        ax.legend(loc="best", fontsize=8)
     figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
 
@@ -89,19 +107,26 @@ def show(header: list[str], rows, title: str, limit: int = 10) -> None:
 
 @torch.no_grad()
 def classify(task, datamodule, encoded: Encoded, chunk: int = 256):
-    """Rows of (name, predicted class, its probability, every class's probability)."""
+    """Rows of (name, predicted class, its probability, every class's probability); for a
+    multi-label task (name, the labels present, every label's probability)."""
     classes, rows = datamodule.classes, []
+    multilabel = hasattr(task, "num_labels")
     names = encoded.names or [str(i) for i in range(len(encoded.inputs[0]))]
     for start in range(0, len(names), chunk):
         batch = datamodule.batch_transform(tuple(t[start : start + chunk] for t in encoded.inputs))
         scores = task.scores(task(*batch)).cpu()
         for name, p in zip(names[start : start + chunk], scores, strict=True):
-            if task.binary:  # one probability: of the positive class
+            if multilabel:  # every label above the threshold (none, one or several)
+                present = [c for c, v in zip(classes, p, strict=True) if v > task.threshold]
+                rows.append((name, "+".join(present) or "(none)", *(float(v) for v in p)))
+            elif task.binary:  # one probability: of the positive class
                 label = classes[1] if p > 0.5 else classes[0]
                 rows.append((name, label, float(max(p, 1 - p)), float(p)))
             else:
                 k = int(p.argmax())
                 rows.append((name, classes[k], float(p[k]), *(float(v) for v in p)))
+    if multilabel:
+        return ["input", "labels", *(f"p_{c}" for c in classes)], rows
     header = [*datamodule.columns, "probability"]
     header += [f"p_{c}" for c in (classes[1:] if task.binary else classes)]
     return header, rows
@@ -160,14 +185,16 @@ def main(
     forecasting = datamodule.horizon is not None  # else a classifier (datamodule.classes)
     if forecasting:  # one step ahead, then recursively
         rows = forecast(task, datamodule, encoded, n_steps)
-        header = ["kind", "t", "target", "prediction"]
+        header = ["kind", "t", "column", "target", "prediction"]
     else:
         header, rows = classify(task, datamodule, encoded)
     target = output_dir(run_dir, out, f"predictions/{timestamp()}")
     if forecasting:
-        plot_series(encoded.raw, rows, target / "forecast.png")
+        plot_series(datamodule, encoded.raw, rows, target / "forecast.png")
     write_rows(target / "predictions.csv", header, rows)
-    show(header[:4], [r[:4] for r in rows], f"{path.name} on {input or text or 'the test split'}")
+    width = 5 if forecasting else 4
+    title = f"{path.name} on {input or text or 'the test split'}"
+    show(header[:width], [r[:width] for r in rows], title)
     print(f"Wrote {target / 'predictions.csv'}")
     return target
 

@@ -29,6 +29,15 @@ def sqlite_url(path: str) -> str:
     return f"sqlite:///{file}"
 
 
+def target_features(targets: Any, features: Any) -> list[int] | None:
+    """`${nnlab.target_features:${.targets},${.features}}`: each target's index among the
+    features (a seq2seq decoder starts from their last values), None if one is no feature."""
+    if targets is None:  # one column: the feature and the target
+        return [0]
+    features = list(features if features is not None else targets)
+    return [features.index(t) for t in targets] if set(targets) <= set(features) else None
+
+
 RESOLVERS = {
     # a short random tag, fixed for the process: run directories started in the same second
     # (Hydra's `now` has 1 s resolution) stay distinct
@@ -40,10 +49,12 @@ RESOLVERS = {
     "nnlab.unless_resume": (lambda resume, v: None if resume else v, False),
     "nnlab.sqlite": (sqlite_url, False),
     "nnlab.choice": (group_choice, False),
-    # sizes of the multivariate CSV data (conf/data/csv_multivariate.yaml): the number of
-    # feature / target columns, and horizon x targets
-    "nnlab.len": (lambda items: len(items), False),
+    # sizes of the series data (conf/data/csv.yaml): the number of feature / target columns
+    # (features default to the targets; neither named: one column), horizon x targets, and
+    # where the targets sit among the features
+    "nnlab.len": (lambda items, default=None: len(items or default or [None]), False),
     "nnlab.product": (lambda a, b: int(a) * int(b), False),
+    "nnlab.target_features": (target_features, False),
 }
 
 

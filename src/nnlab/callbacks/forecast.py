@@ -46,13 +46,18 @@ class ForecastPlot(L.Callback):
             pred = pl_module(inputs).float().cpu()
         pl_module.train(was_training)
         t = torch.arange(len(x)) + dm.starts["test"]
-        figure, ax = plt.subplots(figsize=(9, 3.5))
-        ax.plot(t, dm.decode(y[:, 0]), ".", ms=3, color="0.55", label="observed")
+        k = dm.num_targets  # the first step ahead of each target: one panel each
+        observed, predicted = dm.decode(y[:, :k]), dm.decode(pred[:, :k])
+        figure, axes = plt.subplots(k, 1, figsize=(9, 3.5 * k), sharex=True, squeeze=False)
         clean = dm.clean_series()
-        if clean is not None:
-            ax.plot(t, clean[t], color="0.2", lw=1, label="noise-free signal")
-        ax.plot(t, dm.decode(pred[:, 0]), color="C1", lw=1.5, label="prediction (1 step ahead)")
-        mse = torch.mean((pred - y) ** 2).item()
-        ax.set(xlabel="time step", ylabel="value", title=f"test split: one-step MSE {mse:.4f}")
-        ax.legend(loc="best", fontsize=8)
+        for j, (ax, name) in enumerate(zip(axes[:, 0], dm.targets, strict=True)):
+            ax.plot(t, observed[:, j], ".", ms=3, color="0.55", label="observed")
+            if clean is not None:
+                ax.plot(t, clean[t], color="0.2", lw=1, label="noise-free signal")
+            ax.plot(t, predicted[:, j], color="C1", lw=1.5, label="prediction (1 step ahead)")
+            ax.set(ylabel=name)
+            ax.legend(loc="best", fontsize=8)
+        mse = torch.mean((dm.decode(pred) - dm.decode(y)) ** 2).item()  # the data's units
+        axes[0, 0].set(title=f"test split: MSE {mse:.4f} over all {y.shape[1]} outputs")
+        axes[-1, 0].set(xlabel="time step")
         log_figure(trainer, "test/forecast", figure, self.path)

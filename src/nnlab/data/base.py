@@ -30,6 +30,51 @@ from nnlab.data.memory import MicroBatches, make_loader
 from nnlab.errors import require_positive
 
 
+def read_numbers(path: Path, key: str = "input") -> torch.Tensor:
+    """The numbers of a user's `.npy` array, or of a CSV/text file (a header row of names is
+    skipped), as a float32 tensor: how the data modules' `encode` read numeric input files."""
+    import numpy as np
+
+    from nnlab.errors import UserError
+
+    if path.suffix == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{key}: {path} is not a readable .npy array ({exc})") from None
+    else:
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        rows = [ln.replace(";", ",").split(",") for ln in lines]
+        try:
+            [float(v) for v in rows[0]] if rows else None
+        except ValueError:
+            rows = rows[1:]  # a header row
+        try:
+            array = np.array([[float(v) for v in row] for row in rows], dtype=np.float32)
+        except ValueError:
+            raise UserError(
+                f"{key}: {path} holds something that is not a number, or rows of different "
+                "lengths; give comma-separated numbers (a header row is allowed)"
+            ) from None
+    if array.size == 0 or not np.issubdtype(array.dtype, np.number):
+        raise UserError(f"{key}: {path} holds no numbers")
+    values = torch.as_tensor(array, dtype=torch.float32)
+    if not torch.isfinite(values).all():
+        raise UserError(f"{key}: {path} holds NaN or infinite values; fill or drop them first")
+    return values
+
+
+def input_file(raw: Any) -> Path | None:
+    """`raw` as an existing file, else None (inline values, texts, arrays)."""
+    if not isinstance(raw, str | Path):
+        return None
+    path = Path(raw).expanduser()
+    try:
+        return path if path.is_file() else None
+    except OSError:  # a long list of values is no file name
+        return None
+
+
 class Encoded(NamedTuple):
     """What `encode` makes of raw inputs."""
 

@@ -1,7 +1,13 @@
-"""Time series cut into (window -> horizon) samples: generated sine waves or a user's CSV column.
+"""Time series cut into (window -> horizon) samples: a generated sine wave, or columns of a
+user's CSV file (`features` in, `targets` out: one or several of each).
 
-The series is split by time (train, then val, then test, never shuffled across the split) and
-each split is windowed on its own, so no window straddles two splits.
+The series is a table (time, column), split by time (train, then val, then test, never
+shuffled across the split); each split is windowed on its own, so no window straddles two
+splits. Sample t reads the feature columns of rows t .. t+window-1 -> x (window, features),
+or (window,) with one feature, and predicts the target columns of the `horizon` rows after
+it -> y (horizon * targets,), step by step. With `standardize`, each column is scaled by the
+training span's mean and std (no peeking ahead); `decode` undoes it for targets, so metrics,
+plots and predictions are in the data's own units.
 """
 
 from __future__ import annotations
@@ -19,14 +25,17 @@ from nnlab.data.folds import fold_blocks
 from nnlab.errors import ConfigError, DataError, UserError, require_positive
 
 SPLITS = ("train", "val", "test")
+SIZE_KEYS = ("input_size", "output_size", "flat_input_size", "num_targets", "target_features")
 
 
 def make_windows(
     series: torch.Tensor, window: int, horizon: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs (N, window) and targets (N, horizon): sample t sees series[t:t+window] and
-    predicts the `horizon` values that follow it."""
-    frames = series.unfold(0, window + horizon, 1)
+    """Inputs (N, window[, C]) and targets (N, horizon[, C]) of a series (T,) or table (T, C):
+    sample t sees rows t .. t+window-1 and predicts the `horizon` rows that follow."""
+    frames = series.unfold(0, window + horizon, 1)  # (N, [C,] window + horizon)
+    if series.dim() == 2:
+        frames = frames.transpose(1, 2)
     return frames[:, :window].contiguous(), frames[:, window:].contiguous()
 
 
@@ -39,10 +48,11 @@ def split_bounds(n: int, fractions: tuple[float, float, float]) -> list[tuple[in
 
 
 class SeriesDataModule(DataModule):
-    """Windows over one univariate series; subclasses say where the series comes from.
+    """Windows over a table of columns; subclasses say where it comes from (`load_table`) and
+    name its columns (`features`, `targets`; one unnamed column by default).
 
-    `encode` reads a series a user gives (a CSV file, its `column`, or inline values) into
-    windows scaled as in training; `decode` brings outputs back to the series' units."""
+    `encode` reads a series a user gives (a CSV file, inline values for one column) into
+    windows scaled as in training; `decode` brings outputs back to the targets' units."""
 
     def __init__(
         self,
@@ -58,6 +68,9 @@ class SeriesDataModule(DataModule):
         folds: int | None = None,
         fold: int = 0,
         column: str | None = None,
+        features: list[str] | None = None,
+        targets: list[str] | None = None,
+        **sizes: Any,
     ):
         super().__init__(
             batch_size,
@@ -76,12 +89,60 @@ class SeriesDataModule(DataModule):
         self.window, self.horizon, self.splits = int(window), int(horizon), splits
         self.standardize, self.column = standardize, column
         self.folds, self.fold = folds, fold  # k-fold cross-validation (data/folds.py)
-        self.series: torch.Tensor | None = None  # the whole series, standardised if asked
-        self.mean, self.std = 0.0, 1.0
-        self.starts: dict[str, int] = {}  # index in `series` of each split's first target
+        self.features = list(features) if features else ["value"]
+        self.targets = list(targets) if targets else list(self.features)
+        self.input_size, self.num_targets = len(self.features), len(self.targets)
+        self.output_size = self.horizon * self.num_targets
+        self._check_sizes(sizes)
+        self.table: torch.Tensor | None = None  # (T, columns), standardised if asked
+        self.mean = torch.zeros(len(self.names))
+        self.std = torch.ones(len(self.names))
+        self.starts: dict[str, int] = {}  # row of each split's first target
+
+    @property
+    def series(self) -> torch.Tensor | None:
+        """The scaled table: (T,) with one column, else (T, columns)."""
+        if self.table is None or self.table.shape[1] > 1:
+            return self.table
+        return self.table[:, 0]
+
+    @property
+    def names(self) -> list[str]:
+        """The table's columns: the features, then the targets that are not features."""
+        return [*self.features, *(t for t in self.targets if t not in self.features)]
+
+    @property
+    def target_features(self) -> list[int] | None:
+        """Where the targets sit among the features (a decoder starts from their last values);
+        None when some target is not a feature."""
+        if not set(self.targets) <= set(self.features):
+            return None
+        return [self.features.index(t) for t in self.targets]
+
+    def _check_sizes(self, sizes: dict[str, Any]) -> None:
+        """The data config's size keys (conf/data/*.yaml, read by the models) must be the ones
+        the columns give: they are derived there, never typed."""
+        if unknown := set(sizes) - set(SIZE_KEYS):
+            raise ConfigError(f"data.{sorted(unknown)[0]}", "is not a key of the series data")
+        real = {
+            "input_size": self.input_size,
+            "output_size": self.output_size,
+            "flat_input_size": self.window * self.input_size,
+            "num_targets": self.num_targets,
+            "target_features": self.target_features,
+        }
+        for key, given in sizes.items():
+            if (
+                given is not None
+                and (list(given) if key == "target_features" else given) != (real[key])
+            ):
+                raise ConfigError(
+                    f"data.{key}", f"{given}, but the columns give {real[key]}; leave it derived"
+                )
 
     # -- what subclasses provide -------------------------------------------------------------
-    def load_series(self) -> torch.Tensor:
+    def load_table(self) -> torch.Tensor:
+        """(T, len(names)) values in time order, float64."""
         raise NotImplementedError
 
     @property
@@ -94,41 +155,82 @@ class SeriesDataModule(DataModule):
 
     # -- the protocol (data/base.py) -----------------------------------------------------------
     def example_input(self, n: int = 2) -> torch.Tensor:
-        return torch.zeros(n, self.window)
+        shape = (self.window,) if self.input_size == 1 else (self.window, self.input_size)
+        return torch.zeros(n, *shape)
 
     def scale(self, values: torch.Tensor) -> torch.Tensor:
-        """Values in the series' units -> what the network reads (standardised when asked)."""
-        return (values - self.mean) / self.std
+        """A table (T, columns) in the data's units -> what the network reads."""
+        return (values - self.mean.to(values)) / self.std.to(values)
 
     def decode(self, outputs: torch.Tensor) -> torch.Tensor:
-        """Back to the series' own units (undoes the standardisation)."""
-        return outputs * self.std + self.mean
+        """Outputs or targets (..., steps * targets) back to the targets' own units."""
+        index = [self.names.index(t) for t in self.targets]
+        mean, std = self.mean[index].to(outputs), self.std[index].to(outputs)
+        shape = outputs.shape
+        return (outputs.reshape(*shape[:-1], -1, self.num_targets) * std + mean).reshape(shape)
+
+    def inputs(self, table: torch.Tensor, horizon: int = 0):
+        """A scaled table (T, columns) -> windows x (N, window[, features]) and targets
+        y (N, horizon * targets)."""
+        x, y = make_windows(table, self.window, horizon)
+        x = x[..., [self.names.index(f) for f in self.features]]
+        if self.input_size == 1:  # one feature: (N, window), as the univariate models read it
+            x = x[..., 0]
+        y = y[..., [self.names.index(t) for t in self.targets]].reshape(len(y), -1)
+        return x.contiguous(), y.contiguous()
+
+    def save_artifacts(self, run_dir: Path) -> list[Path]:
+        """`series.json`: the columns and the training span's scaling, so that predictions on
+        new inputs need neither the training file nor the generator."""
+        import json
+
+        self.setup("fit")
+        path = Path(run_dir) / "series.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"features": self.features, "targets": self.targets}
+        meta.update(mean=self.mean.tolist(), std=self.std.tolist())
+        path.write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        return [path]
+
+    def load_artifacts(self, run_dir: Path) -> None:
+        import json
+
+        path = Path(run_dir) / "series.json"
+        if not path.is_file():  # a run from before series.json: from the data
+            return super().load_artifacts(run_dir)
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        self.features, self.targets = list(meta["features"]), list(meta["targets"])
+        self.mean, self.std = torch.tensor(meta["mean"]), torch.tensor(meta["std"])
 
     def encode(self, raw: Any) -> Encoded:
-        """A series -> its (N, window) windows, scaled, one per position with `window` values
-        before it. `raw`: None (the test split, with the window before it), a CSV file (its
-        `column`), inline values "0.1,0.2,..." or numbers; `Encoded.raw` holds them (float64)."""
+        """A series -> its windows, scaled, one per position with `window` rows before it.
+        `raw`: None (the test split, with the window before it), a CSV file (the feature
+        columns; target columns and the time column when it has them), inline values
+        "0.1,0.2,..." or numbers (one column). `Encoded.raw`: the table (T, columns) in the
+        data's units, float64, NaN where a target column was not given."""
         if raw is None:  # the run's own test split, with the window before it
-            if self.series is None:
+            if self.table is None:
                 self.setup("predict")
-            scaled = self.series[self.starts["test"] - self.window :]
-            values = self.decode(scaled).double()
+            scaled = self.table[self.starts["test"] - self.window :]
+            values = (scaled * self.std + self.mean).double()
         else:
-            values = self.read_values(raw)
-            scaled = self.scale(values.float())  # as setup() scales the training series
+            values = self.read_table(raw)
+            scaled = self.scale(values.float())  # as setup() scales the training table
         if len(values) < self.window:
+            unit = "values" if len(self.names) == 1 else "rows"
             raise UserError(
-                f"input: {len(values)} values given, but the model reads windows of "
-                f"{self.window}; give at least {self.window} values"
+                f"input: {len(values)} {unit} given, but the model reads windows of "
+                f"{self.window}; give at least {self.window} {unit}"
             )
-        windows = scaled.unfold(0, self.window, 1)
-        names = [str(i + self.window) for i in range(len(windows))]  # the time each predicts
+        windows, _ = self.inputs(scaled)
+        names = [str(i + self.window) for i in range(len(windows))]  # the row each predicts
         return Encoded((windows,), names, values)
 
-    def read_values(self, raw: Any) -> torch.Tensor:
-        """A CSV file (its `column`), inline values "0.1,0.2,..." or numbers, as float64."""
+    def read_table(self, raw: Any) -> torch.Tensor:
+        """A CSV file, inline values "0.1,0.2,..." or numbers, as a (T, columns) float64 table."""
         if isinstance(raw, torch.Tensor):
-            return raw.double()
+            raw = raw.double()
+            return raw.unsqueeze(-1) if raw.dim() == 1 else raw
         if not isinstance(raw, str | Path):
             raw = ",".join(map(str, raw))
         text = str(raw)
@@ -138,7 +240,12 @@ class SeriesDataModule(DataModule):
         except OSError:  # a long list of values is no file name
             is_file = False
         if is_file:
-            return read_csv_column(path, self.column)
+            return self.read_file(path)
+        if len(self.names) > 1:
+            raise UserError(
+                f"input: {text!r} is no file; this run reads the columns "
+                f"{', '.join(self.features)}: give a CSV file with them"
+            )
         try:
             values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
         except ValueError:
@@ -148,13 +255,34 @@ class SeriesDataModule(DataModule):
             ) from None
         if not values or not all(math.isfinite(v) for v in values):
             raise UserError(f"input: {text!r} holds no finite numbers")
-        return torch.tensor(values, dtype=torch.float64)
+        return torch.tensor(values, dtype=torch.float64).unsqueeze(-1)
+
+    def read_file(self, path: Path) -> torch.Tensor:
+        """A user's CSV file: one column (`column`, or the file's only one) for a univariate
+        series; else the feature columns (targets that are not features when it has them)."""
+        if (
+            len(self.names) == 1
+        ):  # the run's column, data.column (predict's column=) or the only one
+            name = self.column or (self.features[0] if getattr(self, "named", False) else None)
+            return read_csv_columns(path, [name] if name else None)[0]
+        header = csv_header(path)
+        optional = [t for t in self.targets if t not in self.features and t not in header]
+        time_column = getattr(self, "time_column", None)
+        values, _ = read_csv_columns(
+            path,
+            [c for c in self.names if c not in optional],
+            time_column if time_column in header else None,
+            keys={f: "input" for f in self.features},
+        )
+        table = torch.full((len(values), len(self.names)), math.nan, dtype=torch.float64)
+        table[:, [self.names.index(c) for c in self.names if c not in optional]] = values
+        return table
 
     # -- Lightning hooks ---------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        if self.series is not None:
+        if self.table is not None:
             return
-        raw = self.load_series().to(torch.float32)
+        raw = self.load_table().to(torch.float32)
         bounds = split_bounds(len(raw), self.splits)
         segments = {name: [b] for name, b in zip(SPLITS, bounds, strict=True)}
         if self.folds:  # k-fold in time blocks over train + val; the test segment stays
@@ -172,11 +300,11 @@ class SeriesDataModule(DataModule):
                 )
         if self.standardize:  # statistics of the training segment only: no peeking ahead
             train = torch.cat([raw[start:end] for start, end in segments["train"]])
-            self.mean, self.std = train.mean().item(), max(train.std().item(), 1e-8)
-        self.series = self.scale(raw)
+            self.mean, self.std = train.mean(0), train.std(0).clamp(min=1e-8)
+        self.table = self.scale(raw)
         for name, parts in segments.items():  # windows never straddle two segments
             windows = [
-                make_windows(self.series[start:end], self.window, self.horizon)
+                self.inputs(self.table[start:end], self.horizon)
                 for start, end in parts
                 if end - start >= need
             ]
@@ -216,104 +344,128 @@ class SineDataModule(SeriesDataModule):
     def clean_series(self) -> torch.Tensor:
         return torch.sin(self.freq * torch.arange(self.num_points, dtype=torch.float64))
 
-    def load_series(self) -> torch.Tensor:
+    def load_table(self) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed)
         noise = torch.randn(self.num_points, generator=generator, dtype=torch.float64)
-        return self.clean_series() + self.noise * noise
+        return (self.clean_series() + self.noise * noise).unsqueeze(-1)
 
 
 class CSVSeriesDataModule(SeriesDataModule):
-    """One numeric column of a CSV file with a header row, in file order."""
+    """Columns of a CSV file with a header row: `features` in, `targets` out (the targets by
+    default: each predicted from its own past), or one `column` (or the file's only column)
+    as both. Rows in `time_column` order (a number or ISO date/time), else in file order."""
 
-    def __init__(self, path: str | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.save_hyperparameters()
+    def __init__(
+        self,
+        path: str | None = None,
+        column: str | None = None,
+        features: list[str] | None = None,
+        targets: list[str] | None = None,
+        time_column: str | None = None,
+        generate: int = 0,
+        **kwargs,
+    ):
         if not path:
             raise ConfigError("data.path", "no CSV file given; pass data.path=/path/to/series.csv")
-        self.path = Path(path).expanduser()
+        if column is not None and (features or targets):
+            raise ConfigError(
+                "data.column",
+                "name the columns either with data.column (one series) or with data.features "
+                "and data.targets, not both",
+            )
+        if features is not None and targets is None:
+            raise ConfigError(
+                "data.targets", "name the column(s) to predict, e.g. data.targets=[temp]"
+            )
+        for key, names in (("data.features", features), ("data.targets", targets)):
+            if names is None:
+                continue
+            if isinstance(names, str) or not len(names):
+                raise ConfigError(key, f"a list of one or more column names, got {names!r}")
+            if repeated := sorted({n for n in names if list(names).count(n) > 1}):
+                raise ConfigError(key, f"names {repeated[0]!r} more than once")
+            if time_column is not None and time_column in names:
+                raise ConfigError(
+                    key,
+                    f"holds the time column {time_column!r} (data.time_column), which orders the "
+                    "rows; it is no value to learn from or predict",
+                )
+        if column is not None:
+            features = targets = [column]
+        super().__init__(column=column, features=features, targets=targets, **kwargs)
+        self.save_hyperparameters()
+        self.path, self.time_column = Path(path).expanduser(), time_column
+        self.generate, self.named = int(generate), features is not None
 
     @property
     def source_name(self) -> str:
-        return f"{self.path} (column {self.column!r})"
+        return f"{self.path} (columns {', '.join(self.names)})"
 
-    def load_series(self) -> torch.Tensor:
-        return read_csv_column(self.path, self.column)
+    def prepare_data(self) -> None:
+        if self.generate and not self.path.is_file():
+            write_weather_csv(self.path, self.generate, seed=self.shuffle_seed)
+
+    def load_table(self) -> torch.Tensor:
+        self.prepare_data()
+        keys = {f: "data.features" for f in self.features}
+        keys.update({t: "data.targets" for t in self.targets if t not in self.features})
+        if self.column is not None:
+            keys = {self.column: "data.column"}
+        values, header = read_csv_columns(
+            self.path, self.names if self.named else None, self.time_column, keys
+        )
+        if not self.named:  # the file's only column
+            self.features = self.targets = [header[0]]
+        return values
 
 
-def read_csv_column(path: Path, column: str | None) -> torch.Tensor:
-    """The values of `column` (or of the only column) as a float64 tensor, with clear errors."""
+def csv_header(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"data.path: CSV file not found: {path}; check the path (data.path=...)")
     with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if not header:
-            raise DataError(f"data.path: {path} is empty; it needs a header row and values")
-        header = [h.strip() for h in header]
-        if column is None:
-            if len(header) != 1:
-                raise ConfigError(
-                    "data.column",
-                    f"{path} has {len(header)} columns ({', '.join(header)}); "
-                    "choose one with data.column=NAME",
-                )
-            column = header[0]
-        if column not in header:
+        header = [h.strip() for h in next(csv.reader(f), None) or []]
+    if not header:
+        raise DataError(f"data.path: {path} is empty; it needs a header row and values")
+    return header
+
+
+def read_csv_columns(
+    path: Path,
+    columns: list[str] | None,
+    time_column: str | None = None,
+    keys: dict[str, str] | None = None,
+) -> tuple[torch.Tensor, list[str]]:
+    """(rows, len(columns)) float64 values in time order (by `time_column`, a number or an ISO
+    date/time, when given; else file order), and the header. `columns` None: the file's only
+    column. Errors name the file, line and column, and the config key (`keys[column]`,
+    default data.column) a missing column came from."""
+    from datetime import datetime
+
+    header = csv_header(path)
+    if columns is None:
+        if len(header) != 1:
             raise ConfigError(
                 "data.column",
-                f"no column {column!r} in {path}; its columns are: {', '.join(header)}",
+                f"{path} has {len(header)} columns ({', '.join(header)}); "
+                "choose one with data.column=NAME",
             )
-        index = header.index(column)
-        values = []
+        columns = header
+    wanted = [*columns, *([time_column] if time_column else [])]
+    for name in wanted:
+        if name not in header:
+            key = "data.time_column" if name == time_column else (keys or {}).get(name)
+            raise ConfigError(
+                key or "data.column",
+                f"no column {name!r} in {path}; its columns are: {', '.join(header)}",
+            )
+    index = [header.index(c) for c in columns]
+    rows, times = [], []
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        next(reader)
         for line_no, row in enumerate(reader, start=2):
             if not row or not any(cell.strip() for cell in row):
                 continue  # blank lines carry nothing
-            cell = row[index].strip() if index < len(row) else ""
-            try:
-                value = float(cell)
-            except ValueError:
-                raise DataError(
-                    f"data.column: {path} line {line_no}: {cell!r} in column {column!r} is not "
-                    "a number; clean the file or choose another column"
-                ) from None
-            if not math.isfinite(value):
-                raise DataError(
-                    f"data.column: {path} line {line_no}: column {column!r} holds {cell!r}; "
-                    "fill or drop missing values first"
-                )
-            values.append(value)
-    if not values:
-        raise DataError(f"data.column: column {column!r} of {path} has no values")
-    return torch.tensor(values, dtype=torch.float64)
-
-
-# -- several columns: features in, targets out ---------------------------------------------------
-def read_csv_columns(
-    path: Path, columns: list[str], time_column: str | None
-) -> tuple[torch.Tensor, list[str]]:
-    """(rows, len(columns)) float64 values in time order (by `time_column`, a number or an ISO
-    date/time, when given; else file order), with errors naming the file, line and column."""
-    from datetime import datetime
-
-    if not path.is_file():
-        raise DataError(f"data.path: CSV file not found: {path}; check the path (data.path=...)")
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, None) or []]
-        if not header:
-            raise DataError(f"data.path: {path} is empty; it needs a header row and values")
-        wanted = [*columns, *([time_column] if time_column else [])]
-        for name in wanted:
-            if name not in header:
-                key = "data.time_column" if name == time_column else "data.features/targets"
-                raise ConfigError(
-                    key, f"no column {name!r} in {path}; its columns are: {', '.join(header)}"
-                )
-        index = [header.index(c) for c in columns]
-        rows, times = [], []
-        for line_no, row in enumerate(reader, start=2):
-            if not row or not any(cell.strip() for cell in row):
-                continue
             values = []
             for c, i in zip(columns, index, strict=True):
                 cell = row[i].strip() if i < len(row) else ""
@@ -323,8 +475,8 @@ def read_csv_columns(
                     value = math.nan
                 if not math.isfinite(value):
                     raise DataError(
-                        f"data.path: {path} line {line_no}: column {c!r} holds {cell!r}, not a "
-                        "number; fill or drop missing values first"
+                        f"data.path: {path} line {line_no}: {cell!r} in column {c!r} is not a number "
+                        "(or not finite); fill or drop missing values first"
                     )
                 values.append(value)
             if time_column:
@@ -341,7 +493,7 @@ def read_csv_columns(
                         ) from None
             rows.append(values)
     if not rows:
-        raise DataError(f"data.path: {path} has no rows of values")
+        raise DataError(f"data.path: {path} has no values below its header")
     values = torch.tensor(rows, dtype=torch.float64)
     if time_column:
         t = torch.tensor(times, dtype=torch.float64)
@@ -378,133 +530,3 @@ def write_weather_csv(path: Path, rows: int, seed: int = 0) -> Path:
             out.writerow([stamp, *(f"{float(c[i]):.3f}" for c in (temp, humidity, pressure, wind))])
     tmp.replace(path)
     return path
-
-
-class MultivariateCSVDataModule(DataModule):
-    """Several numeric columns of a CSV file: windows of `features` (window, len(features)) ->
-    the next `horizon` steps of `targets`, flattened step by step to (horizon * len(targets)).
-
-    Rows in time order (`time_column`, or file order), split by time (train, val, test), each
-    split windowed on its own. Each column is standardised with the training span's statistics;
-    `unscale_targets` undoes it, so the regression metrics and plots are in the data's units.
-    """
-
-    def __init__(
-        self,
-        path: str | None = None,
-        features: list[str] | None = None,
-        targets: list[str] | None = None,
-        time_column: str | None = None,
-        window: int = 16,
-        horizon: int = 1,
-        splits: tuple[float, float, float] = (0.7, 0.15, 0.15),
-        batch_size: int = 32,
-        shuffle: bool = True,
-        standardize: bool = True,
-        num_workers: int = 0,
-        in_memory: bool | str = "auto",
-        shuffle_seed: int = 0,
-        generate: int = 0,
-        input_size: int | None = None,
-        output_size: int | None = None,
-        flat_input_size: int | None = None,
-    ):
-        super().__init__(
-            batch_size,
-            shuffle=shuffle,
-            shuffle_seed=shuffle_seed,
-            in_memory=in_memory,
-            num_workers=num_workers,
-        )
-        if not path:
-            raise ConfigError("data.path", "no CSV file given; pass data.path=/path/to/series.csv")
-        if not features:
-            raise ConfigError("data.features", "name the input columns, e.g. [temp, humidity]")
-        if not targets:
-            raise ConfigError("data.targets", "name the column(s) to predict, e.g. [temp]")
-        require_positive("data.window", window)
-        require_positive("data.horizon", horizon)
-        self.save_hyperparameters()
-        self.path, self.features, self.targets = (
-            Path(path).expanduser(),
-            list(features),
-            list(targets),
-        )
-        self.time_column, self.window, self.horizon = time_column, int(window), int(horizon)
-        self.splits = tuple(float(f) for f in splits)
-        self.standardize = standardize
-        self.input_size = len(self.features)
-        self.output_size = self.horizon * len(self.targets)
-        for key, given, real in (
-            ("input_size", input_size, self.input_size),
-            ("output_size", output_size, self.output_size),
-            ("flat_input_size", flat_input_size, self.window * self.input_size),
-        ):
-            if given is not None and given != real:
-                raise ConfigError(f"data.{key}", f"is derived from the columns ({real}); unset it")
-        self.mean = torch.zeros(0)
-        self.std = torch.ones(0)
-
-    def example_input(self, n: int = 2) -> torch.Tensor:
-        return torch.zeros(n, self.window, self.input_size)
-
-    def encode(self, raw) -> Encoded:
-        """Windows of feature rows (n, window, features) in the data's units -> model inputs."""
-        x = torch.as_tensor(raw, dtype=torch.float32).reshape(-1, self.window, self.input_size)
-        scaled = (x - self.mean[: self.input_size]) / self.std[: self.input_size]
-        return Encoded((scaled,), None, x)
-
-    def save_artifacts(self, run_dir) -> list[Path]:
-        import json
-
-        self.setup("fit")  # the scaling comes from the training span
-        path = Path(run_dir) / "scaling.json"
-        columns = [*self.features, *self.targets]
-        path.write_text(
-            json.dumps({"columns": columns, "mean": self.mean.tolist(), "std": self.std.tolist()})
-        )
-        return [path]
-
-    def unscale_targets(self, values: torch.Tensor) -> torch.Tensor:
-        """(..., horizon * targets) in standard units -> the targets' own units."""
-        mean = self.mean[self.input_size :].to(values).repeat(self.horizon)
-        std = self.std[self.input_size :].to(values).repeat(self.horizon)
-        return values * std + mean
-
-    def prepare_data(self) -> None:
-        if self.hparams.generate and not self.path.is_file():
-            write_weather_csv(self.path, int(self.hparams.generate), seed=self.shuffle_seed)
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
-        self.prepare_data()
-        raw, _ = read_csv_columns(self.path, [*self.features, *self.targets], self.time_column)
-        bounds = split_bounds(len(raw), self.splits)
-        need = self.window + self.horizon
-        for name, (start, end) in zip(SPLITS, bounds, strict=True):
-            if end - start < need:
-                raise ConfigError(
-                    "data.window",
-                    f"window {self.window} + horizon {self.horizon} = {need} rows do not fit in "
-                    f"the {name} split of {self.path} ({end - start} of {len(raw)} rows)",
-                )
-        train = raw[bounds[0][0] : bounds[0][1]]
-        if self.standardize:  # the training span's statistics only: no peeking ahead
-            self.mean, self.std = train.mean(0), train.std(0).clamp(min=1e-8)
-        else:
-            self.mean, self.std = torch.zeros(raw.shape[1]), torch.ones(raw.shape[1])
-        scaled = ((raw - self.mean) / self.std).float()
-        self.mean, self.std = self.mean.float(), self.std.float()
-        f = self.input_size
-        for name, (start, end) in zip(SPLITS, bounds, strict=True):
-            frames = scaled[start:end].unfold(0, need, 1)  # (n, columns, need)
-            x = frames[:, :f, : self.window].transpose(1, 2).contiguous()
-            y = frames[:, f:, self.window :].transpose(1, 2).reshape(len(frames), -1).contiguous()
-            self.datasets[name] = TensorDataset(x, y)
-        if self.batch_size > len(self.datasets["train"]):
-            raise ConfigError(
-                "data.batch_size",
-                f"{self.batch_size} is larger than the {len(self.datasets['train'])} training "
-                "windows; use a smaller batch size",
-            )

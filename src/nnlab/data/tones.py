@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from nnlab.data.base import DataModule, Encoded
-from nnlab.errors import ConfigError, require_positive
+from nnlab.data.base import DataModule, Encoded, input_file, read_numbers
+from nnlab.errors import ConfigError, UserError, require_positive
 
 
 class TonesDataModule(DataModule):
@@ -60,10 +60,39 @@ class TonesDataModule(DataModule):
     def example_input(self, n: int = 2) -> torch.Tensor:
         return torch.zeros(n, self.steps, 1)
 
+    @property
+    def classes(self) -> list[str]:
+        """Label k: the tone of k + 1 cycles over the sequence."""
+        return [f"tone{k + 1}" for k in range(self.num_labels)]
+
     def encode(self, raw) -> Encoded:
-        """Series (each `steps` numbers) as model inputs (n, steps, 1)."""
-        x = torch.as_tensor(raw, dtype=torch.float32).reshape(-1, self.steps, 1)
-        return Encoded((x,), None, raw)
+        """Sequences of `steps` numbers -> model inputs (n, steps, 1). `raw`: a `.npy` array
+        (n, steps) or (n, steps, 1), a CSV file with one sequence per row (a header row is
+        allowed), inline values "0.1,0.2,..." (one sequence) or an array."""
+        path = input_file(raw)
+        if path is not None:
+            x = read_numbers(path)
+            names = [f"{path.name}:{i}" for i in range(len(x))] if x.dim() > 1 else None
+        elif isinstance(raw, str):
+            try:
+                x = torch.tensor([float(v) for v in raw.split(",") if v.strip()])
+            except ValueError:
+                raise UserError(
+                    f"input: {raw!r} is neither a file nor comma-separated numbers"
+                ) from None
+            names = None
+        else:
+            x, names = torch.as_tensor(raw, dtype=torch.float32), None
+        if x.dim() == 3 and x.shape[-1] == 1:
+            x = x[..., 0]
+        if x.dim() == 1:
+            x = x.unsqueeze(0)
+        if x.dim() != 2 or x.shape[1] != self.steps:
+            raise UserError(
+                f"input: sequences of shape {tuple(x.shape)}; this run reads {self.steps} "
+                f"values per sequence (data.steps): one sequence per row"
+            )
+        return Encoded((x.unsqueeze(-1),), names or [str(i) for i in range(len(x))], x)
 
     def save_artifacts(self, run_dir) -> list[Path]:
         path = Path(run_dir) / "labels.json"

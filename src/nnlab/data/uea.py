@@ -35,9 +35,9 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
-from nnlab.data.base import DataModule, Encoded
+from nnlab.data.base import DataModule, Encoded, input_file, read_numbers
 from nnlab.data.download import check_digest, download, sha256_of
-from nnlab.errors import ConfigError, DataError, require_positive
+from nnlab.errors import ConfigError, DataError, UserError, require_positive
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,9 @@ def _header_value(header: dict[str, str], key: str, path: Path) -> str:
     return header[key]
 
 
-def read_ts(path: Path) -> TSFile:
-    """Parse a classification `.ts` file, with errors naming the file and line."""
+def read_ts(path: Path, need_labels: bool = True) -> TSFile:
+    """Parse a classification `.ts` file, with errors naming the file and line. Without
+    `need_labels` (new cases to classify) `@classLabel false` files read too, labels empty."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     header: dict[str, str] = {}
@@ -82,20 +83,23 @@ def read_ts(path: Path) -> TSFile:
                     in_data = True
                     dims = int(_header_value(header, "dimensions", path))
                     label_spec = _header_value(header, "classlabel", path).split()
-                    if not label_spec or label_spec[0].lower() != "true":
+                    labelled = bool(label_spec) and label_spec[0].lower() == "true"
+                    if need_labels and not labelled:
                         raise DataError(f"{path}: @classLabel is not true: no class labels")
                     classes = label_spec[1:]
                 else:
                     header[key] = value.strip()
                 continue
             fields = line.split(":")
+            if not labelled:
+                fields.append("")
             if len(fields) != dims + 1:
                 raise DataError(
                     f"{path} line {line_no}: {len(fields) - 1} channels, but @dimensions "
                     f"says {dims}"
                 )
             *channels, label = fields
-            if label.strip() not in classes:
+            if labelled and label.strip() not in classes:
                 raise DataError(
                     f"{path} line {line_no}: label {label.strip()!r} is not one of @classLabel "
                     f"({' '.join(classes)})"
@@ -114,7 +118,8 @@ def read_ts(path: Path) -> TSFile:
             if not torch.isfinite(case).all():
                 raise DataError(f"{path} line {line_no}: non-finite values (NaN / inf)")
             cases.append(case)
-            labels.append(label.strip())
+            if labelled:
+                labels.append(label.strip())
     if not in_data:
         raise DataError(f"{path}: no @data line; is it a .ts file of the archive?")
     if not cases:
@@ -243,15 +248,44 @@ class UEADataModule(DataModule):
 
     def encode(self, raw) -> Encoded:
         """Cases as the model reads them: each a (steps, channels) array, standardised with the
-        training statistics, zero-padded together; returns (x, lengths)."""
-        cases = [torch.as_tensor(c, dtype=torch.float32) for c in raw]
+        training statistics, zero-padded together; returns (x, lengths). `raw`: a `.ts` file
+        (labelled or `@classLabel false`), a `.npy` array (steps, channels) of one case or
+        (n, steps, channels) of several, a CSV file of one case (a row per step, a column per
+        channel; a header row is allowed), or a list of arrays."""
+        names = None
+        if (path := input_file(raw)) is not None:
+            if path.suffix == ".ts":
+                cases = read_ts(path, need_labels=False).cases
+            else:
+                array = read_numbers(path)
+                cases = list(array) if array.dim() == 3 else [array]
+            names = [f"{path.name}:{i}" for i in range(len(cases))]
+        elif isinstance(raw, str):
+            raise UserError(
+                f"input: no file {raw!r}; give a .ts file, a .npy array or a CSV file of one "
+                f"case ({self.input_size} channels)"
+            )
+        else:
+            cases = raw
+        cases = [torch.as_tensor(c, dtype=torch.float32) for c in cases]
         for i, c in enumerate(cases):
             if c.dim() != 2 or c.shape[1] != self.input_size or len(c) == 0:
-                raise DataError(
-                    f"input case {i}: shape {tuple(c.shape)}, expected (steps, {self.input_size})"
+                raise UserError(
+                    f"input case {i}: shape {tuple(c.shape)}, but this run reads (steps, "
+                    f"{self.input_size} channels): a row per step, a column per channel"
                 )
         x, lengths = pad_cases([(c - self.mean) / self.std for c in cases], max(map(len, cases)))
-        return Encoded((x, lengths), None, cases)
+        return Encoded((x, lengths), names or [str(i) for i in range(len(cases))], cases)
+
+    def load_artifacts(self, run_dir) -> None:
+        """The class names and the scaling from the run's `uea.json`: predictions need
+        neither the data files nor a download."""
+        path = Path(run_dir) / "uea.json"
+        if not path.is_file():
+            return super().load_artifacts(run_dir)
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        self.classes = list(meta["classes"])
+        self.mean, self.std = torch.tensor(meta["mean"]), torch.tensor(meta["std"])
 
     def save_artifacts(self, run_dir) -> list[Path]:
         """`uea.json`: the class names and the standardisation, which predictions need."""

@@ -5,8 +5,11 @@
 Each block is conv -> [batch norm] -> activation -> [pool] -> [dropout]. `padding` is `same`
 (P = (F - 1) / 2, odd kernels), `valid` (P = 0) or a number; `pool` is a window (stride = window)
 or null, of `pool_type` max or avg. `dims: 2` reads images (B, C, H, W); `dims: 1` reads each
-image row as one step of a sequence (B, C*W, H), with Conv1d and 1D pooling. After the blocks,
-`head: flatten` or `gap` (global average pooling), then dense layers and the logits.
+image row as one step of a sequence (B, C*W, H), with Conv1d and 1D pooling, or with
+`layout: sequence` a series' windows channels last as Keras' Conv1D: (B, steps, features) or
+(B, steps), `in_channels` features over `in_size` steps. After the blocks, `head: flatten` or
+`gap` (global average pooling), then dense layers and the output layer: `num_classes` logits,
+or `output_size` values of a regression (a forecaster's horizon x targets).
 
 SeparableCNN replaces each conv by a depthwise-separable one (a per-channel FxF conv, then a 1x1
 conv that mixes channels): far fewer weights and multiply-adds for the same receptive field.
@@ -27,6 +30,7 @@ from nnlab.models.layers import activation as make_activation
 
 BLOCK_KEYS = {"channels", "kernel", "stride", "padding", "pool"}
 HEADS = ("flatten", "gap")
+LAYOUTS = ("image", "sequence")
 
 
 class SeparableConv(nn.Module):
@@ -59,8 +63,8 @@ class CNN(nn.Module):
 
     def __init__(
         self,
-        num_classes: int,
-        blocks: Sequence[Mapping[str, Any]],
+        num_classes: int | None = None,
+        blocks: Sequence[Mapping[str, Any]] = (),
         in_channels: int = 1,
         in_size: int = 28,
         dims: int = 2,
@@ -71,11 +75,24 @@ class CNN(nn.Module):
         dense: Sequence[int] = (),
         dense_dropout: float = 0.0,
         activation: str = "relu",
+        output_size: int | None = None,
+        layout: str = "image",
     ):
         super().__init__()
-        require_positive("model.num_classes", num_classes)
+        if (num_classes is None) == (output_size is None):
+            raise ConfigError(
+                "model.output_size",
+                "give either model.num_classes (a classifier) or model.output_size (a "
+                f"regressor), not {'both' if num_classes else 'neither'}",
+            )
+        width_key = "model.num_classes" if num_classes is not None else "model.output_size"
+        require_positive(width_key, num_classes or output_size)
         if dims not in (1, 2):
             raise ConfigError("model.dims", f"must be 1 or 2, got {dims}")
+        if layout not in LAYOUTS or (layout == "sequence" and dims != 1):
+            raise ConfigError(
+                "model.layout", f"image, or sequence with dims 1; got {layout!r} with dims {dims}"
+            )
         if pool_type not in ("max", "avg"):
             raise ConfigError("model.pool_type", f"must be max or avg, got {pool_type!r}")
         if head not in HEADS:
@@ -85,7 +102,7 @@ class CNN(nn.Module):
                 raise ConfigError(key, f"must be in [0, 1), got {p}")
         if not blocks:
             raise ConfigError("model.blocks", "needs at least one conv block")
-        self.dims = dims
+        self.dims, self.layout = dims, layout
         conv = nn.Conv2d if dims == 2 else nn.Conv1d
         norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
         pool = {
@@ -99,8 +116,11 @@ class CNN(nn.Module):
         if dims == 2:
             layers["input"] = InputAdapter(in_channels, in_size, in_channels, in_size)
             channels = in_channels
+        elif layout == "sequence":  # the series' features are the channels
+            channels = in_channels
         else:  # rows as steps: C*W features per step
             channels = in_channels * in_size
+        first_channels = channels
         for i, block in enumerate(blocks, start=1):
             key = f"model.blocks[{i - 1}]"
             if unknown := set(block) - BLOCK_KEYS:
@@ -130,7 +150,7 @@ class CNN(nn.Module):
         self.features = nn.Sequential(OrderedDict(layers))
         self.shapes = trace_shapes(
             self.features,
-            channels=in_channels if dims == 2 else in_channels * in_size,
+            channels=first_channels,
             size=in_size,
             dims=dims,
             key=lambda name: (
@@ -143,11 +163,13 @@ class CNN(nn.Module):
         head_layers, width = dense_stack(
             self.shapes[-1][1][0], dense, activation, dense_dropout, "model.dense"
         )
-        head_layers.append(nn.Linear(width, num_classes))
+        head_layers.append(nn.Linear(width, num_classes or output_size))
         self.classifier = nn.Sequential(*head_layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dims == 1 and x.dim() == 4:  # (B, C, H, W) -> (B, C*W, H): rows are steps
+        if self.layout == "sequence":  # (B, steps[, features]) -> (B, features, steps)
+            x = x.unsqueeze(1) if x.dim() == 2 else x.transpose(1, 2)
+        elif self.dims == 1 and x.dim() == 4:  # (B, C, H, W) -> (B, C*W, H): rows are steps
             b, c, h, w = x.shape
             x = x.permute(0, 1, 3, 2).reshape(b, c * w, h)
         return self.classifier(self.features(x))

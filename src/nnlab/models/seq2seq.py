@@ -1,13 +1,18 @@
 """Encoder-decoder (seq2seq) forecaster: an LSTM/GRU encoder reads the window, a decoder cell
-started from its final state emits `output_size` (= data.horizon) steps one at a time.
+started from its final state emits `output_size` (= data.horizon) steps one at a time, each
+step the `num_targets` target values (data.num_targets); flattened step by step to
+(batch, horizon * num_targets), as the series data's targets are.
 
-The decoder's input at step k is the previous value: the window's last value at k = 0, then its
-own previous prediction (autoregressive, always at validation / test / prediction time) or, while
-training, the true previous target with probability `teacher_forcing_ratio` per step (teacher
-forcing: faster, steadier early training; 0 trains exactly as it is used).
+The decoder's input at step k is the previous step's targets: at k = 0 their last values in the
+window (the features `target_features` points at; zeros when a target is no feature), then its
+own previous prediction (autoregressive, always at validation / test / prediction time) or,
+while training, the true previous targets with probability `teacher_forcing_ratio` per step
+(teacher forcing: faster, steadier early training; 0 trains exactly as it is used).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -25,15 +30,17 @@ class Seq2SeqForecaster(nn.Module):
         self,
         input_size: int,
         output_size: int,
+        num_targets: int = 1,
         cell: str = "lstm",
         hidden_size: int = 32,
         num_layers: int = 1,
         teacher_forcing_ratio: float = 0.5,
-        target_feature: int = 0,
+        target_features: Sequence[int] | None = (0,),
     ):
         super().__init__()
         require_positive("model.input_size", input_size)
         require_positive("model.output_size", output_size)
+        require_positive("model.num_targets", num_targets)
         require_positive("model.hidden_size", hidden_size)
         require_positive("model.num_layers", num_layers)
         if cell not in CELLS:
@@ -42,34 +49,42 @@ class Seq2SeqForecaster(nn.Module):
             raise ConfigError(
                 "model.teacher_forcing_ratio", f"must be in [0, 1], got {teacher_forcing_ratio}"
             )
-        if not 0 <= target_feature < input_size:
-            raise ConfigError(
-                "model.target_feature", f"must index an input feature (< {input_size})"
-            )
-        self.horizon, self.ratio, self.target_feature = (
-            output_size,
-            teacher_forcing_ratio,
-            target_feature,
-        )
+        if target_features is not None:
+            target_features = [int(i) for i in target_features]
+            if len(target_features) != num_targets or not all(
+                0 <= i < input_size for i in target_features
+            ):
+                raise ConfigError(
+                    "model.target_features",
+                    f"{target_features}: one input feature (< {input_size}) per target "
+                    f"({num_targets}), or null",
+                )
+        self.horizon, self.num_targets, self.ratio = output_size, num_targets, teacher_forcing_ratio
+        self.target_features = target_features
         self.encoder = CELLS[cell](input_size, hidden_size, num_layers, batch_first=True)
-        self.decoder = CELLS[cell](1, hidden_size, num_layers, batch_first=True)
-        self.head = nn.Linear(hidden_size, 1)
+        self.decoder = CELLS[cell](num_targets, hidden_size, num_layers, batch_first=True)
+        self.head = nn.Linear(hidden_size, num_targets)
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        """x (batch, window[, features]) -> (batch, horizon); `targets` (batch, horizon) only
-        while training, for teacher forcing."""
+        """x (batch, window[, features]) -> (batch, horizon * num_targets); `targets` (batch,
+        horizon * num_targets) only while training, for teacher forcing."""
         if x.dim() == 2:
             x = x.unsqueeze(-1)
         _, state = self.encoder(x)
-        previous = x[:, -1:, self.target_feature : self.target_feature + 1]  # (batch, 1, 1)
+        if self.target_features is None:
+            previous = x.new_zeros(len(x), 1, self.num_targets)
+        else:
+            previous = x[:, -1:, self.target_features]  # (batch, 1, num_targets)
         forcing = self.training and targets is not None and self.ratio > 0
+        if forcing:
+            targets = targets.reshape(len(x), self.horizon, self.num_targets)
         outputs = []
         for k in range(self.horizon):
             out, state = self.decoder(previous, state)
-            value = self.head(out)  # (batch, 1, 1)
-            outputs.append(value[:, 0, 0])
+            value = self.head(out)  # (batch, 1, num_targets)
+            outputs.append(value[:, 0])
             if forcing and torch.rand(()) < self.ratio:
-                previous = targets[:, k, None, None].to(value.dtype)
+                previous = targets[:, k : k + 1].to(value.dtype)
             else:
                 previous = value
-        return torch.stack(outputs, dim=1)
+        return torch.stack(outputs, dim=1).flatten(1)

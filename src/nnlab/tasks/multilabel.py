@@ -50,6 +50,10 @@ class MultiLabelTask(Task):
             )
         return self.num_labels
 
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Each label's probability (sigmoid): what nnlab-predict reports."""
+        return torch.sigmoid(logits.float())
+
     def outputs(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         *inputs, y = batch
         return self(*inputs), y

@@ -84,8 +84,8 @@ class RegressionTask(Task):
         pred, y = self.outputs(batch)
         self.log(f"{stage}/loss", self.loss(pred, y), prog_bar=stage == "val")
         datamodule = self._trainer.datamodule if self._trainer is not None else None
-        if hasattr(datamodule, "unscale_targets"):  # metrics in the data's own units
-            pred, y = datamodule.unscale_targets(pred), datamodule.unscale_targets(y)
+        if datamodule is not None:  # metrics in the data's own units (scaling undone)
+            pred, y = datamodule.decode(pred), datamodule.decode(y)
         metrics.update(pred, y)
         self.log_dict(metrics, prog_bar=stage == "val")
 
