@@ -326,9 +326,7 @@ class Run:
                 **shared,
             )
         )
-        callbacks.append(
-            Preemption(dirpath=directory, filename=LAST, cluster=cluster)
-        )
+        callbacks.append(Preemption(dirpath=directory, filename=LAST, cluster=cluster))
         return callbacks
 
     def best_checkpoint(self) -> str | None:
