@@ -87,7 +87,9 @@ def test_every_data_module_implements_the_protocol(build_data, tmp_path, name, o
     assert len(batch[0]) == dm.batch_size
     for ex, real in zip(example, inputs_of(batch), strict=True):
         assert ex.shape[0] == 3 and ex.shape[1:] == real.shape[1:] and ex.dtype == real.dtype
-    # classification data name their classes; forecasting data their horizon
+    # the kind of target is declared (the tasks check it); classification data name their
+    # classes, forecasting data their horizon
+    assert dm.target_kind == ("classes" if dm.num_classes is not None else "values")
     if dm.num_classes is not None:
         assert len(dm.classes) == dm.num_classes and dm.horizon is None
         assert batch[-1].max() < dm.num_classes

@@ -86,6 +86,10 @@ class Encoded(NamedTuple):
 class DataModule(L.LightningDataModule):
     """A LightningDataModule whose splits are tensors, with the nnlab protocol above."""
 
+    # What a sample's target is, checked against the task before anything trains
+    # (tasks/base.py): "classes" (a class index), "labels" (k-hot), "values" (real numbers),
+    # "tokens" (the next token at every step).
+    target_kind: str = "values"
     num_classes: int | None = None
     classes: list[str] | None = None
     columns: tuple[str, str] = ("input", "class")  # predictions.csv: a sample's name, its class

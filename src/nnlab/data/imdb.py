@@ -257,6 +257,8 @@ def multi_hot(flat: torch.Tensor, offsets: torch.Tensor, num_words: int) -> torc
 class IMDBDataModule(DataModule):
     """aclImdb reviews as multi-hot vectors or padded id sequences (see the module docstring)."""
 
+    target_kind = "classes"
+
     num_classes = 2
     classes = ["negative", "positive"]
     columns = ("review", "sentiment")

@@ -76,6 +76,8 @@ def chunks(stream: torch.Tensor, seq_len: int, rows: int | None) -> torch.Tensor
 class IMDBLanguageDataModule(DataModule):
     """aclImdb review text as a character or word stream (see the module docstring)."""
 
+    target_kind = "tokens"
+
     columns = ("prompt", "text")
     unk_id = UNK
 

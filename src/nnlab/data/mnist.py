@@ -50,6 +50,8 @@ class MNISTDataModule(DataModule):
     """`encode` reads images a user gives (an IDX file, a folder of PNGs, a .npy array, or
     arrays) into this view, exactly as the training images are; `to_image` turns it back."""
 
+    target_kind = "classes"
+
     def __init__(
         self,
         data_dir: str = "data",

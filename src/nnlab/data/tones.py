@@ -18,6 +18,8 @@ from nnlab.errors import ConfigError, UserError, require_positive
 
 
 class TonesDataModule(DataModule):
+    target_kind = "labels"
+
     def __init__(
         self,
         input_size: int = 1,

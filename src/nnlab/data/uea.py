@@ -198,6 +198,8 @@ def ensure_files(
 class UEADataModule(DataModule):
     """A UEA multivariate classification set as padded (x, lengths, y) batches (see above)."""
 
+    target_kind = "classes"
+
     def __init__(
         self,
         name: str = "JapaneseVowels",

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from nnlab.data.base import DataModule
 from nnlab.errors import ConfigError
 from nnlab.tasks import loops
 
@@ -26,9 +27,20 @@ def plain(cfg: Any) -> Any:
     return cfg
 
 
+# A data module's `target_kind` (data/base.py): what it is, and the task that learns it.
+TARGET_KINDS = {
+    "classes": ("one class per sample", "classification"),
+    "labels": ("k-hot labels", "multilabel"),
+    "values": ("real-valued targets", "regression"),
+    "tokens": ("the next token at every step", "language_model"),
+}
+
+
 class Task(L.LightningModule):
     """The network arrives as its config (a mapping with `_target_`), not as a module, so the
     checkpoint's hyperparameters are enough to rebuild it anywhere."""
+
+    target_kind = "values"  # the data modules' target_kind this task learns
 
     def __init__(
         self,
@@ -147,11 +159,27 @@ class Task(L.LightningModule):
         """How many outputs per sample this task scores against `datamodule`'s targets."""
         return None
 
+    def check_targets(self, datamodule) -> None:
+        """A task that does not learn this data's kind of target is refused before anything is
+        built on it (a LightningDataModule of the user's own declares no kind: not checked)."""
+        kind = getattr(datamodule, "target_kind", None)
+        if kind is None or kind == self.target_kind:
+            return
+        what, task = TARGET_KINDS.get(kind, (kind, "?"))
+        raise ConfigError(
+            "task",
+            f"{TARGET_KINDS[self.target_kind][1]} on {type(datamodule).__name__}, whose targets "
+            f"are {what}; use task={task}",
+        )
+
     @torch.no_grad()
     def check_data(self, datamodule) -> None:
         """Run the network once on the data's example input: a network sized for other data fails
         here, with the key to change, instead of deep inside the first training step."""
-        example = datamodule.example_input(2) if hasattr(datamodule, "example_input") else None
+        self.check_targets(datamodule)
+        if not isinstance(datamodule, DataModule):  # a LightningDataModule of the user's own
+            return
+        example = datamodule.example_input(2)
         if example is None:
             return
         inputs = example if isinstance(example, tuple | list) else (example,)

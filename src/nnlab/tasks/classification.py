@@ -31,6 +31,8 @@ class ClassificationTask(Task):
     `(inputs, true classes, predicted classes)` on the CPU, for the figure callbacks.
     """
 
+    target_kind = "classes"
+
     def __init__(
         self,
         *args,
@@ -65,16 +67,6 @@ class ClassificationTask(Task):
 
     def output_width(self, datamodule) -> int | None:
         classes = getattr(datamodule, "num_classes", None)
-        if classes is None and (
-            hasattr(datamodule, "num_labels") or getattr(datamodule, "horizon", None)
-        ):
-            kind = "k-hot labels" if hasattr(datamodule, "num_labels") else "real-valued targets"
-            fix = "task=multilabel" if hasattr(datamodule, "num_labels") else "task=regression"
-            raise ConfigError(
-                "task",
-                f"classification on {type(datamodule).__name__}, whose targets are {kind}; "
-                f"use {fix}",
-            )
         if classes is not None and classes != self.num_classes:
             raise ConfigError(
                 "task.num_classes",

@@ -54,6 +54,8 @@ class LanguageModelTask(Task):
     """The net: `step(ids, state) -> (logits, state)` and `forward(ids) -> logits`
     (models/language.py). Batches `(x, y)`: ids and the next ids, (batch, steps) each."""
 
+    target_kind = "tokens"
+
     def __init__(self, *args, level: str = "char", carry_state: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         if level not in LEVELS:

@@ -16,6 +16,8 @@ from nnlab.tasks.base import Task
 class MultiLabelTask(Task):
     """Batches `(x, y)` or `(x, *extra, y)`, y k-hot (0/1) of `num_labels`."""
 
+    target_kind = "labels"
+
     def __init__(self, *args, num_labels: int = 2, threshold: float = 0.5, **kwargs):
         super().__init__(*args, **kwargs)
         require_positive("task.num_labels", num_labels)
@@ -36,13 +38,6 @@ class MultiLabelTask(Task):
 
     def output_width(self, datamodule) -> int | None:
         labels = getattr(datamodule, "num_labels", None)
-        if labels is None:
-            raise ConfigError(
-                "task",
-                f"multi-label classification on {type(datamodule).__name__}, whose targets are "
-                "not k-hot labels; use task=classification (one class per sample) or "
-                "task=regression",
-            )
         if labels != self.num_labels:
             raise ConfigError(
                 "task.num_labels",

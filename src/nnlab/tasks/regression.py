@@ -49,16 +49,6 @@ class RegressionTask(Task):
         self.test_metrics = metrics.clone(prefix="test/")
 
     def output_width(self, datamodule) -> int | None:
-        multilabel = hasattr(datamodule, "num_labels")
-        if multilabel or getattr(datamodule, "num_classes", None) is not None:
-            kind, fix = (
-                ("k-hot labels", "multilabel") if multilabel else ("classes", "classification")
-            )
-            raise ConfigError(
-                "task",
-                f"regression ({self.hparams.loss}) on {type(datamodule).__name__}, whose targets "
-                f"are {kind}; use task={fix}",
-            )
         return getattr(datamodule, "output_size", None) or getattr(datamodule, "horizon", None)
 
     def outputs(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
