@@ -405,38 +405,33 @@ def test_a_fused_run_resumed_from_a_checkpoint_ends_where_an_unbroken_one_does(m
     assert resumed["test/mse"] == pytest.approx(whole["test/mse"], rel=1e-6)
 
 
+# 2 epochs of 11 micro-batches, 2 per Lightning batch
+GROUPED = (
+    "experiment=sine_mlp",
+    "trainer.max_epochs=2",
+    "data.batch_size=64",
+    "task.loop=fused",
+    "task.micro_batches=2",
+)
+
+
+def periodic_checkpoints(metrics: dict) -> list[str]:
+    periodic = Path(metrics["best_checkpoint"]).parent / "periodic"
+    return sorted(p.name for p in periodic.glob("*.ckpt"))
+
+
 def test_periodic_checkpoints_keep_coming_when_batches_carry_several_steps(make_cfg):
     """11 micro-batches per epoch, 2 per Lightning batch: from the second epoch on the step count
     is odd and never lands on a multiple of 4; the checkpoint still comes once it passes one."""
-    metrics = train(
-        make_cfg(
-            "experiment=sine_mlp",
-            "trainer.max_epochs=2",
-            "data.batch_size=64",
-            "task.loop=fused",
-            "task.micro_batches=2",
-            "checkpoint.every_n_train_steps=4",
-        )
-    )
+    metrics = train(make_cfg(*GROUPED, "checkpoint.every_n_train_steps=4"))
     assert metrics["global_step"] == 22
-    periodic = Path(metrics["best_checkpoint"]).parent / "periodic"
-    assert [p.name for p in periodic.glob("*.ckpt")] == ["step000021.ckpt"]  # passed 20
+    assert periodic_checkpoints(metrics) == ["step000021.ckpt"]  # passed 20
 
 
 @pytest.mark.parametrize(("minutes", "saved"), [(1e-9, ["step000022.ckpt"]), (0, [])])
 def test_periodic_checkpoints_by_training_time(make_cfg, minutes, saved):
     """`checkpoint.every_n_minutes`: a save whenever that much training time has passed since
     the last one (here: at every batch, the newest kept); 0 with no step interval: none."""
-    metrics = train(
-        make_cfg(
-            "experiment=sine_mlp",
-            "trainer.max_epochs=2",
-            "data.batch_size=64",
-            "task.loop=fused",
-            "task.micro_batches=2",
-            f"checkpoint.every_n_minutes={minutes}",
-            "checkpoint.every_n_train_steps=0",
-        )
-    )
-    periodic = Path(metrics["best_checkpoint"]).parent / "periodic"
-    assert sorted(p.name for p in periodic.glob("*.ckpt")) == saved
+    overrides = (f"checkpoint.every_n_minutes={minutes}", "checkpoint.every_n_train_steps=0")
+    metrics = train(make_cfg(*GROUPED, *overrides))
+    assert periodic_checkpoints(metrics) == saved

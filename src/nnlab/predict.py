@@ -110,7 +110,7 @@ def classify(task, datamodule, encoded: Encoded, chunk: int = 256):
     """Rows of (name, predicted class, its probability, every class's probability); for a
     multi-label task (name, the labels present, every label's probability)."""
     classes, rows = datamodule.classes, []
-    multilabel = hasattr(task, "num_labels")
+    multilabel = task.target_kind == "labels"
     names = encoded.names or [str(i) for i in range(len(encoded.inputs[0]))]
     for start in range(0, len(names), chunk):
         batch = datamodule.batch_transform(tuple(t[start : start + chunk] for t in encoded.inputs))
@@ -158,10 +158,7 @@ def generate(task, datamodule, prompt, length, temperature, top_k, seed) -> dict
 def main(
     run, input, text, ckpt, out, steps, column, prompt, length, temperature, top_k, seed, overrides
 ) -> Path:  # noqa: A002 (the CLI's word)
-    try:
-        n_steps = int(steps)
-    except ValueError:
-        raise UserError(f"steps: expected a whole number, got {steps!r}") from None
+    n_steps = number("steps", steps, int)
     if n_steps < 0:
         raise UserError(f"steps: must be >= 0, got {n_steps}")
     run_dir = Run.open(run)
