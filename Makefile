@@ -29,7 +29,12 @@ $(WHEEL_STAMP): $(STAMP) pyproject.toml $(shell find src -type f -not -name '*.p
 	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation -w dist .
 	test -x $(WHEEL_VENV)/bin/python || $(PYTHON) -m venv $(WHEEL_VENV)
 	$(WHEEL_VENV)/bin/python -m pip install --quiet --force-reinstall --no-deps dist/nnlab-*.whl
-	$(WHEEL_VENV)/bin/python -m pip install --quiet "$$(ls dist/nnlab-*.whl)[sweep]"
+	# Its dependencies are $(VENV)'s, seen through a .pth file: a second copy of torch would
+	# take another 6 GB of disk. The wheel's own files (code, configs) are the installed ones.
+	$(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" \
+	  > "$$($(WHEEL_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/nnlab-deps.pth"
+	$(WHEEL_VENV)/bin/python -m pip uninstall --quiet --yes setuptools  # $(VENV) has the one torch needs
+	$(WHEEL_VENV)/bin/python -m pip check
 	rm -rf build
 	touch $(WHEEL_STAMP)
 

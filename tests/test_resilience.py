@@ -16,6 +16,7 @@ import torch
 from conftest import run_cli
 
 from nnlab.checkpoint_io import AtomicCheckpointIO
+from nnlab.errors import file_error
 from nnlab.runs import PREEMPTED_EXIT_CODE, Run, read_status
 
 # Shuffled batches, dropout (random numbers), several epochs, a periodic checkpoint every 7 steps.
@@ -148,6 +149,28 @@ def test_atomic_checkpoint_write_keeps_the_old_file_when_interrupted(tmp_path, m
     monkeypatch.undo()
     assert torch.equal(torch.load(path, weights_only=True)["state_dict"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
+
+
+def test_a_checkpoint_that_cannot_be_written_is_named_with_the_space_left(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+
+    def disk_full(obj, f, *a, **k):
+        f.write(b"PK\x03\x04 the start of a checkpoint")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:672] . unexpected pos 6324 vs 6320"
+        )
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError) as raised:
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, path)
+    assert raised.value.filename == str(path)
+    assert "unexpected pos" in raised.value.strerror and "MiB free" in raised.value.strerror
+    assert list(tmp_path.iterdir()) == []  # neither a checkpoint nor a temporary file
+    message = str(file_error(raised.value))
+    assert (
+        message.startswith(f"{path}: writing the checkpoint failed")
+        and "NNLAB_OUTPUT_DIR" in message
+    )
 
 
 def test_resume_skips_a_damaged_checkpoint_and_names_it(tmp_path, caplog):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except (OSError, RuntimeError) as exc:
+            # torch's zip writer says only "unexpected pos ..." when the disk fills up
+            raise write_error(path, exc) from exc
         finally:
             tmp.unlink(missing_ok=True)
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -37,6 +42,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def write_error(path: Path, exc: BaseException) -> OSError:
+    """An OSError naming the checkpoint that could not be written and the space left for it,
+    which the commands report as one line (`nnlab.errors.file_error`)."""
+    tmp_free = shutil.disk_usage(path.parent).free
+    reason = f"{exc}".splitlines()[0] if str(exc) else type(exc).__name__
+    code = getattr(exc, "errno", None) or errno.EIO
+    return OSError(
+        code,
+        f"writing the checkpoint failed ({reason}) with {tmp_free / 2**20:.0f} MiB free on its "
+        "disk; free some space there, or write runs to another disk (paths.log_dir or "
+        "NNLAB_OUTPUT_DIR)",
+        str(path),
+    )
 
 
 def checkpoint_problem(path: Path) -> str | None:
