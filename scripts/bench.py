@@ -43,6 +43,7 @@ from nnlab.cli import parse_args
 from nnlab.errors import UserError
 from nnlab.resolvers import register_resolvers
 from nnlab.runs import Run
+from nnlab.tasks.optimizers import build_optimizer
 from nnlab.train import train
 
 # name -> (experiment preset, overrides): the configurations the performance issue names.
@@ -105,10 +106,12 @@ class EpochTimer(L.Callback):
         self._stop()
 
 
-def steady(times: list[float]) -> float:
-    """Mean epoch time, leaving out the first epoch when there are more."""
-    kept = times[1:] if len(times) > 1 else times
-    return sum(kept) / len(kept)
+def steady(runs: list[list[float]]) -> float:
+    """The median epoch time of several runs' epochs, each run's first left out when it has
+    more (the median: one epoch stalled by the machine moves a mean by 10-40% here)."""
+    kept = sorted(t for times in runs for t in (times[1:] if len(times) > 1 else times))
+    middle = len(kept) // 2
+    return kept[middle] if len(kept) % 2 else (kept[middle - 1] + kept[middle]) / 2
 
 
 def run_nnlab(cfg: DictConfig) -> dict:
@@ -130,19 +133,21 @@ def loss_and_metric(cfg: DictConfig):
     return F.cross_entropy, ("test/acc", lambda out, y: (out.argmax(-1) == y).sum())
 
 
-def run_hand_loop(cfg: DictConfig, device: torch.device, baseline: str) -> dict:
+def run_hand_loop(
+    cfg: DictConfig, device: torch.device, baseline: str, hand_optimizer: str = "torch"
+) -> dict:
     """The plain PyTorch loop a user would write for the same configuration, in a process as a
     script without Lightning has it: importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1,
     a CUDA check in every optimizer step on a machine without CUDA (nnlab.tasks.loops)."""
     saved = os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     try:
-        return _hand_loop(cfg, device, baseline)
+        return _hand_loop(cfg, device, baseline, hand_optimizer)
     finally:
         if saved is not None:
             os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = saved
 
 
-def _hand_loop(cfg: DictConfig, device: torch.device, baseline: str) -> dict:
+def _hand_loop(cfg: DictConfig, device: torch.device, baseline: str, hand_optimizer: str) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     dm = instantiate(cfg.data)
     net = instantiate(cfg.model).to(device)  # before the data's setup, as nnlab-train does
@@ -152,7 +157,10 @@ def _hand_loop(cfg: DictConfig, device: torch.device, baseline: str) -> dict:
     channels_last = bool(cfg.task.get("channels_last"))
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    optimizer = instantiate(cfg.task.optimizer)(params=net.parameters())
+    if hand_optimizer == "nnlab":  # the implementation nnlab picks (tasks/optimizers.py)
+        optimizer = build_optimizer(cfg.task.optimizer, net.parameters(), device)
+    else:  # as the config names it, torch's default implementation: what a user writes
+        optimizer = instantiate(cfg.task.optimizer)(params=net.parameters())
     scheduler = instantiate(cfg.task.scheduler)(optimizer=optimizer) if cfg.task.scheduler else None
     loss_fn, (metric_name, metric_fn) = loss_and_metric(cfg)
     clip = cfg.trainer.get("gradient_clip_val")
@@ -228,7 +236,7 @@ def run_side(name: str, args, device: torch.device, side: str) -> dict:
         cfg = compose_run(experiment, side_overrides(name, args, device), workdir)
         if side == "hand":
             OmegaConf.resolve(cfg)
-            return run_hand_loop(cfg, device, args.baseline)
+            return run_hand_loop(cfg, device, args.baseline, args.hand_optimizer)
         run = run_nnlab(cfg)
         metrics = {k: float(v) for k, v in run["metrics"].items() if isinstance(v, int | float)}
         return {"epoch_times": run["epoch_times"], "metrics": metrics}
@@ -261,12 +269,16 @@ def run_side_alone(name: str, args, side: str) -> dict:
 
 
 def bench(name: str, args, device: torch.device) -> dict:
-    if args.processes == "separate":
-        hand = run_side_alone(name, args, "hand")
-        ours = run_side_alone(name, args, "nnlab")
-    else:
-        hand = run_side(name, args, device, "hand")
-        ours = run_side(name, args, device, "nnlab")
+    """`rounds` runs of each side, alternating (hand, nnlab, hand, ...): a machine that slows
+    down for a while slows both."""
+    hands, ours_runs = [], []
+    for _ in range(args.rounds):
+        for side, runs in (("hand", hands), ("nnlab", ours_runs)):
+            if args.processes == "separate":
+                runs.append(run_side_alone(name, args, side))
+            else:
+                runs.append(run_side(name, args, device, side))
+    hand, ours = hands[-1], ours_runs[-1]  # the metrics: every round trains alike
     samples = hand["samples"]
     metric = next(iter(hand["metrics"]))
     experiment = CONFIGS[name][0]
@@ -276,15 +288,17 @@ def bench(name: str, args, device: torch.device) -> dict:
         "overrides": side_overrides(name, args, device),
         "metric": metric,
         "processes": args.processes,
+        "rounds": args.rounds,
+        "hand_optimizer": args.hand_optimizer,
     }
-    for side, run in (("nnlab", ours), ("hand", hand)):
-        epoch = steady(run["epoch_times"])
+    for side, run, runs in (("nnlab", ours, ours_runs), ("hand", hand, hands)):
+        epoch = steady([r["epoch_times"] for r in runs])
         value = run["metrics"].get(metric)
         result[side] = {
             "epoch_s": epoch,
             "samples_per_s": samples / epoch,
             metric: None if value is None else float(value),
-            "epoch_times": run["epoch_times"],
+            "epoch_times": [r["epoch_times"] for r in runs],
         }
     result["ratio"] = result["nnlab"]["epoch_s"] / result["hand"]["epoch_s"]
     return result
@@ -341,22 +355,27 @@ def arguments(argv: list[str]) -> argparse.Namespace:
         )
     try:
         epochs = int(options["epochs"])
+        rounds = int(options["rounds"])
         threads = int(options["threads"]) if options["threads"] else None
     except ValueError as exc:
-        raise UserError(f"epochs/threads: expected a whole number ({exc})") from None
-    if epochs < 1:
-        raise UserError(f"epochs: must be >= 1, got {epochs}")
+        raise UserError(f"epochs/rounds/threads: expected a whole number ({exc})") from None
+    for key, value in (("epochs", epochs), ("rounds", rounds)):
+        if value < 1:
+            raise UserError(f"{key}: must be >= 1, got {value}")
     for key, choices in (
         ("device", ("auto", "cpu", "cuda")),
         ("baseline", ("tensors", "dataloader")),
         ("processes", ("separate", "one")),
         ("side", ("both", "hand", "nnlab")),
+        ("hand_optimizer", ("torch", "nnlab")),
     ):
         if options[key] not in choices:
             raise UserError(f"{key}: {options[key]!r}; choose one of {', '.join(choices)}")
     return argparse.Namespace(
         configs=names,
         epochs=epochs,
+        rounds=rounds,
+        hand_optimizer=options["hand_optimizer"],
         device=options["device"],
         baseline=options["baseline"],
         data_dir=options["data_dir"],
@@ -367,7 +386,9 @@ def arguments(argv: list[str]) -> argparse.Namespace:
         side=options["side"],
         # what a side run in its own process is given besides its config, side and json
         passed_on=[
-            w for w in argv if w.split("=", 1)[0] not in {"configs", "side", "json", "processes"}
+            w
+            for w in argv
+            if w.split("=", 1)[0] not in {"configs", "side", "json", "processes", "rounds"}
         ],
     )
 

@@ -24,7 +24,11 @@ def run_bench(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(
-    "extra", [[], ["task.loop=lightning", "baseline=dataloader", "processes=one"]]
+    "extra",
+    [
+        ["rounds=2", "hand_optimizer=nnlab"],
+        ["task.loop=lightning", "baseline=dataloader", "processes=one"],
+    ],
 )
 def test_bench_compares_both_loops_on_the_same_model(tmp_path, extra):
     out = tmp_path / "bench.json"
@@ -35,9 +39,14 @@ def test_bench_compares_both_loops_on_the_same_model(tmp_path, extra):
     (result,) = report["results"]
     assert result["config"] == "sine_mlp" and result["metric"] == "test/mse"
     assert result["processes"] == ("one" if "processes=one" in extra else "separate")
+    rounds = 2 if "rounds=2" in extra else 1
     for side in ("nnlab", "hand"):
-        assert len(result[side]["epoch_times"]) == 2 and result[side]["samples_per_s"] > 0
-        assert 0 < result[side]["test/mse"] < 2.0
+        assert [len(times) for times in result[side]["epoch_times"]] == [2] * rounds
+        assert result[side]["samples_per_s"] > 0 and 0 < result[side]["test/mse"] < 2.0
+        kept = sorted(times[1] for times in result[side]["epoch_times"])  # first epochs left out
+        assert result[side]["epoch_s"] == pytest.approx(sum(kept) / len(kept))  # their median
+    if "hand_optimizer=nnlab" in extra:  # same model, batches, order and optimizer: same result
+        assert result["nnlab"]["test/mse"] == pytest.approx(result["hand"]["test/mse"], rel=1e-4)
     assert result["ratio"] == pytest.approx(result["nnlab"]["epoch_s"] / result["hand"]["epoch_s"])
     assert "| sine_mlp | test/mse |" in proc.stdout  # the table
     assert not list(tmp_path.glob("outputs/runs/*"))  # benchmark runs leave no run directories

@@ -15,7 +15,7 @@ from torch import nn
 
 from nnlab.data.base import DataModule
 from nnlab.errors import ConfigError
-from nnlab.tasks import loops
+from nnlab.tasks import loops, optimizers
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +140,10 @@ class Task(L.LightningModule):
             log.info("torch.compile: on (%s)", options)
 
     def configure_optimizers(self):
-        optimizer_cfg = self.hparams.optimizer or {
-            "_target_": "torch.optim.Adam",
-            "_partial_": True,
-            "lr": 1e-3,
-        }
-        optimizer = instantiate(optimizer_cfg)(params=self.parameters())
+        optimizer = optimizers.build_optimizer(
+            self.hparams.optimizer, self.parameters(), self.device
+        )
+        self._optimizer_flags = optimizers.implementation(optimizer)
         if not self.hparams.scheduler:
             return optimizer
         scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
@@ -153,6 +151,12 @@ class Task(L.LightningModule):
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = self.hparams.scheduler_monitor  # (never in the fused loop)
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def on_train_start(self) -> None:
+        # A resumed run's optimizer state came with the saving process's fused/foreach flags.
+        flags = getattr(self, "_optimizer_flags", None)
+        if flags is not None and self.trainer.optimizers:
+            optimizers.restore(self.trainer.optimizers[0], flags)
 
     # -- does the network fit the data? (checked before training starts) ------------------------
     def output_width(self, datamodule) -> int | None:
