@@ -11,8 +11,12 @@ several: warm-up, cuDNN autotuning, graph capture), samples per second, nnlab / 
 ratio, and the final test metric of each. The hand loop is what a careful user writes: the whole
 data set as tensors on the device, a seeded permutation each epoch (the one nnlab's in-memory
 batcher draws: the same batches in the same order), forward / loss / backward /
-clip / step, the scheduler once per epoch (`baseline=dataloader`: a shuffling DataLoader over a
-TensorDataset instead). Real data sets come from NNLAB_DATA_DIR (or data_dir=).
+clip / step with the optimizer as the config names it (torch's default implementation;
+`hand_optimizer=nnlab`: the fused one nnlab picks on a CPU, so the ratio is the loop's own
+overhead), the scheduler once per epoch, a validation pass after each epoch as nnlab's (untimed
+on both sides). `baseline=dataloader`: a shuffling DataLoader over a TensorDataset instead. Each
+side's epoch time is the median over its epochs and `rounds` (alternating runs). Real data sets
+come from NNLAB_DATA_DIR (or data_dir=).
 """
 
 from __future__ import annotations
@@ -200,6 +204,19 @@ def _hand_loop(cfg: DictConfig, device: torch.device, baseline: str, hand_optimi
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             return net(x)
 
+    val_tensors = [t.to(device) for t in dm.datasets["val"].tensors] if "val" in dm.datasets else []
+    eval_batch = int(cfg.data.get("eval_batch_size") or batch_size)
+
+    def validate() -> None:
+        """What nnlab does between epochs, untimed on both sides (its after-effects are not:
+        the next epoch's first step starts with the caches another pass has filled)."""
+        net.eval()
+        with torch.no_grad():
+            for i in range(0, len(val_tensors[0]) if val_tensors else 0, eval_batch):
+                x, y = (t[i : i + eval_batch] for t in val_tensors)
+                loss_fn(forward(x).float(), y)
+        net.train()
+
     times = []
     for epoch in range(int(cfg.trainer.max_epochs)):
         net.train()
@@ -218,6 +235,7 @@ def _hand_loop(cfg: DictConfig, device: torch.device, baseline: str, hand_optimi
         times.append(time.perf_counter() - start)
         if scheduler is not None:
             scheduler.step()
+        validate()
     net.eval()
     total = 0.0
     with torch.no_grad():
