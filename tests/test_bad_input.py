@@ -258,6 +258,13 @@ CASES = [
     ("unknown debug preset", ["debug=nope"], 2, "Could not find 'debug/nope'"),
     ("unknown logger", ["logger=nope"], 2, "Could not find 'logger/nope'"),
     ("unknown callbacks preset", ["callbacks=nope"], 2, "Could not find 'callbacks/nope'"),
+    (
+        "classifier figures on a regression",
+        ["callbacks=[default,classification_figures]"],
+        2,
+        "callbacks.classification_figures: draws a classifier's confusion matrix, but this run's "
+        "task is RegressionTask",
+    ),
     ("unknown task", ["task=nope"], 2, "Could not find 'task/nope'"),
     ("key not in the trainer", ["trainer.no_such_key=1"], 2, "trainer.no_such_key"),
     ("override syntax", ["data.window=[1"], 2, "data.window"),

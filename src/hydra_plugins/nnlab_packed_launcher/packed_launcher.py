@@ -30,7 +30,10 @@ class PackedLauncher(Launcher):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
+        from nnlab.packed.launcher import share_compositions
+
         self.config, self.task_function, self.hydra_context = config, task_function, hydra_context
+        share_compositions(self)
 
     def device_for(self, cfg: Any):
         """`device: auto` follows the trial's trainer.accelerator (a GPU when there is one)."""

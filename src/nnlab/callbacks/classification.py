@@ -9,6 +9,7 @@ import lightning as L
 import torch
 
 from nnlab.callbacks import log_figure
+from nnlab.errors import ConfigError
 
 
 class ClassificationFigures(L.Callback):
@@ -35,8 +36,18 @@ class ClassificationFigures(L.Callback):
     def _path(self, filename: str) -> Path | None:
         return self.dirpath / filename if self.dirpath else None
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        from nnlab.tasks.classification import ClassificationTask
+
+        if not isinstance(pl_module, ClassificationTask):
+            raise ConfigError(
+                "callbacks.classification_figures",
+                f"draws a classifier's confusion matrix, but this run's task is "
+                f"{type(pl_module).__name__}; leave classification_figures out of callbacks",
+            )
+
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or not hasattr(pl_module, "test_confusion"):
+        if not trainer.is_global_zero:
             return
         import matplotlib
 
