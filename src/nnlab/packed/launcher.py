@@ -432,7 +432,9 @@ def _resume(t: Trial, states: dict[int, dict]) -> None:
     state = states.get(t.num)
     if state is None or t.checkpoint is None:
         return
-    t.task.load_state_dict(state["state_dict"])
+    own = t.task.state_dict()  # the stacked weights in the task's names (swapped modules'
+    own.update({k: v for k, v in state["state_dict"].items() if k in own})  # rates left out)
+    t.task.load_state_dict(own)
     t.best_state = state["best_state_dict"]
     t.optimizer.load_state_dict({"state": {}, "param_groups": state["optimizer_groups"]})
     if t.scheduler is not None and state.get("scheduler") is not None:
