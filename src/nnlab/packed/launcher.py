@@ -124,7 +124,9 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
 def _job_config(launcher: Any, num: int, overrides: list[str]) -> DictConfig:
     """The job's full config, with Hydra's job number and output directory set and HydraConfig
     pointing at it (as `run_job` does before it calls the task function)."""
-    cfg = _compose(launcher, overrides)
+    cfg = launcher.__dict__.get("_checked", {}).pop(tuple(overrides), None)
+    if cfg is None:
+        cfg = _compose(launcher, overrides)
     with open_dict(cfg):
         cfg.hydra.job.id = num
         cfg.hydra.job.num = num
@@ -143,10 +145,14 @@ def share_compositions(launcher: Any) -> None:
     loader = launcher.hydra_context.config_loader
     original = loader.load_sweep_config
 
+    checked = launcher.__dict__.setdefault("_checked", {})  # overrides -> the sweeper's config
+
     def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         if master_config is not launcher.config:
             return original(master_config, sweep_overrides)
-        return _compose(launcher, list(sweep_overrides), original)
+        cfg = _compose(launcher, list(sweep_overrides), original)
+        checked[tuple(sweep_overrides)] = cfg  # the sweeper only checks it: the launcher's
+        return cfg
 
     loader.load_sweep_config = load_sweep_config
 
