@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -33,6 +34,30 @@ def compose_config(
         cfg.hydra.job.num = 0
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+def _file_handlers() -> set[tuple[logging.Logger, logging.Handler]]:
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    return {
+        (logger, h)
+        for logger in loggers
+        if isinstance(logger, logging.Logger)
+        for h in logger.handlers
+        if isinstance(h, logging.FileHandler)
+    }
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_log_files():
+    """A command run in-process (`nnlab.train.main()` in test_bad_input.py) leaves Hydra's job
+    log handler (`<run dir>/train.log`) on the root logger, which a real process never notices
+    as it exits. A later test's log record would reopen that file after its tmp_path is gone
+    (passed tests' directories are deleted) and fail with FileNotFoundError."""
+    before = _file_handlers()
+    yield
+    for logger, handler in _file_handlers() - before:
+        logger.removeHandler(handler)
+        handler.close()
 
 
 @pytest.fixture
