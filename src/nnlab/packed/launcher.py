@@ -140,8 +140,9 @@ def _job_config(launcher: Any, num: int, overrides: list[str]) -> DictConfig:
 
 def share_compositions(launcher: Any) -> None:
     """Hydra's sweeper composes every job of a batch to check it (`validate_batch_is_legal`)
-    before handing the batch to the launcher, which composes each again: both go through
-    `_compose`'s cache (a 32-job seed x lr grid: 1 composition instead of 64)."""
+    before it hands the batch to the launcher: those compositions go through `_compose`'s cache
+    (a 32-job seed x lr grid: one from scratch), and the launcher runs the very configs the
+    sweeper checked (`_job_config`) instead of composing them again."""
     loader = launcher.hydra_context.config_loader
     original = loader.load_sweep_config
 
@@ -151,7 +152,7 @@ def share_compositions(launcher: Any) -> None:
         if master_config is not launcher.config:
             return original(master_config, sweep_overrides)
         cfg = _compose(launcher, list(sweep_overrides), original)
-        checked[tuple(sweep_overrides)] = cfg  # the sweeper only checks it: the launcher's
+        checked[tuple(sweep_overrides)] = cfg  # the sweeper drops it; _job_config takes it
         return cfg
 
     loader.load_sweep_config = load_sweep_config
