@@ -207,14 +207,18 @@ def _hand_loop(cfg: DictConfig, device: torch.device, baseline: str, hand_optimi
     val_tensors = [t.to(device) for t in dm.datasets["val"].tensors] if "val" in dm.datasets else []
     eval_batch = int(cfg.data.get("eval_batch_size") or batch_size)
 
+    def in_order(tensors: list[torch.Tensor], size: int):
+        """(inputs, targets) batches of `size`, in order."""
+        for i in range(0, len(tensors[0]) if tensors else 0, size):
+            yield (t[i : i + size] for t in tensors)
+
+    @torch.no_grad()
     def validate() -> None:
         """What nnlab does between epochs, untimed on both sides (its after-effects are not:
         the next epoch's first step starts with the caches another pass has filled)."""
         net.eval()
-        with torch.no_grad():
-            for i in range(0, len(val_tensors[0]) if val_tensors else 0, eval_batch):
-                x, y = (t[i : i + eval_batch] for t in val_tensors)
-                loss_fn(forward(x).float(), y)
+        for x, y in in_order(val_tensors, eval_batch):
+            loss_fn(forward(x).float(), y)
         net.train()
 
     times = []
@@ -237,11 +241,9 @@ def _hand_loop(cfg: DictConfig, device: torch.device, baseline: str, hand_optimi
             scheduler.step()
         validate()
     net.eval()
-    total = 0.0
     with torch.no_grad():
-        for i in range(0, len(test_tensors[0]), batch_size):
-            x, y = (t[i : i + batch_size] for t in test_tensors)
-            total += float(metric_fn(forward(x).float(), y))
+        test_batches = in_order(test_tensors, batch_size)
+        total = sum(float(metric_fn(forward(x).float(), y)) for x, y in test_batches)
     metrics = {metric_name: total / len(test_tensors[0])}
     return {"epoch_times": times, "metrics": metrics, "samples": n}
 
@@ -296,9 +298,8 @@ def bench(name: str, args, device: torch.device) -> dict:
                 runs.append(run_side_alone(name, args, side))
             else:
                 runs.append(run_side(name, args, device, side))
-    hand, ours = hands[-1], ours_runs[-1]  # the metrics: every round trains alike
-    samples = hand["samples"]
-    metric = next(iter(hand["metrics"]))
+    samples = hands[-1]["samples"]
+    metric = next(iter(hands[-1]["metrics"]))
     experiment = CONFIGS[name][0]
     result = {
         "config": name,
@@ -309,9 +310,9 @@ def bench(name: str, args, device: torch.device) -> dict:
         "rounds": args.rounds,
         "hand_optimizer": args.hand_optimizer,
     }
-    for side, run, runs in (("nnlab", ours, ours_runs), ("hand", hand, hands)):
+    for side, runs in (("nnlab", ours_runs), ("hand", hands)):
         epoch = steady([r["epoch_times"] for r in runs])
-        value = run["metrics"].get(metric)
+        value = runs[-1]["metrics"].get(metric)  # every round trains alike
         result[side] = {
             "epoch_s": epoch,
             "samples_per_s": samples / epoch,

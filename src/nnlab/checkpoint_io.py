@@ -47,12 +47,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def write_error(path: Path, exc: BaseException) -> OSError:
     """An OSError naming the checkpoint that could not be written and the space left for it,
     which the commands report as one line (`nnlab.errors.file_error`)."""
-    tmp_free = shutil.disk_usage(path.parent).free
+    free = shutil.disk_usage(path.parent).free
     reason = f"{exc}".splitlines()[0] if str(exc) else type(exc).__name__
     code = getattr(exc, "errno", None) or errno.EIO
     return OSError(
         code,
-        f"writing the checkpoint failed ({reason}) with {tmp_free / 2**20:.0f} MiB free on its "
+        f"writing the checkpoint failed ({reason}) with {free / 2**20:.0f} MiB free on its "
         "disk; free some space there, or write runs to another disk (paths.log_dir or "
         "NNLAB_OUTPUT_DIR)",
         str(path),

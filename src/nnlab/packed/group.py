@@ -58,7 +58,7 @@ def load_states(sweep_dir: Path) -> dict[int, dict]:
         except Exception as exc:  # damaged: those trials start again
             log.warning("Skipping damaged packed state %s: %s", path, exc)
             continue
-        stacked = saved.get("stacked")  # absent in the per-trial files of nnlab <= 0.x
+        stacked = saved.get("stacked")  # absent from files written before stacked saving
         for num, state in saved.get("trials", {}).items():
             if num not in found or state["epoch"] > found[num]["epoch"]:
                 found[num] = state if stacked is None else _trial_of(stacked, state)

@@ -144,21 +144,20 @@ def share_compositions(launcher: Any) -> None:
     (a 32-job seed x lr grid: one from scratch), and the launcher runs the very configs the
     sweeper checked (`_job_config`) instead of composing them again."""
     loader = launcher.hydra_context.config_loader
-    original = loader.load_sweep_config
-
+    original = launcher._load_sweep_config = loader.load_sweep_config  # what _compose calls
     checked = launcher.__dict__.setdefault("_checked", {})  # overrides -> the sweeper's config
 
     def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         if master_config is not launcher.config:
             return original(master_config, sweep_overrides)
-        cfg = _compose(launcher, list(sweep_overrides), original)
+        cfg = _compose(launcher, list(sweep_overrides))
         checked[tuple(sweep_overrides)] = cfg  # the sweeper drops it; _job_config takes it
         return cfg
 
     loader.load_sweep_config = load_sweep_config
 
 
-def _compose(launcher: Any, overrides: list[str], load: Any = None) -> DictConfig:
+def _compose(launcher: Any, overrides: list[str]) -> DictConfig:
     """`load_sweep_config`, once per distinct set of config-group choices and overridden keys:
     the jobs of a grid that differ only in values (seed=1 vs seed=2) share the defaults list,
     so a copy of the first one's config gets the others' values the way Hydra applies them
@@ -179,7 +178,8 @@ def _compose(launcher: Any, overrides: list[str], load: Any = None) -> DictConfi
             values.append(o)
     cache = launcher.__dict__.setdefault("_composed", {})
     if tuple(key) not in cache:
-        cfg = (load or loader.load_sweep_config)(launcher.config, overrides)
+        load = launcher.__dict__.get("_load_sweep_config", loader.load_sweep_config)
+        cfg = load(launcher.config, overrides)
         cache[tuple(key)] = copy.deepcopy(cfg)
         return cfg
     cfg = copy.deepcopy(cache[tuple(key)])
