@@ -11,9 +11,11 @@ a search, an exit code that says whether any trial completed, and DDP inside a t
   but not for a FAIL one, so a search whose last grid point failed crashed at the very end.
 - `SweepOutcome`: a Hydra callback; after a multirun it counts the trials' status.json files and
   records whether any completed, so `nnlab-train -m` exits non-zero only when none did.
-- `separate_trials`: Lightning's DDP launcher leaves its process group and its environment
+- `released_ddp_state`: Lightning's DDP launcher leaves its process group and its environment
   (LOCAL_RANK, WORLD_SIZE ...) in the process; the next trial of a sweep would then believe its
-  ranks were started already. Each trial gets the environment it started with.
+  ranks were started already. Each trial gets the environment it started with. A single run
+  closes its process group too: left to the interpreter's exit, gloo's threads now and then
+  aborted a rank that had finished ("terminate called without an active exception", exit 134).
 - `single_job_argv`: under a multirun, Lightning's DDP launcher would start the other ranks with
   the whole multirun command line (each rank re-running every trial); this narrows the command
   line to the current trial, in its own directory.
@@ -133,8 +135,8 @@ DDP_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD
 
 
 @contextlib.contextmanager
-def separate_trials() -> Iterator[None]:
-    """Run one trial of a multirun; afterwards, no DDP state of it is left in this process."""
+def released_ddp_state() -> Iterator[None]:
+    """Run one training (a run or a trial); afterwards no DDP state of it is left in this process."""
     saved = {name: os.environ.get(name) for name in DDP_VARIABLES}
     argv = list(sys.argv)
     try:

@@ -7,7 +7,6 @@ nnlab-train -m experiment=sine_mlp seed=1,2,3 # a sweep
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -40,7 +39,7 @@ from nnlab.errors import (
     exit_on_user_error,
 )
 from nnlab.runs import Run
-from nnlab.sweeps import NoTrialCompleted, SweepOutcome, separate_trials, single_job_argv
+from nnlab.sweeps import NoTrialCompleted, SweepOutcome, released_ddp_state, single_job_argv
 from nnlab.tracking import log_run_summary
 
 log = logging.getLogger("nnlab.train")
@@ -151,7 +150,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     run = Run(hydra_cfg.runtime.output_dir)
     with run.session(multirun) as session:  # the run manager records how it ended
         cfg = start(cfg, run)
-        with separate_trials() if multirun else contextlib.nullcontext():
+        with released_ddp_state():
             session.record = run.finish(train(cfg, run))
     if session.failed:  # a failed trial must not stop the sweep: the sweeper sees NaN
         return math.nan
