@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import run_cli
 from omegaconf import OmegaConf
 from test_imdb import write_tree
 
@@ -291,3 +292,22 @@ def test_preset_reaches_its_bound_on_the_real_data(cli, experiment):
     assert metrics[key] < bound, (key, metrics[key], bound)
     config = OmegaConf.load(result.run_dir() / "config.resolved.yaml")
     assert config.task.carry_state and config.data.tbptt
+
+
+def test_a_run_continued_mid_epoch_carries_the_state_it_stopped_with(cli, mini_data, tmp_path):
+    """A checkpoint written mid-epoch holds the state carried to the next batch: training
+    continued from it ends bit for bit as the run that never stopped (with a zero state instead,
+    the epoch's remaining batches train on other inputs)."""
+    env = {"NNLAB_DATA_DIR": str(mini_data)}
+    args = ["experiment=imdb_char_lm", *TINY, "checkpoint.every_n_train_steps=3", "logger=none"]
+    reference = cli(*args, env=env)
+    run = reference.run_dir()
+    (mid_epoch,) = (run / "checkpoints" / "periodic").glob("*.ckpt")
+    saved = torch.load(mid_epoch, map_location="cpu", weights_only=False)
+    assert saved["global_step"] % 10 != 0  # 10 steps per epoch: it stopped inside one
+    assert "train" in saved["carried_state"]
+
+    continued = run_cli(*args, f"ckpt_path={mid_epoch}", outputs=tmp_path / "continued", cwd=tmp_path, env=env)  # fmt: skip
+    expected = reference.metrics()
+    for key in ("val/loss", "test/loss", "global_step", "epochs"):
+        assert continued.metrics()[key] == expected[key], key

@@ -6,7 +6,8 @@ training text (`test/unigram_bpc` / `test/unigram_perplexity`), the baseline to 
 `carry_state` (truncated backpropagation through time, with `data.tbptt`): each batch row starts
 from the state the same row ended the previous batch with, detached (gradients stop at the batch
 boundary); the state is reset at the start of every epoch, separately for training, validation
-and testing.
+and testing. Checkpoints hold the training state: a run continued from a mid-epoch one (resume
+after a kill, a requeued SLURM job) ends as the run that never stopped.
 
 `generate` samples text from a prompt (nnlab-predict, and the samples callback).
 """
@@ -33,6 +34,14 @@ def detached(state):
 
 def rows(state) -> int:
     return (state[0] if isinstance(state, tuple) else state).shape[1]
+
+
+def on_device(state, device: torch.device):
+    """A carried state read from a checkpoint (loaded on the CPU) on the batch's device."""
+    first = state[0] if isinstance(state, tuple) else state
+    if first.device == device:
+        return state
+    return tuple(s.to(device) for s in state) if isinstance(state, tuple) else state.to(device)
 
 
 def check_sampling(temperature: float, top_k: int | None, length: int | None = None) -> None:
@@ -97,6 +106,8 @@ class LanguageModelTask(Task):
         state = self.states.get(stage) if self.carry_state else None
         if state is not None and rows(state) != len(x):  # a batch of another size: start anew
             state = None
+        elif state is not None:
+            state = on_device(state, x.device)
         logits, state = self.net.step(x, state)
         if self.carry_state:
             self.states[stage] = detached(state)
@@ -116,6 +127,18 @@ class LanguageModelTask(Task):
         if not prefix:
             self.log(f"{stage}/loss", nats, prog_bar=stage == "val")
         self.log(f"{stage}/{prefix}{self.metric}", value, prog_bar=stage == "val" and not prefix)
+
+    # -- checkpoints: a mid-epoch one holds the state carried to the next training batch, so
+    # that training continued from it (resume, a requeued job) reads that batch as the run
+    # that never stopped did; at an epoch's end the next epoch starts from zero anyway.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.carry_state and self.states.get("train") is not None:
+            checkpoint["carried_state"] = {"train": self.states["train"]}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("carried_state", {}).get("train")
+        if self.carry_state and state is not None:
+            self.states["train"] = state
 
     # -- epochs: states reset, metrics from the epoch's mean loss -------------------------------
     def on_train_epoch_start(self) -> None:
