@@ -123,12 +123,21 @@ def test_the_tones_labels_are_k_hot_and_seeded():
         ),
         (lambda: MultiLabelTask(net=recurrent(1, input_size=1)), "sine", "are real-valued"),
         (lambda: ClassificationTask(net=recurrent(1, input_size=1)), "sine", "task=regression"),
+        (
+            lambda: RegressionTask(net=recurrent(1, input_size=1)),
+            "boxes",
+            "whose target_kind is 'boxes', which no nnlab task learns; declare one of classes,",
+        ),
     ],
 )
 def test_a_task_that_does_not_fit_the_data_is_refused(task, data, message):
     from nnlab.data.series import SineDataModule
 
-    dm = TonesDataModule(num_samples=50) if data == "tones" else SineDataModule(num_points=100)
+    class BoxesDataModule(SineDataModule):  # a user's own data module, a kind of its own
+        target_kind = "boxes"
+
+    kinds = {"tones": lambda: TonesDataModule(num_samples=50), "boxes": BoxesDataModule}
+    dm = kinds.get(data, lambda: SineDataModule(num_points=100))()
     with pytest.raises(ConfigError, match=f"^task: .*{re.escape(message)}"):
         task().check_data(dm)
 

@@ -169,12 +169,17 @@ class Task(L.LightningModule):
         kind = getattr(datamodule, "target_kind", None)
         if kind is None or kind == self.target_kind:
             return
-        what, task = TARGET_KINDS.get(kind, (kind, "?"))
-        raise ConfigError(
-            "task",
-            f"{TARGET_KINDS[self.target_kind][1]} on {type(datamodule).__name__}, whose targets "
-            f"are {what}; use task={task}",
-        )
+        learns = TARGET_KINDS[self.target_kind][1]
+        data = type(datamodule).__name__
+        if kind not in TARGET_KINDS:  # a data module of the user's own, with a kind of its own
+            raise ConfigError(
+                "task",
+                f"{learns} on {data}, whose target_kind is {kind!r}, which no nnlab task learns; "
+                f"declare one of {', '.join(TARGET_KINDS)} on {data}, or set task._target_ to "
+                f"a task of your own whose target_kind is {kind!r}",
+            )
+        what, task = TARGET_KINDS[kind]
+        raise ConfigError("task", f"{learns} on {data}, whose targets are {what}; use task={task}")
 
     @torch.no_grad()
     def check_data(self, datamodule) -> None:
