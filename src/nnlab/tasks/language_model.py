@@ -26,22 +26,13 @@ from nnlab.tasks.base import Task
 LEVELS = {"char": "bpc", "word": "perplexity"}
 
 
-def detached(state):
-    if state is None:
-        return None
-    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+def each_tensor(state, fn):
+    """`fn` applied to a carried state: one tensor (RNN, GRU) or an LSTM's (h, c)."""
+    return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)
 
 
 def rows(state) -> int:
     return (state[0] if isinstance(state, tuple) else state).shape[1]
-
-
-def on_device(state, device: torch.device):
-    """A carried state read from a checkpoint (loaded on the CPU) on the batch's device."""
-    first = state[0] if isinstance(state, tuple) else state
-    if first.device == device:
-        return state
-    return tuple(s.to(device) for s in state) if isinstance(state, tuple) else state.to(device)
 
 
 def check_sampling(temperature: float, top_k: int | None, length: int | None = None) -> None:
@@ -106,11 +97,11 @@ class LanguageModelTask(Task):
         state = self.states.get(stage) if self.carry_state else None
         if state is not None and rows(state) != len(x):  # a batch of another size: start anew
             state = None
-        elif state is not None:
-            state = on_device(state, x.device)
+        elif state is not None:  # one read from a checkpoint is on the CPU
+            state = each_tensor(state, lambda s: s.to(x.device))
         logits, state = self.net.step(x, state)
         if self.carry_state:
-            self.states[stage] = detached(state)
+            self.states[stage] = each_tensor(state, torch.Tensor.detach)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
         return loss, y.numel()
 
@@ -132,13 +123,12 @@ class LanguageModelTask(Task):
     # that training continued from it (resume, a requeued job) reads that batch as the run
     # that never stopped did; at an epoch's end the next epoch starts from zero anyway.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.carry_state and self.states.get("train") is not None:
+        if "train" in self.states:  # only with carry_state
             checkpoint["carried_state"] = {"train": self.states["train"]}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint.get("carried_state", {}).get("train")
-        if self.carry_state and state is not None:
-            self.states["train"] = state
+        if self.carry_state and "train" in checkpoint.get("carried_state", {}):
+            self.states["train"] = checkpoint["carried_state"]["train"]
 
     # -- epochs: states reset, metrics from the epoch's mean loss -------------------------------
     def on_train_epoch_start(self) -> None:
