@@ -20,6 +20,7 @@ from nnlab import CONF_DIR
 from nnlab.checkpoint_io import check_checkpoint
 from nnlab.config import build
 from nnlab.errors import UserError, exit_on_user_error
+from nnlab.heap import freeze_imports
 from nnlab.runs import RESOLVED_CONFIG, Run
 
 warnings.filterwarnings("ignore", message=r".*torch\.jit\..* is deprecated", category=FutureWarning)
@@ -75,6 +76,7 @@ def command(config_name: str, run_overrides: bool = True) -> Callable:
 
         @functools.wraps(fn)
         def main(argv: list[str] | None = None) -> None:
+            freeze_imports()
             with exit_on_user_error():
                 call(sys.argv[1:] if argv is None else argv)
 

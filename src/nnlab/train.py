@@ -38,6 +38,7 @@ from nnlab.errors import (
     UserError,
     exit_on_user_error,
 )
+from nnlab.heap import freeze_imports
 from nnlab.runs import Run
 from nnlab.sweeps import NoTrialCompleted, SweepOutcome, released_ddp_state, single_job_argv
 from nnlab.tracking import log_run_summary
@@ -165,6 +166,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """Console entry. A `resume=` that is not a free run directory is refused before Hydra
     creates (or writes a log into) it; a re-run of a saved config gets our directory layout."""
+    freeze_imports()
     with exit_on_user_error():
         for arg in sys.argv[1:]:
             if arg.startswith("resume=") and arg != "resume=null":
