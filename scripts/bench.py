@@ -45,6 +45,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from nnlab import CONF_DIR
 from nnlab.cli import parse_args
 from nnlab.errors import UserError
+from nnlab.heap import freeze_imports
 from nnlab.resolvers import register_resolvers
 from nnlab.runs import Run
 from nnlab.tasks.optimizers import build_optimizer
@@ -249,7 +250,10 @@ def _hand_loop(cfg: DictConfig, device: torch.device, baseline: str, hand_optimi
 
 
 def run_side(name: str, args, device: torch.device, side: str) -> dict:
-    """One side (`hand` or `nnlab`) of one configuration, in this process."""
+    """One side (`hand` or `nnlab`) of one configuration, in this process. Both sides run with
+    the imported modules frozen out of the garbage collector's passes, as nnlab's commands do
+    (nnlab.heap): a hand-written script imports torch alone, not Lightning's ~400k objects."""
+    freeze_imports()
     experiment = CONFIGS[name][0]
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     try:

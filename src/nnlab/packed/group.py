@@ -203,9 +203,22 @@ class PackedGroup:
         }
         self.base = stack.functional_copy(first.task, recurrent).to(device)
         self.caller = TaskCall(self.base)
-        self.params, self.buffers = stack.stack_states([t.task for t in trials], device)
+        params, self.buffers = stack.stack_states([t.task for t in trials], device)
+        # all parameters in one (trials, n) leaf; `params` are views of it by name
+        self.layout = stack.Flat(params)
+        self.flat = self.layout.join(params).detach().requires_grad_(True)
         names = self._optimizer_spec()
         self.hp_names = names
+
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        """{name: (trials, ...)} views of the flat parameters (made anew for each step: a
+        view's place in the autograd graph comes with it)."""
+        return self.layout.split(self.flat)
+
+    @property
+    def best_params(self) -> dict[str, torch.Tensor]:
+        return self.layout.split(self.best_flat)
 
     def _optimizer_spec(self) -> tuple[str, ...]:
         kind = type(self.trials[0].optimizer).__name__
@@ -244,12 +257,13 @@ class PackedGroup:
         steps = torch.tensor([float(t.global_step) for t in trials], device=device)
         clip = torch.tensor([t.clip for t in trials], device=device)
         clipping = any(math.isfinite(t.clip) for t in trials)
-        state = {n: {} for n in self.params}
-        for name in self.params:
-            for i, t in enumerate(trials):
-                for key, value in t.optimizer_state.get(name, {}).items():
-                    stacked = state[name].setdefault(key, torch.zeros_like(self.params[name]))
-                    stacked[i] = value.to(device)
+        state: dict[str, torch.Tensor] = {}  # optimizer state name -> (trials, n), as flat
+        for i, t in enumerate(trials):
+            for name, saved in t.optimizer_state.items():
+                for key, value in saved.items():
+                    if key not in state:
+                        state[key] = torch.zeros_like(self.flat, requires_grad=False)
+                    self.layout.split(state[key])[name][i] = value.to(device)
         step_schedulers = any(t.scheduler and t.scheduler_interval == "step" for t in trials)
         train_step = torch.vmap(self._train_fn, randomness="different")
         last_epoch = max(t.max_epochs for t in trials)
@@ -281,19 +295,18 @@ class PackedGroup:
                 bad |= mask & ~torch.isfinite(losses.detach())
                 use = mask & ~bad
                 total = torch.where(use, losses, torch.zeros_like(losses)).sum()
-                grads = torch.autograd.grad(total, list(self.params.values()))
-                coef = stack.clip_coefficients(grads, clip) if clipping else None
+                (g,) = torch.autograd.grad(total, [self.flat])
                 steps = steps + use.to(steps.dtype)
                 with torch.no_grad():
-                    for (name, p), g in zip(self.params.items(), grads, strict=True):
-                        if coef is not None:
-                            g = g * stack._b(coef, g)
-                        new, new_state = self.step_fn(p, g, state[name], hp, steps, self.decoupled)
-                        keep = stack._b(use, p)
-                        p.copy_(torch.where(keep, new, p))
-                        for key, value in new_state.items():
-                            old = state[name].get(key, torch.zeros_like(value))
-                            state[name][key] = torch.where(keep, value, old)
+                    if clipping:
+                        g = g * stack._b(stack.clip_coefficients([g], clip), g)
+                    p = self.flat
+                    new, new_state = self.step_fn(p, g, state, hp, steps, self.decoupled)
+                    keep = stack._b(use, p)
+                    p.copy_(torch.where(keep, new, p))
+                    for key, value in new_state.items():
+                        old = state.get(key, torch.zeros_like(value))
+                        state[key] = torch.where(keep, value, old)
                     for n, buf in self.buffers.items():  # frozen trials keep their statistics
                         buf.copy_(torch.where(stack._b(use, buf), buf, before[n]))
                     n = float(idx.shape[1])
@@ -408,19 +421,22 @@ class PackedGroup:
         def host(tensors: dict) -> dict:
             return {n: v.detach().cpu() for n, v in tensors.items()}
 
+        optimizer: dict[str, dict] = {name: {} for name, *_ in self.layout.layout}
+        for key, flat in state.items():  # by parameter name, as the trials' optimizers have it
+            for name, view in self.layout.split(flat).items():
+                optimizer[name][key] = view.cpu()
         stacked = {
             "params": host(self.params),
             "buffers": host(self.buffers),
             "best_params": host(self.best_params),
             "best_buffers": host(self.best_buffers),
-            "optimizer": {n: host(s) for n, s in state.items()},
+            "optimizer": optimizer,
         }
         atomic_save({"trials": trials, "stacked": stacked}, self.state_path)
 
     def _keep_best(self, i: int) -> None:
         with torch.no_grad():
-            for name, p in self.params.items():
-                self.best_params[name][i] = p[i].detach()
+            self.best_flat[i] = self.flat[i].detach()
             for name, b in self.buffers.items():
                 self.best_buffers[name][i] = b[i]
 
@@ -510,14 +526,15 @@ class PackedGroup:
     def _restore(self) -> None:
         """Trials resumed from their last.ckpt: weights into the stacked tensors, the best
         checkpoint's weights as the best so far."""
-        self.best_params = {n: p.detach().clone() for n, p in self.params.items()}
+        self.best_flat = self.flat.detach().clone()
         self.best_buffers = {n: b.clone() for n, b in self.buffers.items()}
+        best_params = self.best_params
         for i, t in enumerate(self.trials):
             if t.best_state is None:
                 continue
             with torch.no_grad():
                 for name, value in t.best_state.items():
-                    target = self.best_params.get(name)
+                    target = best_params.get(name)
                     if target is None:
                         target = self.best_buffers.get(name)
                     if target is not None:
@@ -525,17 +542,14 @@ class PackedGroup:
 
     def finish(self) -> None:
         """Validate and test every trial on its best weights; write metrics.json and status."""
-        have_best = [bool(t.checkpoint is not None and t.best_path) for t in self.trials]
-        params = {
-            n: torch.where(
-                stack._b(torch.tensor(have_best, device=self.device), p), self.best_params[n], p
-            )
-            for n, p in self.params.items()
-        }
+        have_best = torch.tensor(
+            [bool(t.checkpoint is not None and t.best_path) for t in self.trials],
+            device=self.device,
+        )
+        flat = torch.where(stack._b(have_best, self.flat), self.best_flat, self.flat.detach())
+        params = self.layout.split(flat)
         buffers = {
-            n: torch.where(
-                stack._b(torch.tensor(have_best, device=self.device), b), self.best_buffers[n], b
-            )
+            n: torch.where(stack._b(have_best, b), self.best_buffers[n], b)
             for n, b in self.buffers.items()
         }
         val = self.evaluate("val", params, buffers)

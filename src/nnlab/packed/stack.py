@@ -68,6 +68,8 @@ def architecture(module: nn.Module) -> str:
 
 def blocker(module: nn.Module) -> str | None:
     """Why `module` cannot be stacked, or None."""
+    if len(dtypes := {str(p.dtype) for p in module.parameters()}) > 1:
+        return f"parameters of several dtypes ({', '.join(sorted(dtypes))}; packed: one)"
     for name, child in module.named_modules():
         if isinstance(child, nn.RNNBase):
             if type(child) not in (nn.RNN, nn.LSTM, nn.GRU):
@@ -94,6 +96,29 @@ def stack_states(modules: list[nn.Module], device: torch.device):
         for name, _ in copies[0].named_buffers()
     }
     return params, buffers
+
+
+class Flat:
+    """Where each stacked parameter (trials, *shape) lies in one (trials, n) tensor: the
+    optimizer step, the clipping norm and the best-weights copy each run once over all of a
+    network's parameters instead of once per parameter tensor (for a small network that is
+    most of a step's kernels)."""
+
+    def __init__(self, params: dict[str, torch.Tensor]):
+        self.layout, offset = [], 0
+        for name, p in params.items():
+            n = p[0].numel()
+            self.layout.append((name, tuple(p.shape[1:]), offset, offset + n))
+            offset += n
+
+    def join(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(trials, n): the named stacked tensors side by side."""
+        return torch.cat([tensors[name].flatten(1) for name, *_ in self.layout], dim=1)
+
+    def split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{name: (trials, *shape)} views of `flat` (they share its memory and its gradient)."""
+        t = flat.shape[0]
+        return {name: flat[:, a:b].view(t, *shape) for name, shape, a, b in self.layout}
 
 
 def state_dict_of(params: dict, buffers: dict, trial: int) -> dict[str, torch.Tensor]:
