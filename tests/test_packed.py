@@ -215,6 +215,31 @@ def last_epoch(sweep: Path, trial: int) -> int:
         return -1
 
 
+def test_the_group_resume_file_is_written_at_most_every_save_every_s(tmp_path):
+    """With a long interval the group's resume file first appears after the last epoch; a
+    watcher polling it while the sweep trains never sees an earlier epoch in it."""
+    sweep = tmp_path / "outputs/multiruns/interval"
+    env = {**os.environ, "NNLAB_OUTPUT_DIR": str(tmp_path / "outputs")}
+    command = [sys.executable, "-m", "nnlab.train", "-m", "hydra/launcher=packed"]
+    command += ["experiment=sine_mlp", "seed=1,2", "trainer.max_epochs=60", "callbacks=none"]
+    command += ["logger=none", "print_config=false", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(
+        [*command, "hydra.launcher.save_every_s=1000"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen = set()
+    while proc.poll() is None:
+        seen.add(last_epoch(sweep, 0))
+        time.sleep(0.005)
+    assert proc.returncode == 0, proc.stderr.read()[-3000:]
+    seen.add(last_epoch(sweep, 0))
+    assert seen <= {-1, 59} and 59 in seen
+
+
 @pytest.mark.slow
 def test_killed_packed_sweep_resumes_where_it_stopped(tmp_path):
     args = [
@@ -225,6 +250,7 @@ def test_killed_packed_sweep_resumes_where_it_stopped(tmp_path):
         "trainer.max_epochs=40",
         "callbacks=none",
         "logger=none",
+        "hydra.launcher.save_every_s=0",  # the resume file after every epoch
     ]
     # uninterrupted, for the numbers the resumed sweep must end with
     reference = nnlab(args, tmp_path / "reference", tmp_path)

@@ -10,6 +10,7 @@ MLflow as params, metrics and tags, Weights & Biases as config and summary.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -143,6 +144,13 @@ def git_state(path: Path | None = None) -> dict[str, Any]:
     return {"git.commit": commit.stdout.strip(), "git.dirty": bool(changes.stdout.strip())}
 
 
+@functools.cache
+def source_git_state() -> dict[str, Any]:
+    """git_state of nnlab's own source, asked once per process: the code a process runs is the
+    code it imported (each trial of a sweep used to run git twice)."""
+    return git_state()
+
+
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     """Nested dicts -> {"a.b.c": leaf}; lists and None become text (what every tracker takes)."""
     if isinstance(value, dict):
@@ -164,7 +172,7 @@ def run_params(cfg: DictConfig, task: Any = None) -> dict[str, Any]:
         weights = list(task.parameters())
         params["params.total"] = sum(p.numel() for p in weights)
         params["params.trainable"] = sum(p.numel() for p in weights if p.requires_grad)
-    params.update(git_state())
+    params.update(source_git_state())
     params["tags"] = ", ".join(str(t) for t in cfg.get("tags") or [])
     return params
 

@@ -14,15 +14,23 @@ from omegaconf import DictConfig
 
 
 class PackedLauncher(Launcher):
-    def __init__(self, pack_size: int = 32, device: str = "auto", recurrent: str = "auto") -> None:
-        from nnlab.errors import ConfigError
+    def __init__(
+        self,
+        pack_size: int = 32,
+        device: str = "auto",
+        recurrent: str = "auto",
+        save_every_s: float = 10.0,
+    ) -> None:
+        from nnlab.errors import ConfigError, require_positive
         from nnlab.packed.recurrent import KERNELS
 
         if recurrent not in KERNELS:
             raise ConfigError(
                 "hydra.launcher.recurrent", f"{recurrent!r}; choose one of {', '.join(KERNELS)}"
             )
+        require_positive("hydra.launcher.save_every_s", save_every_s, allow_zero=True)
         self.pack_size, self.device, self.recurrent = int(pack_size), device, recurrent
+        self.save_every_s = float(save_every_s)
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None

@@ -101,7 +101,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
         nums = ", ".join(f"#{t.num}" for t in group)
         log.info("Training %d trials as one stacked model: %s", len(group), nums)
         started = time.perf_counter()
-        _run_group(group, launcher.device_for(group[0].cfg), launcher.recurrent)
+        _run_group(group, launcher.device_for(group[0].cfg), launcher)
         log.info("Packed group %s: %.1f s", nums, time.perf_counter() - started)
         for t in group:
             results[t.num] = _job_return(t)
@@ -503,12 +503,12 @@ def _start(t: Trial) -> None:
         logger.log_hyperparams(hparams)
 
 
-def _run_group(group: list[Trial], device: torch.device, recurrent: str) -> None:
+def _run_group(group: list[Trial], device: torch.device, launcher) -> None:
     state_path = group[0].run.root.parent / STATE_DIR / f"group{group[0].num}.ckpt"
     try:
         for t in group:
             _start(t)
-        PackedGroup(group, device, state_path, recurrent).run()
+        PackedGroup(group, device, state_path, launcher.recurrent, launcher.save_every_s).run()
     except Exception as exc:  # every trial of the group failed as a sequential one would
         log.exception("Packed group failed")
         for t in group:
