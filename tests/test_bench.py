@@ -55,3 +55,23 @@ def test_bench_compares_both_loops_on_the_same_model(tmp_path, extra):
 def test_bench_names_an_unknown_configuration(tmp_path):
     proc = run_bench(tmp_path, "configs=[mnist_transformer]")
     assert proc.returncode == 2 and "unknown configuration 'mnist_transformer'" in proc.stderr
+
+
+def test_sweep_bench_times_each_launcher_and_marks_a_smaller_baseline(tmp_path):
+    """scripts/bench_sweep.py runs the sweep through each launcher as `nnlab-train -m`; a
+    baseline of fewer trials than the packed sweep is marked as overstating the speed-up."""
+    out = tmp_path / "sweep.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH.with_name("bench_sweep.py")), "trials=4", "baseline_trials=2"]
+        + ["modes=[packed,basic]", "trainer.max_epochs=2", f"json={out}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["mode"]: r for r in json.loads(out.read_text())}
+    assert rows["packed"]["completed"] == 4 and rows["basic"]["completed"] == 2
+    assert all(r["wall_s"] > 0 and r["per_hour"] > 0 for r in rows.values())
+    (basic_line,) = [line for line in proc.stdout.splitlines() if line.startswith("| basic")]
+    assert "over 2 trials, not 4: overstated" in basic_line
