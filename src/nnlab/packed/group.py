@@ -10,8 +10,8 @@ and the loggers get the same scalars at the same steps. A trial whose loss becom
 frozen, marked failed and masked out; the others go on.
 
 Checkpoints and resume: after an epoch, at most every `hydra.launcher.save_every_s` seconds (and
-after the last), the group writes one file, `<sweep>/.packed/group<N>.ckpt`, with each trial's weights (current and best), optimizer moments, scheduler, best score and
-early-stopping counter. A file per trial per epoch would cost as much as the training itself for
+after the last), the group writes one file, `<sweep>/.packed/group<N>.ckpt`, with each trial's
+weights (current and best), optimizer moments, scheduler, best score and early-stopping counter. A file per trial per epoch would cost as much as the training itself for
 the small networks; the trials' own Lightning checkpoints (best and last, as ModelCheckpoint names
 them) are written when the trial ends. Running the same sweep again with
 `hydra.sweep.dir=<that sweep>` keeps the completed trials and continues the others.
@@ -423,8 +423,8 @@ class PackedGroup:
     def _save_group(self, state: dict) -> None:
         """One file per group, rewritten atomically (`<sweep>/.packed/group<first job>.ckpt`;
         at most every `save_every_s`: a 32-trial sine group spent 11% of its time here when it
-        was every epoch): the stacked weights, best weights and optimizer moments as they are, and
-        each trial's own counters. A file per trial per epoch cost as much as the training of a
+        was every epoch): the stacked weights, best weights and optimizer moments as they are,
+        and each trial's own counters. A file per trial per epoch cost as much as the training of a
         small network; so did slicing every trial's tensors out each epoch (40% of a 32-trial
         sine sweep's group time): `load_states` slices, once, when a sweep resumes."""
         trials = {
