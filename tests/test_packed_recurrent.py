@@ -76,3 +76,27 @@ def test_trial_rnn_outside_vmap_runs_the_batched_recurrence(cls):
     want = torch.autograd.grad(score(ref_out, ref_state), [x, *layer.parameters()])
     for a, b in zip(got, want, strict=True):
         assert close(a, b)
+
+
+def test_flat_parameters_are_named_views_of_one_tensor_and_mixed_dtypes_are_not_packed():
+    """stack.Flat: a group's parameters side by side in one (trials, n) tensor; the named
+    parameters are views of it (writes and gradients reach it), and a network whose parameters
+    have several dtypes is not stacked (it runs on its own)."""
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    other = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    params, _ = stack.stack_states([net, other], "cpu")
+    layout = stack.Flat(params)
+    flat = layout.join(params).detach().requires_grad_(True)
+    assert flat.shape == (2, 3 * 4 + 4 + 4 * 2 + 2)
+    views = layout.split(flat)
+    assert list(views) == list(params)
+    for name, p in params.items():
+        assert torch.equal(views[name], p)
+    (grad,) = torch.autograd.grad(views["2.bias"].sum(), [flat])
+    assert grad[:, -2:].eq(1).all() and grad[:, :-2].eq(0).all()
+    with torch.no_grad():
+        views["0.bias"][1] = 7.0
+    assert flat[1, 12:16].eq(7.0).all() and flat[0, 12:16].ne(7.0).all()
+    assert stack.blocker(net) is None
+    mixed = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2).double())
+    assert "several dtypes" in stack.blocker(mixed)
