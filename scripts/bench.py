@@ -252,7 +252,8 @@ def _hand_loop(cfg: DictConfig, device: torch.device, baseline: str, hand_optimi
 def run_side(name: str, args, device: torch.device, side: str) -> dict:
     """One side (`hand` or `nnlab`) of one configuration, in this process. Both sides run with
     the imported modules frozen out of the garbage collector's passes, as nnlab's commands do
-    (nnlab.heap): a hand-written script imports torch alone, not Lightning's ~400k objects."""
+    (nnlab.heap): a hand-written script imports torch alone, not the ~500k objects of Lightning,
+    torchmetrics and Hydra that this process holds."""
     freeze_imports()
     experiment = CONFIGS[name][0]
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))

@@ -11,9 +11,10 @@ frozen, marked failed and masked out; the others go on.
 
 Checkpoints and resume: after an epoch, at most every `hydra.launcher.save_every_s` seconds (and
 after the last), the group writes one file, `<sweep>/.packed/group<N>.ckpt`, with each trial's
-weights (current and best), optimizer moments, scheduler, best score and early-stopping counter. A file per trial per epoch would cost as much as the training itself for
-the small networks; the trials' own Lightning checkpoints (best and last, as ModelCheckpoint names
-them) are written when the trial ends. Running the same sweep again with
+weights (current and best), optimizer moments, scheduler, best score and early-stopping counter.
+A file per trial per epoch would cost as much as the training itself for the small networks; the
+trials' own Lightning checkpoints (best and last, as ModelCheckpoint names them) are written when
+the trial ends. Running the same sweep again with
 `hydra.sweep.dir=<that sweep>` keeps the completed trials and continues the others.
 """
 
@@ -308,7 +309,7 @@ class PackedGroup:
                 steps = steps + use.to(steps.dtype)
                 with torch.no_grad():
                     if clipping:
-                        g = g * stack._b(stack.clip_coefficients([g], clip), g)
+                        g = g * stack._b(stack.clip_coefficients(g, clip), g)
                     p = self.flat
                     new, new_state = self.step_fn(p, g, state, hp, steps, self.decoupled)
                     keep = stack._b(use, p)
@@ -424,8 +425,8 @@ class PackedGroup:
         """One file per group, rewritten atomically (`<sweep>/.packed/group<first job>.ckpt`;
         at most every `save_every_s`: a 32-trial sine group spent 11% of its time here when it
         was every epoch): the stacked weights, best weights and optimizer moments as they are,
-        and each trial's own counters. A file per trial per epoch cost as much as the training of a
-        small network; so did slicing every trial's tensors out each epoch (40% of a 32-trial
+        and each trial's own counters. A file per trial per epoch cost as much as the training of
+        a small network; so did slicing every trial's tensors out each epoch (40% of a 32-trial
         sine sweep's group time): `load_states` slices, once, when a sweep resumes."""
         trials = {
             t.num: self._resume_state(i, t)

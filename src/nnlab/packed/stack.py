@@ -238,9 +238,10 @@ def hyperparameters(groups: list[dict], names: tuple[str, ...], device) -> dict[
     return out
 
 
-def clip_coefficients(grads: list[torch.Tensor], max_norm: torch.Tensor) -> torch.Tensor:
+def clip_coefficients(grad: torch.Tensor, max_norm: torch.Tensor) -> torch.Tensor:
     """Per-trial scale for gradient-norm clipping, as torch.nn.utils.clip_grad_norm_ computes it
-    (total 2-norm over every parameter; max_norm/(norm + 1e-6), at most 1; inf: no clipping)."""
-    total = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+    (total 2-norm over every parameter: the (trials, n) gradient of `Flat`; max_norm/(norm +
+    1e-6), at most 1; inf: no clipping)."""
+    total = grad.pow(2).sum(1).sqrt()
     coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
     return torch.where(torch.isfinite(max_norm), coef, torch.ones_like(coef))
