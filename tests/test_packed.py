@@ -356,13 +356,23 @@ def test_optuna_batches_of_n_jobs_trials_are_packed(tmp_path):
     assert "Best value" in log
 
 
-def test_an_unknown_recurrent_kernel_is_refused(tmp_path):
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        (
+            "recurrent=fast",
+            "hydra.launcher.recurrent: 'fast'; choose one of auto, batched, per_trial",
+        ),
+        ("save_every_s=-1", "hydra.launcher.save_every_s: must be >= 0, got -1"),
+    ],
+)
+def test_a_bad_launcher_setting_is_refused(tmp_path, setting, message):
     proc = nnlab(
-        ["-m", "hydra/launcher=packed", "hydra.launcher.recurrent=fast", "experiment=sine_lstm"]
+        ["-m", "hydra/launcher=packed", f"hydra.launcher.{setting}", "experiment=sine_lstm"]
         + ["seed=1,2", "trainer.max_epochs=1"],
         tmp_path / "out",
         tmp_path,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "hydra.launcher.recurrent: 'fast'; choose one of auto, batched, per_trial" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {message}"
     assert not list((tmp_path / "out").glob("multiruns/*/*/0"))  # no trial started

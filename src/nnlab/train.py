@@ -180,7 +180,10 @@ def main() -> None:
     try:
         hydra_main()
     except (HydraException, OmegaConfBaseException) as exc:
-        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        # a UserError raised while Hydra built one of its own objects (the launcher's settings)
+        # is the message; Hydra's wrapper around it only names the class it was building
+        cause = exc.__cause__ if isinstance(exc.__cause__, UserError) else exc
+        message = " ".join(line.strip() for line in str(cause).splitlines() if line.strip())
         if (bad := unparsable_argument(sys.argv[1:])) is not None:  # name it: Hydra does not
             message = f"{bad}: {message}"
         print(f"error: {message}", file=sys.stderr)
