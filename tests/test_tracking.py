@@ -103,6 +103,37 @@ def test_logger_many_reaches_tensorboard_csv_and_mlflow(cli, tmp_path, monkeypat
     assert len(history) >= 2  # the per-epoch values, not only the final one
 
 
+def test_tensorboard_writes_each_log_call_as_one_event(tmp_path):
+    """nnlab's TensorBoardLogger (conf/logger/tensorboard.yaml): one event per `log_metrics`
+    call holding all its scalars, which TensorBoard reads back tag by tag."""
+    import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+
+    from nnlab.tracking import TensorBoardLogger
+
+    logger = TensorBoardLogger(str(tmp_path), name="tb", version="")
+    for step in range(3):
+        logger.log_metrics(
+            {"train/loss": 1.0 / (step + 1), "val/mse": torch.tensor(2.0 * step)}, step
+        )
+    with pytest.raises(ValueError, match="val/text: you tried to log 'high'"):
+        logger.log_metrics({"val/text": "high"}, 3)
+    logger.finalize("success")
+    (path,) = (tmp_path / "tb").glob("events.out.tfevents.*")
+    events = LegacyEventFileLoader(str(path)).Load()
+    scalar_events = [e for e in events if e.WhichOneof("what") == "summary"]
+    assert [len(e.summary.value) for e in scalar_events] == [2, 2, 2]
+    acc = EventAccumulator(str(path))
+    acc.Reload()
+    assert [(s.step, s.value) for s in acc.Scalars("train/loss")] == [
+        (0, 1.0),
+        (1, 0.5),
+        (2, pytest.approx(1 / 3)),
+    ]
+    assert [s.value for s in acc.Scalars("val/mse")] == [0.0, 2.0, 4.0]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
