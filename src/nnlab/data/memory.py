@@ -10,6 +10,8 @@ mid-epoch checkpoint continues with exactly the batches it would have seen.
 With `group` > 1 each yielded batch is `group` consecutive batches concatenated (the same
 samples in the same order): nnlab's fused loop (tasks/loops.py) takes them as micro-batches, so
 Lightning's per-batch overhead is paid once per group. Positions are kept in micro-batches.
+A group is gathered into memory reused once nothing holds the group from before (see
+`_gather_group`).
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class MemoryBatcher:
         self._epoch = -1  # epochs counted here when no trainer says which one it is
         self._resume: dict[str, int] | None = None
         self._position = 0
+        self._buffers: dict[int, list[torch.Tensor]] = {}  # see _gather_group
+        self._next_buffer = 0
 
     # -- the part of the data this process sees -------------------------------------------------
     def _shard(self) -> tuple[int, int]:
@@ -112,8 +116,31 @@ class MemoryBatcher:
         for b in range(start, batches, self.group):
             self._position = min(b + self.group, batches)  # micro-batches consumed after this one
             idx = indices[b * size : self._position * size]
-            batch = tuple(t[idx] for t in self.tensors)
-            yield MicroBatches(batch) if self.group > 1 else batch
+            if self.group > 1:
+                yield MicroBatches(self._gather_group(idx))
+            else:
+                yield tuple(t[idx] for t in self.tensors)
+
+    def _gather_group(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The rows `idx` of each tensor, gathered into the next of GROUP_BUFFERS buffers in turn,
+        or into fresh memory in place of a buffer something still holds. Groups are megabytes
+        (GROUP_BYTES): fresh memory for each was page-faulted in anew every time (~1 ms of each
+        28 ms group of imdb_mlp's multi-hot rows, where a hand-written loop's 5 MB batches come
+        from reused memory)."""
+        slot = self._next_buffer
+        self._next_buffer = (slot + 1) % GROUP_BUFFERS
+        buffers = self._buffers.get(slot)
+        if buffers is None or len(buffers[0]) < len(idx) or any(map(_in_use, buffers)):
+            rows = max(self.group * self.batch_size, len(idx))
+            buffers = [
+                torch.empty((rows, *t.shape[1:]), dtype=t.dtype, device=t.device)
+                for t in self.tensors
+            ]
+            self._buffers[slot] = buffers
+        return tuple(
+            torch.index_select(t, 0, idx, out=buffer[: len(idx)])
+            for t, buffer in zip(self.tensors, buffers, strict=True)
+        )
 
     # -- Lightning's stateful-loader protocol ---------------------------------------------------
     def state_dict(self) -> dict[str, int]:
@@ -139,10 +166,25 @@ def fits_on(device: torch.device, tensors: Sequence[torch.Tensor], fraction: flo
     return sum(t.numel() * t.element_size() for t in tensors) <= fraction * free
 
 
-# A grouped batch is gathered into fresh memory each time; above glibc's largest mmap threshold
-# (32 MB) every one is page-faulted anew. imdb_mlp's multi-hot rows (5 MB per batch of 512) lost
-# ~10% of their epoch to 40 MB groups: groups stay under this size (fewer micro-batches each).
+# A group's size cap, which bounds the memory its buffers hold for the whole run (GROUP_BUFFERS of
+# them). Batches this large gain little from grouping: imdb_mlp's multi-hot rows (5 MB per batch of
+# 512) come 3 to a group, and Lightning's ~0.7 ms per group is then ~2.5% of its steps' time.
 GROUP_BYTES = 16 * 2**20
+# Groups are gathered into buffers used in turn. While Lightning fetches a batch it still holds
+# two (the last one trained on and the one fetched ahead): the third buffer is free.
+GROUP_BUFFERS = 3
+
+
+def _in_use(buffer: torch.Tensor) -> bool:
+    """Whether a tensor besides `buffer` (a yielded group, a view of it) holds its memory. Without
+    torch's storage use count (a private API), every buffer counts as in use: fresh memory."""
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    if use_count is None:
+        return True
+    return use_count(buffer.untyped_storage()._cdata) > _OWN_USES
+
+
+_OWN_USES = 2  # `buffer` itself and the storage object asked
 
 
 def group_size(tensors: Sequence[torch.Tensor], batch_size: int, micro_batches: int) -> int:
