@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -63,6 +64,16 @@ def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
+def config_text(run: Path, name: str) -> str:
+    """A run's config file with its sweep and outputs directories named generically (the tree's
+    lines wrap where those paths make them: compared without layout)."""
+    text = (run / name).read_text()
+    if name == "config_tree.log":
+        text = re.sub(r"[\s│├└─]+", "", text)
+    text = text.replace(str(run.parent), "<sweep>")
+    return text.replace(str(run.parents[3]), "<outputs>")  # <outputs>/multiruns/<day>/<sweep>/<job>
+
+
 def assert_same_run(sequential: Path, packed: Path) -> None:
     seq_m = json.loads((sequential / "metrics.json").read_text())
     pk_m = json.loads((packed / "metrics.json").read_text())
@@ -72,6 +83,9 @@ def assert_same_run(sequential: Path, packed: Path) -> None:
         if "/" in key:
             assert pk_m[key] == pytest.approx(value, rel=REL, abs=ABS), key
     assert Path(pk_m["best_checkpoint"]).name == Path(seq_m["best_checkpoint"]).name
+    # the files a run keeps of its config: the same text, but for the sweeps' own directories
+    for name in ("config_tree.log", "config.resolved.yaml", ".hydra/config.yaml"):
+        assert config_text(packed, name) == config_text(sequential, name), name
     seq_s, pk_s = scalars(sequential), scalars(packed)
     assert set(pk_s) == set(seq_s)
     for tag, points in seq_s.items():

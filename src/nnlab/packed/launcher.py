@@ -130,7 +130,8 @@ def _job_config(launcher: Any, num: int, overrides: list[str]) -> DictConfig:
     with open_dict(cfg):
         cfg.hydra.job.id = num
         cfg.hydra.job.num = num
-    HydraConfig.instance().set_config(cfg)
+    # what ${hydra:...} in the sweep's subdir reads (set_config's masked copy comes once, below)
+    HydraConfig.instance().cfg = cfg
     output_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
     with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
         cfg.hydra.runtime.output_dir = os.path.abspath(output_dir)
@@ -372,7 +373,9 @@ def prepare(
             raise Unpackable(f"{owner} monitors {monitor}, which the task does not log")
     trainer = cfg.trainer
     clip = trainer.get("gradient_clip_val")
-    hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+    # this job's own (set by _job_config; a deep copy would copy the job's whole config too,
+    # the parent of its hydra node)
+    hydra_cfg = HydraConfig.instance().cfg
     trial = Trial(
         num=num,
         overrides=overrides,
@@ -478,13 +481,14 @@ def _start(t: Trial) -> None:
         _save_config(t.raw_cfg, "config.yaml", hydra_dir)
         _save_config(t.hydra_cfg, "hydra.yaml", hydra_dir)
         _save_config(t.hydra_cfg.hydra.overrides.task, "overrides.yaml", hydra_dir)
-    HydraConfig.instance().set_config(t.job_config)  # what the config's ${hydra:...} read
+    HydraConfig.instance().cfg = t.hydra_cfg  # what the config's ${hydra:...} read
     if t.resumed:
         t.run.start(resumed=True)
     else:
         t.run.start(experiment=t.cfg.get("name"))
-        t.run.save_config(t.raw_cfg)
-        print_config_tree(t.raw_cfg, save_to=root / "config_tree.log", echo=False)
+        # the config prepare() resolved (resolving it again was most of a trial's start)
+        t.run.save_config(t.cfg)
+        print_config_tree(t.cfg, save_to=root / "config_tree.log", echo=False)
     file_log = logging.getLogger(f"nnlab.packed.trial{t.num}")
     file_log.propagate = False
     file_log.setLevel(logging.INFO)
