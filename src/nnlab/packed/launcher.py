@@ -232,7 +232,7 @@ def _completed(output_dir: Path, job_config: DictConfig, overrides: list[str]):
     ret = JobReturn(
         overrides=overrides,
         cfg=_task_config(job_config),
-        hydra_cfg=copy.deepcopy(HydraConfig.instance().cfg),
+        hydra_cfg=HydraConfig.instance().cfg,  # this job's own, as in prepare()
         working_dir=os.getcwd(),
         task_name=job_config.hydra.job.name,
         status=JobStatus.COMPLETED,
