@@ -10,6 +10,7 @@ checked on a GPU when one exists.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import lightning as L
@@ -17,10 +18,11 @@ import pytest
 import torch
 from omegaconf import open_dict
 
+from nnlab.engine.capabilities import graph_optimizer, why_not
 from nnlab.errors import ConfigError
 from nnlab.runs import Run
 from nnlab.tasks import loops
-from nnlab.tasks.captured import CapturedStep, optimizer_blocker, plain_lrs
+from nnlab.tasks.captured import CapturedStep, plain_lrs
 from nnlab.tasks.classification import ClassificationTask
 from nnlab.train import train as train_run
 
@@ -51,7 +53,7 @@ PLATEAU = {"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "_partial_"
     ],
 )
 def test_which_optimizers_can_step_inside_a_graph(optimizer, scheduler, reason):
-    found = optimizer_blocker(optimizer, scheduler)
+    found = graph_optimizer(optimizer, scheduler)
     assert (found is None) if reason is None else reason in found
 
 
@@ -76,7 +78,7 @@ MLP = {"_target_": "nnlab.models.mlp.MLP", "input_size": 4, "hidden_sizes": [8],
 
 
 class FakeTrainer:
-    """What the blockers read from a trainer."""
+    """What the capability checks read from a trainer."""
 
     class strategy:  # noqa: N801 - a stand-in for trainer.strategy
         root_device = torch.device("cuda", 0)
@@ -89,38 +91,39 @@ class FakeTrainer:
             return torch.zeros(n, 4)
 
 
-def test_blockers_name_what_keeps_a_run_in_lightnings_loop():
+def test_the_capability_check_names_what_keeps_a_run_in_lightnings_loop():
     task, trainer = ClassificationTask(net=MLP, num_classes=3), FakeTrainer()
-    assert loops.loop_blocker(task, trainer) is None
-    assert loops.graph_blocker(task, trainer) is None
+    assert why_not("fused", task=task, trainer=trainer) is None
+    assert why_not("captured", task=task, trainer=trainer) is None
 
     class TextData:
         def example_input(n):  # noqa: N805
             return torch.zeros(n, 5, dtype=torch.long), torch.full((n,), 5)
 
     trainer.datamodule = TextData
-    assert "variable-length" in loops.graph_blocker(task, trainer)
-    assert loops.loop_blocker(task, trainer) is None  # the fused loop runs them eagerly
+    assert "variable-length" in why_not("captured", task=task, trainer=trainer)
+    assert why_not("fused", task=task, trainer=trainer) is None  # the fused loop runs them eagerly
 
     class GradientWatcher(L.Callback):
         def on_after_backward(self, trainer, pl_module):
             pass
 
     trainer.callbacks = [GradientWatcher()]
-    assert "GradientWatcher overrides on_after_backward" in loops.loop_blocker(task, trainer)
+    assert "GradientWatcher overrides on_after_backward" in why_not(
+        "fused", task=task, trainer=trainer
+    )
     trainer.callbacks = []
 
     class OwnStep(ClassificationTask):
         def training_step(self, batch, batch_idx):
             return super().training_step(batch, batch_idx)
 
-    assert "OwnStep defines its own training_step" in loops.loop_blocker(
-        OwnStep(net=MLP, num_classes=3), trainer
-    )
+    own = OwnStep(net=MLP, num_classes=3)
+    assert "OwnStep defines its own training_step" in why_not("fused", task=own, trainer=trainer)
     plateau = ClassificationTask(net=MLP, num_classes=3, scheduler=PLATEAU)
-    assert "ReduceLROnPlateau" in loops.loop_blocker(plateau, trainer)
+    assert "ReduceLROnPlateau" in why_not("fused", task=plateau, trainer=trainer)
     trainer.world_size = 2
-    assert "DDP" in loops.loop_blocker(task, trainer)
+    assert "DDP" in why_not("fused", task=task, trainer=trainer)
 
 
 @pytest.mark.parametrize(
@@ -435,3 +438,35 @@ def test_periodic_checkpoints_by_training_time(make_cfg, minutes, saved):
     overrides = (f"checkpoint.every_n_minutes={minutes}", "checkpoint.every_n_train_steps=0")
     metrics = train(make_cfg(*GROUPED, *overrides))
     assert periodic_checkpoints(metrics) == saved
+
+
+WARMUP = (
+    "+task.scheduler={_target_:torch.optim.lr_scheduler.LinearLR,_partial_:true,"
+    "start_factor:0.1,total_iters:10}",
+    "task.scheduler_interval=step",
+)
+
+
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_accumulation_and_a_per_step_warm_up_train_as_in_lightnings_loop(
+    make_cfg, caplog, accumulate
+):
+    """sine_mlp, 22 batches an epoch: windows of 3 batches (the epoch's last one short), a
+    learning rate warmed up over the first 10 optimizer steps; grouped micro-batches (whose
+    groups do not line up with the windows) and one per Lightning batch, against Lightning's."""
+    recipe = (
+        "experiment=sine_mlp",
+        "trainer.max_epochs=2",
+        f"trainer.accumulate_grad_batches={accumulate}",
+        *WARMUP,
+    )
+    lightning = train(make_cfg(*recipe, "task.loop=lightning"))
+    assert lightning["global_step"] == 2 * math.ceil(22 / accumulate)
+    for group in (4, 1):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="nnlab.tasks.loops"):
+            fused = train(make_cfg(*recipe, "task.loop=fused", f"task.micro_batches={group}"))
+        assert f"Training loop: fused, {group} micro-batch" in caplog.text
+        assert fused["global_step"] == lightning["global_step"], group
+        for key in ("test/mse", "val/loss"):
+            assert fused[key] == pytest.approx(lightning[key], rel=1e-5, abs=1e-7), (group, key)

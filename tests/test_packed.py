@@ -116,6 +116,22 @@ LSTM_ARGS = [
 ]
 
 
+MLP_ARGS = ["experiment=sine_mlp", "trainer.max_epochs=2"]
+ACCUMULATED_WARMUP = [
+    "trainer.accumulate_grad_batches=3",
+    "+task.scheduler={_target_:torch.optim.lr_scheduler.LinearLR,_partial_:true,"
+    "start_factor:0.1,total_iters:10}",
+    "task.scheduler_interval=step",
+]
+ADAMW = ["task.optimizer._target_=torch.optim.AdamW", "task.optimizer.weight_decay=0.05"]
+SGD_NESTEROV = [
+    "task.optimizer._target_=torch.optim.SGD",
+    "task.optimizer.lr=0.05",
+    "+task.optimizer.momentum=0.9",
+    "+task.optimizer.nesterov=true",
+]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "family, args, packed",
@@ -130,6 +146,9 @@ LSTM_ARGS = [
             + ["task.loss=huber"],
             ["hydra.launcher.recurrent=batched"],
         ),
+        # accumulated windows of 3 (the epoch's last short), a per-step warm-up, AdamW
+        ("mlp_accumulated_warmup_adamw", [*MLP_ARGS, *ACCUMULATED_WARMUP, *ADAMW], []),
+        ("mlp_sgd_nesterov", [*MLP_ARGS, *SGD_NESTEROV], []),
     ],
 )
 def test_packed_trials_equal_sequential_trials(family, args, packed, tmp_path):

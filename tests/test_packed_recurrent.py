@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from nnlab.engine.capabilities import stackable
 from nnlab.packed import stack
 from nnlab.packed.recurrent import TrialRNN
 
@@ -97,6 +98,6 @@ def test_flat_parameters_are_named_views_of_one_tensor_and_mixed_dtypes_are_not_
     with torch.no_grad():
         views["0.bias"][1] = 7.0
     assert flat[1, 12:16].eq(7.0).all() and flat[0, 12:16].ne(7.0).all()
-    assert stack.blocker(net) is None
+    assert stackable(net) is None
     mixed = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2).double())
-    assert "several dtypes" in stack.blocker(mixed)
+    assert "several dtypes" in stackable(mixed)

@@ -41,6 +41,7 @@ from nnlab.errors import (
 from nnlab.heap import freeze_imports
 from nnlab.runs import Run
 from nnlab.sweeps import NoTrialCompleted, SweepOutcome, released_ddp_state, single_job_argv
+from nnlab.tasks.loops import training_loop
 from nnlab.tracking import log_run_summary
 
 log = logging.getLogger("nnlab.train")
@@ -75,6 +76,8 @@ def train(cfg: DictConfig, run: Run, extra_callbacks: Sequence[Any] = ()) -> dic
         *run.callbacks(cfg.monitor, cfg.monitor_mode, checkpointing, cluster=cluster),
         NonFiniteLoss(),
     ]
+    if (loop := training_loop(task)) is not None:  # the loop is chosen here, not by the task
+        callbacks.append(loop)
     loggers = build_all(cfg.get("logger"), "logger")
     if not loggers:  # nothing to send learning rates to (logger=none)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]

@@ -94,7 +94,7 @@ class DataModule(L.LightningDataModule):
     classes: list[str] | None = None
     columns: tuple[str, str] = ("input", "class")  # predictions.csv: a sample's name, its class
     horizon: int | None = None
-    micro_batches = 1  # batches per training batch, set by the fused loop (tasks/loops.py)
+    micro_batches = 1  # batches per training batch: group_training_batches
 
     def __init__(
         self,
@@ -142,6 +142,12 @@ class DataModule(L.LightningDataModule):
 
     def to_image(self, x: torch.Tensor) -> torch.Tensor | None:
         return None
+
+    def group_training_batches(self, n: int) -> None:
+        """Make each training batch `n` batches of `batch_size` in a row (a `MicroBatches`
+        group, fewer where a group would pass 48 MB): the fused loop trains on them one step
+        each. n=1: plain batches again."""
+        self.micro_batches = int(n)
 
     # -- Lightning -----------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

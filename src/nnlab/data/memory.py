@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from nnlab.compat.lightning import batches_processed
+
 
 class MicroBatches(tuple):
     """A training batch of `group` batches concatenated, for the fused loop: it is split, and
@@ -149,8 +151,7 @@ class MemoryBatcher:
         iterator)."""
         trainer = self._trainer_fn()
         if trainer is not None:
-            progress = trainer.fit_loop.epoch_loop.batch_progress.current
-            position = min(progress.processed * self.group, self._num_batches())
+            position = min(batches_processed(trainer) * self.group, self._num_batches())
             return {"epoch": trainer.current_epoch, "position": position}
         return {"epoch": self._epoch, "position": self._position}
 
@@ -205,8 +206,8 @@ def make_loader(
 ):
     """A MemoryBatcher over `tensors` (moved to the training device once, when they fit), or a
     plain DataLoader when `in_memory` is false (or 'auto' and they do not fit). Each batch is
-    `micro_batches` batches of `batch_size` concatenated (the fused loop sets the data module's
-    `micro_batches` for its training loader; a shuffling DataLoader draws the same order at any
+    `micro_batches` batches of `batch_size` concatenated (the fused loop asks the data module for
+    them: `DataModule.group_training_batches`; a shuffling DataLoader draws the same order at any
     batch size), fewer when a group would pass GROUP_BYTES."""
     from torch.utils.data import DataLoader, TensorDataset
 

@@ -34,6 +34,8 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig
 from torch import nn
 
+from nnlab.engine.policy import BestCheckpoint, EarlyStop
+from nnlab.engine.step import Accumulation
 from nnlab.packed import stack
 from nnlab.runs import LAST, Run
 from nnlab.tasks.classification import ClassificationTask
@@ -128,6 +130,7 @@ class Trial:
     epoch: int = -1  # the last epoch trained
     wait: int = 0
     stop_best: float | None = None
+    stop_requested: bool = False  # early stopping asked, min_epochs not done yet
     stopped: bool = False
     failed: str | None = None
     epochs_done: int = 0
@@ -150,14 +153,6 @@ def limit(count: int, value: Any) -> int:
     if isinstance(value, float) and value <= 1.0:
         return int(count * value) if value < 1.0 else count
     return min(count, int(value))
-
-
-def better(current: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
-    if not math.isfinite(current):
-        return best is None
-    if best is None:
-        return True
-    return current < best - min_delta if mode == "min" else current > best + min_delta
 
 
 class TaskCall(nn.Module):
@@ -272,6 +267,7 @@ class PackedGroup:
                     if key not in state:
                         state[key] = torch.zeros_like(self.flat, requires_grad=False)
                     self.layout.split(state[key])[name][i] = value.to(device)
+        accumulation = Accumulation(trials[0].cfg.trainer.get("accumulate_grad_batches"))
         step_schedulers = any(t.scheduler and t.scheduler_interval == "step" for t in trials)
         train_step = torch.vmap(self._train_fn, randomness="different")
         last_epoch = max(t.max_epochs for t in trials)
@@ -297,6 +293,7 @@ class PackedGroup:
             correct = torch.zeros(n_trials, device=device)
             seen = torch.zeros(n_trials, device=device)
             self.base.train()
+            grad = None  # gradients accumulated so far in this window
             for b in range(num_batches):
                 idx = orders[:, b * batch_size : (b + 1) * batch_size]
                 x, y = self._gather("train", idx)
@@ -305,7 +302,20 @@ class PackedGroup:
                 bad |= mask & ~torch.isfinite(losses.detach())
                 use = mask & ~bad
                 total = torch.where(use, losses, torch.zeros_like(losses)).sum()
-                (g,) = torch.autograd.grad(total, [self.flat])
+                (g,) = torch.autograd.grad(accumulation.scaled(total), [self.flat])
+                if grad is not None:  # within an accumulation window (engine/step.py)
+                    g = grad.add_(g)
+                apply = accumulation.steps_after(b, b == num_batches - 1)
+                grad = None if apply else g
+                with torch.no_grad():
+                    for n, buf in self.buffers.items():  # frozen trials keep their statistics
+                        buf.copy_(torch.where(stack._b(use, buf), buf, before[n]))
+                    n = float(idx.shape[1])
+                    loss_sum += torch.where(use, losses.detach() * n, 0.0)
+                    correct += torch.where(use, right.detach(), 0.0)
+                    seen += use.to(seen.dtype) * n
+                if not apply:
+                    continue
                 steps = steps + use.to(steps.dtype)
                 with torch.no_grad():
                     if clipping:
@@ -317,12 +327,6 @@ class PackedGroup:
                     for key, value in new_state.items():
                         old = state.get(key, torch.zeros_like(value))
                         state[key] = torch.where(keep, value, old)
-                    for n, buf in self.buffers.items():  # frozen trials keep their statistics
-                        buf.copy_(torch.where(stack._b(use, buf), buf, before[n]))
-                    n = float(idx.shape[1])
-                    loss_sum += torch.where(use, losses.detach() * n, 0.0)
-                    correct += torch.where(use, right.detach(), 0.0)
-                    seen += use.to(seen.dtype) * n
                 if step_schedulers:
                     for t, on in zip(trials, active, strict=True):
                         if on and t.scheduler is not None and t.scheduler_interval == "step":
@@ -375,23 +379,18 @@ class PackedGroup:
         improved = False
         es = t.early_stopping
         if es is not None:
-            current = metrics[es.monitor]
-            if better(current, t.stop_best, es.mode, abs(es.min_delta)):
-                t.stop_best, t.wait = current, 0
-            else:
-                t.wait += 1
-            if (t.wait >= es.patience or not math.isfinite(current)) and epoch + 1 >= t.min_epochs:
+            stop = EarlyStop(es.monitor, es.mode, es.patience, es.min_delta, t.min_epochs)
+            stop.best, stop.wait, stop.requested = t.stop_best, t.wait, t.stop_requested
+            if stop.update(metrics, epoch):
                 t.stopped = True
                 t.say("Early stopping at epoch %d (%s did not improve)", epoch, es.monitor)
+            t.stop_best, t.wait, t.stop_requested = stop.best, stop.wait, stop.requested
         cb = t.checkpoint
         if cb is not None:
-            monitor = cb.monitor
-            current = metrics[monitor] if monitor else float(epoch)
-            mode = cb.mode if monitor else "max"
-            if better(current, t.best_score, mode):  # written when the trial ends
-                path = cb.format_checkpoint_name({"epoch": epoch, "step": t.global_step})
-                t.best_score, t.best_path, t.best_epoch = current, path, epoch
-                t.best_step = t.global_step
+            best = BestCheckpoint(cb.monitor, cb.mode, t.best_score, t.best_epoch, t.best_step)
+            if best.update(metrics, epoch, t.global_step):  # written when the trial ends
+                t.best_path = cb.format_checkpoint_name({"epoch": epoch, "step": t.global_step})
+                t.best_score, t.best_epoch, t.best_step = best.score, best.epoch, best.step
                 improved = True
         if t.scheduler is not None and t.scheduler_interval == "epoch":
             if isinstance(t.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -417,6 +416,7 @@ class PackedGroup:
             "best_step": t.best_step,
             "wait": t.wait,
             "stop_best": t.stop_best,
+            "stop_requested": t.stop_requested,
             "stopped": t.stopped,
             "failed": t.failed,
         }

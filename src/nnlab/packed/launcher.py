@@ -20,14 +20,12 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import OverrideType
 from hydra.core.utils import (
     JobReturn,
     JobStatus,
-    _save_config,
     configure_log,
     filter_overrides,
     run_job,
@@ -36,14 +34,15 @@ from hydra.core.utils import (
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from nnlab.compat import hydra as hydra_compat
 from nnlab.config import build, build_all, validate
 from nnlab.console import print_config_tree
 from nnlab.data.memory import MemoryBatcher
+from nnlab.engine.capabilities import why_not
 from nnlab.packed import stack
 from nnlab.packed.group import STATE_DIR, Data, PackedGroup, Trial, load_states
 from nnlab.runs import METRICS, Run, read_status
 from nnlab.tasks.classification import ClassificationTask
-from nnlab.tasks.regression import RegressionTask
 
 log = logging.getLogger("nnlab.packed")
 
@@ -70,7 +69,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     config = launcher.config
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-    saved_hydra = HydraConfig.instance().cfg
+    saved_hydra = hydra_compat.hydra_config()
     results: dict[int, JobReturn] = {}
     alone: list[tuple[int, list[str]]] = []
     trials: list[Trial] = []
@@ -105,7 +104,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
         log.info("Packed group %s: %.1f s", nums, time.perf_counter() - started)
         for t in group:
             results[t.num] = _job_return(t)
-    HydraConfig.instance().cfg = saved_hydra
+    hydra_compat.point_hydra_config(saved_hydra)
     for num, overrides in alone:  # what Hydra's basic launcher does, job by job
         log.info("\t#%d : %s", num, " ".join(filter_overrides(overrides)))
         sweep_config = _job_config(launcher, num, overrides)
@@ -117,7 +116,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
             job_subdir_key="hydra.sweep.subdir",
         )
         configure_log(config.hydra.hydra_logging, config.hydra.verbose)
-    HydraConfig.instance().cfg = saved_hydra
+    hydra_compat.point_hydra_config(saved_hydra)
     return [results[initial_job_idx + i] for i in range(len(job_overrides))]
 
 
@@ -131,7 +130,7 @@ def _job_config(launcher: Any, num: int, overrides: list[str]) -> DictConfig:
         cfg.hydra.job.id = num
         cfg.hydra.job.num = num
     # what ${hydra:...} in the sweep's subdir reads (set_config's masked copy comes once, below)
-    HydraConfig.instance().cfg = cfg
+    hydra_compat.point_hydra_config(cfg)
     output_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
     with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
         cfg.hydra.runtime.output_dir = os.path.abspath(output_dir)
@@ -144,18 +143,19 @@ def share_compositions(launcher: Any) -> None:
     before it hands the batch to the launcher: those compositions go through `_compose`'s cache
     (a 32-job seed x lr grid: one from scratch), and the launcher runs the very configs the
     sweeper checked (`_job_config`) instead of composing them again."""
-    loader = launcher.hydra_context.config_loader
-    original = launcher._load_sweep_config = loader.load_sweep_config  # what _compose calls
     checked = launcher.__dict__.setdefault("_checked", {})  # overrides -> the sweeper's config
 
-    def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+    def load_sweep_config(original, master_config: DictConfig, overrides: list[str]):
         if master_config is not launcher.config:
-            return original(master_config, sweep_overrides)
-        cfg = _compose(launcher, list(sweep_overrides))
-        checked[tuple(sweep_overrides)] = cfg  # the sweeper drops it; _job_config takes it
+            return original(master_config, overrides)
+        cfg = _compose(launcher, list(overrides))
+        checked[tuple(overrides)] = cfg  # the sweeper drops it; _job_config takes it
         return cfg
 
-    loader.load_sweep_config = load_sweep_config
+    # _compose calls the original
+    launcher._load_sweep_config = hydra_compat.intercept_sweep_loads(
+        launcher.hydra_context.config_loader, load_sweep_config
+    )
 
 
 def _compose(launcher: Any, overrides: list[str]) -> DictConfig:
@@ -172,7 +172,7 @@ def _compose(launcher: Any, overrides: list[str]) -> DictConfig:
             and o.type == OverrideType.CHANGE
             and o.package is None
             and not o.is_sweep_override()
-            and not loader.repository.group_exists(o.key_or_group)
+            and not hydra_compat.group_exists(loader, o.key_or_group)
         )
         key.append(o.key_or_group if plain else o.input_line)
         if plain:
@@ -184,17 +184,12 @@ def _compose(launcher: Any, overrides: list[str]) -> DictConfig:
         cache[tuple(key)] = copy.deepcopy(cfg)
         return cfg
     cfg = copy.deepcopy(cache[tuple(key)])
-    ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+    hydra_compat.apply_overrides(values, cfg)
     task = [o for o in parsed if not o.is_hydra_override()]
     naming = cfg.hydra.job.config.override_dirname
     with open_dict(cfg.hydra):
         cfg.hydra.overrides.task = [o.input_line for o in task]
-        cfg.hydra.job.override_dirname = get_overrides_dirname(
-            overrides=task,
-            kv_sep=naming.kv_sep,
-            item_sep=naming.item_sep,
-            exclude_keys=naming.exclude_keys,
-        )
+        cfg.hydra.job.override_dirname = hydra_compat.overrides_dirname(task, naming)
     OmegaConf.copy_cache(from_config=launcher.config, to_config=cfg)
     return cfg
 
@@ -232,7 +227,7 @@ def _completed(output_dir: Path, job_config: DictConfig, overrides: list[str]):
     ret = JobReturn(
         overrides=overrides,
         cfg=_task_config(job_config),
-        hydra_cfg=HydraConfig.instance().cfg,  # this job's own, as in prepare()
+        hydra_cfg=hydra_compat.hydra_config(),  # this job's own, as in prepare()
         working_dir=os.getcwd(),
         task_name=job_config.hydra.job.name,
         status=JobStatus.COMPLETED,
@@ -242,32 +237,6 @@ def _completed(output_dir: Path, job_config: DictConfig, overrides: list[str]):
 
 
 # -- what can be packed ---------------------------------------------------------------------------
-def check_trainer(trainer: DictConfig) -> None:
-    def get(key, default=None):
-        return trainer.get(key, default)
-
-    if str(get("strategy", "auto")) != "auto" or get("num_nodes", 1) not in (1, None):
-        raise Unpackable("distributed training (trainer.strategy / num_nodes)")
-    if get("devices", 1) not in (1, "1", "auto"):
-        raise Unpackable(f"trainer.devices={get('devices')} (packed trials use one device)")
-    if str(get("precision", "32-true")) not in ("32-true", "32"):
-        raise Unpackable(f"trainer.precision={get('precision')} (packed: 32-true)")
-    checks = {
-        "accumulate_grad_batches": (1, None),
-        "fast_dev_run": (False, None, 0),
-        "max_steps": (-1, None),
-        "check_val_every_n_epoch": (1, None),
-        "val_check_interval": (1.0, None),
-        "overfit_batches": (0, 0.0, None),
-        "max_time": (None,),
-        "gradient_clip_algorithm": ("norm", None),
-        "accelerator": ("auto", "cpu", "gpu", "cuda"),
-    }
-    for key, allowed in checks.items():
-        if get(key, allowed[0]) not in allowed:
-            raise Unpackable(f"trainer.{key}={get(key)}")
-
-
 def _callbacks(cfg: DictConfig, trial: dict, skipped: set[str]) -> None:
     for name, entry in (cfg.get("callbacks") or {}).items():
         if not isinstance(entry, DictConfig) or "_target_" not in entry:
@@ -326,10 +295,8 @@ def prepare(
         raise Unpackable(f"config problem ({str(exc).splitlines()[0]})") from None
     if cfg.get("resume") or cfg.get("ckpt_path"):
         raise Unpackable("resume= / ckpt_path= (a single run's continuation)")
-    check_trainer(cfg.trainer)
-    task_cfg = cfg.task
-    if task_cfg.get("compile"):
-        raise Unpackable("task.compile")
+    if (reason := why_not("packed", trainer_cfg=cfg.trainer, task_cfg=cfg.task)) is not None:
+        raise Unpackable(reason)
     parts: dict[str, Any] = {}
     _callbacks(cfg, parts, skipped)
     run = Run(job_config.hydra.runtime.output_dir)
@@ -350,10 +317,6 @@ def prepare(
         raise
     except Exception as exc:
         raise Unpackable(f"it does not build ({str(exc).splitlines()[0]})") from None
-    if type(task) not in (RegressionTask, ClassificationTask):
-        raise Unpackable(f"task {type(task).__name__} (packed: regression, classification)")
-    if (reason := stack.blocker(task.net)) is not None:
-        raise Unpackable(reason)
     configured = task.configure_optimizers()
     if isinstance(configured, dict):
         optimizer = configured["optimizer"]
@@ -361,10 +324,9 @@ def prepare(
         interval = configured["lr_scheduler"].get("interval", "epoch")
     else:
         optimizer, scheduler, interval = configured, None, "epoch"
-    if (reason := stack.optimizer_blocker(optimizer)) is not None:
+    reason = why_not("packed", task=task, optimizer=optimizer, scheduler_interval=interval)
+    if reason is not None:
         raise Unpackable(reason)
-    if interval not in ("epoch", "step"):
-        raise Unpackable(f"task.scheduler_interval={interval}")
     known = {"val/loss", "train/loss", *task.val_metrics.keys()}
     known |= {"train/acc"} if _is_cls(task) else set()
     for owner in ("checkpoint", "early_stopping"):
@@ -375,7 +337,7 @@ def prepare(
     clip = trainer.get("gradient_clip_val")
     # this job's own (set by _job_config; a deep copy would copy the job's whole config too,
     # the parent of its hydra node)
-    hydra_cfg = HydraConfig.instance().cfg
+    hydra_cfg = hydra_compat.hydra_config()
     trial = Trial(
         num=num,
         overrides=overrides,
@@ -420,6 +382,7 @@ def prepare(
                 ]
             ),
             repr([trainer.get(f"limit_{s}_batches") for s in ("train", "val", "test")]),
+            repr(trainer.get("accumulate_grad_batches")),
             str(device),
         ]
     )
@@ -456,6 +419,7 @@ def _resume(t: Trial, states: dict[int, dict]) -> None:
     t.best_score, t.best_path = state["best_score"], state["best_path"]
     t.best_epoch, t.best_step = state["best_epoch"], state["best_step"]
     t.wait, t.stop_best = state["wait"], state["stop_best"]
+    t.stop_requested = bool(state.get("stop_requested", False))  # (older state files: none)
     t.stopped, t.failed = state["stopped"], state["failed"]
     t.resumed = True
 
@@ -478,10 +442,10 @@ def _start(t: Trial) -> None:
     root.mkdir(parents=True, exist_ok=True)
     if t.output_subdir is not None and not t.resumed:
         hydra_dir = root / t.output_subdir
-        _save_config(t.raw_cfg, "config.yaml", hydra_dir)
-        _save_config(t.hydra_cfg, "hydra.yaml", hydra_dir)
-        _save_config(t.hydra_cfg.hydra.overrides.task, "overrides.yaml", hydra_dir)
-    HydraConfig.instance().cfg = t.hydra_cfg  # what the config's ${hydra:...} read
+        hydra_compat.save_config(t.raw_cfg, "config.yaml", hydra_dir)
+        hydra_compat.save_config(t.hydra_cfg, "hydra.yaml", hydra_dir)
+        hydra_compat.save_config(t.hydra_cfg.hydra.overrides.task, "overrides.yaml", hydra_dir)
+    hydra_compat.point_hydra_config(t.hydra_cfg)  # what the config's ${hydra:...} read
     if t.resumed:
         t.run.start(resumed=True)
     else:

@@ -34,14 +34,6 @@ class TrialDropout(nn.Module):
         return trial_dropout(x, getattr(self, DROPOUT_RATE), self.training)
 
 
-def rnn_blocker(rnn: nn.RNNBase) -> str | None:
-    if not rnn.batch_first:
-        return "a recurrent layer that is not batch_first"
-    if not rnn.bias or getattr(rnn, "proj_size", 0):
-        return "a recurrent layer without biases or with projections"
-    return None
-
-
 def functional_copy(module: nn.Module, recurrent: str = "auto") -> nn.Module:
     """A copy of `module` with dropout rates as buffers and recurrent layers batched over
     trials (TrialRNN, with the `recurrent` kernel: recurrent.KERNELS)."""
@@ -64,21 +56,6 @@ def architecture(module: nn.Module) -> str:
     text = re.sub(r"\b(p|dropout)=[0-9.e-]+", "", repr(module))
     shapes = [(n, tuple(t.shape), str(t.dtype)) for n, t in module.state_dict().items()]
     return f"{text}\n{shapes}"
-
-
-def blocker(module: nn.Module) -> str | None:
-    """Why `module` cannot be stacked, or None."""
-    if len(dtypes := {str(p.dtype) for p in module.parameters()}) > 1:
-        return f"parameters of several dtypes ({', '.join(sorted(dtypes))}; packed: one)"
-    for name, child in module.named_modules():
-        if isinstance(child, nn.RNNBase):
-            if type(child) not in (nn.RNN, nn.LSTM, nn.GRU):
-                return f"{name}: {type(child).__name__} is not a plain RNN/LSTM/GRU"
-            if (reason := rnn_blocker(child)) is not None:
-                return f"{name}: {reason}"
-        if isinstance(child, nn.modules.dropout._DropoutNd) and type(child) is not nn.Dropout:
-            return f"{name}: {type(child).__name__} (only nn.Dropout is stacked)"
-    return None
 
 
 def stack_states(modules: list[nn.Module], device: torch.device):
@@ -211,19 +188,6 @@ OPTIMIZERS: dict[str, tuple[Callable, bool, tuple[str, ...], tuple[str, ...]]] =
         (),
     ),
 }
-
-
-def optimizer_blocker(optimizer: torch.optim.Optimizer) -> str | None:
-    name = type(optimizer).__name__
-    if name not in OPTIMIZERS or type(optimizer).__module__.split(".")[0] != "torch":
-        return f"optimizer {name} (packed: {', '.join(OPTIMIZERS)})"
-    group = optimizer.param_groups[0]
-    for option in (*OPTIMIZERS[name][3], "maximize", "differentiable"):
-        if group.get(option):
-            return f"optimizer option {option}=true"
-    if isinstance(group.get("lr"), torch.Tensor):
-        return "a tensor learning rate"
-    return None
 
 
 def hyperparameters(groups: list[dict], names: tuple[str, ...], device) -> dict[str, torch.Tensor]:

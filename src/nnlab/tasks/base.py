@@ -14,8 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from nnlab.data.base import DataModule
+from nnlab.engine.keys import engine_keys
 from nnlab.errors import ConfigError
-from nnlab.tasks import loops, optimizers
+from nnlab.tasks import optimizers
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +51,11 @@ class Task(L.LightningModule):
         scheduler_interval: str = "epoch",
         scheduler_monitor: str = "val/loss",
         channels_last: bool = False,
-        loop: str = "auto",
-        micro_batches: int = 32,
         compile: bool | Mapping[str, Any] = False,
-        **renamed: Any,
+        **engine: Any,
     ):
         super().__init__()
         net, optimizer, scheduler = plain(net), plain(optimizer), plain(scheduler)
-        # Older checkpoints and saved configs name the loop fused_loop/cuda_graph/graph_batches.
-        loop, micro_batches = loops.loop_keys(loop, micro_batches, renamed)
         self.save_hyperparameters(
             {
                 "net": net,
@@ -67,8 +64,9 @@ class Task(L.LightningModule):
                 "scheduler_interval": scheduler_interval,
                 "scheduler_monitor": scheduler_monitor,
                 "channels_last": channels_last,
-                "loop": loop,
-                "micro_batches": micro_batches,
+                # how the run trains it (read when the run is assembled): kept with the
+                # checkpoint, never acted on here
+                **engine_keys(engine),
                 "compile": plain(compile),
             }
         )
@@ -77,7 +75,6 @@ class Task(L.LightningModule):
         self.channels_last = channels_last
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
-        self.fused_loop: loops.TrainingLoop | None = None  # set while nnlab's fused loop runs
 
     def forward(self, x: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
         """The net's output; `extra` inputs (e.g. sequence lengths) are passed on to it."""
@@ -85,11 +82,11 @@ class Task(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x, *extra)
 
-    # -- training: one loss function, whichever loop runs it (tasks/loops.py) -------------------
+    # -- training: one loss function, whatever trains the task --------------------------------
     def training_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mean loss, number of correct predictions or None) of one batch, without reading
-        anything on the host: every loop trains with this, the CUDA graph captures it, and the
-        packed trainer vmaps it over trials (nnlab/packed/group.py: TaskCall)."""
+        anything on the host: every engine trains with this, the CUDA graph captures it, and the
+        packed trainer runs it over stacked trials (nnlab/packed/group.py: TaskCall)."""
         raise NotImplementedError
 
     def outputs(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,8 +99,6 @@ class Task(L.LightningModule):
         raise NotImplementedError
 
     def training_step(self, batch, batch_idx):
-        if self.fused_loop is not None:  # nnlab's fused loop takes this batch's steps
-            return self.fused_loop.train_batch(self, batch)
         loss, correct = self.training_loss(batch)
         n = len(batch[-1])
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
@@ -125,11 +120,6 @@ class Task(L.LightningModule):
     def test_step(self, batch, batch_idx):
         self._evaluate(batch, self.test_metrics, "test")
 
-    def configure_callbacks(self) -> list[L.Callback]:
-        if self.trainer.state.fn != "fit":  # validate/test/predict: no training loop to choose
-            return []
-        return [loops.TrainingLoop(self.hparams.loop, self.hparams.micro_batches)]
-
     def configure_model(self) -> None:
         options = self.hparams.get("compile")
         if options and not getattr(self, "_compiled", False):
@@ -149,7 +139,7 @@ class Task(L.LightningModule):
         scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
         config = {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = self.hparams.scheduler_monitor  # (never in the fused loop)
+            config["monitor"] = self.hparams.scheduler_monitor  # (Lightning's engine only)
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     def on_train_start(self) -> None:

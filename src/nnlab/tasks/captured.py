@@ -7,14 +7,14 @@ fails anyway falls back to eager steps at the first batch, with a log line.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any
 
 import torch
-from hydra.utils import get_class
+
+from nnlab.engine.step import Accumulation
 
 log = logging.getLogger(__name__)
 
@@ -22,21 +22,6 @@ WARMUP_STEPS = 3  # eager steps on a side stream before capture: cuDNN/cuBLAS pi
 # The torch.optim option that makes a step read no host values (Adam, AdamW, RMSprop, ...): the
 # learning rate then lives in a device tensor that schedulers update in place.
 CAPTURABLE = "capturable"
-
-
-def optimizer_blocker(optimizer_cfg: dict | None, scheduler_cfg: dict | None) -> str | None:
-    """Why this optimizer/scheduler pair cannot step inside a graph (None: it can)."""
-    target = (optimizer_cfg or {}).get("_target_", "torch.optim.Adam")
-    try:
-        cls = get_class(target)
-    except Exception:  # noqa: BLE001 - the config check reports bad targets elsewhere
-        return f"the optimizer {target} cannot be imported"
-    scheduler = (scheduler_cfg or {}).get("_target_", "")
-    if CAPTURABLE in inspect.signature(cls.__init__).parameters:
-        return None
-    if cls is torch.optim.SGD and not scheduler:
-        return None  # SGD reads nothing from the host; its learning rate is baked in the graph
-    return f"{target} cannot step inside a CUDA graph with a scheduler (use Adam, AdamW, RMSprop)"
 
 
 class CapturedStep:
@@ -60,12 +45,15 @@ class CapturedStep:
         clip_algorithm: str = "norm",
         autocast_dtype: torch.dtype | None = None,
         capture: bool = True,
+        accumulation: Accumulation | None = None,
     ):
         self.params = [p for p in params if p.requires_grad]
         self.optimizer, self.loss_fn, self.sums = optimizer, loss_fn, sums
         self.micro_batch_size = int(micro_batch_size)
         self.clip_val, self.clip_algorithm = clip_val, clip_algorithm
         self.autocast_dtype = autocast_dtype
+        self.accumulation = accumulation or Accumulation(1)
+        self.window_start = True  # gradients start from zero at the next step
         self.device = self.params[0].device
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: list[torch.Tensor] = []
@@ -104,24 +92,27 @@ class CapturedStep:
         with autocast:
             return self.loss_fn(batch)
 
-    def _step(self, batch: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Forward to optimizer step; also the body that is captured. Gradients are assigned, not
-        accumulated (they are None when this starts)."""
+    def _step(self, batch: Sequence[torch.Tensor], apply: bool = True) -> torch.Tensor:
+        """Forward to optimizer step (`apply`; else the gradients accumulate); also the body that
+        is captured, where gradients are assigned, not accumulated (None when it starts)."""
         loss, correct = self._forward(batch)
-        loss.backward()
-        if self.clip_val:
-            if self.clip_algorithm == "value":
-                torch.nn.utils.clip_grad_value_(self.params, self.clip_val, foreach=True)
-            else:
-                torch.nn.utils.clip_grad_norm_(self.params, self.clip_val, foreach=True)
-        self.optimizer.step()
+        self.accumulation.scaled(loss).backward()
+        if apply:
+            if self.clip_val:
+                if self.clip_algorithm == "value":
+                    torch.nn.utils.clip_grad_value_(self.params, self.clip_val, foreach=True)
+                else:
+                    torch.nn.utils.clip_grad_norm_(self.params, self.clip_val, foreach=True)
+            self.optimizer.step()
         self.sums.add(loss, correct, batch[0].shape[0])
         return loss.detach()
 
-    def _eager(self, batch: Sequence[torch.Tensor]) -> torch.Tensor:
-        # Zero in place: after capture the gradients are the graph's static tensors.
-        self.optimizer.zero_grad(set_to_none=self.graph is None)
-        return self._step(batch)
+    def _eager(self, batch: Sequence[torch.Tensor], apply: bool = True) -> torch.Tensor:
+        if self.window_start:  # in place after capture: the gradients are the graph's tensors
+            self.optimizer.zero_grad(set_to_none=self.graph is None)
+        loss = self._step(batch, apply)
+        self.window_start = apply
+        return loss
 
     def _capture(self, batch: Sequence[torch.Tensor]) -> torch.Tensor:
         self.static = [t.clone() for t in batch]
@@ -134,8 +125,12 @@ class CapturedStep:
         graph.replay()  # capture records without running: this executes the batch
         return self.static_loss
 
-    def __call__(self, batch: Sequence[torch.Tensor]) -> torch.Tensor:
-        """One optimizer step on one micro-batch; returns its loss (on the device)."""
+    def __call__(self, batch: Sequence[torch.Tensor], apply: bool = True) -> torch.Tensor:
+        """One micro-batch's gradients and, with `apply`, the optimizer step that ends its
+        accumulation window; returns its loss (on the device). Accumulating steps are eager
+        (the capability check keeps them out of graphs)."""
+        if not apply or not self.window_start:
+            return self._eager(batch, apply)
         full = batch[0].shape[0] == self.micro_batch_size
         if self.graph is not None and full:
             for static, t in zip(self.static, batch, strict=True):

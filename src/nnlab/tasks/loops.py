@@ -12,14 +12,15 @@ correct predictions or None)`.
 - `cuda_graph`: the fused loop with its step replayed as one CUDA graph (`tasks/captured.py`).
 - `auto` (the default): `cuda_graph` where it can run, else `fused`, else `lightning`.
 
-Each has conditions (the blockers below); where one is not met the run says why in one log line
+Each has conditions (nnlab/engine/capabilities.py); where one is not met the run says why in one log line
 (a warning when the loop was asked for by name) and takes the next loop down. A run whose length
 is counted in Lightning batches (`trainer.max_steps`, `limit_train_batches`, `fast_dev_run`,
 `overfit_batches`, an integer `val_check_interval`) gets one micro-batch per Lightning batch, so
 those counts mean optimizer steps as they do in Lightning's loop.
 
-`TrainingLoop` is a callback that the task returns from `configure_callbacks`; the task itself only
-hands its batch over when the fused loop runs (`Task.training_step`).
+`TrainingLoop` is a callback that the run's assembly adds (`training_loop(task)`); while the
+fused loop runs it takes the task's training step (the task does not know which loop runs it),
+and it asks the data module to group batches (`DataModule.group_training_batches`).
 """
 
 from __future__ import annotations
@@ -31,92 +32,15 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from nnlab.compat import lightning as lightning_compat
 from nnlab.data.memory import MicroBatches
-from nnlab.errors import ConfigError
+from nnlab.engine.capabilities import why_not
+from nnlab.engine.keys import LOOPS, loop_keys  # noqa: F401 (tasks.loops' names)
+from nnlab.engine.step import Accumulation
 from nnlab.tasks import captured
 
 log = logging.getLogger(__name__)
-
-LOOPS = ("lightning", "fused", "cuda_graph", "auto")
-# Hooks Lightning calls around every optimizer step; the fused loop does not, so a task or
-# callback that overrides one trains in Lightning's loop.
-STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
-MODULE_STEP_HOOKS = (
-    *STEP_HOOKS,
-    "on_before_zero_grad",
-    "backward",
-    "optimizer_step",
-    "optimizer_zero_grad",
-    "configure_gradient_clipping",
-    "lr_scheduler_step",
-)
-
-
-def loop_keys(loop: str, micro_batches: int, renamed: dict[str, Any]) -> tuple[str, int]:
-    """`task.loop` and `task.micro_batches`, also from the keys they replace (`fused_loop`,
-    `cuda_graph`, `graph_batches`: older checkpoints and saved configs), checked."""
-    unknown = set(renamed) - {"fused_loop", "cuda_graph", "graph_batches"}
-    if unknown:
-        raise ConfigError(f"task.{sorted(unknown)[0]}", "is not a task key")
-    if "fused_loop" in renamed or "cuda_graph" in renamed:
-        graph = renamed.get("cuda_graph", False)
-        if graph is True:
-            loop = "cuda_graph"
-        elif graph == "auto":
-            loop = "auto"
-        else:
-            loop = "fused" if renamed.get("fused_loop") else "lightning"
-    micro_batches = renamed.get("graph_batches", micro_batches)
-    if loop not in LOOPS:
-        raise ConfigError("task.loop", f"must be one of {', '.join(LOOPS)}, got {loop!r}")
-    if isinstance(micro_batches, bool) or not isinstance(micro_batches, int) or micro_batches < 1:
-        raise ConfigError("task.micro_batches", f"must be a whole number >= 1, got {micro_batches}")
-    return loop, micro_batches
-
-
-# -- why a loop cannot run here (None: it can) ------------------------------------------------
-def loop_blocker(task: L.LightningModule, trainer: L.Trainer) -> str | None:
-    """Why the fused loop cannot train exactly like Lightning's here."""
-    from nnlab.tasks.base import Task
-
-    if trainer.world_size > 1:
-        return f"{trainer.world_size} processes (DDP) reduce gradients once per backward"
-    precision = str(trainer.precision)
-    if precision.startswith("16") or precision == "transformer-engine":
-        return f"precision {precision} scales the loss with host-side overflow checks"
-    if trainer.accumulate_grad_batches != 1:
-        return "trainer.accumulate_grad_batches > 1"
-    scheduler = (task.hparams.get("scheduler") or {}).get("_target_", "")
-    if str(scheduler).endswith("ReduceLROnPlateau"):
-        return "ReduceLROnPlateau needs the monitored metric, which Lightning's loop provides"
-    if type(task).training_step is not Task.training_step:
-        return f"{type(task).__name__} defines its own training_step"
-    for hook in MODULE_STEP_HOOKS:
-        if is_overridden(hook, task, L.LightningModule):
-            return f"{type(task).__name__} overrides {hook}"
-    for callback in trainer.callbacks:
-        for hook in STEP_HOOKS:
-            if is_overridden(hook, callback, L.Callback):
-                return f"the callback {type(callback).__name__} overrides {hook}"
-    return None
-
-
-def graph_blocker(task: L.LightningModule, trainer: L.Trainer) -> str | None:
-    """Why the fused loop's step cannot be captured as a CUDA graph here."""
-    device = trainer.strategy.root_device
-    if device.type != "cuda":
-        return f"training runs on {device.type}, CUDA graphs need a CUDA device"
-    if task.hparams.get("compile"):
-        return "task.compile is on (torch.compile does its own graph capture)"
-    if (reason := getattr(task, "graph_blocker", lambda: None)()) is not None:
-        return reason
-    datamodule = trainer.datamodule
-    example = datamodule.example_input(2) if datamodule is not None else None
-    if isinstance(example, tuple | list):
-        return "the net reads variable-length sequences (packed by their lengths on the host)"
-    return captured.optimizer_blocker(task.hparams.get("optimizer"), task.hparams.get("scheduler"))
 
 
 def batch_counter(trainer: L.Trainer) -> str | None:
@@ -143,6 +67,16 @@ def without_cuda() -> None:
     if os.environ.get(nvml) == "1" and not torch.cuda.is_available():
         del os.environ[nvml]
         log.debug("No CUDA device: %s unset (a CUDA check in every optimizer step)", nvml)
+
+
+def training_loop(task: L.LightningModule) -> TrainingLoop | None:
+    """The callback that chooses and runs the loop of `task.loop` when the run is assembled
+    (None for a LightningModule of the user's own: Lightning's loop trains it)."""
+    from nnlab.tasks.base import Task
+
+    if not isinstance(task, Task):
+        return None
+    return TrainingLoop(task.hparams.get("loop", "auto"), task.hparams.get("micro_batches", 32))
 
 
 class EpochSums:
@@ -185,6 +119,8 @@ class TrainingLoop(L.Callback):
         self.sums: EpochSums | None = None
         self._restored: dict[str, Any] | None = None
         self.micro_batch_size: int | None = None
+        self.accumulation = Accumulation(1)
+        self.micro_index = 0  # micro-batches of this epoch so far (accumulation windows)
 
     # -- the choice ---------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -192,6 +128,7 @@ class TrainingLoop(L.Callback):
             return
         without_cuda()
         self.fused, self.capture = self._choose(trainer, pl_module)
+        self.accumulation = Accumulation(trainer.accumulate_grad_batches)
         group = 1
         if self.fused:
             counter = batch_counter(trainer)
@@ -206,25 +143,28 @@ class TrainingLoop(L.Callback):
                 ", step captured as a CUDA graph" if self.capture else "",
             )
         datamodule = trainer.datamodule
-        if datamodule is not None:  # the training loader groups this many batches into one
-            datamodule.micro_batches = group
+        if datamodule is not None:
             self.micro_batch_size = getattr(datamodule, "batch_size", None)
-        # The fused loop does backward and optimizer steps itself: Lightning's manual mode.
+            if hasattr(datamodule, "group_training_batches"):  # nnlab's data modules
+                datamodule.group_training_batches(group)
+        # The fused loop does backward and optimizer steps itself: Lightning's manual mode, and
+        # this fit's training step is the loop's (an attribute of this task object only).
         pl_module.automatic_optimization = not self.fused
-        pl_module.fused_loop = self if self.fused else None
+        if self.fused:
+            pl_module.training_step = self._training_step(pl_module)
 
     def _choose(self, trainer: L.Trainer, task: L.LightningModule) -> tuple[bool, bool]:
         """(fused loop, captured step) for `task.loop`, with one log line when not as asked."""
         if self.loop == "lightning":
             return False, False
         level = logging.INFO if self.loop == "auto" else logging.WARNING
-        reason = loop_blocker(task, trainer)
+        reason = why_not("fused", task=task, trainer=trainer)
         if reason is not None:
             log.log(level, "Training loop: Lightning's (%s)", reason)
             return False, False
         if self.loop == "fused":
             return True, False
-        reason = graph_blocker(task, trainer)
+        reason = why_not("captured", task=task, trainer=trainer)
         if reason is not None:
             log.log(level, "CUDA graph: off, the fused loop's eager steps (%s)", reason)
         return True, reason is None
@@ -233,13 +173,19 @@ class TrainingLoop(L.Callback):
         if stage != "fit":
             return
         # automatic_optimization stays as it was: trainer.global_step reads that loop's counter.
-        pl_module.fused_loop = None
-        if trainer.datamodule is not None:
-            trainer.datamodule.micro_batches = 1
+        pl_module.__dict__.pop("training_step", None)  # the task's own again
+        if hasattr(trainer.datamodule, "group_training_batches"):
+            trainer.datamodule.group_training_batches(1)
         self.fused = self.capture = False
         self.step = None
 
     # -- the fused loop -----------------------------------------------------------------------
+    def _training_step(self, task: L.LightningModule):
+        def training_step(batch, batch_idx):
+            return self.train_batch(task, batch, batch_idx)
+
+        return training_step
+
     def _build(self, task: L.LightningModule, trainer: L.Trainer) -> captured.CapturedStep:
         """Built at the first batch: the optimizer exists and is restored by then."""
         precision = str(trainer.precision)
@@ -253,13 +199,15 @@ class TrainingLoop(L.Callback):
             clip_algorithm=getattr(trainer.gradient_clip_algorithm, "value", None) or "norm",
             autocast_dtype=torch.bfloat16 if precision == "bf16-mixed" else None,
             capture=self.capture,
+            accumulation=self.accumulation,
         )
 
     def _schedulers(self, trainer: L.Trainer, interval: str) -> list:
         return [c.scheduler for c in trainer.lr_scheduler_configs if c.interval == interval]
 
-    def train_batch(self, task: L.LightningModule, batch) -> torch.Tensor:
-        """One Lightning batch: its micro-batches (the last may be short), one step each."""
+    def train_batch(self, task: L.LightningModule, batch, batch_idx: int) -> torch.Tensor:
+        """One Lightning batch: its micro-batches (the last may be short), one step each, or one
+        step per window of accumulated micro-batches (engine/step.py)."""
         trainer = task.trainer
         if self.micro_batch_size is None:  # a loader of plain batches (no data module)
             self.micro_batch_size = len(batch[-1])
@@ -276,23 +224,28 @@ class TrainingLoop(L.Callback):
         # micro-batch is made the network's input (e.g. bool -> float) as its step comes
         grouped = isinstance(batch, MicroBatches)  # only nnlab's data modules make them
         transform = trainer.datamodule.batch_transform if grouped else None
-        for micro in zip(*(t.split(self.micro_batch_size) for t in batch), strict=True):
+        micros = list(zip(*(t.split(self.micro_batch_size) for t in batch), strict=True))
+        final = batch_idx + 1 == trainer.num_training_batches  # the epoch's last batch
+        for j, micro in enumerate(micros):
             if transform is not None:
                 micro = transform(micro)
-            loss = self.step(micro)
-            steps += 1
+            last = final and j == len(micros) - 1
+            apply = self.accumulation.steps_after(self.micro_index, last)
+            loss = self.step(micro, apply)
+            self.micro_index += 1
             self.sums.samples += len(micro[-1])
-            # Lightning's manual loop counts optimizer steps (trainer.global_step) through
-            # these two hooks on the LightningOptimizer; the raw optimizer stepped above.
-            self._optimizer._on_before_step()
-            self._optimizer._on_after_step()
-            for scheduler in self._per_step:
-                scheduler.step()
+            if apply:
+                steps += 1
+                # the raw optimizer stepped above: Lightning's count (trainer.global_step) too
+                lightning_compat.count_optimizer_step(self._optimizer)
+                for scheduler in self._per_step:
+                    scheduler.step()
             if on_cpu and not math.isfinite(loss.item()):  # reading it costs nothing on the CPU
                 break  # the NaN check (callbacks/resilience.py) names this step
-        # The loggers' step axis (Lightning counts one per batch that stepped): optimizer steps,
-        # as in Lightning's own loop, so curves of both loops line up.
-        trainer.fit_loop.epoch_loop._batches_that_stepped += steps - 1
+        # The loggers' step axis: one per optimizer step, as in Lightning's own loop, so curves
+        # of both loops line up (Lightning adds one where its own window of batches ends).
+        counted = self.accumulation.steps_after(batch_idx, final)
+        lightning_compat.add_logged_steps(trainer, steps - int(counted))
         return loss
 
     def _start_sums(self, task: L.LightningModule) -> None:
@@ -302,6 +255,7 @@ class TrainingLoop(L.Callback):
             self.sums.correct.fill_(self._restored["correct"])
             self.sums.samples = self._restored["samples"]
             self.sums.counts_correct = self._restored["counts_correct"]
+            self.micro_index = self._restored.get("micro_index", 0)
         self._restored = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -310,6 +264,7 @@ class TrainingLoop(L.Callback):
         if self.sums is None:
             self.sums = EpochSums(pl_module.device)
         self.sums.reset()
+        self.micro_index = 0
         self._restored = None
 
     # The epoch's sums so far go into checkpoints: a run resumed mid-epoch logs the same
@@ -322,6 +277,7 @@ class TrainingLoop(L.Callback):
             "correct": int(self.sums.correct),
             "samples": self.sums.samples,
             "counts_correct": self.sums.counts_correct,
+            "micro_index": self.micro_index,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -1,0 +1,75 @@
+"""Lightning's private members that nnlab relies on, in one place.
+
+The fused loop (tasks/loops.py) steps the raw optimizer itself inside Lightning's manual
+optimization, so it tells Lightning's counters what happened (the optimizer step count behind
+`trainer.global_step`, and the loggers' step axis); the in-memory batcher (data/memory.py) asks
+how many batches of the epoch the model has consumed, to resume mid-epoch. None of these is a
+public API: each function below is tested against the installed Lightning (tests/test_compat.py),
+and an untested Lightning version is named in a warning when nnlab starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import lightning as L
+
+log = logging.getLogger(__name__)
+
+# The Lightning minor versions these functions were tested with (pyproject.toml's pin).
+TESTED = ((2, 4), (2, 6))
+
+
+def version_problem(version: str = L.__version__) -> str | None:
+    """Why `version` is not one these functions were tested with (None: it is)."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    if match is None:
+        return f"Lightning {version}: not a version number nnlab can read"
+    minor = (int(match.group(1)), int(match.group(2)))
+    low, high = TESTED
+    if low <= minor <= high:
+        return None
+    return (
+        f"Lightning {version} is outside the versions nnlab's fused loop was tested with "
+        f"({low[0]}.{low[1]} to {high[0]}.{high[1]}); its step counts may be wrong: "
+        "use task.loop=lightning, or install a tested Lightning"
+    )
+
+
+def _missing(what: str) -> RuntimeError:
+    return RuntimeError(f"Lightning {L.__version__} has no {what}; {version_problem() or ''}")
+
+
+def count_optimizer_step(optimizer) -> None:
+    """Count one optimizer step that the caller made on the raw optimizer of a
+    `LightningOptimizer` (manual optimization): `trainer.global_step` reads this count, and
+    checkpoints and `max_steps` follow it, as if `optimizer.step()` had been called."""
+    try:
+        before, after = optimizer._on_before_step, optimizer._on_after_step
+    except AttributeError:
+        raise _missing("LightningOptimizer._on_before_step/_on_after_step") from None
+    before()
+    after()
+
+
+def add_logged_steps(trainer: L.Trainer, steps: int) -> None:
+    """Move the loggers' step axis on by `steps` (Lightning counts one per batch that stepped;
+    a fused batch makes several optimizer steps, and curves of both loops should line up)."""
+    try:
+        trainer.fit_loop.epoch_loop._batches_that_stepped += steps
+    except AttributeError:
+        raise _missing("fit_loop.epoch_loop._batches_that_stepped") from None
+
+
+def batches_processed(trainer: L.Trainer) -> int:
+    """How many training batches of the current epoch the model has consumed (Lightning fetches
+    one batch ahead, so a loader's own position is one too far)."""
+    try:
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+    except AttributeError:
+        raise _missing("fit_loop.epoch_loop.batch_progress") from None
+
+
+if (problem := version_problem()) is not None:
+    log.warning(problem)

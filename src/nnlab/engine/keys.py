@@ -1,0 +1,44 @@
+"""The engine keys of a task's config: `task.loop` (lightning | fused | cuda_graph | auto) and
+`task.micro_batches`, checked, also from the keys they replace in older checkpoints and saved
+configs (`fused_loop`, `cuda_graph`, `graph_batches`). The task keeps them in its hyperparameters;
+the run's assembly reads them (tasks/loops.py: `training_loop`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nnlab.errors import ConfigError
+
+LOOPS = ("lightning", "fused", "cuda_graph", "auto")
+RENAMED = ("fused_loop", "cuda_graph", "graph_batches")
+
+
+def loop_keys(loop: str, micro_batches: int, renamed: dict[str, Any]) -> tuple[str, int]:
+    """`task.loop` and `task.micro_batches`, also from the keys they replace, checked."""
+    unknown = set(renamed) - set(RENAMED)
+    if unknown:
+        raise ConfigError(f"task.{sorted(unknown)[0]}", "is not a task key")
+    if "fused_loop" in renamed or "cuda_graph" in renamed:
+        graph = renamed.get("cuda_graph", False)
+        if graph is True:
+            loop = "cuda_graph"
+        elif graph == "auto":
+            loop = "auto"
+        else:
+            loop = "fused" if renamed.get("fused_loop") else "lightning"
+    micro_batches = renamed.get("graph_batches", micro_batches)
+    if loop not in LOOPS:
+        raise ConfigError("task.loop", f"must be one of {', '.join(LOOPS)}, got {loop!r}")
+    if isinstance(micro_batches, bool) or not isinstance(micro_batches, int) or micro_batches < 1:
+        raise ConfigError("task.micro_batches", f"must be a whole number >= 1, got {micro_batches}")
+    return loop, micro_batches
+
+
+def engine_keys(given: dict[str, Any]) -> dict[str, Any]:
+    """{"loop": ..., "micro_batches": ...} from the engine keys a task was given (defaults:
+    auto, 32); any other key is refused, naming it."""
+    given = dict(given)
+    loop = given.pop("loop", "auto")
+    micro_batches = given.pop("micro_batches", 32)
+    loop, micro_batches = loop_keys(loop, micro_batches, given)
+    return {"loop": loop, "micro_batches": micro_batches}
