@@ -102,3 +102,46 @@ def test_last_checkpoint_is_the_newest_state_even_without_improvement(cli):
     best = result.metrics()["best_epoch"]
     assert best < 3
     assert len(list((run / "checkpoints").glob("epoch*.ckpt"))) == 1
+
+
+def test_the_best_epoch_is_the_one_the_checkpoint_callback_kept_also_after_a_resume(make_cfg):
+    """monitor_mode=max on val/mse keeps an early epoch; the epoch in metrics.json is the one
+    inside the kept checkpoint, also for a run resumed after the best was chosen (the callback's
+    state carries it) and for one whose callback state predates it (read from the checkpoint)."""
+    from omegaconf import open_dict
+
+    from nnlab.train import train
+
+    def run_it(*extra):
+        cfg = make_cfg("experiment=sine_mlp", "monitor_mode=max", "logger=none", *extra)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        run = Run(cfg.paths.output_dir)
+        return run, train(cfg, run)
+
+    run, first = run_it("trainer.max_epochs=2")
+    kept = torch.load(first["best_checkpoint"], weights_only=False)
+    assert first["best_epoch"] == kept["epoch"] and run.best_callback.best_epoch == kept["epoch"]
+    last = str(run.checkpoints / "last.ckpt")
+    resumed_run, resumed = run_it("trainer.max_epochs=3", f"ckpt_path={last}")
+    assert resumed["best_checkpoint"] == first["best_checkpoint"]
+    assert resumed["best_epoch"] == first["best_epoch"]
+    resumed_run.best_callback.best_epoch = None  # as restored from an older nnlab's checkpoint
+    assert resumed_run.best_epoch() == first["best_epoch"]
+
+
+def test_the_atomic_writer_leaves_the_old_content_when_a_write_fails(tmp_path):
+    from nnlab.runs import atomic_save, atomic_write, atomic_write_text
+
+    target = tmp_path / "metrics.json"
+    atomic_write_text(target, "old\n")
+
+    def half(f):
+        f.write(b"ne")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, half)
+    assert target.read_text() == "old\n" and sorted(tmp_path.iterdir()) == [target]
+    atomic_save({"epoch": 3}, tmp_path / "state.ckpt", durable=False)
+    assert torch.load(tmp_path / "state.ckpt")["epoch"] == 3

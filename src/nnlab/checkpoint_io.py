@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,25 +22,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path, storage_options: Any | None = None
     ) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        from nnlab.runs import atomic_save  # (runs.py imports this module)
+
         try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            atomic_save(checkpoint, Path(path))
         except (OSError, RuntimeError) as exc:
             # torch's zip writer says only "unexpected pos ..." when the disk fills up
-            raise write_error(path, exc) from exc
-        finally:
-            tmp.unlink(missing_ok=True)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:  # make the rename itself durable
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            raise write_error(Path(path), exc) from exc
 
 
 def write_error(path: Path, exc: BaseException) -> OSError:

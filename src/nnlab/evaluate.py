@@ -8,7 +8,7 @@ import lightning as L
 
 from nnlab.cli import command, load_datamodule, load_task, run_config
 from nnlab.errors import UserError
-from nnlab.runs import Run, write_json
+from nnlab.runs import EVAL_METRICS, Run, write_json
 
 
 @command("eval")
@@ -39,8 +39,8 @@ def main(run: str, ckpt: str, split: str, accelerator: str, overrides: list[str]
         "checkpoint": str(path),
         "wall_time_s": round(time.monotonic() - started, 3),
     }
-    write_json(run_dir.root / "eval_metrics.json", record)
-    print(f"Wrote {run_dir.root / 'eval_metrics.json'}")
+    write_json(run_dir.root / EVAL_METRICS, record)
+    print(f"Wrote {run_dir.root / EVAL_METRICS}")
     return record
 
 

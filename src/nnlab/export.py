@@ -8,7 +8,7 @@ import torch
 
 from nnlab.cli import command, load_datamodule, load_task, output_dir, run_config
 from nnlab.errors import UserError
-from nnlab.runs import Run, write_json
+from nnlab.runs import EXPORT, Run, write_json
 
 
 def export_torchscript(net: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: Path):
@@ -69,7 +69,7 @@ def main(run, format, ckpt, out, atol, overrides) -> Path:  # noqa: A002 (the CL
     net = task.net.eval()
     inputs = model_inputs(load_datamodule(cfg, "test"))
     exporter, filename = EXPORTERS[format]
-    path = output_dir(run_dir, out, "export") / filename
+    path = output_dir(run_dir, out, EXPORT) / filename
     with torch.no_grad():
         expected = net(*inputs)
         exported = exporter(net, inputs, path)

@@ -17,7 +17,7 @@ from nnlab.cli import command, load_task, output_dir, run_config
 from nnlab.config import build
 from nnlab.data.base import Encoded
 from nnlab.errors import ConfigError, UserError
-from nnlab.runs import Run
+from nnlab.runs import PREDICTIONS, Run
 
 
 @torch.no_grad()
@@ -170,7 +170,7 @@ def main(
     datamodule.load_artifacts(run_dir.root)
     if callable(getattr(task, "generate", None)):  # a language model: text from a prompt
         sample = generate(task, datamodule, prompt, length, temperature, top_k, seed)
-        target = output_dir(run_dir, out, f"predictions/{timestamp()}")  # only once it worked
+        target = output_dir(run_dir, out, f"{PREDICTIONS}/{timestamp()}")  # only once it worked
         path = target / "generated.json"
         path.write_text(json.dumps(sample, indent=1, ensure_ascii=False), encoding="utf-8")
         print(sample["text"])
@@ -185,7 +185,7 @@ def main(
         header = ["kind", "t", "column", "target", "prediction"]
     else:
         header, rows = classify(task, datamodule, encoded)
-    target = output_dir(run_dir, out, f"predictions/{timestamp()}")
+    target = output_dir(run_dir, out, f"{PREDICTIONS}/{timestamp()}")
     if forecasting:
         plot_series(datamodule, encoded.raw, rows, target / "forecast.png")
     write_rows(target / "predictions.csv", header, rows)

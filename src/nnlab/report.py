@@ -31,7 +31,7 @@ import yaml
 
 from nnlab.cli import command
 from nnlab.errors import UserError
-from nnlab.runs import METRICS, Run, find_runs
+from nnlab.runs import METRICS, REPORT, Run, find_runs
 
 
 @dataclass
@@ -504,7 +504,7 @@ def report(
     groups = group_trials(ranked, params)
     # checked before anything is written: a bad compare= leaves no half-written report
     comparison = paired_comparison(groups, *compare, metric) if compare else None
-    out = Path(out) if out else sweep_dir / "report"
+    out = Path(out) if out else sweep_dir / REPORT
     out.mkdir(parents=True, exist_ok=True)
     header, rows = table(ranked, params, metric)
     paths = {"csv": out / "leaderboard.csv", "markdown": out / "leaderboard.md"}

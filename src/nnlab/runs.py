@@ -19,6 +19,12 @@ A run directory holds
     status.json        running | completed | failed, with the error of a failed run
     metrics.json       final validation/test metrics and wall time; written last, atomically,
                        only by a run that completed, so its presence means success.
+    tracking.json      the MLflow / W&B run ids of this run (nnlab/tracking.py)
+    vocab.json ...     what predictions need besides the checkpoint (the data module's artifacts)
+    eval_metrics.json  nnlab-eval's metrics
+    predictions/<time>/  nnlab-predict's outputs;  export/  nnlab-export's;  report/  nnlab-report's
+A sweep directory also holds .packed/group<N>.ckpt: each packed group's resume state.
+Every file here is written through `atomic_write` (a temporary file renamed over the target).
 
 In a distributed run (DDP) every process runs the same entry point; only global rank 0 writes
 status.json and metrics.json (Lightning already keeps checkpoints and loggers to rank 0).
@@ -35,11 +41,11 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -54,6 +60,12 @@ STATUS = "status.json"
 RESOLVED_CONFIG = "config.resolved.yaml"
 LAST = "last.ckpt"
 LOCK = ".lock"
+EVAL_METRICS = "eval_metrics.json"
+TRACKING = "tracking.json"
+PREDICTIONS = "predictions"
+EXPORT = "export"
+REPORT = "report"
+PACKED_STATE = ".packed"  # in a sweep directory
 HPC_CHECKPOINTS = "hpc_ckpt_*.ckpt"  # Lightning's, in the Trainer's default_root_dir (the run)
 # SLURM states of a job that ended without finishing its run (sacct -o State).
 SLURM_ENDED = ("CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE")  # fmt: skip
@@ -74,16 +86,39 @@ def is_global_zero() -> bool:
     return int(env.get("SLURM_PROCID", "0")) == 0
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it: readers see the old
-    content or the new, never half of it."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any], durable: bool = True) -> None:
+    """`write(file)` into a temporary file beside `path`, then rename it over `path`: readers
+    (and a process killed meanwhile) see the old content or the new, never half of it.
+    `durable`: fsync the file and the rename too (checkpoints, metrics), at a few ms a write."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if durable:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_save(obj: Any, path: Path, durable: bool = True) -> None:
+    """torch.save, atomically."""
+    import torch
+
+    atomic_write(path, lambda f: torch.save(obj, f), durable=durable)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -293,7 +328,7 @@ class Run:
         if not checkpoint.get("enabled", True):
             return callbacks
         shared = {"auto_insert_metric_name": False, "save_last": False}
-        self.best_callback = ModelCheckpoint(
+        self.best_callback = best_checkpoint_callback()(
             dirpath=directory,
             filename="epoch{epoch:03d}-step{step:06d}",
             monitor=monitor,
@@ -328,6 +363,21 @@ class Run:
         )
         callbacks.append(Preemption(dirpath=directory, filename=LAST, cluster=cluster))
         return callbacks
+
+    def best_epoch(self) -> int | None:
+        """The epoch whose weights the best checkpoint holds, as its callback saw it (a run
+        resumed from a checkpoint of older nnlab: from the checkpoint itself)."""
+        callback = self.best_callback
+        if callback is None or not callback.best_model_path:
+            return None
+        if getattr(callback, "best_epoch", None) is not None:
+            return callback.best_epoch
+        import torch
+
+        saved = torch.load(
+            callback.best_model_path, map_location="cpu", mmap=True, weights_only=False
+        )
+        return int(saved["epoch"])
 
     def best_checkpoint(self) -> str | None:
         """The best checkpoint's path after fitting (None when checkpointing was off)."""
@@ -454,12 +504,55 @@ class Run:
         return state, status.get("error", "")
 
 
+def best_checkpoint_callback() -> type:
+    """ModelCheckpoint that also remembers the epoch of its best checkpoint (metrics.json's
+    best_epoch), kept in its state so that a resumed run knows it too."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class BestCheckpoint(ModelCheckpoint):
+        best_epoch: int | None = None
+        _seen, _trainer = "", None
+
+        def _note(self) -> None:
+            """The best path changed since last seen: it holds the current epoch (the checkpoint
+            is being written now; its own copy of this state says so too)."""
+            if self.best_model_path != self._seen and self._trainer is not None:
+                self._seen = self.best_model_path
+                self.best_epoch = self._trainer.current_epoch if self.best_model_path else None
+
+        def setup(self, trainer, pl_module, stage: str) -> None:
+            super().setup(trainer, pl_module, stage)
+            self._trainer = trainer
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            super().on_train_epoch_end(trainer, pl_module)
+            self._note()
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            super().on_validation_end(trainer, pl_module)
+            self._note()
+
+        def state_dict(self) -> dict[str, Any]:
+            self._note()
+            return {**super().state_dict(), "best_epoch": self.best_epoch}
+
+        def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+            super().load_state_dict(state_dict)
+            self.best_epoch = state_dict.get("best_epoch")
+            self._seen = self.best_model_path
+
+    # Lightning keys a callback's state in checkpoints by its class name: checkpoints of runs
+    # from before this class (and after) restore into either.
+    BestCheckpoint.__qualname__ = ModelCheckpoint.__qualname__
+    return BestCheckpoint
+
+
 def find_runs(folder: str | os.PathLike) -> list[Path]:
     """Every run directory under `folder` (a sweep's trials): the folders Hydra started a job in,
     finished or not (each holds .hydra/overrides.yaml), except a report's own folder."""
     folder = Path(folder)
     roots = {p.parent.parent for p in folder.rglob(".hydra/overrides.yaml")}
-    return sorted(r for r in roots if "report" not in r.relative_to(folder).parts)
+    return sorted(r for r in roots if REPORT not in r.relative_to(folder).parts)
 
 
 def read_status(run_dir: str | os.PathLike) -> dict[str, Any]:

@@ -28,11 +28,11 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor
 
 from nnlab.errors import UserError
-from nnlab.runs import is_global_zero
+from nnlab.runs import TRACKING, is_global_zero
 
 log = logging.getLogger(__name__)
 
-TRACKING_FILE = "tracking.json"  # in the run directory: {"mlflow": run id, "wandb": run id}
+TRACKING_FILE = TRACKING  # in the run directory: {"mlflow": run id, "wandb": run id}
 
 
 def _require(module: str, extra: str, logger: str) -> None:

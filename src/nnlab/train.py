@@ -10,39 +10,30 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import sys
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import hydra
-import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from nnlab import CONF_DIR
-from nnlab.callbacks.resilience import NonFiniteLoss
-from nnlab.checkpoint_io import AtomicCheckpointIO, check_checkpoint
+from nnlab.assemble import assemble, conclude, fit
 from nnlab.cli import check_writable, rerun_overrides, resumed_config, unparsable_argument
-from nnlab.config import build, build_all, validate
+from nnlab.config import validate
 from nnlab.console import print_config_tree
 from nnlab.errors import (
-    ConfigError,
     UserError,
     exit_on_user_error,
 )
 from nnlab.heap import freeze_imports
 from nnlab.runs import Run
 from nnlab.sweeps import NoTrialCompleted, SweepOutcome, released_ddp_state, single_job_argv
-from nnlab.tasks.loops import training_loop
-from nnlab.tracking import log_run_summary
 
 log = logging.getLogger("nnlab.train")
 # Noise from the libraries that says nothing about the run (TensorBoard's graph tracing).
@@ -54,71 +45,11 @@ def train(cfg: DictConfig, run: Run, extra_callbacks: Sequence[Any] = ()) -> dic
     """Fit the configured task, then validate and test the best checkpoint; returns metrics.
     `extra_callbacks` join the configured ones (benchmarks and tests watch a run with them)."""
     validate(cfg)
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
-    datamodule = build(cfg.data, "data")
-    # The net goes in as config: the checkpoint's hyperparameters then rebuild it on their own.
-    task = build(cfg.task, "task", net=cfg.model, _recursive_=False)
-    task.check_data(datamodule)
-    if cfg.get("ckpt_path") and not cfg.get("resume"):
-        check_checkpoint(Path(cfg.ckpt_path), cfg.model, key="ckpt_path")
-    task.example_input_array = datamodule.example_input()  # TensorBoard draws the model graph
-    if run.writes:  # files that predictions need besides the checkpoint (vocab.json)
-        datamodule.save_artifacts(run.root)
-
-    # the config's own plugins (cluster=slurm's SLURM environment) and atomic checkpoint writes
-    plugins = [build(p, "trainer.plugins") for p in cfg.trainer.get("plugins") or []]
-    cluster = next((p for p in plugins if getattr(p, "nnlab_requeue_signal", None)), None)
-    checkpointing = cfg.get("checkpoint") or {}
-    callbacks = [
-        *build_all(cfg.get("callbacks"), "callbacks"),
-        *extra_callbacks,
-        *run.callbacks(cfg.monitor, cfg.monitor_mode, checkpointing, cluster=cluster),
-        NonFiniteLoss(),
-    ]
-    if (loop := training_loop(task)) is not None:  # the loop is chosen here, not by the task
-        callbacks.append(loop)
-    loggers = build_all(cfg.get("logger"), "logger")
-    if not loggers:  # nothing to send learning rates to (logger=none)
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer: L.Trainer = build(
-        cfg.trainer,
-        "trainer",
-        callbacks=callbacks,
-        logger=loggers or False,
-        plugins=[*plugins, AtomicCheckpointIO()],
-        enable_checkpointing=bool(checkpointing.get("enabled", True)),
-    )
-    if trainer.world_size > 1 and HydraConfig.get().mode == RunMode.MULTIRUN:
+    parts = assemble(cfg, run, extra_callbacks)
+    if parts.trainer.world_size > 1 and HydraConfig.get().mode == RunMode.MULTIRUN:
         single_job_argv(HydraConfig.get())  # the other ranks run this trial only
-
-    log.info("Training %s on %s", type(task.net).__name__, type(datamodule).__name__)
-    try:
-        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    except MisconfigurationException as exc:
-        if f"monitor='{cfg.monitor}'" not in str(exc):
-            raise
-        raise ConfigError("monitor", f"{str(exc).splitlines()[0]}; name a logged metric") from None
-
-    checkpoint = run.best_checkpoint()
-    if checkpoint is None:
-        log.warning("No checkpoint was saved; evaluating the weights in memory")
-    val = trainer.validate(task, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
-    test = trainer.test(task, datamodule=datamodule, ckpt_path=checkpoint)
-    metrics: dict[str, Any] = {k: float(v) for k, v in {**val[0], **test[0]}.items()}
-    metrics["best_checkpoint"] = checkpoint
-    if checkpoint and (match := re.search(r"epoch(\d+)", Path(checkpoint).name)):
-        metrics["best_epoch"] = int(match.group(1))
-    metrics["epochs"] = trainer.current_epoch
-    metrics["global_step"] = trainer.global_step
-    optimized = cfg.get("optimized_metric")
-    if optimized and optimized not in metrics:
-        raise ConfigError(
-            "optimized_metric",
-            f"{optimized!r} is not a metric of this run; it has {', '.join(sorted(metrics))}",
-        )
-    log_run_summary(loggers, cfg, task, metrics)  # hparams, final metrics, tags -> each logger
-    return metrics
+    fit(cfg, parts)
+    return conclude(cfg, run, parts)
 
 
 def start(cfg: DictConfig, run: Run) -> DictConfig:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,23 +33,16 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig
 from torch import nn
 
+from nnlab.assemble import record
 from nnlab.engine.policy import BestCheckpoint, EarlyStop
 from nnlab.engine.step import Accumulation
 from nnlab.packed import stack
-from nnlab.runs import LAST, Run
+from nnlab.runs import LAST, PACKED_STATE, Run, atomic_save
 from nnlab.tasks.classification import ClassificationTask
 from nnlab.tracking import log_run_summary
 
 log = logging.getLogger("nnlab.packed")
-STATE_DIR = ".packed"  # in the sweep directory: each group's resume state, one file per group
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a kill never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+STATE_DIR = PACKED_STATE  # in the sweep directory: each group's resume state, one file per group
 
 
 def load_states(sweep_dir: Path) -> dict[int, dict]:
@@ -422,12 +414,10 @@ class PackedGroup:
         }
 
     def _save_group(self, state: dict) -> None:
-        """One file per group, rewritten atomically (`<sweep>/.packed/group<first job>.ckpt`;
-        at most every `save_every_s`: a 32-trial sine group spent 11% of its time here when it
-        was every epoch): the stacked weights, best weights and optimizer moments as they are,
-        and each trial's own counters. A file per trial per epoch cost as much as the training of
-        a small network; so did slicing every trial's tensors out each epoch (40% of a 32-trial
-        sine sweep's group time): `load_states` slices, once, when a sweep resumes."""
+        """One file per group, rewritten atomically (`<sweep>/.packed/group<first job>.ckpt`,
+        at most every `save_every_s`): the stacked weights, best weights and optimizer moments
+        as they are, and each trial's own counters; `load_states` slices them into trials, once,
+        when a sweep resumes (what that saves: docs/performance.md)."""
         trials = {
             t.num: self._resume_state(i, t)
             for i, t in enumerate(self.trials)
@@ -450,7 +440,8 @@ class PackedGroup:
             "best_buffers": host(self.best_buffers),
             "optimizer": optimizer,
         }
-        atomic_save({"trials": trials, "stacked": stacked}, self.state_path)
+        # not fsynced (as before): rewritten often, and a kill (not a power loss) is the risk
+        atomic_save({"trials": trials, "stacked": stacked}, self.state_path, durable=False)
 
     def _keep_best(self, improved: list[bool]) -> None:
         """The current weights become the best ones of the `improved` trials."""
@@ -480,7 +471,7 @@ class PackedGroup:
         if getattr(t.data.module, "hparams", None):
             checkpoint["datamodule_hparams_name"] = "kwargs"
             checkpoint["datamodule_hyper_parameters"] = dict(t.data.module.hparams)
-        atomic_save(checkpoint, path)
+        atomic_save(checkpoint, path, durable=False)
 
     def _write_checkpoints(self, i: int, t: Trial) -> None:
         """The trial's best and last checkpoints, as ModelCheckpoint leaves them."""
@@ -582,17 +573,14 @@ class PackedGroup:
                 for logger in t.loggers:
                     logger.finalize("failed")
                 continue
-            record: dict[str, Any] = {**val[i], **test[i]}
-            record["best_checkpoint"] = t.best_path
-            if t.best_epoch is not None:
-                record["best_epoch"] = t.best_epoch
-            record["epochs"] = t.epochs_done
-            record["global_step"] = t.global_step
+            metrics = record(
+                val[i], test[i], t.best_path, t.best_epoch, t.epochs_done, t.global_step
+            )
             self._log(t, {**val[i], "epoch": t.epochs_done}, t.global_step)
             self._log(t, {**test[i], "epoch": t.epochs_done}, t.global_step)
             # hyperparameters, final metrics, tags: what a sequential run sends (nnlab/tracking.py)
-            log_run_summary(t.loggers, t.cfg, t.task, record)
+            log_run_summary(t.loggers, t.cfg, t.task, metrics)
             for logger in t.loggers:
                 logger.finalize("success")
-            t.record = t.run.finish(record)
+            t.record = t.run.finish(metrics)
             t.say("Metrics: %s", t.run.metrics_path)

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -34,6 +33,7 @@ from hydra.core.utils import (
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from nnlab.assemble import data_and_task
 from nnlab.compat import hydra as hydra_compat
 from nnlab.config import build, build_all, validate
 from nnlab.console import print_config_tree
@@ -162,7 +162,7 @@ def _compose(launcher: Any, overrides: list[str]) -> DictConfig:
     """`load_sweep_config`, once per distinct set of config-group choices and overridden keys:
     the jobs of a grid that differ only in values (seed=1 vs seed=2) share the defaults list,
     so a copy of the first one's config gets the others' values the way Hydra applies them
-    (composing each from scratch costs ~0.5 s a job, as much as training a packed sine MLP)."""
+    (composing is a large part of a small trial's cost: docs/performance.md)."""
     loader = launcher.hydra_context.config_loader
     parsed = OverridesParser.create().parse_overrides(overrides)
     values, key = [], []
@@ -307,11 +307,7 @@ def prepare(
         run.callbacks(cfg.monitor, cfg.monitor_mode, checkpointing)
         parts["checkpoint"] = run.best_callback
     try:
-        if cfg.get("seed") is not None:
-            L.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule = build(cfg.data, "data")
-        task = build(cfg.task, "task", net=cfg.model, _recursive_=False)
-        task.check_data(datamodule)
+        datamodule, task = data_and_task(cfg, verbose=False)  # as nnlab-train builds them
         data = _data(cfg, datamodule, data_cache)
     except Unpackable:
         raise

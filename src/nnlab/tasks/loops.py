@@ -60,9 +60,9 @@ def batch_counter(trainer: L.Trainer) -> str | None:
 
 def without_cuda() -> None:
     """Importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (so that forks stay usable), and
-    then every `torch.cuda.is_available()` loads NVML again until CUDA is initialized: ~0.1 ms in
-    every step of Adam, RMSprop & co. (their graph-capture check). With no CUDA device there is
-    nothing to protect, so torch's own check (cached, ~3 us) comes back."""
+    then every `torch.cuda.is_available()` loads NVML again until CUDA is initialized, in every
+    step of Adam, RMSprop & co. (their graph-capture check). With no CUDA device there is
+    nothing to protect, so torch's own cached check comes back."""
     nvml = "PYTORCH_NVML_BASED_CUDA_CHECK"
     if os.environ.get(nvml) == "1" and not torch.cuda.is_available():
         del os.environ[nvml]
