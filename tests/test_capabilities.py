@@ -89,3 +89,33 @@ def test_only_the_checks_whose_parts_are_given_run():
     assert set(ENGINES) == {"fused", "captured", "packed"}
     with pytest.raises(ValueError, match="engine 'vmap'"):
         why_not("vmap")
+
+
+def test_run_settings_callbacks_data_and_monitors_a_packed_group_runs():
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+
+    from nnlab.data.memory import MemoryBatcher
+
+    def cfg(**keys):
+        return OmegaConf.create(keys)
+
+    assert why_not("packed", run_cfg=cfg(seed=1)) is None
+    assert "resume=" in why_not("packed", run_cfg=cfg(ckpt_path="last.ckpt"))
+    assert "save_top_k" in why_not("packed", run_cfg=cfg(checkpoint={"save_top_k": 3}))
+    assert why_not("packed", run_cfg=cfg(checkpoint={"enabled": False, "save_top_k": 3})) is None
+    assert why_not("packed", callback=EarlyStopping("val/loss")) is None
+    assert why_not("packed", callback=LearningRateMonitor()) is None
+    found = why_not("packed", callback=EarlyStopping("val/loss", stopping_threshold=0.1))
+    assert found == "EarlyStopping thresholds"
+    assert "callback ModelCheckpoint" in why_not("packed", callback=ModelCheckpoint())
+    x, y = torch.zeros(10, 3), torch.zeros(10)
+    assert why_not("packed", loader=MemoryBatcher([x, y], 4, shuffle=False)) is None
+    found = why_not("packed", loader=MemoryBatcher([x, y, y], 4, shuffle=False))
+    assert "extra inputs" in found
+    assert "not held in memory" in why_not("packed", loader=[(x, y)])
+    task = ClassificationTask(net=MLP, num_classes=3)
+    assert why_not("packed", task=task, monitors={"checkpoint": "val/acc"}) is None
+    assert why_not("packed", task=task, monitors={"checkpoint": None}) is None
+    found = why_not("packed", task=task, monitors={"early_stopping": "val/auc"})
+    assert found == "early_stopping monitors val/auc, which the task does not log"
+    assert "monitors None" in why_not("packed", task=task, monitors={"the scheduler": None})

@@ -57,7 +57,8 @@ def check(*engines: str) -> Callable[[Check], Check]:
 
 def why_not(engine: str, **parts: Any) -> str | None:
     """Why `engine` cannot train with these parts (None: it can, as far as they tell).
-    Parts: task, trainer (a live L.Trainer), trainer_cfg, task_cfg, optimizer, scheduler_interval.
+    Parts: task, trainer (a live L.Trainer), run_cfg (the whole config), trainer_cfg,
+    task_cfg, optimizer, scheduler_interval, callback, loader, monitors ({owner: metric}).
     """
     if engine not in ENGINES:
         raise ValueError(f"engine {engine!r}: one of {', '.join(ENGINES)}")
@@ -186,6 +187,77 @@ def _packed_trainer(trainer_cfg) -> str | None:
     for key, allowed in PACKED_TRAINER.items():
         if get(key, allowed[0]) not in allowed:
             return f"trainer.{key}={get(key)}"
+    return None
+
+
+# Callbacks that only draw figures or print summaries: packed trials run without them (the
+# launcher names them once).
+SKIPPED_CALLBACKS = (
+    "ModelSummaryFile",
+    "ForecastPlot",
+    "ClassificationFigures",
+    "ConvFilters",
+    "PeriodicCheckpoint",
+    "ModelSummary",
+    "RichModelSummary",
+    "TQDMProgressBar",
+    "RichProgressBar",
+)
+
+
+@check("packed")
+def _packed_run_cfg(run_cfg) -> str | None:
+    if run_cfg.get("resume") or run_cfg.get("ckpt_path"):
+        return "resume= / ckpt_path= (a single run's continuation)"
+    checkpointing = run_cfg.get("checkpoint") or {}
+    if checkpointing.get("enabled", True) and int(checkpointing.get("save_top_k", 1)) != 1:
+        return "checkpoint.save_top_k other than 1"
+    return None
+
+
+@check("packed")
+def _packed_callback(callback) -> str | None:
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
+
+    kind = type(callback).__name__
+    if type(callback) is EarlyStopping:
+        if callback.stopping_threshold is not None or callback.divergence_threshold:
+            return "EarlyStopping thresholds"
+        return None
+    if kind in SKIPPED_CALLBACKS or type(callback) is LearningRateMonitor:
+        return None
+    return f"callback {kind} (packed: checkpoints, early stopping, lr monitor)"
+
+
+@check("packed")
+def _packed_loader(loader) -> str | None:
+    from nnlab.data.memory import MemoryBatcher
+
+    if not isinstance(loader, MemoryBatcher):
+        return "data not held in memory (data.in_memory=false or too large)"
+    if len(loader.tensors) != 2:
+        return "batches with extra inputs (sequence lengths); packed: (x, y)"
+    if loader.drop_last:
+        return "drop_last batches"
+    return None
+
+
+PLATEAU = "the scheduler"  # a ReduceLROnPlateau, which needs its metric
+
+
+@check("packed")
+def _packed_monitors(task, monitors) -> str | None:
+    """Every metric a trial's checkpoint, early stopping or plateau scheduler watches must be one
+    the packed group computes."""
+    from nnlab.tasks.classification import ClassificationTask
+
+    known = {"val/loss", "train/loss", *task.val_metrics.keys()}
+    known |= {"train/acc"} if isinstance(task, ClassificationTask) else set()
+    for owner, monitor in monitors.items():
+        if monitor is None and owner != PLATEAU:  # not watching anything
+            continue
+        if monitor not in known:
+            return f"{owner} monitors {monitor}, which the task does not log"
     return None
 
 

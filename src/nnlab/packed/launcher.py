@@ -37,8 +37,7 @@ from nnlab.assemble import data_and_task
 from nnlab.compat import hydra as hydra_compat
 from nnlab.config import build, build_all, validate
 from nnlab.console import print_config_tree
-from nnlab.data.memory import MemoryBatcher
-from nnlab.engine.capabilities import why_not
+from nnlab.engine.capabilities import PLATEAU, SKIPPED_CALLBACKS, why_not
 from nnlab.packed import stack
 from nnlab.packed.group import STATE_DIR, Data, PackedGroup, Trial, load_states
 from nnlab.runs import METRICS, Run, read_status
@@ -46,18 +45,7 @@ from nnlab.tasks.classification import ClassificationTask
 
 log = logging.getLogger("nnlab.packed")
 
-# Callbacks that only draw figures or print summaries: not run for packed trials (named once).
-SKIPPED_CALLBACKS = (
-    "ModelSummaryFile",
-    "ForecastPlot",
-    "ClassificationFigures",
-    "ConvFilters",
-    "PeriodicCheckpoint",
-    "ModelSummary",
-    "RichModelSummary",
-    "TQDMProgressBar",
-    "RichProgressBar",
-)
+MONITORS = ("checkpoint", "early_stopping")
 
 
 class Unpackable(Exception):
@@ -243,16 +231,14 @@ def _callbacks(cfg: DictConfig, trial: dict, skipped: set[str]) -> None:
             continue
         callback = build(entry, f"callbacks.{name}")
         kind = type(callback).__name__
+        if (reason := why_not("packed", callback=callback)) is not None:
+            raise Unpackable(reason)
         if kind in SKIPPED_CALLBACKS:
             skipped.add(kind)
         elif type(callback) is EarlyStopping:
-            if callback.stopping_threshold is not None or callback.divergence_threshold:
-                raise Unpackable("EarlyStopping thresholds")
             trial["early_stopping"] = callback
         elif type(callback) is LearningRateMonitor:
             trial["lr_monitor"] = True
-        else:
-            raise Unpackable(f"callback {kind} (packed: checkpoints, early stopping, lr monitor)")
 
 
 def _data(cfg: DictConfig, datamodule: Any, cache: dict[str, Data]) -> Data:
@@ -267,12 +253,8 @@ def _data(cfg: DictConfig, datamodule: Any, cache: dict[str, Data]) -> Data:
         datamodule.test_dataloader(),
     ]
     for loader in loaders:
-        if not isinstance(loader, MemoryBatcher):
-            raise Unpackable("data not held in memory (data.in_memory=false or too large)")
-        if len(loader.tensors) != 2:
-            raise Unpackable("batches with extra inputs (sequence lengths); packed: (x, y)")
-        if loader.drop_last:
-            raise Unpackable("drop_last batches")
+        if (reason := why_not("packed", loader=loader)) is not None:
+            raise Unpackable(reason)
     cache[key] = Data(key, datamodule, *loaders)
     return cache[key]
 
@@ -293,17 +275,13 @@ def prepare(
         validate(cfg)
     except Exception as exc:  # the job's own run reports it, as a sequential run would
         raise Unpackable(f"config problem ({str(exc).splitlines()[0]})") from None
-    if cfg.get("resume") or cfg.get("ckpt_path"):
-        raise Unpackable("resume= / ckpt_path= (a single run's continuation)")
-    if (reason := why_not("packed", trainer_cfg=cfg.trainer, task_cfg=cfg.task)) is not None:
+    if reason := why_not("packed", run_cfg=cfg, trainer_cfg=cfg.trainer, task_cfg=cfg.task):
         raise Unpackable(reason)
     parts: dict[str, Any] = {}
     _callbacks(cfg, parts, skipped)
     run = Run(job_config.hydra.runtime.output_dir)
     checkpointing = cfg.get("checkpoint") or {}
     if checkpointing.get("enabled", True):  # the run manager's best checkpoint (and last.ckpt)
-        if int(checkpointing.get("save_top_k", 1)) != 1:
-            raise Unpackable("checkpoint.save_top_k other than 1")
         run.callbacks(cfg.monitor, cfg.monitor_mode, checkpointing)
         parts["checkpoint"] = run.best_callback
     try:
@@ -323,12 +301,11 @@ def prepare(
     reason = why_not("packed", task=task, optimizer=optimizer, scheduler_interval=interval)
     if reason is not None:
         raise Unpackable(reason)
-    known = {"val/loss", "train/loss", *task.val_metrics.keys()}
-    known |= {"train/acc"} if _is_cls(task) else set()
-    for owner in ("checkpoint", "early_stopping"):
-        monitor = getattr(parts.get(owner), "monitor", None)
-        if monitor and monitor not in known:
-            raise Unpackable(f"{owner} monitors {monitor}, which the task does not log")
+    monitors = {owner: getattr(parts.get(owner), "monitor", None) for owner in MONITORS}
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        monitors[PLATEAU] = task.hparams.get("scheduler_monitor")
+    if (reason := why_not("packed", task=task, monitors=monitors)) is not None:
+        raise Unpackable(reason)
     trainer = cfg.trainer
     clip = trainer.get("gradient_clip_val")
     # this job's own (set by _job_config; a deep copy would copy the job's whole config too,
@@ -355,9 +332,6 @@ def prepare(
         min_epochs=int(trainer.get("min_epochs") or 0),
         clip=float(clip) if clip else math.inf,
     )
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        if trial.scheduler_monitor not in known:
-            raise Unpackable(f"the scheduler monitors {trial.scheduler_monitor}")
     subdir = job_config.hydra.output_subdir  # resolves against the whole config
     trial.output_subdir = None if subdir is None else str(subdir)
     _resume(trial, launcher_states(launcher))
