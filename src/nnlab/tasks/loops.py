@@ -12,8 +12,10 @@ correct predictions or None)`.
 - `cuda_graph`: the fused loop with its step replayed as one CUDA graph (`tasks/captured.py`).
 - `auto` (the default): `cuda_graph` where it can run, else `fused`, else `lightning`.
 
-Each has conditions (nnlab/engine/capabilities.py); where one is not met the run says why in one log line
-(a warning when the loop was asked for by name) and takes the next loop down. A run whose length
+Each has conditions (nnlab/engine/capabilities.py); where one is not met the run says why in
+one log line (a warning when the loop was asked for by name) and takes the next loop down.
+`trainer.accumulate_grad_batches` accumulates micro-batches as Lightning accumulates batches
+(nnlab/engine/step.py). A run whose length
 is counted in Lightning batches (`trainer.max_steps`, `limit_train_batches`, `fast_dev_run`,
 `overfit_batches`, an integer `val_check_interval`) gets one micro-batch per Lightning batch, so
 those counts mean optimizer steps as they do in Lightning's loop.
