@@ -22,6 +22,7 @@ from nnlab.config import build
 from nnlab.errors import UserError, exit_on_user_error
 from nnlab.heap import freeze_imports
 from nnlab.runs import RESOLVED_CONFIG, Run
+from nnlab.schema import upgrade_saved
 
 warnings.filterwarnings("ignore", message=r".*torch\.jit\..* is deprecated", category=FutureWarning)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
@@ -146,7 +147,8 @@ def resumed_config(run: Run, overrides: list[str]) -> DictConfig:
                 "config (override single keys such as trainer.max_epochs=20, or start a new run)"
             )
         dotlist.append(override.lstrip("+"))
-    cfg = OmegaConf.merge(run.config(), OmegaConf.from_dotlist(dotlist))
+    saved = upgrade_saved(run.config(), f"{run.root}'s saved config")
+    cfg = OmegaConf.merge(saved, OmegaConf.from_dotlist(dotlist))
     cfg.resume = str(run.root)
     cfg.ckpt_path = str(run.resume_checkpoint())
     return cfg

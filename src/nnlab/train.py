@@ -31,7 +31,7 @@ from nnlab import CONF_DIR
 from nnlab.callbacks.resilience import NonFiniteLoss
 from nnlab.checkpoint_io import AtomicCheckpointIO, check_checkpoint
 from nnlab.cli import check_writable, rerun_overrides, resumed_config, unparsable_argument
-from nnlab.config import build, build_all, validate
+from nnlab.config import build, build_all
 from nnlab.console import print_config_tree
 from nnlab.errors import (
     ConfigError,
@@ -40,6 +40,7 @@ from nnlab.errors import (
 )
 from nnlab.heap import freeze_imports
 from nnlab.runs import Run
+from nnlab.schema import check
 from nnlab.sweeps import NoTrialCompleted, SweepOutcome, released_ddp_state, single_job_argv
 from nnlab.tracking import log_run_summary
 
@@ -52,7 +53,7 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 def train(cfg: DictConfig, run: Run, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Fit the configured task, then validate and test the best checkpoint; returns metrics.
     `extra_callbacks` join the configured ones (benchmarks and tests watch a run with them)."""
-    validate(cfg)
+    check(cfg)  # every setting, before anything is built
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data, "data")
@@ -188,6 +189,9 @@ def main() -> None:
             message = f"{bad}: {message}"
         print(f"error: {message}", file=sys.stderr)
         sys.exit(UserError.exit_code)
+    except UserError as exc:  # the up-front check of a run or of a sweep's trials
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     except NoTrialCompleted as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

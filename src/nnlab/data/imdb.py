@@ -55,6 +55,7 @@ from nnlab.data.base import DataModule, Encoded
 from nnlab.data.download import download, sha256_of
 from nnlab.data.folds import fold_indices
 from nnlab.errors import ConfigError, DataError, UserError, require_positive
+from nnlab.schema import Folds, InMemory, NonNegativeInt, PositiveInt
 
 log = logging.getLogger(__name__)
 
@@ -272,16 +273,16 @@ class IMDBDataModule(DataModule):
         max_len: int = 256,
         truncating: str = "pre",
         val_size: float = 10000,
-        batch_size: int = 512,
+        batch_size: PositiveInt = 512,
         seed: int = 0,
         download: bool = True,
         url: str | None = URL,
         sha256: str | None = SHA256,
         cache: bool = True,
-        num_workers: int = 0,
-        in_memory: bool | str = "auto",
-        folds: int | None = None,
-        fold: int = 0,
+        num_workers: NonNegativeInt = 0,
+        in_memory: InMemory = "auto",
+        folds: Folds | None = None,
+        fold: NonNegativeInt = 0,
     ):
         super().__init__(
             batch_size, shuffle_seed=int(seed), in_memory=in_memory, num_workers=num_workers

@@ -40,6 +40,7 @@ from torch.utils.data import TensorDataset
 from nnlab.data import imdb
 from nnlab.data.base import DataModule, Encoded
 from nnlab.errors import ConfigError, UserError, require_positive
+from nnlab.schema import InMemory, NonNegativeInt, PositiveInt
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +92,14 @@ class IMDBLanguageDataModule(DataModule):
         tbptt: bool = True,
         max_train_chars: int | None = 2_000_000,
         max_eval_chars: int | None = 200_000,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
+        batch_size: PositiveInt = 64,
+        eval_batch_size: PositiveInt | None = None,
         seed: int = 0,
         download: bool = True,
         url: str | None = imdb.URL,
         sha256: str | None = imdb.SHA256,
-        in_memory: bool | str = "auto",
-        num_workers: int = 0,
+        in_memory: InMemory = "auto",
+        num_workers: NonNegativeInt = 0,
     ):
         if level not in LEVELS:
             raise ConfigError("data.level", f"unknown level {level!r}; choose char or word")

@@ -31,6 +31,7 @@ from nnlab.data.base import DataModule, Encoded
 from nnlab.data.folds import fold_indices
 from nnlab.data.views import HEIGHT, MNIST_VIEWS, NUM_CLASSES, PIXELS, WIDTH
 from nnlab.errors import ConfigError, DataError, UserError, require_positive
+from nnlab.schema import Folds, InMemory, NonNegativeInt, PositiveInt
 
 DATASETS = {"mnist": tv_datasets.MNIST, "fashion_mnist": tv_datasets.FashionMNIST}
 # The four files torchvision reads from <data_dir>/<MNIST|FashionMNIST>/raw, and their IDX rank.
@@ -62,13 +63,13 @@ class MNISTDataModule(DataModule):
         val_size: int = 5000,
         split_seed: int = 0,
         permutation_seed: int = 0,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
+        batch_size: PositiveInt = 128,
+        eval_batch_size: PositiveInt | None = None,
         shuffle: bool = True,
-        num_workers: int = 0,
-        in_memory: bool | str = "auto",
-        folds: int | None = None,
-        fold: int = 0,
+        num_workers: NonNegativeInt = 0,
+        in_memory: InMemory = "auto",
+        folds: Folds | None = None,
+        fold: NonNegativeInt = 0,
         # Shapes for interpolation into the model config; derived from `view`, checked here.
         seq_len: int | None = None,
         input_size: int | None = None,

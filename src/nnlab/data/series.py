@@ -22,7 +22,15 @@ from torch.utils.data import TensorDataset
 
 from nnlab.data.base import DataModule, Encoded
 from nnlab.data.folds import fold_blocks
-from nnlab.errors import ConfigError, DataError, UserError, require_positive
+from nnlab.errors import ConfigError, DataError, UserError
+from nnlab.schema import (
+    Folds,
+    InMemory,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+)
 
 SPLITS = ("train", "val", "test")
 SIZE_KEYS = ("input_size", "output_size", "flat_input_size", "num_targets", "target_features")
@@ -54,19 +62,28 @@ class SeriesDataModule(DataModule):
     `encode` reads a series a user gives (a CSV file, inline values for one column) into
     windows scaled as in training; `decode` brings outputs back to the targets' units."""
 
+    # Sizes the models read, derived in conf/data/*.yaml (checked against the columns).
+    schema_extra_keys = {
+        "input_size": int | None,
+        "num_targets": int | None,
+        "output_size": int | None,
+        "flat_input_size": int | None,
+        "target_features": list[int] | None,
+    }
+
     def __init__(
         self,
-        window: int = 4,
-        horizon: int = 1,
-        splits: tuple[float, float, float] = (0.7, 0.15, 0.15),
-        batch_size: int = 32,
+        window: PositiveInt = 4,
+        horizon: PositiveInt = 1,
+        splits: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (0.7, 0.15, 0.15),
+        batch_size: PositiveInt = 32,
         shuffle: bool = True,
         standardize: bool = False,
-        num_workers: int = 0,
-        in_memory: bool | str = "auto",
+        num_workers: NonNegativeInt = 0,
+        in_memory: InMemory = "auto",
         shuffle_seed: int = 0,
-        folds: int | None = None,
-        fold: int = 0,
+        folds: Folds | None = None,
+        fold: NonNegativeInt = 0,
         column: str | None = None,
         features: list[str] | None = None,
         targets: list[str] | None = None,
@@ -79,10 +96,8 @@ class SeriesDataModule(DataModule):
             in_memory=in_memory,
             num_workers=num_workers,
         )
-        require_positive("data.window", window)
-        require_positive("data.horizon", horizon)
         splits = tuple(float(f) for f in splits)
-        if len(splits) != 3 or any(f <= 0 for f in splits) or not math.isclose(sum(splits), 1.0):
+        if not math.isclose(sum(splits), 1.0):
             raise ConfigError(
                 "data.splits", f"need three positive fractions summing to 1, got {list(splits)}"
             )
@@ -324,15 +339,12 @@ class SineDataModule(SeriesDataModule):
 
     def __init__(
         self,
-        num_points: int = 1000,
-        freq: float = 0.01,
-        noise: float = 0.2,
+        num_points: PositiveInt = 1000,
+        freq: PositiveFloat = 0.01,
+        noise: NonNegativeFloat = 0.2,
         seed: int = 0,
         **kwargs,
     ):
-        require_positive("data.num_points", num_points)
-        require_positive("data.freq", freq)
-        require_positive("data.noise", noise, allow_zero=True)
         super().__init__(**kwargs)
         self.save_hyperparameters()
         self.num_points, self.freq, self.noise, self.seed = int(num_points), freq, noise, seed
@@ -362,7 +374,7 @@ class CSVSeriesDataModule(SeriesDataModule):
         features: list[str] | None = None,
         targets: list[str] | None = None,
         time_column: str | None = None,
-        generate: int = 0,
+        generate: NonNegativeInt = 0,
         **kwargs,
     ):
         if not path:

@@ -15,6 +15,7 @@ from torch.utils.data import TensorDataset
 
 from nnlab.data.base import DataModule, Encoded, input_file, read_numbers
 from nnlab.errors import ConfigError, UserError, require_positive
+from nnlab.schema import InMemory, NonNegativeInt, PositiveInt
 
 
 class TonesDataModule(DataModule):
@@ -29,10 +30,10 @@ class TonesDataModule(DataModule):
         p_present: float = 0.4,
         noise: float = 0.3,
         splits: tuple[float, float, float] = (0.7, 0.15, 0.15),
-        batch_size: int = 64,
+        batch_size: PositiveInt = 64,
         seed: int = 0,
-        num_workers: int = 0,
-        in_memory: bool | str = "auto",
+        num_workers: NonNegativeInt = 0,
+        in_memory: InMemory = "auto",
     ):
         super().__init__(
             batch_size, shuffle_seed=seed, in_memory=in_memory, num_workers=num_workers

@@ -38,6 +38,7 @@ from torch.utils.data import TensorDataset
 from nnlab.data.base import DataModule, Encoded, input_file, read_numbers
 from nnlab.data.download import check_digest, download, sha256_of
 from nnlab.errors import ConfigError, DataError, UserError, require_positive
+from nnlab.schema import InMemory, NonNegativeInt, PositiveInt
 
 log = logging.getLogger(__name__)
 
@@ -208,14 +209,14 @@ class UEADataModule(DataModule):
         num_classes: int | None = None,
         known: dict[str, Any] | None = None,
         val_size: float = 0.2,
-        batch_size: int = 32,
+        batch_size: PositiveInt = 32,
         seed: int = 0,
         standardize: bool = True,
         download: bool = True,
         url: str | None = None,
         sha256: str | None = None,
-        num_workers: int = 0,
-        in_memory: bool | str = "auto",
+        num_workers: NonNegativeInt = 0,
+        in_memory: InMemory = "auto",
     ):
         super().__init__(
             batch_size, shuffle_seed=seed, in_memory=in_memory, num_workers=num_workers

@@ -18,6 +18,15 @@ State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 class RecurrentLanguageModel(RecurrentNet):
+    # a language model reads left to right, one output a step, sized by its vocabulary
+    schema_excluded_keys = (
+        "bidirectional",
+        "readout",
+        "return_sequences",
+        "input_size",
+        "output_size",
+    )
+
     def __init__(
         self,
         vocab_size: int,

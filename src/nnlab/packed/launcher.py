@@ -36,12 +36,13 @@ from hydra.core.utils import (
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from nnlab.config import build, build_all, validate
+from nnlab.config import build, build_all
 from nnlab.console import print_config_tree
 from nnlab.data.memory import MemoryBatcher
 from nnlab.packed import stack
 from nnlab.packed.group import STATE_DIR, Data, PackedGroup, Trial, load_states
 from nnlab.runs import METRICS, Run, read_status
+from nnlab.schema import check
 from nnlab.tasks.classification import ClassificationTask
 from nnlab.tasks.regression import RegressionTask
 
@@ -321,7 +322,7 @@ def prepare(
     raw_cfg = _task_config(job_config)
     try:
         cfg = OmegaConf.create(OmegaConf.to_container(raw_cfg, resolve=True))
-        validate(cfg)
+        check(cfg)
     except Exception as exc:  # the job's own run reports it, as a sequential run would
         raise Unpackable(f"config problem ({str(exc).splitlines()[0]})") from None
     if cfg.get("resume") or cfg.get("ckpt_path"):

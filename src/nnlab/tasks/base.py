@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -13,8 +13,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from nnlab.config import reported
 from nnlab.data.base import DataModule
 from nnlab.errors import ConfigError
+from nnlab.schema import PositiveInt, TargetNode
 from nnlab.tasks import loops, optimizers
 
 log = logging.getLogger(__name__)
@@ -42,16 +44,23 @@ class Task(L.LightningModule):
 
     target_kind = "values"  # the data modules' target_kind this task learns
 
+    # The loop keys of older checkpoints and saved configs (tasks/loops.py: loop_keys).
+    schema_extra_keys = {
+        "fused_loop": bool,
+        "cuda_graph": bool | Literal["auto"],
+        "graph_batches": PositiveInt,
+    }
+
     def __init__(
         self,
         net: Mapping[str, Any],
-        optimizer: Mapping[str, Any] | None = None,
-        scheduler: Mapping[str, Any] | None = None,
-        scheduler_interval: str = "epoch",
+        optimizer: TargetNode | None = None,
+        scheduler: TargetNode | None = None,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
         scheduler_monitor: str = "val/loss",
         channels_last: bool = False,
-        loop: str = "auto",
-        micro_batches: int = 32,
+        loop: Literal["lightning", "fused", "cuda_graph", "auto"] = "auto",
+        micro_batches: PositiveInt = 32,
         compile: bool | Mapping[str, Any] = False,
         **renamed: Any,
     ):
@@ -146,7 +155,10 @@ class Task(L.LightningModule):
         self._optimizer_flags = optimizers.implementation(optimizer)
         if not self.hparams.scheduler:
             return optimizer
-        scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
+        try:
+            scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
+        except (TypeError, ValueError, RuntimeError) as exc:  # torch refused a value
+            raise reported("task.scheduler", self.hparams.scheduler, exc) from exc
         config = {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = self.hparams.scheduler_monitor  # (never in the fused loop)
