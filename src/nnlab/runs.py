@@ -336,7 +336,11 @@ class Run:
         )
 
     def metrics(self) -> dict[str, Any]:
-        return json.loads(self.metrics_path.read_text()) if self.metrics_path.is_file() else {}
+        from nnlab.files import read_json  # a damaged file names its line (nnlab/files.py)
+
+        return (
+            read_json(self.metrics_path, what="metrics file") if self.metrics_path.is_file() else {}
+        )
 
     @property
     def checkpoints(self) -> Path:

@@ -33,6 +33,7 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+import typing_extensions
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from pydantic import (
@@ -70,6 +71,15 @@ def _has_target(v: Any) -> Any:
         )
     return v
 
+
+def _codec(name: str) -> str:
+    from nnlab.files import check_encoding
+
+    return check_encoding(name)
+
+
+# A text encoding Python knows (data.encoding=latin-1).
+Encoding = Annotated[str, AfterValidator(_codec)]
 
 # An object built from config (the task's optimizer and scheduler): a mapping with _target_.
 TargetNode = Annotated[dict[str, Any], AfterValidator(_has_target)]
@@ -245,7 +255,7 @@ def strict(tp: Any) -> Any:
         return _CONTAINERS[tp]
     if tp is Path:
         return StrictStr | Path
-    if isinstance(tp, type) and (typing.is_typeddict(tp) or issubclass(tp, BaseModel)):
+    if isinstance(tp, type) and (typing_extensions.is_typeddict(tp) or issubclass(tp, BaseModel)):
         return tp
     return Any
 
@@ -411,12 +421,12 @@ def _path(value: Any, loc: tuple) -> tuple[str, Any, bool]:
     """The dotted suffix of `loc` that walks through `value` (pydantic adds union member tags
     such as 'int' or 'literal[...]' to it), the value found there, and whether it was found."""
     text, found = "", True
-    for part in loc:
+    for i, part in enumerate(loc):
         if isinstance(value, dict) and part in value:
             text, value = f"{text}.{part}", value[part]
         elif isinstance(value, list | tuple) and isinstance(part, int) and part < len(value):
             text, value = f"{text}[{part}]", value[part]
-        elif isinstance(value, dict) and isinstance(part, str) and not text:
+        elif isinstance(value, dict) and isinstance(part, str) and (not text or i == len(loc) - 1):
             text, value, found = f"{text}.{part}", None, False  # a missing or unknown key
         # else: a union member's tag
     return text, value, found
@@ -432,18 +442,23 @@ def _fields_of(annotation: Any) -> dict[str, Any] | None:
         return None
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return {n: f.annotation for n, f in annotation.model_fields.items()}
-    if isinstance(annotation, type) and typing.is_typeddict(annotation):
+    if isinstance(annotation, type) and typing_extensions.is_typeddict(annotation):
         return typing.get_type_hints(annotation)
     return None
 
 
-def _element(annotation: Any) -> Any:
-    """The element type of the list type inside `annotation`."""
+def _element(annotation: Any, mapping: bool = False) -> Any:
+    """The element type of the list type (or the value type of the dict type) inside
+    `annotation`."""
     origin = get_origin(annotation)
     if origin is Annotated or origin in (Union, types.UnionType):
         for arg in get_args(annotation):
-            if (found := _element(arg)) is not None:
+            if (found := _element(arg, mapping)) is not None:
                 return found
+        return None
+    if mapping:
+        if origin in _CONTAINERS and _CONTAINERS[origin] is dict and get_args(annotation):
+            return get_args(annotation)[-1]
         return None
     if origin in (list, tuple) or origin in _CONTAINERS and _CONTAINERS[origin] is list:
         args = get_args(annotation)
@@ -462,6 +477,8 @@ def _names_at(fields: dict[str, Any], loc: tuple) -> list[str]:
         elif isinstance(part, int):
             element = _element(current)
             current = _fields_of(element) if element is not None else None
+        elif (value := _element(current, mapping=True)) is not None:  # a key of a dict[str, X]
+            current = _fields_of(value) or value
         # else: a union member's tag
         if current is None:
             return []
@@ -473,6 +490,7 @@ def refusal(
 ) -> ConfigError:
     """One ConfigError for a node's validation errors: the first key at fault, all that was
     expected of it."""
+    errors = sorted(errors, key=lambda e: e["type"] != "extra_forbidden")  # a typo explains
     first = errors[0]
     suffix, value, _ = _path(node, first["loc"])
     full = f"{key}{suffix}".lstrip(".")
@@ -616,7 +634,30 @@ def _resolve(cfg: Any, key: str) -> Any:
 def check(cfg: DictConfig) -> None:
     """Everything a run is built from, checked before anything is built: the run's own keys
     against `RunSettings`, every `_target_` node against its target's signature."""
-    check_plain(resolved(cfg))
+    try:
+        check_plain(resolved(cfg))
+    except ConfigError as exc:
+        source = _interpolation(cfg, exc.key)
+        if source is None:
+            raise
+        raise ConfigError(
+            exc.key,
+            f"{str(exc)[len(exc.key) + 2 :]} (it is {source} in the config: the value "
+            "comes from there)",
+        ) from None
+
+
+def _interpolation(cfg: DictConfig, key: str) -> str | None:
+    """The interpolation (`${data.input_size}`) a key's value comes from, if it does."""
+    parent_key, _, name = key.rpartition(".")
+    try:
+        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+        if isinstance(parent, DictConfig) and name in parent:
+            if OmegaConf.is_interpolation(parent, name):
+                return str(parent._get_node(name)._value())
+    except Exception:  # noqa: BLE001 - a key OmegaConf cannot select (list indices): no hint
+        return None
+    return None
 
 
 def check_plain(plain: dict[str, Any]) -> None:
