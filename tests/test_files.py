@@ -149,3 +149,17 @@ def test_a_path_given_as_a_folder_through_the_command(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: data.path: {tmp_path}")
     assert Path(tmp_path / "out").exists() is False or not list((tmp_path / "out").rglob("*.ckpt"))
+
+
+def test_a_checkpoint_that_is_not_there_lists_those_that_are(tmp_path):
+    from nnlab.errors import UserError
+    from nnlab.runs import Run
+
+    (tmp_path / "checkpoints").mkdir()
+    for name in ("last.ckpt", "epoch3-step40.ckpt"):
+        (tmp_path / "checkpoints" / name).write_bytes(b"x")
+    with pytest.raises(UserError) as err:
+        Run(tmp_path).checkpoint("epoch9.ckpt")
+    assert "which holds: epoch3-step40.ckpt, last.ckpt); use best, last, one of those" in str(
+        err.value
+    )

@@ -240,8 +240,10 @@ class Run:
         for candidate in (path, self.checkpoints / path):
             if candidate.is_file():
                 return candidate
+        there = ", ".join(p.name for p in found) or "none"
         raise UserError(
-            f"{key}: checkpoint {which} not found (nor in {self.checkpoints}); use best, last or a path"
+            f"{key}: checkpoint {which} not found (nor in {self.checkpoints}, which holds: "
+            f"{there}); use best, last, one of those or a path"
         )
 
     def resume_checkpoint(self) -> Path:

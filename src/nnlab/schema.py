@@ -172,7 +172,7 @@ class RunSettings(BaseModel):
     """nnlab-train's own keys (conf/train.yaml), and the groups that are checked as objects."""
 
     model_config = ConfigDict(extra="forbid")
-    name: StrictStr = Field(description="names the run directory (the experiment's name)")
+    name: StrictStr | None = Field(description="names the run directory (the experiment's name)")
     seed: Annotated[StrictInt, Field(ge=0, le=2**32 - 1)] | None = Field(
         12345, description="seeds Python, numpy and torch (and every rank/worker); null: none"
     )
