@@ -849,3 +849,50 @@ def upgrade_saved(cfg: DictConfig, where: str = "saved config") -> DictConfig:
                     where, key, name, value, key, selector, node.get(selector),
                 )  # fmt: skip
     return cfg
+
+
+def type_text(annotation: Any) -> str:
+    """An annotation as the reference shows it: `int >= 1`, `one of lstm, gru`, `null or ...`."""
+    import annotated_types
+
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return "any"
+    if annotation is None or annotation is type(None):
+        return "null"
+    simple = {bool: "true/false", int: "int", float: "number", str: "string", Path: "path"}
+    if annotation in simple:
+        return simple[annotation]
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        text = type_text(args[0])
+        for meta in args[1:]:
+            for m in getattr(meta, "metadata", [meta]):
+                for cls, sign, attr in (
+                    (annotated_types.Ge, ">=", "ge"), (annotated_types.Gt, ">", "gt"),
+                    (annotated_types.Le, "<=", "le"), (annotated_types.Lt, "<", "lt"),
+                ):  # fmt: skip
+                    if isinstance(m, cls):
+                        text += f" {sign} {getattr(m, attr)}"
+                if isinstance(m, annotated_types.MinLen):
+                    text += f" (at least {m.min_length})"
+        return text
+    if origin is Literal:
+        return "one of " + ", ".join(
+            str(a).lower() if isinstance(a, bool) else str(a) for a in args
+        )
+    if origin in (Union, types.UnionType):
+        parts = [type_text(a) for a in args if a is not type(None)]
+        return " or ".join(parts + (["null"] if type(None) in args else []))
+    if origin in _CONTAINERS:
+        container = _CONTAINERS[origin]
+        if container is dict:
+            return f"mapping of {type_text(args[-1])}" if args else "mapping"
+        if container is tuple and args and args[-1] is not Ellipsis:
+            same = {type_text(a) for a in args}
+            return f"list of {len(args)} × {same.pop()}" if len(same) == 1 else "list"
+        return f"list of {type_text(args[0])}" if args else "list"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return f"mapping ({', '.join(annotation.model_fields)})"
+    if isinstance(annotation, type) and typing_extensions.is_typeddict(annotation):
+        return f"mapping ({', '.join(typing.get_type_hints(annotation))})"
+    return getattr(annotation, "__name__", str(annotation))
