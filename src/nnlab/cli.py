@@ -133,19 +133,25 @@ def output_dir(run: Run, out: str | None, kind: str) -> Path:
 GROUPS = ("experiment", "data", "model", "task", "trainer", "callbacks", "logger", "paths", "debug")
 
 
-def resumed_config(run: Run, overrides: list[str]) -> DictConfig:
-    """The run's saved config, the command line's key=value overrides on top, set to continue
-    from its last checkpoint."""
-    dotlist = []
+def check_resume_overrides(overrides: list[str]) -> None:
+    """A resumed run keeps its config: a group override (model=..., data=...) is refused."""
     for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if key in ("resume", "print_config"):
-            continue
-        if key in GROUPS:
+        if override.split("=", 1)[0].lstrip("+~") in GROUPS:
             raise UserError(
                 f"resume: `{override}` would change what the run is; a resumed run keeps its "
                 "config (override single keys such as trainer.max_epochs=20, or start a new run)"
             )
+
+
+def resumed_config(run: Run, overrides: list[str]) -> DictConfig:
+    """The run's saved config, the command line's key=value overrides on top, set to continue
+    from its last checkpoint."""
+    check_resume_overrides(overrides)
+    dotlist = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in ("resume", "print_config", "check"):
+            continue
         dotlist.append(override.lstrip("+"))
     saved = upgrade_saved(run.config(), f"{run.root}'s saved config")
     cfg = OmegaConf.merge(saved, OmegaConf.from_dotlist(dotlist))

@@ -190,12 +190,28 @@ class Run:
             self._lock_file.close()  # closing releases the flock
             self._lock_file = None
 
+    def probe_lock(self, key: str = "resume") -> None:
+        """A RunInUse when another process holds the run's lock; writes nothing (a refused
+        command leaves every file of the run as it was)."""
+        path = self.root / LOCK
+        if not path.is_file():
+            return
+        with open(path, encoding="utf-8") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = f.read().strip() or "another process"
+                raise RunInUse(
+                    f"{key}: {self.root} is in use by {holder}; wait for it to finish (or stop "
+                    "it) before resuming, evaluating a changing run, or starting another "
+                    "session on it"
+                ) from None
+
     @classmethod
     def check_free(cls, path: str | os.PathLike, key: str = "resume") -> Run:
         """The run at `path`, if no process holds it (checked without keeping the lock)."""
         run = cls.open(path, key=key)
-        run.lock(key)
-        run.unlock()
+        run.probe_lock(key)
         try:  # a session would write status, checkpoints and logs there
             with tempfile.TemporaryFile(dir=run.root):
                 pass

@@ -757,6 +757,15 @@ class UpFrontCheck(Callback):
     (Hydra turns a callback's exceptions into warnings: a refusal ends the command here, one
     `error:` line and exit 2, as nnlab's commands do.)"""
 
+    def _guard_sweep_dir(self, config: DictConfig) -> None:
+        """A sweep directory another process sweeps into is refused, for every launcher; this
+        process holds its lock until the sweep ends."""
+        from nnlab.runs import Run
+
+        lock = Run(Path(str(config.hydra.sweep.dir)).expanduser())
+        lock.lock("hydra.sweep.dir")
+        self._sweep_lock = lock
+
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         with exit_on_user_error():
             self._run(config)
@@ -765,7 +774,15 @@ class UpFrontCheck(Callback):
         with exit_on_user_error():
             self._multirun(config)
 
+    _sweep_lock: Any = None  # the sweep directory's lock, held while this process sweeps
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self._sweep_lock is not None:
+            self._sweep_lock.unlock()
+            self._sweep_lock = None
+
     def _run(self, config: DictConfig) -> None:
+        guard_run_dir(config)
         from hydra.core.hydra_config import HydraConfig
 
         saved = HydraConfig.instance().cfg
@@ -815,13 +832,38 @@ class UpFrontCheck(Callback):
                 plan.append(f"  #{num} {' '.join(overrides)} -> {output_dir}: {describe(plain)}")
         finally:
             HydraConfig.instance().cfg = saved
-        if config.get("check"):
-            what = (
-                f"{len(plan)} trial(s)" if plan else "a search (its trials are chosen as it runs)"
-            )
-            print(f"check: every config is valid; the sweep would run {what}")
-            print("\n".join(plan))
-            raise SystemExit(0)
+        if not config.get("check"):
+            self._guard_sweep_dir(config)  # checked trials first: a refusal writes nothing
+            return
+        what = f"{len(plan)} trial(s)" if plan else "a search (its trials are chosen as it runs)"
+        print(f"check: every config is valid; the sweep would run {what}")
+        print("\n".join(plan))
+        raise SystemExit(0)
+
+
+def guard_run_dir(config: DictConfig) -> None:
+    """Before Hydra writes into a single run's directory (.hydra/, train.log): a directory
+    another process holds is refused, and so is one that holds a finished run, unless it is
+    resumed (resume=); a resume that would change the run's groups is refused here too, so a
+    refusal leaves the run's files as they were. Other ranks of a distributed run skip this
+    (rank 0 holds the directory)."""
+    from nnlab.cli import check_resume_overrides
+    from nnlab.runs import Run, is_global_zero
+
+    resume = config.get("resume")
+    if resume:
+        check_resume_overrides(list(config.hydra.overrides.task))
+    run_dir = Path(str(config.hydra.run.dir)).expanduser()
+    if not is_global_zero() or not run_dir.is_dir():
+        return
+    run = Run(run_dir)
+    run.probe_lock("hydra.run.dir")  # a RunInUse naming the holder when another process has it
+    if not resume and Run.is_run_dir(run_dir) and run.state()[0] == "completed":
+        raise ConfigError(
+            "hydra.run.dir",
+            f"{run_dir} holds a finished run, which is never trained into again; continue it "
+            f"with resume={run_dir}, or choose another directory",
+        )
 
 
 def upgrade_saved(cfg: DictConfig, where: str = "saved config") -> DictConfig:
