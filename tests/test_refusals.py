@@ -102,3 +102,22 @@ def test_a_sweep_directory_in_use_is_refused(launcher, tmp_path, monkeypatch, ca
         holder.unlock()
     assert code == 2 and f"error: hydra.sweep.dir: {sweep} is in use by process" in output
     assert snapshot(sweep) == before
+
+
+@pytest.mark.parametrize("launcher", ["basic", "packed"])
+def test_a_sweep_rerun_with_other_settings_keeps_nothing_old(
+    launcher, tmp_path, monkeypatch, capfd
+):
+    sweep = tmp_path / "sweep"
+    common = ["-m", f"hydra/launcher={launcher}", "experiment=sine_mlp", "debug=limit",
+              "logger=none", f"hydra.sweep.dir={sweep}", "print_config=false"]  # fmt: skip
+    code, output = train([*common, "seed=1,2"], tmp_path, monkeypatch, capfd)
+    assert code == 0, output[-3000:]
+    before = snapshot(sweep)
+    code, output = train([*common, "seed=3,2"], tmp_path, monkeypatch, capfd)
+    assert code == 2, output[-3000:]
+    assert output.splitlines()[-1].startswith("error: hydra.sweep.dir: trial #0 (")
+    assert "holds a finished run of another config (data.seed: 1 -> 3)" in output
+    assert snapshot(sweep) == before
+    code, output = train([*common, "seed=1,2"], tmp_path, monkeypatch, capfd)  # the same: kept
+    assert code == 0, output[-3000:]

@@ -829,6 +829,7 @@ class UpFrontCheck(Callback):
                         f"{str(exc)[len(exc.key) + 2 :]} (in trial #{num}: "
                         f"{' '.join(overrides) or 'no overrides'}; nothing was run)",
                     ) from None
+                refuse_finished_other(Path(output_dir), plain, num, overrides)
                 plan.append(f"  #{num} {' '.join(overrides)} -> {output_dir}: {describe(plain)}")
         finally:
             HydraConfig.instance().cfg = saved
@@ -839,6 +840,27 @@ class UpFrontCheck(Callback):
         print(f"check: every config is valid; the sweep would run {what}")
         print("\n".join(plan))
         raise SystemExit(0)
+
+
+def refuse_finished_other(
+    output_dir: Path, plain: dict[str, Any], num: int, overrides: list[str]
+) -> None:
+    """A trial whose directory holds a finished run of another config (a sweep re-run with
+    other seeds into its old folder) is refused: the old results would pass for the new
+    trial's. One of the same config is left to the launcher (kept, as before)."""
+    from nnlab.runs import RESOLVED_CONFIG, Run, relocatable_config
+
+    if not Run.is_run_dir(output_dir) or Run(output_dir).state()[0] != "completed":
+        return
+    saved = OmegaConf.to_container(OmegaConf.load(output_dir / RESOLVED_CONFIG))
+    now = relocatable_config(OmegaConf.create(plain), output_dir)
+    if difference := config_difference(saved, now):
+        raise ConfigError(
+            "hydra.sweep.dir",
+            f"trial #{num} ({' '.join(overrides) or 'no overrides'}): {output_dir} holds a "
+            f"finished run of another config ({difference}); a finished run is never trained "
+            "into again: sweep into a new directory, or run the sweep's own settings",
+        )
 
 
 def guard_run_dir(config: DictConfig) -> None:
@@ -938,3 +960,34 @@ def type_text(annotation: Any) -> str:
     if isinstance(annotation, type) and typing_extensions.is_typeddict(annotation):
         return f"mapping ({', '.join(typing.get_type_hints(annotation))})"
     return getattr(annotation, "__name__", str(annotation))
+
+
+# Keys a run's saved config may hold differently from the command that made it: how it was
+# started or continued, not what it trains.
+VOLATILE_KEYS = {"resume", "ckpt_path", "print_config", "check", "paths.output_dir"}
+
+
+def config_difference(saved: Any, now: Any, key: str = "") -> str | None:
+    """The first key whose value differs between a run's saved config and the one a command
+    would run now (`key: saved -> now`), or None when they train the same thing."""
+    if key in VOLATILE_KEYS:
+        return None
+    if isinstance(saved, dict) and isinstance(now, dict):
+        for name in sorted(set(saved) | set(now), key=str):
+            child = f"{key}.{name}" if key else str(name)
+            missing = object()
+            found = config_difference(saved.get(name, missing), now.get(name, missing), child)
+            if found:
+                return found
+        return None
+    if saved != now:
+
+        def show(v: Any) -> str:
+            return (
+                "(absent)"
+                if not isinstance(v, str | int | float | bool | list | dict | None)
+                else repr(v)
+            )
+
+        return f"{key}: {show(saved)} -> {show(now)}"
+    return None
