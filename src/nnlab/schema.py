@@ -36,6 +36,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import typing_extensions
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf.errors import MissingMandatoryValue
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -600,12 +601,6 @@ def _walk(value: Any, key: str) -> None:
 def resolved(cfg: DictConfig) -> dict[str, Any]:
     """The config without Hydra's node, interpolations resolved; one that cannot resolve (or a
     ??? value) is a ConfigError naming its key."""
-    for key in sorted(OmegaConf.missing_keys(cfg)):
-        if key == "hydra" or key.startswith("hydra."):
-            continue
-        raise ConfigError(
-            key, f"must be set (it is ??? in the config); add {key}=VALUE to the command"
-        )
     plain: dict[str, Any] = {}
     for name in cfg:
         if name == "hydra":
@@ -618,8 +613,13 @@ def _resolve(cfg: Any, key: str) -> Any:
     try:
         node = OmegaConf.select(cfg, key, throw_on_missing=True) if "." in key else cfg[key]
         if isinstance(node, DictConfig | ListConfig):
-            return OmegaConf.to_container(node, resolve=True)
+            return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
         return node
+    except MissingMandatoryValue as exc:  # ??? left in the config (a value nobody gave)
+        missing = exc.full_key or key
+        raise ConfigError(
+            missing, f"must be set (it is ??? in the config); add {missing}=VALUE to the command"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - which child failed? name the deepest key
         node = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
         if isinstance(node, DictConfig):
@@ -736,12 +736,41 @@ def sweep_trials(config: DictConfig) -> list[list[str]] | None:
     return [list(t) for batch in BasicSweeper.split_arguments(parsed, None) for t in batch]
 
 
-def _trial_config(config: DictConfig, overrides: list[str], num: int) -> DictConfig:
-    """A trial's composed config, as the sweeper composes it (Hydra's load_sweep_config)."""
+def _trial_config(
+    config: DictConfig, overrides: list[str], num: int, cache: dict | None = None
+) -> DictConfig:
+    """A trial's composed config, as the sweeper composes it (Hydra's load_sweep_config), once
+    per distinct set of config-group choices and overridden keys: the trials of a grid that
+    differ only in values (seed=1 vs seed=2) get a copy of the first one's config with their
+    values applied the way Hydra applies them (a composition costs ~0.3 s, 10 s for 32 trials).
+    Hydra's private API (ConfigLoaderImpl._apply_overrides_to_config) is used here only; the
+    packed launcher's `_compose` does the same."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import open_dict
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
 
-    cfg = GlobalHydra.instance().config_loader().load_sweep_config(config, list(overrides))
+    loader = GlobalHydra.instance().config_loader()
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    values, shape = [], []
+    for o in parsed:
+        plain = (
+            not o.is_hydra_override()
+            and o.type == OverrideType.CHANGE
+            and o.package is None
+            and not o.is_sweep_override()
+            and not loader.repository.group_exists(o.key_or_group)
+        )
+        shape.append(o.key_or_group if plain else o.input_line)
+        if plain:
+            values.append(o)
+    cache = {} if cache is None else cache
+    if tuple(shape) in cache:
+        cfg = copy.deepcopy(cache[tuple(shape)])
+        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+    else:
+        cfg = loader.load_sweep_config(config, list(overrides))
+        cache[tuple(shape)] = copy.deepcopy(cfg)
     OmegaConf.copy_cache(from_config=config, to_config=cfg)  # the sweep's ${now:} and uid
     with open_dict(cfg):
         cfg.hydra.job.num = num
@@ -809,7 +838,7 @@ class UpFrontCheck(Callback):
         saved = HydraConfig.instance().cfg
         str(config.hydra.sweep.dir)  # resolved once: every trial and Hydra share ${now:}, uid
         trials = sweep_trials(config)
-        plan = []
+        plan, composed = [], {}
         try:
             if trials is None:  # a search: its base config now, each trial as it is chosen
                 cfg = _trial_config(config, [], 0)
@@ -817,7 +846,7 @@ class UpFrontCheck(Callback):
                 check(cfg)
                 trials = []
             for num, overrides in enumerate(trials):
-                cfg = _trial_config(config, overrides, num)
+                cfg = _trial_config(config, overrides, num, composed)
                 output_dir = f"{cfg.hydra.sweep.dir}/{cfg.hydra.sweep.subdir}"
                 _with_output_dir(cfg, output_dir)
                 try:
