@@ -418,7 +418,7 @@ def _expected(error: dict) -> str:
     return error["msg"][0].lower() + error["msg"][1:]
 
 
-def _path(value: Any, loc: tuple) -> tuple[str, Any, bool]:
+def _path(value: Any, loc: tuple, keyed: bool = False) -> tuple[str, Any, bool]:
     """The dotted suffix of `loc` that walks through `value` (pydantic adds union member tags
     such as 'int' or 'literal[...]' to it), the value found there, and whether it was found."""
     text, found = "", True
@@ -427,7 +427,11 @@ def _path(value: Any, loc: tuple) -> tuple[str, Any, bool]:
             text, value = f"{text}.{part}", value[part]
         elif isinstance(value, list | tuple) and isinstance(part, int) and part < len(value):
             text, value = f"{text}[{part}]", value[part]
-        elif isinstance(value, dict) and isinstance(part, str) and (not text or i == len(loc) - 1):
+        elif (
+            isinstance(value, dict)
+            and isinstance(part, str)
+            and (not text or keyed and i == len(loc) - 1)
+        ):
             text, value, found = f"{text}.{part}", None, False  # a missing or unknown key
         # else: a union member's tag
     return text, value, found
@@ -493,9 +497,13 @@ def refusal(
     expected of it."""
     errors = sorted(errors, key=lambda e: e["type"] != "extra_forbidden")  # a typo explains
     first = errors[0]
-    suffix, value, _ = _path(node, first["loc"])
+
+    def path(error: dict) -> tuple[str, Any, bool]:  # the last place of a key's error is a key
+        return _path(node, error["loc"], error["type"] in ("missing", "extra_forbidden"))
+
+    suffix, value, _ = path(first)
     full = f"{key}{suffix}".lstrip(".")
-    same = [e for e in errors if _path(node, e["loc"])[0] == suffix]
+    same = [e for e in errors if path(e)[0] == suffix]
     kinds = {e["type"] for e in same}
     if "extra_forbidden" in kinds:
         name = str(first["loc"][-1])
