@@ -16,6 +16,7 @@ from nnlab.models.cells import (
     run_cell,
 )
 from nnlab.models.recurrent import RecurrentNet
+from nnlab.schema import check_args
 
 CUSTOM = ["deep_rnn", "jzs1", "jzs2", "jzs3"]
 sig, tanh = torch.sigmoid, torch.tanh
@@ -182,8 +183,8 @@ def test_custom_cells_read_a_univariate_series():
 def test_bad_nonlinearity_for_deep_rnn():
     with pytest.raises(ConfigError, match="model.nonlinearity"):
         RecurrentNet(1, 1, cell="deep_rnn", nonlinearity="sigmoid")
-    with pytest.raises(ConfigError, match="deep_rnn, jzs1, jzs2, jzs3"):
-        RecurrentNet(1, 1, cell="jzs4")
+    with pytest.raises(ConfigError, match="'deep_rnn', 'jzs1', 'jzs2', 'jzs3'"):
+        check_args(RecurrentNet, "model", input_size=1, output_size=1, cell="jzs4")
 
 
 @pytest.mark.parametrize("cell", CUSTOM)

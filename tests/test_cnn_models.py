@@ -10,6 +10,7 @@ from nnlab.models.alexnet import AlexNet, LocalResponseNorm
 from nnlab.models.cnn import CNN, SeparableCNN
 from nnlab.models.layers import InputAdapter, output_size
 from nnlab.models.lenet import LeNet5
+from nnlab.schema import check_args
 
 
 def traced_in_forward(model: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
@@ -133,13 +134,14 @@ def test_separable_convs_are_depthwise_then_pointwise():
             "to nothing",
         ),
         ([{"channels": 4, "kernel": 4, "padding": "same"}], "same padding needs an odd kernel"),
-        ([{"channels": 4, "kernal": 3}], "model.blocks[0]: unknown keys ['kernal']"),
-        ([{"channels": 0}], "model.blocks[0].channels: must be > 0"),
+        ([{"channels": 4, "kernal": 3}], "model.blocks[0].kernal: unknown key"),
+        ([{"channels": 0}], "model.blocks[0].channels: got 0; expected a value >= 1"),
     ],
 )
 def test_cnn_config_errors(blocks, message):
     with pytest.raises(ConfigError) as err:
-        CNN(10, blocks)
+        check_args(CNN, "model", num_classes=10, blocks=blocks)  # the schema's part
+        CNN(10, blocks)  # what only building finds out (shapes)
     assert message in str(err.value)
 
 

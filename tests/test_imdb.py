@@ -18,6 +18,7 @@ import torch
 from nnlab.data import imdb
 from nnlab.data.imdb import IMDBDataModule, pad_sequences, tokenize
 from nnlab.errors import ConfigError, DataError
+from nnlab.schema import check_args
 
 POSITIVE = ["great", "wonderful", "loved", "superb", "brilliant"]
 NEGATIVE = ["awful", "boring", "hated", "terrible", "dull"]
@@ -236,12 +237,9 @@ def test_example_input_matches_the_view(mini_data):
 
 
 def test_bad_settings_name_their_key(mini_data):
-    with pytest.raises(ConfigError, match="data.view"):
-        module(mini_data, view="bag")
-    with pytest.raises(ConfigError, match="data.truncating"):
-        module(mini_data, truncating="middle")
-    with pytest.raises(ConfigError, match="data.num_words"):
-        module(mini_data, num_words=2)
+    for key, value in (("view", "bag"), ("truncating", "middle"), ("num_words", 2)):
+        with pytest.raises(ConfigError, match=f"data.{key}"):  # the schema (nnlab.schema)
+            check_args(IMDBDataModule, "data", data_dir=str(mini_data), **{key: value})
 
 
 def test_vocabulary_is_saved_for_later(mini_data, tmp_path):
@@ -370,7 +368,7 @@ def test_the_cli_reports_bad_data_in_one_line(cli, tmp_path, mini_tarball):
         "experiment=imdb_mlp",
         *TINY,
         f"data.url={url}",
-        "data.sha256=" + "1" * 64,
+        "data.sha256=" + "ab" * 32,  # (all digits would be a number: a string is expected)
         env={"NNLAB_DATA_DIR": str(tmp_path / "downloaded")},
         check=False,
     )

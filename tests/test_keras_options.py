@@ -10,6 +10,7 @@ import torch
 from nnlab.errors import ConfigError
 from nnlab.models.cells import JZS3Cell, SimpleDeepRNNCell, SimpleRNNCell, hard_sigmoid
 from nnlab.models.recurrent import RecurrentNet
+from nnlab.schema import check_node
 
 
 def test_hard_sigmoid_is_old_keras_not_torch():
@@ -32,14 +33,15 @@ def test_rnn_with_sigmoid_runs_the_plain_cell_and_bad_names_are_refused():
     net = RecurrentNet(2, 1, cell="rnn", nonlinearity="sigmoid", hidden_size=3)
     assert net.cell == "simple_rnn" and isinstance(net.rnn.cells[0], SimpleRNNCell)
     assert net(torch.randn(2, 5, 2)).shape == (2, 1)
-    with pytest.raises(ConfigError, match="model.nonlinearity"):
-        RecurrentNet(2, 1, cell="rnn", nonlinearity="softsign")
-    with pytest.raises(ConfigError, match="model.inner_activation"):
-        RecurrentNet(2, 1, cell="jzs1", inner_activation="tanh")
-    with pytest.raises(ConfigError, match="model.init"):
-        RecurrentNet(2, 1, cell="lstm", init="he_normal")
-    with pytest.raises(ConfigError, match="model.forget_bias"):
-        RecurrentNet(2, 1, cell="lstm", forget_bias="two")
+    net = {"_target_": "nnlab.models.recurrent.RecurrentNet", "input_size": 2, "output_size": 1}
+    for key, bad in (
+        ("nonlinearity", {"cell": "rnn", "nonlinearity": "softsign"}),
+        ("inner_activation", {"cell": "jzs1", "inner_activation": "tanh"}),
+        ("init", {"cell": "lstm", "init": "he_normal"}),
+        ("forget_bias", {"cell": "lstm", "forget_bias": "two"}),
+    ):  # the schema refuses them before anything is built (nnlab.schema)
+        with pytest.raises(ConfigError, match=f"model.{key}"):
+            check_node({**net, **bad}, "model")
 
 
 def test_simple_deep_rnn_looks_depth_states_back():

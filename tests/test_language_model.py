@@ -21,6 +21,7 @@ from nnlab.data.imdb_lm import SEP, UNK, IMDBLanguageDataModule, chunks
 from nnlab.errors import ConfigError, UserError
 from nnlab.models.language import RecurrentLanguageModel
 from nnlab.predict import main as predict_main
+from nnlab.schema import check_args
 from nnlab.tasks.language_model import LanguageModelTask
 
 NET = {"_target_": "nnlab.models.language.RecurrentLanguageModel", "embedding_dim": 8, "hidden_size": 12}  # fmt: skip
@@ -121,16 +122,16 @@ def test_bad_settings_name_their_key(mini_data):
         ("data.seq_len", {"seq_len": 0}),
         ("data.max_train_chars", {"max_train_chars": -5}),
     ):
-        with pytest.raises(ConfigError, match=f"^{key}"):
-            module(mini_data, **kwargs)
+        with pytest.raises(ConfigError, match=f"^{key}"):  # the schema (nnlab.schema)
+            check_args(IMDBLanguageDataModule, "data", data_dir=str(mini_data), **kwargs)
     with pytest.raises(ConfigError, match="^data.seq_len: the val text"):
         module(mini_data, seq_len=500).setup("fit")
     with pytest.raises(ConfigError, match="^data.max_eval_chars"):
         module(mini_data, max_eval_chars=10**7).setup("fit")
     with pytest.raises(ConfigError, match="^model.cell"):
-        RecurrentLanguageModel(10, cell="jzs1")
+        check_args(RecurrentLanguageModel, "model", vocab_size=10, cell="jzs1")
     with pytest.raises(ConfigError, match="^model.bidirectional"):
-        RecurrentLanguageModel(10, bidirectional=True)
+        check_args(RecurrentLanguageModel, "model", vocab_size=10, bidirectional=True)
 
 
 # -- truncated BPTT: the state is carried, detached, reset -----------------------------------------

@@ -14,6 +14,7 @@ from nnlab import CONF_DIR
 from nnlab.data import mnist as mnist_module
 from nnlab.data.mnist import MNISTDataModule
 from nnlab.errors import ConfigError, DataError
+from nnlab.schema import check_args
 from nnlab.tasks.classification import ClassificationTask
 
 MNIST_EXPERIMENTS = [
@@ -190,10 +191,10 @@ def test_labels_that_do_not_match_the_images(tmp_path):
 
 
 def test_bad_names_and_inconsistent_shapes(data_dir):
-    with pytest.raises(ConfigError, match="data.view: unknown view 'columns'"):
-        MNISTDataModule(data_dir=str(data_dir), view="columns")
+    with pytest.raises(ConfigError, match="data.view: got 'columns'; expected one of 'rows'"):
+        check_args(MNISTDataModule, "data", data_dir=str(data_dir), view="columns")
     with pytest.raises(ConfigError, match="data.dataset"):
-        MNISTDataModule(data_dir=str(data_dir), dataset="kmnist")
+        check_args(MNISTDataModule, "data", data_dir=str(data_dir), dataset="kmnist")
     with pytest.raises(ConfigError, match="data.input_size: is 28 but the 'pixels' view"):
         MNISTDataModule(data_dir=str(data_dir), view="pixels", input_size=28)
 

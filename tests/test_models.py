@@ -6,6 +6,7 @@ import torch
 from nnlab.errors import ConfigError
 from nnlab.models.mlp import MLP
 from nnlab.models.recurrent import RecurrentNet
+from nnlab.schema import check_args
 
 
 def test_mlp_reference_shape():
@@ -19,8 +20,8 @@ def test_mlp_options():
     net = MLP(6, 3, hidden_sizes=[8, 8], activation="tanh", dropout=0.5)
     assert sum(isinstance(m, torch.nn.Dropout) for m in net.modules()) == 2
     assert net(torch.randn(2, 6)).shape == (2, 3)
-    with pytest.raises(ConfigError, match="model.activation: unknown activation 'swishy'"):
-        MLP(4, 1, activation="swishy")
+    with pytest.raises(ConfigError, match="model.activation: got 'swishy'; expected one of"):
+        check_args(MLP, "model", input_size=4, output_size=1, activation="swishy")
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
@@ -72,6 +73,6 @@ def test_relu_rnn_and_bad_names():
     net = RecurrentNet(input_size=1, output_size=1, cell="rnn", nonlinearity="relu")
     assert net.rnn.nonlinearity == "relu"
     with pytest.raises(ConfigError, match="model.cell"):
-        RecurrentNet(1, 1, cell="transformer")
+        check_args(RecurrentNet, "model", input_size=1, output_size=1, cell="transformer")
     with pytest.raises(ConfigError, match="model.readout"):
-        RecurrentNet(1, 1, readout="max")
+        check_args(RecurrentNet, "model", input_size=1, output_size=1, readout="max")

@@ -277,3 +277,16 @@ def test_a_fold_out_of_range_is_one_message(cli):
     assert result.returncode == 2
     assert "data.fold: must be 0 .. 2 for data.folds=3, got 3" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_metric_that_no_trial_has_is_one_message_listing_them(sweep, tmp_path, capsys):
+    out = tmp_path / "report"
+    with pytest.raises(SystemExit) as exit_info:
+        report_main([f"sweep={sweep}", f"out={out}", "metric=val/los"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "error: metric: 'val/los' is not a metric of this sweep's trials; did you mean val/loss? "
+        "they have best_epoch, epochs, test/loss, val/loss"
+    )
+    assert not out.exists()

@@ -8,6 +8,7 @@ import torch
 
 from nnlab.errors import ConfigError
 from nnlab.models.seq2seq import Seq2SeqForecaster
+from nnlab.schema import check_args
 from nnlab.tasks.regression import RegressionTask
 
 NET = {"_target_": "nnlab.models.seq2seq.Seq2SeqForecaster", "input_size": 1, "output_size": 4}
@@ -54,7 +55,9 @@ def test_the_task_passes_targets_while_training_only():
 
 def test_bad_ratio_is_refused():
     with pytest.raises(ConfigError, match="model.teacher_forcing_ratio"):
-        Seq2SeqForecaster(1, 2, teacher_forcing_ratio=1.5)
+        check_args(
+            Seq2SeqForecaster, "model", input_size=1, output_size=2, teacher_forcing_ratio=1.5
+        )
 
 
 def test_the_preset_trains(cli):

@@ -5,6 +5,7 @@ import torch
 
 from nnlab.data.series import CSVSeriesDataModule, SineDataModule, make_windows, split_bounds
 from nnlab.errors import ConfigError, DataError
+from nnlab.schema import check_args
 
 
 def test_make_windows():
@@ -78,6 +79,7 @@ def test_window_longer_than_the_series():
 )
 def test_bad_sizes(key, kwargs):
     with pytest.raises(ConfigError, match=key):
+        check_args(SineDataModule, "data", **kwargs)
         SineDataModule(**kwargs)
 
 

@@ -8,6 +8,7 @@ import torch
 
 from nnlab.errors import ConfigError
 from nnlab.models.text import ConvTextClassifier, RecurrentTextClassifier
+from nnlab.schema import check_args
 from nnlab.tasks.classification import ClassificationTask
 
 NETS = {
@@ -79,14 +80,15 @@ def test_padding_matters_without_lengths_only_if_it_is_real_data(name):
 
 
 def test_bad_settings_name_their_key():
+    # refused by the schema (nnlab.schema), before anything is built
     with pytest.raises(ConfigError, match="model.cell"):
-        RecurrentTextClassifier(10, cell="tcn")
+        check_args(RecurrentTextClassifier, "model", num_words=10, cell="tcn")
     with pytest.raises(ConfigError, match="model.pooling"):
-        RecurrentTextClassifier(10, pooling="attention")
+        check_args(RecurrentTextClassifier, "model", num_words=10, pooling="attention")
     with pytest.raises(ConfigError, match="model.channels"):
-        ConvTextClassifier(10, channels=[])
+        check_args(ConvTextClassifier, "model", num_words=10, channels=[])
     with pytest.raises(ConfigError, match="model.dropout"):
-        ConvTextClassifier(10, dropout=1.0)
+        check_args(ConvTextClassifier, "model", num_words=10, dropout=1.0)
 
 
 def test_the_task_passes_lengths_to_the_net():

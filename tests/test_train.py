@@ -116,8 +116,8 @@ def test_cfg_job_and_help(cli):
             "data.path: CSV file not found: /no/such/file.csv",
         ),
         (["data.window=400"], "data.window: window 400 + horizon 1 = 401 points do not fit"),
-        (["model.cell=lstmm"], "model.cell: unknown cell 'lstmm'"),
-        (["data.batch_size=0"], "data.batch_size: expected a whole number >= 1, got 0"),
+        (["model.cell=lstmm"], "model.cell: got 'lstmm'; expected one of 'rnn', 'lstm'"),
+        (["data.batch_size=0"], "data.batch_size: got 0; expected a number >= 1"),
     ],
 )
 def test_clear_errors(cli, args, message):

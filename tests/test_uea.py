@@ -15,6 +15,7 @@ import torch
 
 from nnlab.data.uea import UEADataModule, ensure_files, read_ts
 from nnlab.errors import ConfigError, DataError, UserError
+from nnlab.schema import check_args
 
 CLASSES = ["up", "down", "flat"]
 
@@ -164,7 +165,7 @@ def test_sizes_that_do_not_match_the_files_name_the_key(toy_dir):
     with pytest.raises(ConfigError, match="data.num_classes: 5, but .* has 3 classes"):
         module(toy_dir, num_classes=5).setup("fit")
     with pytest.raises(ConfigError, match="data.name: 'Toy' is not among the sets"):
-        UEADataModule(name="Toy", data_dir=str(toy_dir), known={"JapaneseVowels": {}})
+        check_args(UEADataModule, "data", name="Toy", known={})
 
 
 # -- download and checksum ---------------------------------------------------------------------

@@ -22,6 +22,7 @@ from nnlab.config import build
 from nnlab.errors import UserError, exit_on_user_error
 from nnlab.heap import freeze_imports
 from nnlab.runs import RESOLVED_CONFIG, Run
+from nnlab.schema import upgrade_saved
 
 warnings.filterwarnings("ignore", message=r".*torch\.jit\..* is deprecated", category=FutureWarning)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
@@ -132,21 +133,28 @@ def output_dir(run: Run, out: str | None, kind: str) -> Path:
 GROUPS = ("experiment", "data", "model", "task", "trainer", "callbacks", "logger", "paths", "debug")
 
 
-def resumed_config(run: Run, overrides: list[str]) -> DictConfig:
-    """The run's saved config, the command line's key=value overrides on top, set to continue
-    from its last checkpoint."""
-    dotlist = []
+def check_resume_overrides(overrides: list[str]) -> None:
+    """A resumed run keeps its config: a group override (model=..., data=...) is refused."""
     for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if key in ("resume", "print_config"):
-            continue
-        if key in GROUPS:
+        if override.split("=", 1)[0].lstrip("+~") in GROUPS:
             raise UserError(
                 f"resume: `{override}` would change what the run is; a resumed run keeps its "
                 "config (override single keys such as trainer.max_epochs=20, or start a new run)"
             )
+
+
+def resumed_config(run: Run, overrides: list[str]) -> DictConfig:
+    """The run's saved config, the command line's key=value overrides on top, set to continue
+    from its last checkpoint."""
+    check_resume_overrides(overrides)
+    dotlist = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in ("resume", "print_config", "check"):
+            continue
         dotlist.append(override.lstrip("+"))
-    cfg = OmegaConf.merge(run.config(), OmegaConf.from_dotlist(dotlist))
+    saved = upgrade_saved(run.config(), f"{run.root}'s saved config")
+    cfg = OmegaConf.merge(saved, OmegaConf.from_dotlist(dotlist))
     cfg.resume = str(run.root)
     cfg.ckpt_path = str(run.resume_checkpoint())
     return cfg

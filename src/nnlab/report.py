@@ -20,6 +20,7 @@ Writes, in `<sweep dir>/report/` unless out= says otherwise:
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 import math
 import shutil
@@ -499,6 +500,14 @@ def report(
     config = next((t.config for t in trials if t.config), {})
     metric = metric or _resolve_key(config, "optimized_metric", "val/loss")
     mode = _resolve_key(config, "monitor_mode", "min")
+    known = {k for t in trials for k, v in t.metrics.items() if _number(v) is not None}
+    if known and metric not in known:  # checked before anything is written
+        close = difflib.get_close_matches(metric, sorted(known), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise UserError(
+            f"metric: {metric!r} is not a metric of this sweep's trials; {hint}they have "
+            f"{', '.join(sorted(known))}"
+        )
     params = swept_parameters(trials)
     ranked = leaderboard(trials, metric, mode)
     groups = group_trials(ranked, params)

@@ -225,12 +225,28 @@ class Run:
             self._lock_file.close()  # closing releases the flock
             self._lock_file = None
 
+    def probe_lock(self, key: str = "resume") -> None:
+        """A RunInUse when another process holds the run's lock; writes nothing (a refused
+        command leaves every file of the run as it was)."""
+        path = self.root / LOCK
+        if not path.is_file():
+            return
+        with open(path, encoding="utf-8") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = f.read().strip() or "another process"
+                raise RunInUse(
+                    f"{key}: {self.root} is in use by {holder}; wait for it to finish (or stop "
+                    "it) before resuming, evaluating a changing run, or starting another "
+                    "session on it"
+                ) from None
+
     @classmethod
     def check_free(cls, path: str | os.PathLike, key: str = "resume") -> Run:
         """The run at `path`, if no process holds it (checked without keeping the lock)."""
         run = cls.open(path, key=key)
-        run.lock(key)
-        run.unlock()
+        run.probe_lock(key)
         try:  # a session would write status, checkpoints and logs there
             with tempfile.TemporaryFile(dir=run.root):
                 pass
@@ -275,8 +291,10 @@ class Run:
         for candidate in (path, self.checkpoints / path):
             if candidate.is_file():
                 return candidate
+        there = ", ".join(p.name for p in found) or "none"
         raise UserError(
-            f"{key}: checkpoint {which} not found (nor in {self.checkpoints}); use best, last or a path"
+            f"{key}: checkpoint {which} not found (nor in {self.checkpoints}, which holds: "
+            f"{there}); use best, last, one of those or a path"
         )
 
     def resume_checkpoint(self) -> Path:
@@ -386,7 +404,11 @@ class Run:
         )
 
     def metrics(self) -> dict[str, Any]:
-        return json.loads(self.metrics_path.read_text()) if self.metrics_path.is_file() else {}
+        from nnlab.files import read_json  # a damaged file names its line (nnlab/files.py)
+
+        return (
+            read_json(self.metrics_path, what="metrics file") if self.metrics_path.is_file() else {}
+        )
 
     @property
     def checkpoints(self) -> Path:

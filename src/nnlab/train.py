@@ -25,7 +25,6 @@ from omegaconf.errors import OmegaConfBaseException
 from nnlab import CONF_DIR
 from nnlab.assemble import assemble, conclude, fit
 from nnlab.cli import check_writable, rerun_overrides, resumed_config, unparsable_argument
-from nnlab.config import validate
 from nnlab.console import print_config_tree
 from nnlab.errors import (
     UserError,
@@ -33,6 +32,7 @@ from nnlab.errors import (
 )
 from nnlab.heap import freeze_imports
 from nnlab.runs import Run
+from nnlab.schema import check
 from nnlab.sweeps import NoTrialCompleted, SweepOutcome, released_ddp_state, single_job_argv
 
 log = logging.getLogger("nnlab.train")
@@ -44,7 +44,7 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 def train(cfg: DictConfig, run: Run, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Fit the configured task, then validate and test the best checkpoint; returns metrics.
     `extra_callbacks` join the configured ones (benchmarks and tests watch a run with them)."""
-    validate(cfg)
+    check(cfg)  # every setting, before anything is built
     parts = assemble(cfg, run, extra_callbacks)
     if parts.trainer.world_size > 1 and HydraConfig.get().mode == RunMode.MULTIRUN:
         single_job_argv(HydraConfig.get())  # the other ranks run this trial only
@@ -122,6 +122,9 @@ def main() -> None:
             message = f"{bad}: {message}"
         print(f"error: {message}", file=sys.stderr)
         sys.exit(UserError.exit_code)
+    except UserError as exc:  # the up-front check of a run or of a sweep's trials
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     except NoTrialCompleted as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -10,6 +10,7 @@ import torch
 
 from nnlab.callbacks import log_figure
 from nnlab.errors import ConfigError
+from nnlab.schema import NonNegativeInt
 
 
 class ClassificationFigures(L.Callback):
@@ -27,7 +28,7 @@ class ClassificationFigures(L.Callback):
         dirpath: str | None = None,
         confusion_filename: str = "confusion_matrix.png",
         mistakes_filename: str = "misclassified.png",
-        max_images: int = 36,
+        max_images: NonNegativeInt = 36,
     ):
         self.dirpath = Path(dirpath) if dirpath else None
         self.confusion_filename, self.mistakes_filename = confusion_filename, mistakes_filename

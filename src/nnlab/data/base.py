@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from nnlab.data.memory import MicroBatches, make_loader
-from nnlab.errors import require_positive
+from nnlab.schema import InMemory, NonNegativeInt, PositiveInt
 
 
 def read_numbers(path: Path, key: str = "input") -> torch.Tensor:
@@ -98,17 +98,14 @@ class DataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        batch_size: int,
-        eval_batch_size: int | None = None,
+        batch_size: PositiveInt,
+        eval_batch_size: PositiveInt | None = None,
         shuffle: bool = True,
         shuffle_seed: int = 0,
-        in_memory: bool | str = "auto",
-        num_workers: int = 0,
+        in_memory: InMemory = "auto",
+        num_workers: NonNegativeInt = 0,
     ):
         super().__init__()
-        require_positive("data.batch_size", batch_size)
-        if eval_batch_size is not None:
-            require_positive("data.eval_batch_size", eval_batch_size)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.shuffle, self.shuffle_seed = shuffle, int(shuffle_seed)

@@ -45,16 +45,19 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch.utils.data import TensorDataset
 
 from nnlab.data.base import DataModule, Encoded
 from nnlab.data.download import download, sha256_of
 from nnlab.data.folds import fold_indices
-from nnlab.errors import ConfigError, DataError, UserError, require_positive
+from nnlab.errors import ConfigError, DataError, UserError
+from nnlab.files import read_json
+from nnlab.schema import Folds, InMemory, NonNegativeInt, PositiveFloat, PositiveInt
 
 log = logging.getLogger(__name__)
 
@@ -266,38 +269,26 @@ class IMDBDataModule(DataModule):
     def __init__(
         self,
         data_dir: str = "data",
-        view: str = "multihot",
-        num_words: int = 10000,
-        min_freq: int = 1,
-        max_len: int = 256,
-        truncating: str = "pre",
-        val_size: float = 10000,
-        batch_size: int = 512,
+        view: Literal["multihot", "sequence"] = "multihot",
+        num_words: Annotated[int, Field(ge=3)] = 10000,  # pad, OOV, a word
+        min_freq: PositiveInt = 1,
+        max_len: PositiveInt = 256,
+        truncating: Literal["pre", "post"] = "pre",
+        val_size: PositiveFloat = 10000,  # a count, or a fraction < 1
+        batch_size: PositiveInt = 512,
         seed: int = 0,
         download: bool = True,
         url: str | None = URL,
         sha256: str | None = SHA256,
         cache: bool = True,
-        num_workers: int = 0,
-        in_memory: bool | str = "auto",
-        folds: int | None = None,
-        fold: int = 0,
+        num_workers: NonNegativeInt = 0,
+        in_memory: InMemory = "auto",
+        folds: Folds | None = None,
+        fold: NonNegativeInt = 0,
     ):
         super().__init__(
             batch_size, shuffle_seed=int(seed), in_memory=in_memory, num_workers=num_workers
         )
-        if view not in VIEWS:
-            raise ConfigError(
-                "data.view", f"unknown view {view!r}; choose one of {', '.join(VIEWS)}"
-            )
-        if truncating not in ("pre", "post"):
-            raise ConfigError("data.truncating", f"must be 'pre' or 'post', got {truncating!r}")
-        require_positive("data.num_words", num_words)
-        if num_words < 3:
-            raise ConfigError("data.num_words", f"must be >= 3 (pad, OOV, a word), got {num_words}")
-        require_positive("data.min_freq", min_freq)
-        require_positive("data.max_len", max_len)
-        require_positive("data.val_size", val_size)
         self.save_hyperparameters()
         self.data_dir = Path(data_dir).expanduser()
         self.view, self.num_words, self.min_freq = view, int(num_words), int(min_freq)
@@ -368,7 +359,7 @@ class IMDBDataModule(DataModule):
         vocab_file = Path(run_dir) / "vocab.json"
         if not vocab_file.is_file():
             raise UserError(f"run: {vocab_file} is missing: this run did not save its vocabulary")
-        saved = json.loads(vocab_file.read_text(encoding="utf-8"))
+        saved = read_json(vocab_file, "run", "run's vocabulary")
         if saved.get("tokenizer_version") != TOKENIZER_VERSION:
             raise UserError(
                 f"run: {vocab_file} was written by tokenizer version "

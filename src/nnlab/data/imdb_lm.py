@@ -32,14 +32,17 @@ import collections
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import Field
 from torch.utils.data import TensorDataset
 
 from nnlab.data import imdb
 from nnlab.data.base import DataModule, Encoded
-from nnlab.errors import ConfigError, UserError, require_positive
+from nnlab.errors import ConfigError, UserError
+from nnlab.files import read_json
+from nnlab.schema import InMemory, NonNegativeInt, PositiveInt
 
 log = logging.getLogger(__name__)
 
@@ -84,32 +87,22 @@ class IMDBLanguageDataModule(DataModule):
     def __init__(
         self,
         data_dir: str = "data",
-        level: str = "char",
-        vocab_size: int = 100,
-        min_freq: int = 1,
-        seq_len: int = 100,
+        level: Literal["char", "word"] = "char",
+        vocab_size: Annotated[int, Field(ge=3)] = 100,  # <unk>, separator, a token
+        min_freq: PositiveInt = 1,
+        seq_len: PositiveInt = 100,
         tbptt: bool = True,
-        max_train_chars: int | None = 2_000_000,
-        max_eval_chars: int | None = 200_000,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
+        max_train_chars: PositiveInt | None = 2_000_000,
+        max_eval_chars: PositiveInt | None = 200_000,
+        batch_size: PositiveInt = 64,
+        eval_batch_size: PositiveInt | None = None,
         seed: int = 0,
         download: bool = True,
         url: str | None = imdb.URL,
         sha256: str | None = imdb.SHA256,
-        in_memory: bool | str = "auto",
-        num_workers: int = 0,
+        in_memory: InMemory = "auto",
+        num_workers: NonNegativeInt = 0,
     ):
-        if level not in LEVELS:
-            raise ConfigError("data.level", f"unknown level {level!r}; choose char or word")
-        require_positive("data.vocab_size", vocab_size)
-        if vocab_size < 3:
-            raise ConfigError("data.vocab_size", f"must be >= 3 (<unk>, separator, a token), got {vocab_size}")  # fmt: skip
-        require_positive("data.min_freq", min_freq)
-        require_positive("data.seq_len", seq_len)
-        for key, value in (("max_train_chars", max_train_chars), ("max_eval_chars", max_eval_chars)):  # fmt: skip
-            if value is not None:
-                require_positive(f"data.{key}", value)
         # tbptt: the batches' order is the stream's, never shuffled (rows continue each other).
         super().__init__(
             batch_size,
@@ -192,7 +185,7 @@ class IMDBLanguageDataModule(DataModule):
         path = Path(run_dir) / "vocab.json"
         if not path.is_file():
             raise UserError(f"run: {path} is missing: this run did not save its vocabulary")
-        saved = json.loads(path.read_text(encoding="utf-8"))
+        saved = read_json(path, "run", "run's vocabulary")
         if saved.get("version") != VOCAB_VERSION or saved.get("level") != self.level:
             raise UserError(
                 f"run: {path} is not a {self.level}-level vocabulary of this version "

@@ -20,7 +20,7 @@ import gzip
 import shutil
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -30,7 +30,8 @@ from torchvision import datasets as tv_datasets
 from nnlab.data.base import DataModule, Encoded
 from nnlab.data.folds import fold_indices
 from nnlab.data.views import HEIGHT, MNIST_VIEWS, NUM_CLASSES, PIXELS, WIDTH
-from nnlab.errors import ConfigError, DataError, UserError, require_positive
+from nnlab.errors import ConfigError, DataError, UserError
+from nnlab.schema import Folds, InMemory, NonNegativeInt, PositiveInt
 
 DATASETS = {"mnist": tv_datasets.MNIST, "fashion_mnist": tv_datasets.FashionMNIST}
 # The four files torchvision reads from <data_dir>/<MNIST|FashionMNIST>/raw, and their IDX rank.
@@ -55,20 +56,20 @@ class MNISTDataModule(DataModule):
     def __init__(
         self,
         data_dir: str = "data",
-        dataset: str = "mnist",
-        view: str = "rows",
+        dataset: Literal["mnist", "fashion_mnist"] = "mnist",
+        view: Literal["rows", "pixels", "permuted", "image"] = "rows",
         download: bool = True,
         normalize: bool = False,
-        val_size: int = 5000,
+        val_size: PositiveInt = 5000,
         split_seed: int = 0,
         permutation_seed: int = 0,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
+        batch_size: PositiveInt = 128,
+        eval_batch_size: PositiveInt | None = None,
         shuffle: bool = True,
-        num_workers: int = 0,
-        in_memory: bool | str = "auto",
-        folds: int | None = None,
-        fold: int = 0,
+        num_workers: NonNegativeInt = 0,
+        in_memory: InMemory = "auto",
+        folds: Folds | None = None,
+        fold: NonNegativeInt = 0,
         # Shapes for interpolation into the model config; derived from `view`, checked here.
         seq_len: int | None = None,
         input_size: int | None = None,
@@ -86,14 +87,6 @@ class MNISTDataModule(DataModule):
         )
         self.save_hyperparameters()
         self.folds, self.fold = folds, fold  # k-fold cross-validation (data/folds.py)
-        if dataset not in DATASETS:
-            raise ConfigError(
-                "data.dataset", f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}"
-            )
-        if view not in MNIST_VIEWS:
-            raise ConfigError(
-                "data.view", f"unknown view {view!r}; choose one of {', '.join(MNIST_VIEWS)}"
-            )
         derived = {**MNIST_VIEWS[view], "num_classes": NUM_CLASSES, "channels": 1}
         derived["image_size"] = HEIGHT
         given = {
@@ -110,7 +103,6 @@ class MNISTDataModule(DataModule):
                     f"is {value} but the {view!r} view of {dataset} has {key} {derived[key]}; "
                     f"leave data.{key} to its interpolation (it follows data.view)",
                 )
-        require_positive("data.val_size", val_size)
         self.data_dir = Path(data_dir).expanduser()
         self.dataset, self.view, self.download, self.normalize = dataset, view, download, normalize
         self.val_size, self.split_seed = int(val_size), split_seed

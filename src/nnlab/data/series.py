@@ -13,6 +13,8 @@ plots and predictions are in the data's own units.
 from __future__ import annotations
 
 import csv
+import difflib
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,17 @@ from torch.utils.data import TensorDataset
 
 from nnlab.data.base import DataModule, Encoded
 from nnlab.data.folds import fold_blocks
-from nnlab.errors import ConfigError, DataError, UserError, require_positive
+from nnlab.errors import ConfigError, DataError, UserError
+from nnlab.files import read_json, read_text
+from nnlab.schema import (
+    Encoding,
+    Folds,
+    InMemory,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+)
 
 SPLITS = ("train", "val", "test")
 SIZE_KEYS = ("input_size", "output_size", "flat_input_size", "num_targets", "target_features")
@@ -54,19 +66,28 @@ class SeriesDataModule(DataModule):
     `encode` reads a series a user gives (a CSV file, inline values for one column) into
     windows scaled as in training; `decode` brings outputs back to the targets' units."""
 
+    # Sizes the models read, derived in conf/data/*.yaml (checked against the columns).
+    schema_extra_keys = {
+        "input_size": int | None,
+        "num_targets": int | None,
+        "output_size": int | None,
+        "flat_input_size": int | None,
+        "target_features": list[int] | None,
+    }
+
     def __init__(
         self,
-        window: int = 4,
-        horizon: int = 1,
-        splits: tuple[float, float, float] = (0.7, 0.15, 0.15),
-        batch_size: int = 32,
+        window: PositiveInt = 4,
+        horizon: PositiveInt = 1,
+        splits: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (0.7, 0.15, 0.15),
+        batch_size: PositiveInt = 32,
         shuffle: bool = True,
         standardize: bool = False,
-        num_workers: int = 0,
-        in_memory: bool | str = "auto",
+        num_workers: NonNegativeInt = 0,
+        in_memory: InMemory = "auto",
         shuffle_seed: int = 0,
-        folds: int | None = None,
-        fold: int = 0,
+        folds: Folds | None = None,
+        fold: NonNegativeInt = 0,
         column: str | None = None,
         features: list[str] | None = None,
         targets: list[str] | None = None,
@@ -79,10 +100,8 @@ class SeriesDataModule(DataModule):
             in_memory=in_memory,
             num_workers=num_workers,
         )
-        require_positive("data.window", window)
-        require_positive("data.horizon", horizon)
         splits = tuple(float(f) for f in splits)
-        if len(splits) != 3 or any(f <= 0 for f in splits) or not math.isclose(sum(splits), 1.0):
+        if not math.isclose(sum(splits), 1.0):
             raise ConfigError(
                 "data.splits", f"need three positive fractions summing to 1, got {list(splits)}"
             )
@@ -193,12 +212,11 @@ class SeriesDataModule(DataModule):
         return [path]
 
     def load_artifacts(self, run_dir: Path) -> None:
-        import json
 
         path = Path(run_dir) / "series.json"
         if not path.is_file():  # a run from before series.json: from the data
             return super().load_artifacts(run_dir)
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = read_json(path, "run", "run's series.json")
         self.features, self.targets = list(meta["features"]), list(meta["targets"])
         self.mean, self.std = torch.tensor(meta["mean"]), torch.tensor(meta["std"])
 
@@ -264,8 +282,12 @@ class SeriesDataModule(DataModule):
             len(self.names) == 1
         ):  # the run's column, data.column (predict's column=) or the only one
             name = self.column or (self.features[0] if getattr(self, "named", False) else None)
-            return read_csv_columns(path, [name] if name else None)[0]
-        header = csv_header(path)
+            encoding = getattr(self, "encoding", None)
+            return read_csv_columns(path, [name] if name else None, key="input", encoding=encoding)[
+                0
+            ]
+        encoding = getattr(self, "encoding", None)
+        header = csv_header(path, "input", encoding)
         optional = [t for t in self.targets if t not in self.features and t not in header]
         time_column = getattr(self, "time_column", None)
         values, _ = read_csv_columns(
@@ -273,6 +295,8 @@ class SeriesDataModule(DataModule):
             [c for c in self.names if c not in optional],
             time_column if time_column in header else None,
             keys={f: "input" for f in self.features},
+            key="input",
+            encoding=encoding,
         )
         table = torch.full((len(values), len(self.names)), math.nan, dtype=torch.float64)
         table[:, [self.names.index(c) for c in self.names if c not in optional]] = values
@@ -324,15 +348,12 @@ class SineDataModule(SeriesDataModule):
 
     def __init__(
         self,
-        num_points: int = 1000,
-        freq: float = 0.01,
-        noise: float = 0.2,
+        num_points: PositiveInt = 1000,
+        freq: PositiveFloat = 0.01,
+        noise: NonNegativeFloat = 0.2,
         seed: int = 0,
         **kwargs,
     ):
-        require_positive("data.num_points", num_points)
-        require_positive("data.freq", freq)
-        require_positive("data.noise", noise, allow_zero=True)
         super().__init__(**kwargs)
         self.save_hyperparameters()
         self.num_points, self.freq, self.noise, self.seed = int(num_points), freq, noise, seed
@@ -362,7 +383,8 @@ class CSVSeriesDataModule(SeriesDataModule):
         features: list[str] | None = None,
         targets: list[str] | None = None,
         time_column: str | None = None,
-        generate: int = 0,
+        generate: NonNegativeInt = 0,
+        encoding: Encoding | None = None,
         **kwargs,
     ):
         if not path:
@@ -396,6 +418,7 @@ class CSVSeriesDataModule(SeriesDataModule):
         self.save_hyperparameters()
         self.path, self.time_column = Path(path).expanduser(), time_column
         self.generate, self.named = int(generate), features is not None
+        self.encoding = encoding  # null: UTF-8, with or without a byte-order mark
 
     @property
     def source_name(self) -> str:
@@ -412,21 +435,45 @@ class CSVSeriesDataModule(SeriesDataModule):
         if self.column is not None:
             keys = {self.column: "data.column"}
         values, header = read_csv_columns(
-            self.path, self.names if self.named else None, self.time_column, keys
+            self.path,
+            self.names if self.named else None,
+            self.time_column,
+            keys,
+            encoding=self.encoding,
         )
         if not self.named:  # the file's only column
             self.features = self.targets = [header[0]]
         return values
 
 
-def csv_header(path: Path) -> list[str]:
-    if not path.is_file():
-        raise DataError(f"data.path: CSV file not found: {path}; check the path (data.path=...)")
-    with path.open(newline="", encoding="utf-8") as f:
-        header = [h.strip() for h in next(csv.reader(f), None) or []]
-    if not header:
-        raise DataError(f"data.path: {path} is empty; it needs a header row and values")
-    return header
+def _csv_rows(path: Path, key: str, encoding: str | None) -> list[list[str]]:
+    """The rows of a CSV file as users have it: UTF-8 with or without a BOM, gzip, or the
+    declared encoding (nnlab.files); errors name the file, the line and the fix."""
+    if not path.exists() and not path.is_symlink():
+        raise DataError(f"{key}: CSV file not found: {path}; check the path ({key}=...)")
+    text = read_text(path, key, encoding)
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    header = [h.strip() for h in rows[0]] if rows else []
+    if not any(header):
+        raise DataError(f"{key}: {path} is empty; it needs a header row and values")
+    if all(_is_number(h) for h in header):
+        raise DataError(
+            f"{key}: {path} line 1: the header row ({', '.join(header)}) holds numbers, not "
+            "column names; add a first line naming the columns (e.g. value)"
+        )
+    return [header, *rows[1:]]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def csv_header(path: Path, key: str = "data.path", encoding: str | None = None) -> list[str]:
+    return _csv_rows(path, key, encoding)[0]
 
 
 def read_csv_columns(
@@ -434,14 +481,16 @@ def read_csv_columns(
     columns: list[str] | None,
     time_column: str | None = None,
     keys: dict[str, str] | None = None,
+    key: str = "data.path",
+    encoding: str | None = None,
 ) -> tuple[torch.Tensor, list[str]]:
     """(rows, len(columns)) float64 values in time order (by `time_column`, a number or an ISO
     date/time, when given; else file order), and the header. `columns` None: the file's only
     column. Errors name the file, line and column, and the config key (`keys[column]`,
-    default data.column) a missing column came from."""
+    default data.column) a missing column came from; `key` names the file's own setting."""
     from datetime import datetime
 
-    header = csv_header(path)
+    header, *body = _csv_rows(path, key, encoding)
     if columns is None:
         if len(header) != 1:
             raise ConfigError(
@@ -453,47 +502,46 @@ def read_csv_columns(
     wanted = [*columns, *([time_column] if time_column else [])]
     for name in wanted:
         if name not in header:
-            key = "data.time_column" if name == time_column else (keys or {}).get(name)
+            column_key = "data.time_column" if name == time_column else (keys or {}).get(name)
+            close = difflib.get_close_matches(str(name), header, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(
-                key or "data.column",
-                f"no column {name!r} in {path}; its columns are: {', '.join(header)}",
+                column_key or "data.column",
+                f"no column {name!r} in {path}; its columns are: {', '.join(header)}{hint}",
             )
     index = [header.index(c) for c in columns]
     rows, times = [], []
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        next(reader)
-        for line_no, row in enumerate(reader, start=2):
-            if not row or not any(cell.strip() for cell in row):
-                continue  # blank lines carry nothing
-            values = []
-            for c, i in zip(columns, index, strict=True):
-                cell = row[i].strip() if i < len(row) else ""
+    for line_no, row in enumerate(body, start=2):
+        if not row or not any(cell.strip() for cell in row):
+            continue  # blank lines carry nothing
+        values = []
+        for c, i in zip(columns, index, strict=True):
+            cell = row[i].strip() if i < len(row) else ""
+            try:
+                value = float(cell)
+            except ValueError:
+                value = math.nan
+            if not math.isfinite(value):
+                raise DataError(
+                    f"{key}: {path} line {line_no}: {cell!r} in column {c!r} is not a number "
+                    "(or not finite); fill or drop missing values first"
+                )
+            values.append(value)
+        if time_column:
+            stamp = row[header.index(time_column)].strip()
+            try:
+                times.append(float(stamp))
+            except ValueError:
                 try:
-                    value = float(cell)
+                    times.append(datetime.fromisoformat(stamp).timestamp())
                 except ValueError:
-                    value = math.nan
-                if not math.isfinite(value):
                     raise DataError(
-                        f"data.path: {path} line {line_no}: {cell!r} in column {c!r} is not a number "
-                        "(or not finite); fill or drop missing values first"
-                    )
-                values.append(value)
-            if time_column:
-                stamp = row[header.index(time_column)].strip()
-                try:
-                    times.append(float(stamp))
-                except ValueError:
-                    try:
-                        times.append(datetime.fromisoformat(stamp).timestamp())
-                    except ValueError:
-                        raise DataError(
-                            f"data.time_column: {path} line {line_no}: {stamp!r} is neither a "
-                            "number nor an ISO date/time"
-                        ) from None
-            rows.append(values)
+                        f"data.time_column: {path} line {line_no}: {stamp!r} is neither a "
+                        "number nor an ISO date/time"
+                    ) from None
+        rows.append(values)
     if not rows:
-        raise DataError(f"data.path: {path} has no values below its header")
+        raise DataError(f"{key}: {path} has no values below its header")
     values = torch.tensor(rows, dtype=torch.float64)
     if time_column:
         t = torch.tensor(times, dtype=torch.float64)

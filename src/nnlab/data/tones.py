@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch.utils.data import TensorDataset
 
 from nnlab.data.base import DataModule, Encoded, input_file, read_numbers
-from nnlab.errors import ConfigError, UserError, require_positive
+from nnlab.errors import ConfigError, UserError
+from nnlab.schema import InMemory, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 
 class TonesDataModule(DataModule):
@@ -22,31 +25,23 @@ class TonesDataModule(DataModule):
 
     def __init__(
         self,
-        input_size: int = 1,
-        num_samples: int = 2000,
-        steps: int = 32,
-        num_labels: int = 4,
-        p_present: float = 0.4,
-        noise: float = 0.3,
-        splits: tuple[float, float, float] = (0.7, 0.15, 0.15),
-        batch_size: int = 64,
+        input_size: Literal[1] = 1,  # the tones are univariate
+        num_samples: PositiveInt = 2000,
+        steps: PositiveInt = 32,
+        num_labels: PositiveInt = 4,
+        p_present: Annotated[float, Field(gt=0, lt=1)] = 0.4,
+        noise: NonNegativeFloat = 0.3,
+        splits: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (0.7, 0.15, 0.15),
+        batch_size: PositiveInt = 64,
         seed: int = 0,
-        num_workers: int = 0,
-        in_memory: bool | str = "auto",
+        num_workers: NonNegativeInt = 0,
+        in_memory: InMemory = "auto",
     ):
         super().__init__(
             batch_size, shuffle_seed=seed, in_memory=in_memory, num_workers=num_workers
         )
-        if input_size != 1:
-            raise ConfigError("data.input_size", f"the tones are univariate: 1, got {input_size}")
         self.input_size = 1
-        for key, value in (("num_samples", num_samples), ("steps", steps)):
-            require_positive(f"data.{key}", value)
-        require_positive("data.num_labels", num_labels)
-        require_positive("data.batch_size", batch_size)
-        if not 0.0 < p_present < 1.0:
-            raise ConfigError("data.p_present", f"must be in (0, 1), got {p_present}")
-        if len(splits) != 3 or not math.isclose(sum(splits), 1.0) or min(splits) <= 0:
+        if not math.isclose(sum(splits), 1.0):
             raise ConfigError(
                 "data.splits", f"need three positive fractions summing to 1: {splits}"
             )

@@ -30,14 +30,17 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
+from pydantic import ConfigDict
 from torch.utils.data import TensorDataset
+from typing_extensions import TypedDict  # pydantic reads this one on Python < 3.12
 
 from nnlab.data.base import DataModule, Encoded, input_file, read_numbers
 from nnlab.data.download import check_digest, download, sha256_of
-from nnlab.errors import ConfigError, DataError, UserError, require_positive
+from nnlab.errors import ConfigError, DataError, UserError
+from nnlab.files import read_json
+from nnlab.schema import InMemory, NonNegativeInt, PositiveFloat, PositiveInt
 
 log = logging.getLogger(__name__)
 
@@ -195,42 +198,52 @@ def ensure_files(
     return files
 
 
+class UEAShape(TypedDict):
+    """A row of `known`: what the models are sized from."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+    input_size: PositiveInt
+    num_classes: PositiveInt
+
+
 class UEADataModule(DataModule):
     """A UEA multivariate classification set as padded (x, lengths, y) batches (see above)."""
 
     target_kind = "classes"
 
+    @classmethod
+    def schema_check(cls, node: dict, key: str) -> None:
+        """nnlab.schema's hook: a set the models cannot be sized for is named as data.name."""
+        if node.get("input_size") is None or node.get("num_classes") is None:
+            raise ConfigError(
+                f"{key}.name",
+                f"{node.get('name')!r} is not among the sets in {key}.known "
+                f"({', '.join(node.get('known') or {})}); for another UEA set give "
+                f"{key}.input_size (its @dimensions) and {key}.num_classes",
+            )
+
     def __init__(
         self,
         name: str = "JapaneseVowels",
         data_dir: str = "data",
-        input_size: int | None = None,
-        num_classes: int | None = None,
-        known: dict[str, Any] | None = None,
-        val_size: float = 0.2,
-        batch_size: int = 32,
+        input_size: PositiveInt | None = None,
+        num_classes: PositiveInt | None = None,
+        known: dict[str, UEAShape] | None = None,
+        val_size: PositiveFloat = 0.2,  # a fraction of the training cases, or a count
+        batch_size: PositiveInt = 32,
         seed: int = 0,
         standardize: bool = True,
         download: bool = True,
         url: str | None = None,
         sha256: str | None = None,
-        num_workers: int = 0,
-        in_memory: bool | str = "auto",
+        num_workers: NonNegativeInt = 0,
+        in_memory: InMemory = "auto",
     ):
         super().__init__(
             batch_size, shuffle_seed=seed, in_memory=in_memory, num_workers=num_workers
         )
-        if input_size is None or num_classes is None:
-            raise ConfigError(
-                "data.name",
-                f"{name!r} is not among the sets in data.known ({', '.join(known or {})}); "
-                "for another UEA set give data.input_size (its @dimensions) and "
-                "data.num_classes",
-            )
-        require_positive("data.input_size", input_size)
-        require_positive("data.num_classes", num_classes)
-        require_positive("data.val_size", val_size)
-        require_positive("data.batch_size", batch_size)
+        self.schema_check({"name": name, "known": known, "input_size": input_size,
+                           "num_classes": num_classes}, "data")  # fmt: skip
         self.save_hyperparameters()
         self.name, self.data_dir = name, Path(data_dir).expanduser()
         self.input_size, self.num_classes = int(input_size), int(num_classes)
@@ -285,7 +298,7 @@ class UEADataModule(DataModule):
         path = Path(run_dir) / "uea.json"
         if not path.is_file():
             return super().load_artifacts(run_dir)
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = read_json(path, "run", "run's uea.json")
         self.classes = list(meta["classes"])
         self.mean, self.std = torch.tensor(meta["mean"]), torch.tensor(meta["std"])
 

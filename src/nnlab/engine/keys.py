@@ -26,12 +26,8 @@ def loop_keys(loop: str, micro_batches: int, renamed: dict[str, Any]) -> tuple[s
             loop = "auto"
         else:
             loop = "fused" if renamed.get("fused_loop") else "lightning"
-    micro_batches = renamed.get("graph_batches", micro_batches)
-    if loop not in LOOPS:
-        raise ConfigError("task.loop", f"must be one of {', '.join(LOOPS)}, got {loop!r}")
-    if isinstance(micro_batches, bool) or not isinstance(micro_batches, int) or micro_batches < 1:
-        raise ConfigError("task.micro_batches", f"must be a whole number >= 1, got {micro_batches}")
-    return loop, micro_batches
+    # (values are checked by the schema: the task's annotations, nnlab/schema.py)
+    return loop, renamed.get("graph_batches", micro_batches)
 
 
 def engine_keys(given: dict[str, Any]) -> dict[str, Any]:

@@ -18,13 +18,14 @@ as often misquoted, (224 - 11)/4 + 1 = 54.25 and the model refuses to build.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
 
-from nnlab.errors import ConfigError, require_positive
+from nnlab.errors import ConfigError
 from nnlab.models.layers import InputAdapter, trace_shapes
+from nnlab.schema import PositiveInt, Rate
 
 # variant: (input channels, input size, adapter mode, conv1 (kernel, stride, padding), conv2 padding)
 VARIANTS = {
@@ -49,30 +50,22 @@ class LocalResponseNorm(nn.LocalResponseNorm):
 class AlexNet(nn.Module):
     def __init__(
         self,
-        num_classes: int = 1000,
-        variant: str = "full",
-        in_channels: int = 1,
-        in_size: int = 28,
-        channels: Sequence[int] = FULL_CHANNELS,
-        hidden: int = 4096,
-        dropout: float = 0.5,
-        groups: int = 1,
+        num_classes: PositiveInt = 1000,
+        variant: Literal["full", "small"] = "full",
+        in_channels: PositiveInt = 1,
+        in_size: PositiveInt = 28,
+        channels: tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt, PositiveInt] = (
+            FULL_CHANNELS
+        ),
+        hidden: PositiveInt = 4096,
+        dropout: Rate = 0.5,
+        groups: Literal[1, 2] = 1,
         lrn: bool = True,
-        input_size: int | None = None,
+        input_size: PositiveInt | None = None,
     ):
         super().__init__()
-        if variant not in VARIANTS:
-            raise ConfigError("model.variant", f"must be full or small, got {variant!r}")
-        require_positive("model.num_classes", num_classes)
-        require_positive("model.hidden", hidden)
-        if len(channels) != 5:
-            raise ConfigError("model.channels", f"needs 5 conv widths, got {list(channels)}")
-        if groups not in (1, 2):
-            raise ConfigError("model.groups", f"must be 1 or 2, got {groups}")
         if groups == 2 and any(c % 2 for c in channels):
             raise ConfigError("model.channels", f"groups=2 needs even widths, got {list(channels)}")
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError("model.dropout", f"must be in [0, 1), got {dropout}")
         net_channels, size, mode, (k1, s1, p1), p2 = VARIANTS[variant]
         size = input_size or size  # what conv1 sees; 227 as published (224 does not divide)
         c1, c2, c3, c4, c5 = channels

@@ -18,17 +18,31 @@ conv that mixes channels): far fewer weights and multiply-adds for the same rece
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Annotated, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from nnlab.errors import ConfigError, require_positive
-from nnlab.models.layers import InputAdapter, dense_stack, trace_shapes
+from nnlab.errors import ConfigError
+from nnlab.models.layers import ActivationName, InputAdapter, dense_stack, trace_shapes
 from nnlab.models.layers import activation as make_activation
+from nnlab.schema import NonNegativeInt, PositiveInt, Rate
 
-BLOCK_KEYS = {"channels", "kernel", "stride", "padding", "pool"}
+
+class ConvBlock(BaseModel):
+    """One entry of `blocks` (checked by nnlab.schema)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    channels: PositiveInt
+    kernel: PositiveInt = 3
+    stride: PositiveInt = 1
+    padding: Literal["same", "valid"] | NonNegativeInt = "same"
+    pool: PositiveInt | None = None
+
+
+BLOCK_KEYS = set(ConvBlock.model_fields)
 HEADS = ("flatten", "gap")
 LAYOUTS = ("image", "sequence")
 
@@ -63,20 +77,20 @@ class CNN(nn.Module):
 
     def __init__(
         self,
-        num_classes: int | None = None,
-        blocks: Sequence[Mapping[str, Any]] = (),
-        in_channels: int = 1,
-        in_size: int = 28,
-        dims: int = 2,
-        pool_type: str = "max",
+        num_classes: PositiveInt | None = None,
+        blocks: Annotated[Sequence[ConvBlock], Field(min_length=1)] = (),
+        in_channels: PositiveInt = 1,
+        in_size: PositiveInt = 28,
+        dims: Literal[1, 2] = 2,
+        pool_type: Literal["max", "avg"] = "max",
         batch_norm: bool = False,
-        dropout: float = 0.0,
-        head: str = "flatten",
-        dense: Sequence[int] = (),
-        dense_dropout: float = 0.0,
-        activation: str = "relu",
-        output_size: int | None = None,
-        layout: str = "image",
+        dropout: Rate = 0.0,
+        head: Literal["flatten", "gap"] = "flatten",
+        dense: Sequence[PositiveInt] = (),
+        dense_dropout: Rate = 0.0,
+        activation: ActivationName = "relu",
+        output_size: PositiveInt | None = None,
+        layout: Literal["image", "sequence"] = "image",
     ):
         super().__init__()
         if (num_classes is None) == (output_size is None):
@@ -85,23 +99,10 @@ class CNN(nn.Module):
                 "give either model.num_classes (a classifier) or model.output_size (a "
                 f"regressor), not {'both' if num_classes else 'neither'}",
             )
-        width_key = "model.num_classes" if num_classes is not None else "model.output_size"
-        require_positive(width_key, num_classes or output_size)
-        if dims not in (1, 2):
-            raise ConfigError("model.dims", f"must be 1 or 2, got {dims}")
-        if layout not in LAYOUTS or (layout == "sequence" and dims != 1):
+        if layout == "sequence" and dims != 1:
             raise ConfigError(
                 "model.layout", f"image, or sequence with dims 1; got {layout!r} with dims {dims}"
             )
-        if pool_type not in ("max", "avg"):
-            raise ConfigError("model.pool_type", f"must be max or avg, got {pool_type!r}")
-        if head not in HEADS:
-            raise ConfigError("model.head", f"must be flatten or gap, got {head!r}")
-        for key, p in (("model.dropout", dropout), ("model.dense_dropout", dense_dropout)):
-            if not 0.0 <= p < 1.0:
-                raise ConfigError(key, f"must be in [0, 1), got {p}")
-        if not blocks:
-            raise ConfigError("model.blocks", "needs at least one conv block")
         self.dims, self.layout = dims, layout
         conv = nn.Conv2d if dims == 2 else nn.Conv1d
         norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
@@ -123,12 +124,8 @@ class CNN(nn.Module):
         first_channels = channels
         for i, block in enumerate(blocks, start=1):
             key = f"model.blocks[{i - 1}]"
-            if unknown := set(block) - BLOCK_KEYS:
-                raise ConfigError(key, f"unknown keys {sorted(unknown)}; use {sorted(BLOCK_KEYS)}")
             out = block.get("channels")
             kernel, stride = block.get("kernel", 3), block.get("stride", 1)
-            for name, value in (("channels", out), ("kernel", kernel), ("stride", stride)):
-                require_positive(f"{key}.{name}", value)
             padding = _padding(f"{key}.padding", block.get("padding", "same"), kernel)
             if self.separable:
                 layers[f"conv{i}"] = SeparableConv(conv, channels, out, kernel, stride, padding)

@@ -8,37 +8,38 @@ from batch to batch, generation feeds one token at a time.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
-from nnlab.errors import ConfigError, require_positive
-from nnlab.models.recurrent import TORCH_CELLS, RecurrentNet
+from nnlab.models.recurrent import RecurrentNet
+from nnlab.schema import PositiveInt, Rate
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 class RecurrentLanguageModel(RecurrentNet):
+    # a language model reads left to right, one output a step, sized by its vocabulary
+    schema_excluded_keys = (
+        "bidirectional",
+        "readout",
+        "return_sequences",
+        "input_size",
+        "output_size",
+    )
+
     def __init__(
         self,
-        vocab_size: int,
-        embedding_dim: int = 64,
-        cell: str = "lstm",
-        hidden_size: int = 256,
-        num_layers: int = 1,
-        dropout: float = 0.0,
+        vocab_size: PositiveInt,
+        embedding_dim: PositiveInt = 64,
+        # torch's cells only: nnlab's own cells start every sequence from zero
+        cell: Literal["rnn", "lstm", "gru"] = "lstm",
+        hidden_size: PositiveInt = 256,
+        num_layers: PositiveInt = 1,
+        dropout: Rate = 0.0,
         **keras_options,  # forget_bias, init, inner_init, nonlinearity (see RecurrentNet)
     ):
-        require_positive("model.vocab_size", vocab_size)
-        require_positive("model.embedding_dim", embedding_dim)
-        if cell not in TORCH_CELLS:  # nnlab's own cells start every sequence from zero
-            raise ConfigError(
-                "model.cell",
-                f"{cell!r} cannot continue from a given state; a language model uses one of "
-                f"{', '.join(TORCH_CELLS)}",
-            )
-        for key in ("bidirectional", "readout", "return_sequences", "input_size", "output_size"):
-            if key in keras_options:  # a language model reads left to right, one output a step
-                raise ConfigError(f"model.{key}", "is fixed for a language model; remove it")
         super().__init__(
             input_size=embedding_dim,
             output_size=vocab_size,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,6 +20,9 @@ ACTIVATIONS = {
     "leaky_relu": nn.LeakyReLU,
     "linear": nn.Identity,
 }
+
+
+ActivationName = Literal[tuple(ACTIVATIONS)]  # the names a config may give (nnlab.schema)
 
 
 def activation(name: str, key: str = "model.activation") -> nn.Module:

@@ -16,13 +16,14 @@ is logits (softmax is in the loss) instead of Euclidean RBF units. `input_size` 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Literal
 
 import torch
 from torch import nn
 
-from nnlab.errors import ConfigError, require_positive
-from nnlab.models.layers import InputAdapter, trace_shapes
+from nnlab.models.layers import ActivationName, InputAdapter, trace_shapes
 from nnlab.models.layers import activation as make_activation
+from nnlab.schema import PositiveInt
 
 VARIANTS = {"classic": ("tanh", nn.AvgPool2d), "modern": ("relu", nn.MaxPool2d)}
 
@@ -30,17 +31,14 @@ VARIANTS = {"classic": ("tanh", nn.AvgPool2d), "modern": ("relu", nn.MaxPool2d)}
 class LeNet5(nn.Module):
     def __init__(
         self,
-        num_classes: int = 10,
-        variant: str = "modern",
-        in_channels: int = 1,
-        in_size: int = 28,
-        activation: str | None = None,
-        input_size: int = 32,
+        num_classes: PositiveInt = 10,
+        variant: Literal["classic", "modern"] = "modern",
+        in_channels: PositiveInt = 1,
+        in_size: PositiveInt = 28,
+        activation: ActivationName | None = None,
+        input_size: PositiveInt = 32,
     ):
         super().__init__()
-        if variant not in VARIANTS:
-            raise ConfigError("model.variant", f"must be classic or modern, got {variant!r}")
-        require_positive("model.num_classes", num_classes)
         default_activation, pool = VARIANTS[variant]
         act = activation or default_activation
 

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from nnlab.errors import ConfigError, require_positive
-from nnlab.models.layers import activation as make_activation
+from nnlab.models.layers import ActivationName
+from nnlab.schema import PositiveInt, Rate
 
 
 class MLP(nn.Module):
@@ -19,23 +19,17 @@ class MLP(nn.Module):
 
     def __init__(
         self,
-        input_size: int,
-        output_size: int,
-        hidden_sizes: Sequence[int] = (10,),
-        activation: str = "relu",
-        dropout: float = 0.0,
+        input_size: PositiveInt,
+        output_size: PositiveInt,
+        hidden_sizes: Sequence[PositiveInt] = (10,),
+        activation: ActivationName = "relu",
+        dropout: Rate = 0.0,
     ):
         super().__init__()
-        require_positive("model.input_size", input_size)
-        require_positive("model.output_size", output_size)
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError("model.dropout", f"must be in [0, 1), got {dropout}")
         from nnlab.models.sequential import build_layers
 
-        make_activation(activation)  # an unknown name is model.activation's error
         layers: list = ["flatten"]
-        for i, size in enumerate(hidden_sizes):
-            require_positive(f"model.hidden_sizes[{i}]", size)
+        for size in hidden_sizes:
             layers.append({"dense": {"units": size, "activation": activation}})
             layers += [{"dropout": dropout}] if dropout else []
         modules, _ = build_layers([*layers, "dense"], (input_size,), output_size)

@@ -20,13 +20,16 @@ top must return sequences (the next one reads them), and the top's X means `all`
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from nnlab.errors import ConfigError, require_positive
+from nnlab.errors import ConfigError
 from nnlab.models.cells import CELLS as CUSTOM_CELLS
 from nnlab.models.cells import CellStack, step_mask
+from nnlab.schema import PositiveInt, Rate
 
 TORCH_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 CELLS = [*TORCH_CELLS, *CUSTOM_CELLS]
@@ -36,59 +39,61 @@ READOUTS = ("last", "mean", "all")
 INITS = ("default", "glorot_uniform")
 INNER_INITS = ("default", "orthogonal")
 FORGET_BIAS = {"one": 1.0, "zero": 0.0}  # Keras' forget_bias_init names
+CellName = Literal[
+    "rnn", "lstm", "gru", "deep_rnn", "jzs1", "jzs2", "jzs3", "simple_rnn", "simple_deep_rnn"
+]
+Activation = Literal["tanh", "relu", "sigmoid", "hard_sigmoid"]
 
 
 class RecurrentNet(nn.Module):
+    # Keys only some cells use (nnlab.schema refuses them on the others); their defaults are
+    # null so that "set" and "not set" differ, and null means the value below.
+    schema_applies = {
+        "nonlinearity": ("cell", ("rnn", "simple_rnn", "deep_rnn", "simple_deep_rnn")),
+        "inner_activation": ("cell", ("jzs1", "jzs2", "jzs3", "simple_deep_rnn")),
+        "depth": ("cell", ("deep_rnn", "simple_deep_rnn")),
+        "forget_bias": ("cell", ("lstm",)),
+        "init": ("cell", tuple(TORCH_CELLS)),
+        "inner_init": ("cell", tuple(TORCH_CELLS)),
+    }
+
+    # What these keys were set to before they became null (configs saved by earlier nnlab).
+    schema_old_defaults = {
+        "nonlinearity": "tanh", "inner_activation": "sigmoid", "depth": 3, "forget_bias": 1.0,
+        "init": "default", "inner_init": "default",
+    }  # fmt: skip
+
     def __init__(
         self,
-        input_size: int,
-        output_size: int,
-        cell: str = "lstm",
-        hidden_size: int = 64,
-        num_layers: int = 1,
+        input_size: PositiveInt,
+        output_size: PositiveInt,
+        cell: CellName = "lstm",
+        hidden_size: PositiveInt = 64,
+        num_layers: PositiveInt = 1,
         bidirectional: bool = False,
-        dropout: float = 0.0,
-        readout: str = "last",
-        nonlinearity: str = "tanh",
-        forget_bias: float | str = 1.0,
-        depth: int = 3,
+        dropout: Rate = 0.0,
+        readout: Literal["last", "mean", "all"] = "last",
+        nonlinearity: Activation | None = None,
+        forget_bias: float | Literal["one", "zero"] | None = None,
+        depth: PositiveInt | None = None,
         return_sequences: list[bool] | None = None,
-        inner_activation: str = "sigmoid",
-        init: str = "default",
-        inner_init: str = "default",
+        inner_activation: Literal["sigmoid", "hard_sigmoid"] | None = None,
+        init: Literal["default", "glorot_uniform"] | None = None,
+        inner_init: Literal["default", "orthogonal"] | None = None,
     ):
         super().__init__()
-        require_positive("model.input_size", input_size)
-        require_positive("model.output_size", output_size)
-        require_positive("model.hidden_size", hidden_size)
-        require_positive("model.num_layers", num_layers)
-        if cell not in CELLS:
-            raise ConfigError(
-                "model.cell", f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}"
-            )
-        if readout not in READOUTS:
-            raise ConfigError(
-                "model.readout", f"unknown readout {readout!r}; choose one of {', '.join(READOUTS)}"
-            )
+        nonlinearity = nonlinearity or "tanh"
+        inner_activation = inner_activation or "sigmoid"
+        depth = 3 if depth is None else depth
+        forget_bias = 1.0 if forget_bias is None else forget_bias
+        init, inner_init = init or "default", inner_init or "default"
         if return_sequences is not None:
             readout = keras_readout(return_sequences, num_layers, readout)
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError("model.dropout", f"must be in [0, 1), got {dropout}")
         if cell == "deep_rnn" and nonlinearity not in ("tanh", "relu"):
             raise ConfigError("model.nonlinearity", f"must be tanh or relu, got {nonlinearity!r}")
         if cell == "rnn" and nonlinearity not in ("tanh", "relu"):
             cell = "simple_rnn"  # nn.RNN has tanh/relu only; the plain cell has every activation
-        if init not in INITS or inner_init not in INNER_INITS:
-            key, value = (
-                ("model.init", init) if init not in INITS else ("model.inner_init", inner_init)
-            )
-            raise ConfigError(
-                key,
-                f"unknown {value!r}; choose one of {', '.join(INITS if key == 'model.init' else INNER_INITS)}",
-            )
         forget_bias = FORGET_BIAS.get(forget_bias, forget_bias)
-        if isinstance(forget_bias, str):
-            raise ConfigError("model.forget_bias", f"a number, one or zero; got {forget_bias!r}")
         self.cell, self.readout, self.bidirectional = cell, readout, bidirectional
         self.rnn = make_rnn(
             cell, input_size, hidden_size, num_layers, bidirectional, dropout,

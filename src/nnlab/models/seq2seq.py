@@ -13,11 +13,13 @@ while training, the true previous targets with probability `teacher_forcing_rati
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
 
-from nnlab.errors import ConfigError, require_positive
+from nnlab.errors import ConfigError
+from nnlab.schema import Fraction, NonNegativeInt, PositiveInt
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -28,27 +30,16 @@ class Seq2SeqForecaster(nn.Module):
 
     def __init__(
         self,
-        input_size: int,
-        output_size: int,
-        num_targets: int = 1,
-        cell: str = "lstm",
-        hidden_size: int = 32,
-        num_layers: int = 1,
-        teacher_forcing_ratio: float = 0.5,
-        target_features: Sequence[int] | None = (0,),
+        input_size: PositiveInt,
+        output_size: PositiveInt,
+        num_targets: PositiveInt = 1,
+        cell: Literal["lstm", "gru"] = "lstm",
+        hidden_size: PositiveInt = 32,
+        num_layers: PositiveInt = 1,
+        teacher_forcing_ratio: Fraction = 0.5,
+        target_features: Sequence[NonNegativeInt] | None = (0,),
     ):
         super().__init__()
-        require_positive("model.input_size", input_size)
-        require_positive("model.output_size", output_size)
-        require_positive("model.num_targets", num_targets)
-        require_positive("model.hidden_size", hidden_size)
-        require_positive("model.num_layers", num_layers)
-        if cell not in CELLS:
-            raise ConfigError("model.cell", f"unknown cell {cell!r}; choose one of lstm, gru")
-        if not 0.0 <= teacher_forcing_ratio <= 1.0:
-            raise ConfigError(
-                "model.teacher_forcing_ratio", f"must be in [0, 1], got {teacher_forcing_ratio}"
-            )
         if target_features is not None:
             target_features = [int(i) for i in target_features]
             if len(target_features) != num_targets or not all(

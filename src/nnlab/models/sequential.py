@@ -25,19 +25,22 @@ recurrent layers then skip the pads and the global 1D pools ignore them.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from nnlab.errors import ConfigError, UserError
 from nnlab.models.cells import CELLS as CUSTOM_CELLS
 from nnlab.models.cnn import SeparableConv
 from nnlab.models.layers import (
+    ActivationName,
     activation,
     dense,
     output_size,
@@ -45,6 +48,7 @@ from nnlab.models.layers import (
     transposed_padding,
 )
 from nnlab.models.recurrent import TORCH_CELLS, make_rnn
+from nnlab.schema import PositiveInt, Rate
 
 log = logging.getLogger(__name__)
 
@@ -505,6 +509,82 @@ NO_ARGS = {
 KINDS = sorted({*MAIN_ARG, *NO_ARGS, "time_distributed"})
 
 
+# Each layer kind's arguments (aliases included), as nnlab.schema checks them before building.
+_Pair = PositiveInt | list[PositiveInt]
+_Act = ActivationName | Literal["softmax"] | None
+_Padding = Literal["same", "valid"]
+_CONV = {
+    "filters": PositiveInt | None, "units": PositiveInt | None, "kernel": _Pair,
+    "kernel_size": _Pair, "strides": _Pair, "stride": _Pair, "dilation": _Pair,
+    "dilation_rate": _Pair, "use_bias": bool, "padding": _Padding, "activation": _Act,
+}  # fmt: skip
+_POOL = {"pool_size": _Pair, "size": _Pair, "kernel": _Pair, "strides": _Pair, "stride": _Pair,
+         "padding": _Padding}  # fmt: skip
+
+
+def _recurrent_args(cell: str) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "units": PositiveInt, "hidden_size": PositiveInt, "bidirectional": bool,
+        "return_sequences": bool,
+    }  # fmt: skip
+    if cell in ("rnn", "simple_rnn", "deep_rnn", "simple_deep_rnn"):  # the cells with one
+        args |= {"activation": _Act, "nonlinearity": _Act}
+    if cell == "lstm":
+        args["forget_bias"] = float
+    if cell in ("deep_rnn", "simple_deep_rnn"):
+        args["depth"] = PositiveInt
+    return args
+
+
+LAYER_ARGS: dict[str, dict[str, Any]] = {
+    "dense": {"units": PositiveInt | None, "activation": _Act, "use_bias": bool},
+    "activation": {"activation": _Act},
+    "dropout": {"rate": Rate},
+    "reshape": {"target_shape": list[int], "shape": list[int]},
+    "permute": {"dims": list[PositiveInt]},
+    "embedding": {
+        "input_dim": PositiveInt,
+        "num_words": PositiveInt,
+        "output_dim": PositiveInt,
+        "units": PositiveInt,
+        "mask_zero": bool,
+    },  # fmt: skip
+    "conv1d": _CONV,
+    "conv2d": _CONV,
+    "separable_conv1d": {**_CONV, "depth_multiplier": PositiveInt},
+    "separable_conv2d": {**_CONV, "depth_multiplier": PositiveInt},
+    "conv2d_transpose": {k: v for k, v in _CONV.items() if not k.startswith("dilation")},
+    "zero_padding1d": {"padding": _Pair},
+    "zero_padding2d": {"padding": _Pair},
+    **{k: _POOL for k in MAIN_ARG if "_pool" in k},
+    **{k: _recurrent_args(cell) for k, cell in RECURRENT.items()},
+    **{k: {} for k in NO_ARGS},
+}
+
+
+def check_layers(entries: Any, key: str) -> None:
+    """Every entry of a layer list: a known kind, each argument known to it and of its type
+    (`model.layers[2].units`); raises nnlab.schema's ConfigError."""
+    from nnlab.schema import validate_mapping
+
+    for i, entry in enumerate(entries or []):
+        kind, value = _parse(entry, f"{key}[{i}]")
+        if kind == "time_distributed":
+            check_layers([value], f"{key}[{i}].time_distributed")
+            continue
+        args = _args(kind, value, f"{key}[{i}]")
+        for name in sorted(set(args) - set(LAYER_ARGS[kind])):
+            kinds = [k for k in RECURRENT if name in LAYER_ARGS[k]] if kind in RECURRENT else []
+            if kinds:  # an argument of other cells: say which
+                raise ConfigError(
+                    f"{key}[{i}].{name}",
+                    f"{args[name]!r} is not used by a {kind} layer: {name} applies to "
+                    f"{', '.join(kinds)} layers only; remove it or choose one of those kinds",
+                )
+        fields = {name: (annotation, None) for name, annotation in LAYER_ARGS[kind].items()}
+        validate_mapping(fields, args, f"{key}[{i}]", f"a {kind} layer")
+
+
 def _parse(entry: Any, key: str) -> tuple[str, Any]:
     if isinstance(entry, str):
         kind, value = entry, None
@@ -515,7 +595,11 @@ def _parse(entry: Any, key: str) -> tuple[str, Any]:
             key, f"a layer is a kind or {{kind: arguments}} (e.g. {{dense: 16}}), got {entry!r}"
         )
     if kind not in KINDS:
-        raise ConfigError(key, f"unknown layer kind {kind!r}; choose one of {', '.join(KINDS)}")
+        close = difflib.get_close_matches(str(kind), KINDS, n=3)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise ConfigError(
+            key, f"unknown layer kind {kind!r}; {hint}the kinds are {', '.join(KINDS)}"
+        )
     return kind, value
 
 
@@ -626,25 +710,18 @@ class Sequential(nn.Module):
     """The layers of `layers`, sized from `input_shape` (one sample, no batch axis); a last
     `dense` without units gets `output_size` (the task's width), and the output must be that."""
 
+    @classmethod
+    def schema_check(cls, node: dict, key: str) -> None:
+        """nnlab.schema's hook: each entry of `layers` checked against its kind's arguments."""
+        check_layers(node.get("layers"), f"{key}.layers")
+
     def __init__(
         self,
-        layers: Sequence[Any],
-        input_shape: Sequence[int],
-        output_size: int | None = None,
+        layers: Annotated[Sequence[Any], Field(min_length=1)],
+        input_shape: Annotated[Sequence[PositiveInt], Field(min_length=1)],
+        output_size: PositiveInt | None = None,
     ):
         super().__init__()
-        if not layers:
-            raise ConfigError("model.layers", "needs at least one layer, e.g. [flatten, dense]")
-        if (
-            not isinstance(input_shape, Sequence)
-            or not input_shape
-            or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in input_shape)
-        ):
-            raise ConfigError(
-                "model.input_shape",
-                f"must be the sizes of one sample, e.g. [1, 28, 28], got {input_shape!r}; leave "
-                "the default ${nnlab.example_shape:${data}} to take it from the data",
-            )
         self.input_shape = tuple(input_shape)
         modules, self.shapes = build_layers(layers, self.input_shape, output_size)
         if output_size is not None and self.shapes[-1] != (output_size,):

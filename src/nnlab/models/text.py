@@ -10,13 +10,16 @@ positions only. Without `lengths` they are taken as the number of non-zero ids.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from nnlab.errors import ConfigError, require_positive
+from nnlab.models.layers import ActivationName
 from nnlab.models.layers import activation as make_activation
+from nnlab.schema import PositiveInt, Rate
 
 PAD = 0
 POOLINGS = ("last", "mean", "max")
@@ -43,14 +46,6 @@ def embedding(num_words: int, dim: int, scale: float = 0.05) -> nn.Embedding:
     return layer
 
 
-def _check_common(num_words: int, output_size: int, embedding_dim: int, dropout: float) -> None:
-    require_positive("model.num_words", num_words)
-    require_positive("model.output_size", output_size)
-    require_positive("model.embedding_dim", embedding_dim)
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError("model.dropout", f"must be in [0, 1), got {dropout}")
-
-
 class RecurrentTextClassifier(nn.Module):
     """Embedding -> (bi)LSTM/GRU over the packed sequence -> pooled state -> Dropout -> Linear.
 
@@ -62,26 +57,17 @@ class RecurrentTextClassifier(nn.Module):
 
     def __init__(
         self,
-        num_words: int,
-        output_size: int = 1,
-        embedding_dim: int = 64,
-        hidden_size: int = 64,
-        cell: str = "lstm",
-        num_layers: int = 1,
+        num_words: PositiveInt,
+        output_size: PositiveInt = 1,
+        embedding_dim: PositiveInt = 64,
+        hidden_size: PositiveInt = 64,
+        cell: Literal["lstm", "gru"] = "lstm",
+        num_layers: PositiveInt = 1,
         bidirectional: bool = True,
-        pooling: str = "last",
-        dropout: float = 0.0,
+        pooling: Literal["last", "mean", "max"] = "last",
+        dropout: Rate = 0.0,
     ):
         super().__init__()
-        _check_common(num_words, output_size, embedding_dim, dropout)
-        require_positive("model.hidden_size", hidden_size)
-        require_positive("model.num_layers", num_layers)
-        if cell not in self.CELLS:
-            raise ConfigError("model.cell", f"unknown cell {cell!r}; choose one of lstm, gru")
-        if pooling not in POOLINGS:
-            raise ConfigError(
-                "model.pooling", f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}"
-            )
         self.pooling = pooling
         self.directions = 2 if bidirectional else 1
         self.embedding = embedding(num_words, embedding_dim)
@@ -122,21 +108,15 @@ class ConvTextClassifier(nn.Module):
 
     def __init__(
         self,
-        num_words: int,
-        output_size: int = 1,
-        embedding_dim: int = 64,
-        channels: Sequence[int] = (128,),
-        kernel_size: int = 5,
-        activation: str = "relu",
-        dropout: float = 0.0,
+        num_words: PositiveInt,
+        output_size: PositiveInt = 1,
+        embedding_dim: PositiveInt = 64,
+        channels: Annotated[Sequence[PositiveInt], Field(min_length=1)] = (128,),
+        kernel_size: PositiveInt = 5,
+        activation: ActivationName = "relu",
+        dropout: Rate = 0.0,
     ):
         super().__init__()
-        _check_common(num_words, output_size, embedding_dim, dropout)
-        require_positive("model.kernel_size", kernel_size)
-        if not channels:
-            raise ConfigError("model.channels", "needs at least one convolution, e.g. [128]")
-        for i, c in enumerate(channels):
-            require_positive(f"model.channels[{i}]", c)
         self.embedding = embedding(num_words, embedding_dim)
         self.convs = nn.ModuleList()
         self.activations = nn.ModuleList()

@@ -35,12 +35,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from nnlab.assemble import data_and_task
 from nnlab.compat import hydra as hydra_compat
-from nnlab.config import build, build_all, validate
+from nnlab.config import build, build_all
 from nnlab.console import print_config_tree
 from nnlab.engine.capabilities import PLATEAU, SKIPPED_CALLBACKS, why_not
 from nnlab.packed import stack
 from nnlab.packed.group import STATE_DIR, Data, PackedGroup, Trial, load_states
 from nnlab.runs import METRICS, Run, read_status
+from nnlab.schema import check
 from nnlab.tasks.classification import ClassificationTask
 
 log = logging.getLogger("nnlab.packed")
@@ -272,7 +273,7 @@ def prepare(
     raw_cfg = _task_config(job_config)
     try:
         cfg = OmegaConf.create(OmegaConf.to_container(raw_cfg, resolve=True))
-        validate(cfg)
+        check(cfg)
     except Exception as exc:  # the job's own run reports it, as a sequential run would
         raise Unpackable(f"config problem ({str(exc).splitlines()[0]})") from None
     if reason := why_not("packed", run_cfg=cfg, trainer_cfg=cfg.trainer, task_cfg=cfg.task):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -13,9 +13,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from nnlab.config import reported
 from nnlab.data.base import DataModule
 from nnlab.engine.keys import engine_keys
 from nnlab.errors import ConfigError
+from nnlab.schema import PositiveInt, TargetNode
 from nnlab.tasks import optimizers
 
 log = logging.getLogger(__name__)
@@ -43,16 +45,25 @@ class Task(L.LightningModule):
 
     target_kind = "values"  # the data modules' target_kind this task learns
 
+    # The loop keys of older checkpoints and saved configs (engine/keys.py: loop_keys).
+    schema_extra_keys = {
+        "fused_loop": bool,
+        "cuda_graph": bool | Literal["auto"],
+        "graph_batches": PositiveInt,
+    }
+
     def __init__(
         self,
         net: Mapping[str, Any],
-        optimizer: Mapping[str, Any] | None = None,
-        scheduler: Mapping[str, Any] | None = None,
-        scheduler_interval: str = "epoch",
+        optimizer: TargetNode | None = None,
+        scheduler: TargetNode | None = None,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
         scheduler_monitor: str = "val/loss",
         channels_last: bool = False,
+        loop: Literal["lightning", "fused", "cuda_graph", "auto"] = "auto",
+        micro_batches: PositiveInt = 32,
         compile: bool | Mapping[str, Any] = False,
-        **engine: Any,
+        **renamed: Any,
     ):
         super().__init__()
         net, optimizer, scheduler = plain(net), plain(optimizer), plain(scheduler)
@@ -66,7 +77,8 @@ class Task(L.LightningModule):
                 "channels_last": channels_last,
                 # how the run trains it (read when the run is assembled): kept with the
                 # checkpoint, never acted on here
-                **engine_keys(engine),
+                # (older checkpoints and saved configs: fused_loop/cuda_graph/graph_batches)
+                **engine_keys({"loop": loop, "micro_batches": micro_batches, **renamed}),
                 "compile": plain(compile),
             }
         )
@@ -136,7 +148,10 @@ class Task(L.LightningModule):
         self._optimizer_flags = optimizers.implementation(optimizer)
         if not self.hparams.scheduler:
             return optimizer
-        scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
+        try:
+            scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
+        except (TypeError, ValueError, RuntimeError) as exc:  # torch refused a value
+            raise reported("task.scheduler", self.hparams.scheduler, exc) from exc
         config = {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = self.hparams.scheduler_monitor  # (Lightning's engine only)

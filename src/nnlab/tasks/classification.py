@@ -3,8 +3,11 @@ cross-entropy (`num_classes: 2` with a single-output net); torchmetrics per spli
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     BinaryAccuracy,
@@ -16,6 +19,7 @@ from torchmetrics.classification import (
 )
 
 from nnlab.errors import ConfigError
+from nnlab.schema import NonNegativeInt
 from nnlab.tasks.base import Task
 from nnlab.tasks.regression import real_steps
 
@@ -36,17 +40,15 @@ class ClassificationTask(Task):
     def __init__(
         self,
         *args,
-        num_classes: int = 10,
+        num_classes: Annotated[int, Field(ge=2)] = 10,
         binary: bool = False,
-        keep_mistakes: int = 36,
+        keep_mistakes: NonNegativeInt = 36,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.save_hyperparameters(
             {"num_classes": num_classes, "binary": binary, "keep_mistakes": keep_mistakes}
         )
-        if num_classes < 2:
-            raise ConfigError("task.num_classes", f"must be >= 2, got {num_classes}")
         if binary and num_classes != 2:
             raise ConfigError("task.binary", f"binary needs num_classes 2, got {num_classes}")
         self.num_classes, self.binary = num_classes, binary

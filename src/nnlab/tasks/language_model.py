@@ -15,6 +15,7 @@ after a kill, a requeued SLURM job) ends as the run that never stopped.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -56,10 +57,10 @@ class LanguageModelTask(Task):
 
     target_kind = "tokens"
 
-    def __init__(self, *args, level: str = "char", carry_state: bool = False, **kwargs):
+    def __init__(
+        self, *args, level: Literal["char", "word"] = "char", carry_state: bool = False, **kwargs
+    ):
         super().__init__(*args, **kwargs)
-        if level not in LEVELS:
-            raise ConfigError("task.level", f"must be char or word, got {level!r}")
         self.save_hyperparameters({"level": level, "carry_state": carry_state})
         self.level, self.carry_state = level, bool(carry_state)
         self.metric = LEVELS[level]

@@ -4,12 +4,16 @@ macro F1 and per-label accuracy per split (torchmetrics)."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MultilabelAccuracy, MultilabelF1Score
 
-from nnlab.errors import ConfigError, require_positive
+from nnlab.errors import ConfigError
+from nnlab.schema import PositiveInt
 from nnlab.tasks.base import Task
 
 
@@ -18,11 +22,14 @@ class MultiLabelTask(Task):
 
     target_kind = "labels"
 
-    def __init__(self, *args, num_labels: int = 2, threshold: float = 0.5, **kwargs):
+    def __init__(
+        self,
+        *args,
+        num_labels: PositiveInt = 2,
+        threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
-        require_positive("task.num_labels", num_labels)
-        if not 0.0 < threshold < 1.0:
-            raise ConfigError("task.threshold", f"must be in (0, 1), got {threshold}")
         self.save_hyperparameters({"num_labels": num_labels, "threshold": threshold})
         self.num_labels, self.threshold = int(num_labels), float(threshold)
         k = self.num_labels

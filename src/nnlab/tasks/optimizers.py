@@ -36,7 +36,12 @@ def build_optimizer(
             return factory(params=params, fused=True)
         except (TypeError, ValueError, RuntimeError) as exc:  # no fused kernel for this one
             log.debug("%s: no fused implementation on the CPU (%s)", cfg.get("_target_"), exc)
-    return factory(params=params)
+    try:
+        return factory(params=params)
+    except (TypeError, ValueError, RuntimeError) as exc:  # torch refused a value
+        from nnlab.config import reported
+
+        raise reported("task.optimizer", cfg, exc) from exc
 
 
 def implementation(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:

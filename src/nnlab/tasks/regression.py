@@ -7,13 +7,14 @@ per step (`model.readout: all`) are scored over the real steps only."""
 from __future__ import annotations
 
 import functools
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
-from nnlab.errors import ConfigError, require_positive
 from nnlab.models.cells import step_mask
+from nnlab.schema import PositiveFloat
 from nnlab.tasks.base import Task
 
 LOSSES = ("mse", "mae", "huber")
@@ -31,13 +32,14 @@ def real_steps(
 
 
 class RegressionTask(Task):
-    def __init__(self, *args, loss: str = "mse", huber_delta: float = 1.0, **kwargs):
+    def __init__(
+        self,
+        *args,
+        loss: Literal["mse", "mae", "huber"] = "mse",
+        huber_delta: PositiveFloat = 1.0,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
-        if loss not in LOSSES:
-            raise ConfigError(
-                "task.loss", f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}"
-            )
-        require_positive("task.huber_delta", huber_delta)
         self.save_hyperparameters({"loss": loss, "huber_delta": huber_delta})
         self.loss_fn = {
             "mse": F.mse_loss,
