@@ -15,21 +15,17 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from nnlab import CONF_DIR
-from nnlab.callbacks.resilience import NonFiniteLoss
-from nnlab.checkpoint_io import AtomicCheckpointIO, check_checkpoint
+from nnlab.checkpoint_io import check_checkpoint
 from nnlab.cli import check_writable, rerun_overrides, resumed_config, unparsable_argument
 from nnlab.config import build, build_all, validate
 from nnlab.console import print_config_tree
@@ -41,7 +37,9 @@ from nnlab.errors import (
 from nnlab.heap import freeze_imports
 from nnlab.runs import Run
 from nnlab.sweeps import NoTrialCompleted, SweepOutcome, released_ddp_state, single_job_argv
-from nnlab.tracking import log_run_summary
+
+if TYPE_CHECKING:
+    import lightning as L
 
 log = logging.getLogger("nnlab.train")
 # Noise from the libraries that says nothing about the run (TensorBoard's graph tracing).
@@ -53,6 +51,18 @@ def train(cfg: DictConfig, run: Run, extra_callbacks: Sequence[Any] = ()) -> dic
     """Fit the configured task, then validate and test the best checkpoint; returns metrics.
     `extra_callbacks` join the configured ones (benchmarks and tests watch a run with them)."""
     validate(cfg)
+    # torch and Lightning are imported here, not with the module: `--help` and a refused key or
+    # value answer without them (docs/benchmarks.md; tests/test_startup.py).
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    from nnlab.callbacks.resilience import NonFiniteLoss
+    from nnlab.checkpoint_io import AtomicCheckpointIO
+    from nnlab.tracking import log_run_summary
+
+    freeze_imports()  # what those imports made stays out of the garbage collector (nnlab/heap.py)
+
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data, "data")
