@@ -77,11 +77,11 @@ tensorboard: $(STAMP)
 
 ## The documentation site (mkdocs.yml, docs/): served with live reload on http://127.0.0.1:8000.
 docs: $(STAMP)
-	$(BIN)/mkdocs serve
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 ## The site built into site/, every warning (a broken link, a page missing from nav) an error.
 docs-build: $(STAMP)
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache build dist site
