@@ -99,19 +99,26 @@ def train(cfg: DictConfig, run: Run, extra_callbacks: Sequence[Any] = ()) -> dic
     if trainer.world_size > 1 and HydraConfig.get().mode == RunMode.MULTIRUN:
         single_job_argv(HydraConfig.get())  # the other ranks run this trial only
 
-    log.info("Training %s on %s", type(task.net).__name__, type(datamodule).__name__)
-    try:
-        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    except MisconfigurationException as exc:
-        if f"monitor='{cfg.monitor}'" not in str(exc):
-            raise
-        raise ConfigError("monitor", f"{str(exc).splitlines()[0]}; name a logged metric") from None
-
-    checkpoint = run.best_checkpoint()
+    # train=false: evaluate ckpt_path's weights (or the initial ones) without fitting;
+    # test=false: no test split (lightning-hydra-template's switches)
+    if cfg.get("train", True):
+        log.info("Training %s on %s", type(task.net).__name__, type(datamodule).__name__)
+        try:
+            trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        except MisconfigurationException as exc:
+            if f"monitor='{cfg.monitor}'" not in str(exc):
+                raise
+            message = f"{str(exc).splitlines()[0]}; name a logged metric"
+            raise ConfigError("monitor", message) from None
+        checkpoint = run.best_checkpoint()
+    else:
+        checkpoint = cfg.get("ckpt_path")
     if checkpoint is None:
-        log.warning("No checkpoint was saved; evaluating the weights in memory")
+        log.warning("No checkpoint to evaluate; evaluating the weights in memory")
     val = trainer.validate(task, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
-    test = trainer.test(task, datamodule=datamodule, ckpt_path=checkpoint)
+    test = [{}]
+    if cfg.get("test", True):
+        test = trainer.test(task, datamodule=datamodule, ckpt_path=checkpoint)
     metrics: dict[str, Any] = {k: float(v) for k, v in {**val[0], **test[0]}.items()}
     metrics["best_checkpoint"] = checkpoint
     if checkpoint and (match := re.search(r"epoch(\d+)", Path(checkpoint).name)):
