@@ -59,3 +59,19 @@ def test_a_training_still_imports_what_it_needs(tmp_path):
     args = ["experiment=sine_mlp", "trainer.max_epochs=1", "logger=none", "callbacks=none"]
     names = imported("nnlab.train", *args, "print_config=false", cwd=tmp_path, code=0)
     assert {"torch", "lightning"} <= names
+
+
+def test_a_report_on_a_sweep_imports_no_torch_without_its_tensorboard_log(tmp_path):
+    """nnlab-report reads run directories (JSON, CSV, YAML) and uses scipy and matplotlib for its
+    statistics and plots; only its TensorBoard HPARAMS log (tensorboard=true) needs torch."""
+    from test_report_groups import write_trial
+
+    sweep = tmp_path / "sweep"
+    for num, seed in enumerate((1, 2)):
+        loss = 0.5 + 0.1 * seed
+        metrics = {"val/loss": loss, "test/loss": loss, "best_epoch": 1}
+        write_trial(sweep / str(num), [f"seed={seed}"], metrics, [loss + 0.1, loss])
+    args = [f"sweep={sweep}", "tensorboard=false"]
+    names = imported("nnlab.report", *args, cwd=tmp_path, code=0)
+    assert (sweep / "report" / "leaderboard.csv").is_file()
+    assert not {"torch", "lightning", "torchmetrics", "torchvision"} & names
