@@ -10,11 +10,17 @@ WHEEL_VENV ?= .venv-wheel
 WHEEL_STAMP := $(WHEEL_VENV)/.nnlab-installed
 # The extras `make install` installs: the test suite covers sweeps, search, SLURM submission and
 # the MLflow / W&B loggers.
-EXTRAS ?= dev,onnx,sweep,slurm,mlflow,wandb
+EXTRAS ?= dev,docs,onnx,sweep,slurm,mlflow,wandb
 ARGS ?=
 PYTEST_ARGS ?=
+# One pytest worker per core (pytest-xdist). --dist loadscope hands a worker a whole test module:
+# a module-scoped fixture (a run trained once, then evaluated, predicted, exported by its tests)
+# is built once, not once per worker, and the SLURM tests (one module) queue one at a time on
+# the one-node cluster. PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= auto
+XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS) --dist loadscope)
 
-.PHONY: install wheel-env train test test-fast bench lint format tensorboard clean
+.PHONY: install wheel-env train test test-fast bench lint format tensorboard docs docs-build clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,13 +51,14 @@ wheel-env: $(WHEEL_STAMP)
 train: $(STAMP)
 	$(BIN)/nnlab-train $(ARGS)
 
-## The whole test suite (real-data tests run when NNLAB_DATA_DIR points at the data).
+## The whole test suite, one worker per core (real-data tests run when NNLAB_DATA_DIR points at
+## the data; SLURM tests when a cluster answers).
 test: $(STAMP) $(WHEEL_STAMP)
-	NNLAB_JOURNEY_BIN=$(abspath $(WHEEL_VENV))/bin $(BIN)/python -m pytest $(PYTEST_ARGS)
+	NNLAB_JOURNEY_BIN=$(abspath $(WHEEL_VENV))/bin $(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
-## The suite without the tests that train to a metric bound.
+## The suite without the tests that train to a metric bound and without SLURM (minutes).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m "not slow and not slurm and not full_run" $(PYTEST_ARGS)
 
 ## nnlab against a hand-written loop (scripts/bench.py); e.g. ARGS="configs=mnist_lstm epochs=3".
 bench: $(STAMP)
@@ -68,5 +75,13 @@ format: $(STAMP)
 tensorboard: $(STAMP)
 	$(BIN)/tensorboard --logdir outputs
 
+## The documentation site (mkdocs.yml, docs/): served with live reload on http://127.0.0.1:8000.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
+## The site built into site/, every warning (a broken link, a page missing from nav) an error.
+docs-build: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf outputs multirun .pytest_cache .ruff_cache build dist
+	rm -rf outputs multirun .pytest_cache .ruff_cache build dist site

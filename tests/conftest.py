@@ -15,8 +15,15 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from nnlab import CONF_DIR
-from nnlab.resolvers import register_resolvers
+# Under pytest-xdist (`make test`: one worker per core) each worker gets its share of the cores
+# for torch's threads, here and in the commands the tests start (they inherit the variable):
+# two workers each running two threads on two cores made a recurrent step many times slower.
+# Set before torch is imported, which reads it once. An OMP_NUM_THREADS of your own is kept.
+if (_workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+
+from nnlab import CONF_DIR  # noqa: E402
+from nnlab.resolvers import register_resolvers  # noqa: E402
 
 register_resolvers()
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))

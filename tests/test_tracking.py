@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from nnlab.tracking import flatten, git_state
 
@@ -37,10 +38,25 @@ def check_params(params: dict, run_dir: Path) -> None:
     assert str(params["model._target_"]) == "nnlab.models.mlp.MLP"
     assert float(params["data.window"]) == 4 and float(params["seed"]) == 12345
     assert float(params["params.total"]) == float(params["params.trainable"]) > 0
+    assert float(params["params.non_trainable"]) == 0
+    assert str(params["task.class"]) == "RegressionTask"
+    assert float(params["trainer.max_epochs"]) == 2  # the trainer's settings (debug=limit)
     assert len(str(params["git.commit"])) in (40, len("unknown"))
     assert str(params["git.dirty"]) in ("True", "False", "true", "false", "1.0", "0.0", "unknown")
     assert str(params["tags"]) == "baseline, mlp"
     assert str(params["best_checkpoint"]).startswith(str(run_dir / "checkpoints" / "epoch"))
+
+
+def test_parameter_counts_split_trainable_and_frozen(tmp_path):
+    import torch
+
+    from nnlab.tracking import run_params
+
+    net = torch.nn.Linear(3, 2)  # 6 weights, 2 biases
+    net.bias.requires_grad_(False)
+    params = run_params(OmegaConf.create({"seed": 1, "tags": []}), net)
+    assert (params["params.total"], params["params.trainable"]) == (8, 6)
+    assert params["params.non_trainable"] == 2 and params["task.class"] == "Linear"
 
 
 def test_flatten_and_git_state(tmp_path):

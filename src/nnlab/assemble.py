@@ -125,16 +125,20 @@ def check_optimized(cfg: DictConfig, metrics: dict[str, Any]) -> None:
 
 
 def conclude(cfg: DictConfig, run: Run, parts: Parts) -> dict[str, Any]:
-    """Validate and test the best checkpoint (the weights in memory without one); the metrics,
-    also sent to each logger."""
+    """Validate and test the best checkpoint (the weights in memory without one; `ckpt_path`'s
+    with train=false; no test with test=false); the metrics, also sent to each logger."""
     trainer, task, datamodule = parts.trainer, parts.task, parts.datamodule
-    checkpoint = run.best_checkpoint()
+    trained = cfg.get("train", True)
+    checkpoint = run.best_checkpoint() if trained else cfg.get("ckpt_path")
     if checkpoint is None:
-        log.warning("No checkpoint was saved; evaluating the weights in memory")
+        log.warning("No checkpoint to evaluate; evaluating the weights in memory")
     val = trainer.validate(task, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
-    test = trainer.test(task, datamodule=datamodule, ckpt_path=checkpoint)
+    test = [{}]
+    if cfg.get("test", True):
+        test = trainer.test(task, datamodule=datamodule, ckpt_path=checkpoint)
+    best_epoch = run.best_epoch() if trained else None
     metrics = record(
-        val[0], test[0], checkpoint, run.best_epoch(), trainer.current_epoch, trainer.global_step
+        val[0], test[0], checkpoint, best_epoch, trainer.current_epoch, trainer.global_step
     )
     check_optimized(cfg, metrics)
     log_run_summary(parts.loggers, cfg, task, metrics)  # hparams, final metrics, tags

@@ -1,4 +1,7 @@
-"""Checkpoint files: written atomically, checked before they are trusted."""
+"""Checkpoint files: written atomically, checked before they are trusted.
+
+torch and Lightning are imported when a checkpoint is first read or written, not with this module:
+nnlab-report and `--help` import it (through nnlab.runs) and never touch a checkpoint."""
 
 from __future__ import annotations
 
@@ -7,28 +10,46 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-from lightning.fabric.plugins import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from nnlab.errors import UserError
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written to a temporary file in the same directory, flushed, fsynced and
-    renamed over the target: a kill during a write never leaves a truncated checkpoint and
-    never destroys the previous one."""
+def __getattr__(name: str) -> Any:
+    """`AtomicCheckpointIO` subclasses Lightning's TorchCheckpointIO: the class is made when it is
+    first asked for (`from nnlab.checkpoint_io import AtomicCheckpointIO`), with Lightning."""
+    if name == "AtomicCheckpointIO":
+        cls = _atomic_checkpoint_io()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path, storage_options: Any | None = None
-    ) -> None:
-        from nnlab.runs import atomic_save  # (runs.py imports this module)
 
-        try:
-            atomic_save(checkpoint, Path(path))
-        except (OSError, RuntimeError) as exc:
-            # torch's zip writer says only "unexpected pos ..." when the disk fills up
-            raise write_error(Path(path), exc) from exc
+def _atomic_checkpoint_io() -> type:
+    from lightning.fabric.plugins import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        """Checkpoints written to a temporary file in the same directory, flushed, fsynced and
+        renamed over the target: a kill during a write never leaves a truncated checkpoint and
+        never destroys the previous one."""
+
+        save_checkpoint = _save_atomically
+
+    AtomicCheckpointIO.__module__ = __name__
+    AtomicCheckpointIO.__qualname__ = "AtomicCheckpointIO"
+    return AtomicCheckpointIO
+
+
+def _save_atomically(
+    self: Any, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+) -> None:
+    from nnlab.runs import atomic_save  # (runs.py imports this module)
+
+    try:
+        atomic_save(checkpoint, Path(path))
+    except (OSError, RuntimeError) as exc:
+        # torch's zip writer says only "unexpected pos ..." when the disk fills up
+        raise write_error(Path(path), exc) from exc
 
 
 def write_error(path: Path, exc: BaseException) -> OSError:
@@ -48,6 +69,8 @@ def write_error(path: Path, exc: BaseException) -> OSError:
 
 def checkpoint_problem(path: Path) -> str | None:
     """None when `path` is a complete checkpoint file, else what is wrong with it."""
+    import torch
+
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as exc:  # truncated zip, garbage, empty file, unreadable
@@ -66,6 +89,8 @@ def check_checkpoint(
     problem = checkpoint_problem(path)
     if problem:
         raise UserError(f"{key}: {path} is damaged ({problem}); use another checkpoint (ckpt=last)")
+    import torch
+
     saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     net = (saved.get("hyper_parameters") or {}).get("net") or {}
     wanted = OmegaConf.to_container(model_cfg, resolve=True)

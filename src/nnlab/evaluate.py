@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 
-import lightning as L
-
 from nnlab.cli import command, load_datamodule, load_task, run_config
 from nnlab.errors import UserError
 from nnlab.runs import EVAL_METRICS, Run, write_json
@@ -19,6 +17,8 @@ def main(run: str, ckpt: str, split: str, accelerator: str, overrides: list[str]
     cfg = run_config(run_dir, overrides)
     task, path = load_task(run_dir, cfg, ckpt)
     datamodule = load_datamodule(cfg, "test" if split == "test" else "validate")
+    import lightning as L  # here, not with the module: `nnlab-eval --help` answers without it
+
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=1,

@@ -4,23 +4,28 @@ torch, Lightning, torchmetrics (which imports torchvision) and Hydra leave ~500k
 objects. Every full collection walks them all again (a sine sweep makes 8, ~1 s in all) and
 the interpreter walks them once more on its way out (~1 s). `gc.freeze()` moves them to the
 permanent generation, which the collector never examines. Commands freeze once their modules
-are imported, and again at exit, so that exiting does not walk what the run made either.
+are imported, again after importing torch and Lightning (nnlab-train imports them only when it
+trains, so that `--help` and a refused key answer at once), and at exit, so that exiting does not
+walk what the run made either.
 """
 
 from __future__ import annotations
 
 import atexit
 import gc
+import sys
 
-_frozen = False
+_modules_when_frozen = 0  # len(sys.modules) at the last freeze; 0: never frozen
 
 
 def freeze_imports() -> None:
-    """Freeze the objects alive now (a command's modules) and everything alive at exit; once
-    per process, so in-process callers (tests, notebooks) do not keep freezing their garbage."""
-    global _frozen
-    if _frozen:
+    """Freeze the objects alive now (the modules imported so far) and everything alive at exit.
+    A call with no module imported since the last one freezes nothing, so in-process callers
+    (tests, notebooks) do not keep freezing their garbage."""
+    global _modules_when_frozen
+    if len(sys.modules) == _modules_when_frozen:
         return
-    _frozen = True
+    if not _modules_when_frozen:
+        atexit.register(gc.freeze)
+    _modules_when_frozen = len(sys.modules)
     gc.freeze()
-    atexit.register(gc.freeze)

@@ -86,6 +86,14 @@ def is_global_zero() -> bool:
     return int(env.get("SLURM_PROCID", "0")) == 0
 
 
+def _is_preemption(exc: BaseException) -> bool:
+    """Lightning's SIGTERMException (a preemption signal during training). Looked up among the
+    modules already imported: a session that never imported Lightning (a refused key, `--help`)
+    cannot have raised it and does not import Lightning to ask."""
+    exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")
+    return exceptions is not None and isinstance(exc, exceptions.SIGTERMException)
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], Any], durable: bool = True) -> None:
     """`write(file)` into a temporary file beside `path`, then rename it over `path`: readers
     (and a process killed meanwhile) see the old content or the new, never half of it.
@@ -468,8 +476,6 @@ class Run:
         preemption signal `preempted` (exit 143, resumable); a crash `failed` with the
         exception propagating. In a sweep (`multirun`) a failed trial is logged and the session
         says `failed` instead, so the sweep goes on. The lock is released either way."""
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
-
         session = Session()
         try:
             with file_errors_as_user_errors():
@@ -484,12 +490,12 @@ class Run:
                 sys.exit(exc.exit_code)
             log.error("Trial failed: %s", exc)
             session.failed = True
-        except SIGTERMException as exc:
-            resume = f"resume with nnlab-train resume={self.root}"
-            self.fail(f"stopped by a signal ({exc or 'SIGTERM'}); {resume}", "preempted")
-            log.warning("Preempted: last.ckpt saved; %s", resume)
-            sys.exit(PREEMPTED_EXIT_CODE)
         except BaseException as exc:
+            if _is_preemption(exc):
+                resume = f"resume with nnlab-train resume={self.root}"
+                self.fail(f"stopped by a signal ({exc or 'SIGTERM'}); {resume}", "preempted")
+                log.warning("Preempted: last.ckpt saved; %s", resume)
+                sys.exit(PREEMPTED_EXIT_CODE)
             self.fail(f"{type(exc).__name__}: {exc}")
             if not (multirun and isinstance(exc, Exception)):
                 raise

@@ -195,6 +195,10 @@ class RunSettings(BaseModel):
     check: StrictBool = Field(
         False, description="compose and check (every trial of -m), print the plan, train nothing"
     )
+    train: StrictBool = Field(
+        True, description="fit the model; false: only validate and test ckpt_path's weights"
+    )
+    test: StrictBool = Field(True, description="test the best checkpoint on the test split")
     checkpoint: Checkpointing = Field(default_factory=Checkpointing)
     paths: dict[str, Any] = Field(default_factory=dict, description="where data and runs live")
     data: dict[str, Any] = Field(description="the data module (data group)")

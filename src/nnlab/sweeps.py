@@ -142,9 +142,9 @@ def released_ddp_state() -> Iterator[None]:
     try:
         yield
     finally:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
+        # a process group exists only where torch.distributed was imported: do not import it here
+        dist = sys.modules.get("torch.distributed")
+        if dist is not None and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
         for name, value in saved.items():
             if value is None:

@@ -198,13 +198,17 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def run_params(cfg: DictConfig, task: Any = None) -> dict[str, Any]:
-    """The hyperparameters every logger gets: config, parameter counts, git state, tags."""
+    """The hyperparameters every logger gets: the config flattened (the trainer's and the
+    callbacks' settings among them), parameter counts (total, trainable, non-trainable), the
+    task's class, git state, tags."""
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
     params.pop("hydra", None)
     if task is not None:
         weights = list(task.parameters())
         params["params.total"] = sum(p.numel() for p in weights)
         params["params.trainable"] = sum(p.numel() for p in weights if p.requires_grad)
+        params["params.non_trainable"] = params["params.total"] - params["params.trainable"]
+        params["task.class"] = type(task).__name__
     params.update(source_git_state())
     params["tags"] = ", ".join(str(t) for t in cfg.get("tags") or [])
     return params

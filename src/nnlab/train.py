@@ -23,7 +23,6 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from nnlab import CONF_DIR
-from nnlab.assemble import assemble, conclude, fit
 from nnlab.cli import check_writable, rerun_overrides, resumed_config, unparsable_argument
 from nnlab.console import print_config_tree
 from nnlab.errors import (
@@ -45,10 +44,18 @@ def train(cfg: DictConfig, run: Run, extra_callbacks: Sequence[Any] = ()) -> dic
     """Fit the configured task, then validate and test the best checkpoint; returns metrics.
     `extra_callbacks` join the configured ones (benchmarks and tests watch a run with them)."""
     check(cfg)  # every setting, before anything is built
+    # torch and Lightning are imported here, not with the module: `--help` and a refused key or
+    # value answer without them (docs/benchmarks.md; tests/test_startup.py).
+    from nnlab.assemble import assemble, conclude, fit
+
+    freeze_imports()  # what those imports made stays out of the garbage collector (nnlab/heap.py)
     parts = assemble(cfg, run, extra_callbacks)
     if parts.trainer.world_size > 1 and HydraConfig.get().mode == RunMode.MULTIRUN:
         single_job_argv(HydraConfig.get())  # the other ranks run this trial only
-    fit(cfg, parts)
+    # train=false: evaluate ckpt_path's weights (or the initial ones) without fitting;
+    # test=false: no test split (lightning-hydra-template's switches)
+    if cfg.get("train", True):
+        fit(cfg, parts)
     return conclude(cfg, run, parts)
 
 
