@@ -24,7 +24,7 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nnlab import CONF_DIR
@@ -39,7 +39,8 @@ from nnlab.errors import (
     exit_on_user_error,
 )
 from nnlab.heap import freeze_imports
-from nnlab.runs import Run
+from nnlab.runs import RESOLVED_CONFIG, Run, relocatable_config
+from nnlab.search.pruning import trial_reporter
 from nnlab.sweeps import NoTrialCompleted, SweepOutcome, released_ddp_state, single_job_argv
 from nnlab.tracking import log_run_summary
 
@@ -75,6 +76,10 @@ def train(cfg: DictConfig, run: Run, extra_callbacks: Sequence[Any] = ()) -> dic
         *run.callbacks(cfg.monitor, cfg.monitor_mode, checkpointing, cluster=cluster),
         NonFiniteLoss(),
     ]
+    # a trial of nnlab's search reports its metric after each validation and may be pruned
+    reporter = trial_reporter(cfg)
+    if reporter is not None:
+        callbacks.append(reporter)
     loggers = build_all(cfg.get("logger"), "logger")
     if not loggers:  # nothing to send learning rates to (logger=none)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
@@ -108,14 +113,28 @@ def train(cfg: DictConfig, run: Run, extra_callbacks: Sequence[Any] = ()) -> dic
         metrics["best_epoch"] = int(match.group(1))
     metrics["epochs"] = trainer.current_epoch
     metrics["global_step"] = trainer.global_step
-    optimized = cfg.get("optimized_metric")
-    if optimized and optimized not in metrics:
-        raise ConfigError(
-            "optimized_metric",
-            f"{optimized!r} is not a metric of this run; it has {', '.join(sorted(metrics))}",
-        )
+    if reporter is not None and reporter.pruned_at is not None:
+        metrics["pruned_at_epoch"] = reporter.pruned_at  # status.json then says `pruned`
+    for optimized in optimized_metrics(cfg):
+        if optimized not in metrics:
+            raise ConfigError(
+                "optimized_metric",
+                f"{optimized!r} is not a metric of this run; it has {', '.join(sorted(metrics))}",
+            )
     log_run_summary(loggers, cfg, task, metrics)  # hparams, final metrics, tags -> each logger
     return metrics
+
+
+def optimized_metrics(cfg: DictConfig) -> list[str]:
+    """`optimized_metric` as a list: one metric, several (a multi-objective search) or none."""
+    optimized = cfg.get("optimized_metric")
+    if not optimized:
+        return []
+    return (
+        [str(m) for m in optimized]
+        if isinstance(optimized, ListConfig | list)
+        else [str(optimized)]
+    )
 
 
 def start(cfg: DictConfig, run: Run) -> DictConfig:
@@ -144,11 +163,37 @@ def start(cfg: DictConfig, run: Run) -> DictConfig:
     return cfg
 
 
+def completed_before(run: Run, cfg: DictConfig) -> Any:
+    """A sweep run again in the same sweep directory (an interrupted one, with its
+    hydra.sweep.dir): a trial that completed (or was pruned) before is kept, its directory not
+    touched, and its recorded result returned; None for a trial to train. A trial directory that
+    holds other settings than this job's is refused, not overwritten."""
+    state = run.state()[0]
+    if state not in ("completed", "pruned") or not (run.root / RESOLVED_CONFIG).is_file():
+        return None
+    saved = OmegaConf.load(run.root / RESOLVED_CONFIG)
+    if OmegaConf.to_container(saved) != relocatable_config(cfg, run.root):
+        log.error(
+            "Trial %s finished before with other settings; it is kept as it was and not run "
+            "again (give this sweep another hydra.sweep.dir)",
+            run.root,
+        )
+        return math.nan
+    log.info("Trial %s %s before; kept", run.root, state)
+    record = run.metrics()
+    optimized = optimized_metrics(cfg)
+    if isinstance(cfg.get("optimized_metric"), ListConfig):
+        return [record.get(m) for m in optimized]
+    return record.get(optimized[0]) if optimized else None
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run = Run(hydra_cfg.runtime.output_dir)
+    if multirun and (kept := completed_before(run, cfg)) is not None:
+        return kept
     with run.session(multirun) as session:  # the run manager records how it ended
         cfg = start(cfg, run)
         with released_ddp_state():
@@ -159,8 +204,10 @@ def hydra_main(cfg: DictConfig) -> float | None:
         log.info("Run directory: %s", run.root)
         log.info("Metrics: %s", run.metrics_path)
         log.info("TensorBoard: tensorboard --logdir %s", run.root)
-    optimized = cfg.get("optimized_metric")
-    return session.record.get(optimized) if optimized else None
+    optimized = optimized_metrics(cfg)
+    if isinstance(cfg.get("optimized_metric"), ListConfig):
+        return [session.record.get(m) for m in optimized]
+    return session.record.get(optimized[0]) if optimized else None
 
 
 def main() -> None:
@@ -191,6 +238,9 @@ def main() -> None:
     except NoTrialCompleted as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    except UserError as exc:  # a search's own settings (hydra.sweeper.pruner=...)
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     if SweepOutcome.completed == 0:  # a multirun none of whose trials completed
         print(f"error: none of the {SweepOutcome.total} trials completed", file=sys.stderr)
         sys.exit(1)
