@@ -3,8 +3,10 @@ installed nnlab-train command, with the study read back from its storage."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -41,6 +43,16 @@ def nnlab_train(*args: str, cwd: Path, timeout: float = 900) -> subprocess.Compl
         cwd=cwd,
         env=env,
         timeout=timeout,
+    )
+
+
+def nnlab_report(sweep: Path, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "nnlab-report"), f"sweep={sweep}", "tensorboard=false"],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
     )
 
 
@@ -133,6 +145,16 @@ def test_an_asynchronous_pruned_search(tmp_path):
             assert status["status"] == "completed"
             assert t.value == pytest.approx(metrics["val/mse"], rel=1e-6)
     assert "pruned after epoch" in proc.stdout + proc.stderr
+    # nnlab-report: parameter importances of both swept parameters, and the plots
+    ok(nnlab_report(sweep, cwd=tmp_path))
+    with open(sweep / "report" / "importance.csv", newline="") as f:
+        importance = {r["parameter"]: float(r["importance"]) for r in csv.DictReader(f)}
+    # (the parameters that vary among completed trials; the three 1-epoch trials differ in lr)
+    assert "task.optimizer.lr" in importance
+    assert set(importance) <= {"trainer.max_epochs", "task.optimizer.lr"}
+    assert sum(importance.values()) == pytest.approx(1.0, abs=1e-3)
+    for plot in ("history.png", "importance.png", "parallel_coordinates.png"):
+        assert (sweep / "report" / plot).stat().st_size > 1000, plot
 
 
 def test_a_pruned_trial_stops_at_once_and_the_search_exits_0(tmp_path):
@@ -155,6 +177,29 @@ def test_a_pruned_trial_stops_at_once_and_the_search_exits_0(tmp_path):
     assert sorted(bad.intermediate_values) == [0, 1, 2] and bad.intermediate_values[2] > 0.15
     good_metrics = json.loads((Path(good.user_attrs["run_dir"]) / "metrics.json").read_text())
     assert good_metrics["epochs"] == 6 and "pruned_at_epoch" not in good_metrics
+
+    # nnlab-report: the study's trials, and the best trial's command, which trains it again
+    sweep = the_sweep(tmp_path)
+    ok(nnlab_report(sweep, cwd=tmp_path))
+    with open(sweep / "report" / "trials.csv", newline="") as f:
+        rows = {int(r["number"]): r for r in csv.DictReader(f)}
+    assert {n: r["state"] for n, r in rows.items()} == {
+        bad.number: "pruned",
+        good.number: "complete",
+    }
+    assert rows[bad.number]["epochs"] == "3" and rows[good.number]["epochs"] == "6"
+    assert float(rows[good.number]["val/mse"]) == pytest.approx(good.value, rel=1e-6)
+    assert float(rows[bad.number]["val/mse"]) == pytest.approx(bad.intermediate_values[2])
+    assert (sweep / "report" / "history.png").stat().st_size > 0
+    best = (sweep / "report" / "best.md").read_text()
+    (rerun,) = [line for line in best.splitlines() if line.startswith("nnlab-train ")]
+    assert "task.optimizer.lr=0.01" in rerun and "-m" not in shlex.split(rerun)
+    (tmp_path / "rerun").mkdir()
+    again = ok(nnlab_train(*shlex.split(rerun)[1:], cwd=tmp_path / "rerun"))
+    (run,) = (tmp_path / "rerun" / "outputs").glob("runs/*/*")
+    assert json.loads((run / "metrics.json").read_text())["val/mse"] == pytest.approx(
+        good.value, rel=1e-5
+    ), again.stdout[-2000:]
 
 
 def test_a_journal_study_continues_with_the_same_command(tmp_path):
@@ -180,7 +225,20 @@ def test_several_objectives(tmp_path):
     for t in study.trials:
         metrics = json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())
         assert t.values == pytest.approx([metrics["val/mse"], metrics["test/mae"]], rel=1e-6)
-    assert study.best_trials  # the Pareto front
+    front = sorted(t.number for t in study.best_trials)
+    # no trial of the front is beaten on both metrics by another trial
+    for t in study.best_trials:
+        assert not any(
+            all(o <= v for o, v in zip(u.values, t.values, strict=True)) and u.values != t.values
+            for u in study.trials
+        )
+    sweep = the_sweep(tmp_path)
+    ok(nnlab_report(sweep, cwd=tmp_path))
+    with open(sweep / "report" / "pareto_front.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(int(r["number"]) for r in rows) == front
+    assert all(r["command"].startswith("nnlab-train ") for r in rows)
+    assert "Pareto front of val/mse, test/mae" in (sweep / "report" / "best.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -251,3 +309,48 @@ def test_a_grid_sweep_killed_9_resumes_with_the_same_command(tmp_path, launcher)
         assert status["status"] == "completed", (job, status)
         assert json.loads((sweep / job / "metrics.json").read_text())["epochs"] == 3
     assert json.loads((sweep / "1" / "status.json").read_text()).get("resumed", 0) >= 1
+
+
+def test_a_pruned_member_of_a_packed_group_leaves_it(tmp_path):
+    """Three learning rates trained as one stacked model (hydra/launcher=packed); the threshold
+    pruner stops the one too small to learn after its third epoch. It is `pruned` in its
+    status.json and in the study, with its metrics and checkpoints; the others go on unchanged:
+    every trial reported the same values as in the same search without a pruner, and the
+    completed ones end with the same metrics."""
+    base = [*SEARCH, "hydra/sweeper/sampler=grid", "hydra/launcher=packed"]
+    base += ["hydra.sweeper.n_jobs=3", "trainer.max_epochs=6"]
+    base += ["task.optimizer.lr=choice(1e-2,3e-3,1e-9)", *QUICK]
+    pruner = [
+        "hydra.sweeper.pruner=threshold",
+        "hydra.sweeper.pruner_args={upper:0.15,n_warmup_steps:2}",
+    ]
+    runs = {}
+    for name, extra in (("pruned", pruner), ("unpruned", [])):
+        (tmp_path / name).mkdir()
+        proc = ok(nnlab_train("-m", *base, *extra, cwd=tmp_path / name))
+        assert "Training 3 trials as one stacked model" in proc.stdout + proc.stderr
+        study = load(the_sweep(tmp_path / name))
+        runs[name] = {t.params["task.optimizer.lr"]: t for t in study.trials}
+    assert all(t.state == TrialState.COMPLETE for t in runs["unpruned"].values())
+    pruned = runs["pruned"]
+    assert pruned[1e-9].state == TrialState.PRUNED and pruned[1e-2].state == TrialState.COMPLETE
+    for lr, t in pruned.items():
+        same = runs["unpruned"][lr]
+        steps = sorted(t.intermediate_values)
+        assert steps == list(range(len(steps)))
+        for step in steps:
+            assert t.intermediate_values[step] == pytest.approx(
+                same.intermediate_values[step], rel=1e-6
+            )
+        run = Path(t.user_attrs["run_dir"])
+        metrics = json.loads((run / "metrics.json").read_text())
+        status = json.loads((run / "status.json").read_text())["status"]
+        assert list((run / "checkpoints").glob("epoch*.ckpt"))
+        if t.state == TrialState.PRUNED:
+            assert status == "pruned" and metrics["epochs"] == len(steps) < 6
+            assert metrics["pruned_at_epoch"] == steps[-1]
+        else:
+            assert status == "completed" and steps == list(range(6))
+            want = json.loads((Path(same.user_attrs["run_dir"]) / "metrics.json").read_text())
+            for key in ("val/mse", "test/mse", "best_epoch", "global_step"):
+                assert metrics[key] == pytest.approx(want[key], rel=1e-6), key

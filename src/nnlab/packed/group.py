@@ -130,6 +130,8 @@ class Trial:
     stop_best: float | None = None
     stopped: bool = False
     failed: str | None = None
+    reporter: Any = None  # a search's trial: reports after each epoch, may be pruned
+    pruned_at: int | None = None
     epochs_done: int = 0
     file_log: logging.Logger | None = None
 
@@ -383,6 +385,11 @@ class PackedGroup:
             if (t.wait >= es.patience or not math.isfinite(current)) and epoch + 1 >= t.min_epochs:
                 t.stopped = True
                 t.say("Early stopping at epoch %d (%s did not improve)", epoch, es.monitor)
+        rep = t.reporter  # as nnlab's TrialReporter callback does after a validation
+        if rep is not None and t.pruned_at is None and rep.metric in metrics:
+            if rep.check(float(metrics[rep.metric]), epoch):
+                t.stopped, t.pruned_at = True, epoch  # leaves the group; the others go on
+                t.say("Pruned by the search after epoch %d (%s)", epoch, rep.metric)
         cb = t.checkpoint
         if cb is not None:
             monitor = cb.monitor
@@ -418,6 +425,7 @@ class PackedGroup:
             "wait": t.wait,
             "stop_best": t.stop_best,
             "stopped": t.stopped,
+            "pruned_at": t.pruned_at,
             "failed": t.failed,
         }
 
@@ -588,6 +596,8 @@ class PackedGroup:
                 record["best_epoch"] = t.best_epoch
             record["epochs"] = t.epochs_done
             record["global_step"] = t.global_step
+            if t.pruned_at is not None:  # status.json: pruned
+                record["pruned_at_epoch"] = t.pruned_at
             self._log(t, {**val[i], "epoch": t.epochs_done}, t.global_step)
             self._log(t, {**test[i], "epoch": t.epochs_done}, t.global_step)
             # hyperparameters, final metrics, tags: what a sequential run sends (nnlab/tracking.py)

@@ -42,6 +42,7 @@ from nnlab.data.memory import MemoryBatcher
 from nnlab.packed import stack
 from nnlab.packed.group import STATE_DIR, Data, PackedGroup, Trial, load_states
 from nnlab.runs import METRICS, Run, read_status
+from nnlab.search.pruning import trial_reporter
 from nnlab.tasks.classification import ClassificationTask
 from nnlab.tasks.regression import RegressionTask
 
@@ -400,6 +401,7 @@ def prepare(
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         if trial.scheduler_monitor not in known:
             raise Unpackable(f"the scheduler monitors {trial.scheduler_monitor}")
+    trial.reporter = trial_reporter(cfg)  # a trial of nnlab's search (HydraConfig is this job's)
     subdir = job_config.hydra.output_subdir  # resolves against the whole config
     trial.output_subdir = None if subdir is None else str(subdir)
     _resume(trial, launcher_states(launcher))
@@ -457,6 +459,7 @@ def _resume(t: Trial, states: dict[int, dict]) -> None:
     t.best_epoch, t.best_step = state["best_epoch"], state["best_step"]
     t.wait, t.stop_best = state["wait"], state["stop_best"]
     t.stopped, t.failed = state["stopped"], state["failed"]
+    t.pruned_at = state.get("pruned_at")
     t.resumed = True
 
 

@@ -5,7 +5,8 @@ The callback opens the study's storage itself (named in <sweep dir>/search.json)
 wherever the trial runs: in the sweeping process, in a joblib / process-pool worker, in a SLURM
 job. A pruned trial stops after that validation; what it saved so far stays (checkpoints,
 metrics.json of its best checkpoint) and its status.json says `pruned`. The sweeper reads that
-status and tells the study PRUNED.
+status and tells the study PRUNED. In a packed group (nnlab/packed/group.py) the same
+reporter is asked after each epoch; a pruned member stops and the others go on.
 """
 
 from __future__ import annotations
@@ -64,6 +65,13 @@ class TrialReporter(Callback):
         self.metric = metric
         self.pruned_at: int | None = None
 
+    def check(self, value: float, step: int) -> bool:
+        """Report `value` at `step` (an epoch); whether the pruner prunes the trial now."""
+        if not math.isfinite(value):
+            return False
+        self.trial.report(value, step=step)
+        return self.trial.should_prune()
+
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         from lightning.pytorch.trainer.states import TrainerFn
 
@@ -74,9 +82,8 @@ class TrialReporter(Callback):
         prune = False
         if trainer.is_global_zero:
             value = trainer.callback_metrics.get(self.metric)
-            if value is not None and math.isfinite(float(value)):
-                self.trial.report(float(value), step=trainer.current_epoch)
-                prune = self.trial.should_prune()
+            if value is not None:
+                prune = self.check(float(value), trainer.current_epoch)
         prune = trainer.strategy.reduce_boolean_decision(prune, all=False)
         if prune:
             self.pruned_at = trainer.current_epoch
