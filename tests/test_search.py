@@ -354,3 +354,44 @@ def test_a_pruned_member_of_a_packed_group_leaves_it(tmp_path):
             want = json.loads((Path(same.user_attrs["run_dir"]) / "metrics.json").read_text())
             for key in ("val/mse", "test/mse", "best_epoch", "global_step"):
                 assert metrics[key] == pytest.approx(want[key], rel=1e-6), key
+
+
+def test_a_search_killed_9_continues_in_its_sweep_directory(tmp_path):
+    """A search with its study in the sweep directory (the default storage), killed while its
+    second trial trains: the same command with that hydra.sweep.dir continues the study. The
+    killed trial is told FAIL, new trials get new job numbers, and the finished trial's
+    directory is left as it was."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", *SEARCH, "hydra.sweeper.n_trials=2", "trainer.max_epochs=3"]
+    args += ["task.optimizer.lr=tag(log,interval(1e-3,1e-2))", f"hydra.sweep.dir={sweep}", *QUICK]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "NNLAB_OUTPUT_DIR")}
+    env.update(
+        PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", NNLAB_OUTPUT_DIR=str(tmp_path / "outputs")
+    )
+    proc = subprocess.Popen(
+        [str(BIN / "nnlab-train"), *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 600
+    while not (sweep / "1" / "status.json").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, "the search ended early"
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    first = (sweep / "0" / "metrics.json").read_bytes()
+    ok(nnlab_train(*args, cwd=tmp_path))
+    study = load(sweep)
+    assert [t.state for t in study.trials] == [
+        TrialState.COMPLETE,
+        TrialState.FAIL,
+        TrialState.COMPLETE,
+        TrialState.COMPLETE,
+    ]
+    assert [t.user_attrs["job"] for t in study.trials] == [0, 1, 2, 3]
+    assert (sweep / "0" / "metrics.json").read_bytes() == first
+    assert not (sweep / "1" / "metrics.json").exists()
+    for job in ("2", "3"):
+        assert json.loads((sweep / job / "status.json").read_text())["status"] == "completed"
