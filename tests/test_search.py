@@ -395,3 +395,28 @@ def test_a_search_killed_9_continues_in_its_sweep_directory(tmp_path):
     assert not (sweep / "1" / "metrics.json").exists()
     for job in ("2", "3"):
         assert json.loads((sweep / job / "status.json").read_text())["status"] == "completed"
+
+
+def test_trials_as_submitit_jobs_report_to_the_study_themselves(tmp_path):
+    """cluster=local: each trial is a submitit job, a process of its own as on SLURM, two at a
+    time. The trials report to the study's journal file from their own processes, and the
+    pruner stops the one that does not learn."""
+    journal = tmp_path / "study.journal"
+    args = [*SEARCH, "cluster=local", "hydra/sweeper/sampler=grid", "hydra.sweeper.n_jobs=2"]
+    args += [f"hydra.sweeper.storage=journal:{journal}", "hydra.sweeper.pruner=threshold"]
+    args += ["hydra.sweeper.pruner_args={upper:0.15,n_warmup_steps:2}", "trainer.max_epochs=4"]
+    args += ["task.optimizer.lr=choice(1e-2,1e-9)"]
+    ok(nnlab_train("-m", *args, *QUICK, cwd=tmp_path))
+    sweep = the_sweep(tmp_path)
+    assert list((sweep / ".submitit").iterdir())  # submitit's job folders
+    study = load(sweep)
+    by_lr = {t.params["task.optimizer.lr"]: t for t in study.trials}
+    assert by_lr[1e-9].state == TrialState.PRUNED and by_lr[1e-2].state == TrialState.COMPLETE
+    assert sorted(by_lr[1e-9].intermediate_values) == [0, 1, 2]
+    assert sorted(by_lr[1e-2].intermediate_values) == [0, 1, 2, 3]
+    pids = set()
+    for t in study.trials:
+        status = json.loads((Path(t.user_attrs["run_dir"]) / "status.json").read_text())
+        assert status["status"] == ("pruned" if t.state == TrialState.PRUNED else "completed")
+        pids.add(status["pid"])
+    assert len(pids) == 2  # each trial in a process of its own

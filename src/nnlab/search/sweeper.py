@@ -149,8 +149,9 @@ class SearchSweeper:
         # Hydra built the sampler; the grid one is partial: its grid is the search space
         sampler = s.get("sampler")
         is_grid = isinstance(sampler, functools.partial)
+        self.grid_values = grid(space) if is_grid else None
         if is_grid:
-            sampler = sampler(search_space=grid(space))
+            sampler = sampler(search_space=self.grid_values)
         target = f"{type(sampler).__module__}.{type(sampler).__name__}"
 
         url = storage_url(s.get("storage"), self.sweep_dir)
@@ -234,9 +235,17 @@ class SearchSweeper:
         return trial, overrides, num
 
     def _exhausted(self, study: Any, sampler: Any) -> bool:
-        from optuna.samplers import GridSampler
-
-        return isinstance(sampler, GridSampler) and sampler.is_exhausted(study)
+        """A grid whose every point has been asked for (running ones too: Optuna's own
+        `is_exhausted` hands out running points again, for study.optimize's threads)."""
+        values = self.grid_values
+        if values is None:
+            return False
+        started = set()
+        for t in study.get_trials(deepcopy=False):
+            point = tuple(t.params.get(k) for k in values)
+            if all(v in allowed for v, allowed in zip(point, values.values(), strict=True)):
+                started.add(point)
+        return len(started) >= math.prod(len(v) for v in values.values())
 
     def _tell(self, study: Any, trial: Any, ret: JobReturn | BaseException, num: int) -> str:
         import optuna
