@@ -420,3 +420,17 @@ def test_trials_as_submitit_jobs_report_to_the_study_themselves(tmp_path):
         assert status["status"] == ("pruned" if t.state == TrialState.PRUNED else "completed")
         pids.add(status["pid"])
     assert len(pids) == 2  # each trial in a process of its own
+
+
+def test_batch_synchronous_workers_wait_for_the_batch(tmp_path):
+    """asynchronous: false (Hydra's behaviour, the benchmark's baseline): batches of n_jobs
+    trials, each batch asked for when the whole previous one has been told."""
+    args = [*SEARCH, "hydra/sweeper/sampler=grid", "hydra.sweeper.n_jobs=2"]
+    args += ["hydra.sweeper.asynchronous=false", "trainer.max_epochs=choice(1,4)"]
+    args += ["task.optimizer.lr=choice(1e-2,3e-3)"]
+    ok(nnlab_train("-m", *args, *QUICK, cwd=tmp_path))
+    trials = sorted(load(the_sweep(tmp_path)).trials, key=lambda t: t.datetime_start)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    first, second = trials[:2], trials[2:]
+    assert max(t.datetime_start for t in first) < min(t.datetime_complete for t in first)
+    assert min(t.datetime_start for t in second) >= max(t.datetime_complete for t in first)
