@@ -22,9 +22,10 @@ from omegaconf import DictConfig
 
 from nnlab.callbacks.resilience import NonFiniteLoss
 from nnlab.checkpoint_io import AtomicCheckpointIO, check_checkpoint
-from nnlab.config import build, build_all
+from nnlab.config import build, build_all, optimized_metrics
 from nnlab.errors import ConfigError
 from nnlab.runs import Run
+from nnlab.search.pruning import trial_reporter
 from nnlab.tasks.loops import training_loop
 from nnlab.tracking import log_run_summary
 
@@ -37,6 +38,7 @@ class Parts:
     task: L.LightningModule
     trainer: L.Trainer
     loggers: list
+    reporter: Any = None  # a search trial's TrialReporter (nnlab/search/pruning.py)
 
 
 def data_and_task(cfg: DictConfig, verbose: bool = True) -> tuple[Any, L.LightningModule]:
@@ -73,6 +75,9 @@ def assemble(cfg: DictConfig, run: Run, extra_callbacks: Sequence[Any] = ()) -> 
     ]
     if (loop := training_loop(task)) is not None:  # the loop is chosen here, not by the task
         callbacks.append(loop)
+    # a trial of nnlab's search reports its metric after each validation and may be pruned
+    if (reporter := trial_reporter(cfg)) is not None:
+        callbacks.append(reporter)
     loggers = build_all(cfg.get("logger"), "logger")
     if not loggers:  # nothing to send learning rates to (logger=none)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
@@ -84,7 +89,7 @@ def assemble(cfg: DictConfig, run: Run, extra_callbacks: Sequence[Any] = ()) -> 
         plugins=[*plugins, AtomicCheckpointIO()],
         enable_checkpointing=bool(checkpointing.get("enabled", True)),
     )
-    return Parts(datamodule, task, trainer, loggers)
+    return Parts(datamodule, task, trainer, loggers, reporter)
 
 
 def fit(cfg: DictConfig, parts: Parts) -> None:
@@ -116,12 +121,12 @@ def record(
 
 
 def check_optimized(cfg: DictConfig, metrics: dict[str, Any]) -> None:
-    optimized = cfg.get("optimized_metric")
-    if optimized and optimized not in metrics:
-        raise ConfigError(
-            "optimized_metric",
-            f"{optimized!r} is not a metric of this run; it has {', '.join(sorted(metrics))}",
-        )
+    for optimized in optimized_metrics(cfg):
+        if optimized not in metrics:
+            raise ConfigError(
+                "optimized_metric",
+                f"{optimized!r} is not a metric of this run; it has {', '.join(sorted(metrics))}",
+            )
 
 
 def conclude(cfg: DictConfig, run: Run, parts: Parts) -> dict[str, Any]:
@@ -140,6 +145,8 @@ def conclude(cfg: DictConfig, run: Run, parts: Parts) -> dict[str, Any]:
     metrics = record(
         val[0], test[0], checkpoint, best_epoch, trainer.current_epoch, trainer.global_step
     )
+    if parts.reporter is not None and parts.reporter.pruned_at is not None:
+        metrics["pruned_at_epoch"] = parts.reporter.pruned_at  # status.json then says `pruned`
     check_optimized(cfg, metrics)
     log_run_summary(parts.loggers, cfg, task, metrics)  # hparams, final metrics, tags
     return metrics

@@ -7,7 +7,7 @@ from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from nnlab.errors import ConfigError, UserError
 
@@ -53,3 +53,15 @@ def build_all(group: DictConfig | None, key: str) -> list[Any]:
         for name, entry in group.items()
         if isinstance(entry, DictConfig) and "_target_" in entry
     ]
+
+
+def optimized_metrics(cfg: DictConfig) -> list[str]:
+    """`optimized_metric` as a list: one metric, several (a multi-objective search) or none."""
+    optimized = cfg.get("optimized_metric")
+    if not optimized:
+        return []
+    return (
+        [str(m) for m in optimized]
+        if isinstance(optimized, ListConfig | list)
+        else [str(optimized)]
+    )

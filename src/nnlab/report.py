@@ -15,6 +15,9 @@ Writes, in `<sweep dir>/report/` unless out= says otherwise:
     <metric>_vs_params.png   the optimized metric against each swept parameter
     tensorboard/        one HPARAMS entry per trial with its real final metrics:
                         `tensorboard --logdir <sweep dir>/report/tensorboard`, tab HPARAMS
+For a search (nnlab's sweeper), also the study's trials.csv, history.png, importance.csv/.png,
+parallel_coordinates.png, the Pareto front of several objectives and best.md with the command
+that trains the best trial again (nnlab/search/analysis.py).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import yaml
 from nnlab.cli import command
 from nnlab.errors import UserError
 from nnlab.runs import METRICS, REPORT, Run, find_runs
+from nnlab.search.storage import SEARCH_FILE
 
 
 @dataclass
@@ -498,6 +502,9 @@ def report(
         )
     trials = [load_trial(r) for r in roots]
     config = next((t.config for t in trials if t.config), {})
+    optimized = config.get("optimized_metric")
+    if not metric and isinstance(optimized, list) and optimized:  # several objectives: the first
+        metric = str(optimized[0])
     metric = metric or _resolve_key(config, "optimized_metric", "val/loss")
     mode = _resolve_key(config, "monitor_mode", "min")
     known = {k for t in trials for k, v in t.metrics.items() if _number(v) is not None}
@@ -537,6 +544,10 @@ def report(
     if tensorboard:
         paths["tensorboard"] = out / "tensorboard"
         write_tensorboard(paths["tensorboard"], ranked, params)
+    if (sweep_dir / SEARCH_FILE).is_file():  # a search: its study's history and analysis
+        from nnlab.search.analysis import study_report
+
+        paths.update(study_report(sweep_dir, out))
     return paths
 
 
@@ -567,6 +578,8 @@ def main(
     paths = report(sweep_dir, Path(out) if out else None, metric, with_tensorboard, pair)
     print(Path(paths["markdown"]).read_text())
     print(Path(paths["groups_markdown"]).read_text())
+    if "best" in paths:
+        print(Path(paths["best"]).read_text())
     if "comparison" in paths:
         print(Path(paths["comparison"]).read_text())
     for kind, path in paths.items():

@@ -16,7 +16,8 @@ A run directory holds
     hpc_ckpt_N.ckpt    saved by Lightning on SLURM's time-limit signal before a requeue
     .lock              held by the process that trains in it (pid and host inside)
     tensorboard/       TensorBoard events (open with `tensorboard --logdir <run dir>`)
-    status.json        running | completed | failed, with the error of a failed run
+    status.json        running | completed | failed | pruned (a search stopped the trial early;
+                       its metrics.json holds its best checkpoint's), with the error of a failed run
     metrics.json       final validation/test metrics and wall time; written last, atomically,
                        only by a run that completed, so its presence means success.
     tracking.json      the MLflow / W&B run ids of this run (nnlab/tracking.py)
@@ -460,7 +461,9 @@ class Run:
         record = {**metrics, "wall_time_s": self.wall_time()}
         if self.writes:
             write_json(self.metrics_path, record)
-        self._write_status("completed", wall_time_s=record["wall_time_s"])
+        # a trial its search pruned stopped early: neither completed nor failed
+        status = "pruned" if "pruned_at_epoch" in metrics else "completed"
+        self._write_status(status, wall_time_s=record["wall_time_s"])
         return record
 
     def fail(self, error: BaseException | str, status: str = "failed") -> None:

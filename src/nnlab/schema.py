@@ -182,8 +182,9 @@ class RunSettings(BaseModel):
     )
     monitor: StrictStr = Field("val/loss", description="the metric checkpoints and stopping watch")
     monitor_mode: Literal["min", "max"] = Field("min", description="whether lower is better")
-    optimized_metric: StrictStr | None = Field(
-        None, description="the metric nnlab-train returns to a sweeper"
+    optimized_metric: StrictStr | list[StrictStr] | None = Field(
+        None,
+        description="the metric nnlab-train returns to a sweeper (a list: several objectives)",
     )
     ckpt_path: StrictStr | None = Field(
         None, description="start from this checkpoint's weights, in a new run directory"

@@ -1,14 +1,11 @@
 """What a multirun (sweep or search) needs beyond Hydra's own plugins: failed trials that never end
 a search, an exit code that says whether any trial completed, and DDP inside a trial.
 
-- `FailureAwareLauncher`, for `hydra_plugins.nnlab_plugins.OptunaSweeper` (Hydra accepts
-  sweepers only from that namespace): hydra-optuna-sweeper's sweeper, but a trial that failed
-  (nnlab-train returns NaN for it, its error is in the trial's status.json) is told to Optuna as
-  FAIL, and the study goes on to its n_trials. (The plugin itself tells Optuna "COMPLETE with
-  NaN", which Optuna refuses, and its error handling then ends the whole search.)
+- `failed_as_raised`: a trial that failed (nnlab-train returns NaN for it, its error is in the
+  trial's status.json) becomes a failed job, which nnlab's sweeper (nnlab/search/) tells Optuna
+  as FAIL; the study goes on to its n_trials.
 - `grid_exhaustion_tolerated`: Optuna's GridSampler calls `study.stop()` when its last grid point
-  is told, which raises outside `study.optimize()`. The plugin forgives that for a COMPLETE trial
-  but not for a FAIL one, so a search whose last grid point failed crashed at the very end.
+  is told, which raises outside `study.optimize()`; the sweeper's own loop ends at the grid's end.
 - `SweepOutcome`: a Hydra callback; after a multirun it counts the trials' status.json files and
   records whether any completed, so `nnlab-train -m` exits non-zero only when none did.
 - `released_ddp_state`: Lightning's DDP launcher leaves its process group and its environment
@@ -86,19 +83,6 @@ def grid_exhaustion_tolerated() -> Iterator[None]:
         GridSampler.after_trial = after_trial
 
 
-class FailureAwareLauncher:
-    """Wraps the sweep's launcher: every launch's returns pass through `failed_as_raised`."""
-
-    def __init__(self, launcher: Any):
-        self._launcher = launcher
-
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
-        return failed_as_raised(self._launcher.launch(job_overrides, initial_job_idx))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._launcher, name)
-
-
 class SweepOutcome(Callback):
     """Counts a finished multirun's trials; `SweepOutcome.completed` is read by nnlab-train."""
 
@@ -111,9 +95,13 @@ class SweepOutcome(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         states = [Run(root).state()[0] for root in find_runs(sweep_dir)]
         SweepOutcome.total = len(states)
-        SweepOutcome.completed = states.count("completed")
+        # a pruned trial (stopped by its search) is a normal outcome too
+        SweepOutcome.completed = states.count("completed") + states.count("pruned")
         log.info(
-            "Sweep %s: %d of %d trials completed", sweep_dir, SweepOutcome.completed, len(states)
+            "Sweep %s: %d of %d trials completed or pruned",
+            sweep_dir,
+            SweepOutcome.completed,
+            len(states),
         )
 
 

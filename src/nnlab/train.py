@@ -19,18 +19,19 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nnlab import CONF_DIR
 from nnlab.cli import check_writable, rerun_overrides, resumed_config, unparsable_argument
+from nnlab.config import optimized_metrics
 from nnlab.console import print_config_tree
 from nnlab.errors import (
     UserError,
     exit_on_user_error,
 )
 from nnlab.heap import freeze_imports
-from nnlab.runs import Run
+from nnlab.runs import RESOLVED_CONFIG, Run, relocatable_config
 from nnlab.schema import check
 from nnlab.sweeps import NoTrialCompleted, SweepOutcome, released_ddp_state, single_job_argv
 
@@ -85,11 +86,37 @@ def start(cfg: DictConfig, run: Run) -> DictConfig:
     return cfg
 
 
+def completed_before(run: Run, cfg: DictConfig) -> Any:
+    """A sweep run again in the same sweep directory (an interrupted one, with its
+    hydra.sweep.dir): a trial that completed (or was pruned) before is kept, its directory not
+    touched, and its recorded result returned; None for a trial to train. A trial directory that
+    holds other settings than this job's is refused, not overwritten."""
+    state = run.state()[0]
+    if state not in ("completed", "pruned") or not (run.root / RESOLVED_CONFIG).is_file():
+        return None
+    saved = OmegaConf.load(run.root / RESOLVED_CONFIG)
+    if OmegaConf.to_container(saved) != relocatable_config(cfg, run.root):
+        log.error(
+            "Trial %s finished before with other settings; it is kept as it was and not run "
+            "again (give this sweep another hydra.sweep.dir)",
+            run.root,
+        )
+        return math.nan
+    log.info("Trial %s %s before; kept", run.root, state)
+    record = run.metrics()
+    optimized = optimized_metrics(cfg)
+    if isinstance(cfg.get("optimized_metric"), ListConfig):
+        return [record.get(m) for m in optimized]
+    return record.get(optimized[0]) if optimized else None
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run = Run(hydra_cfg.runtime.output_dir)
+    if multirun and (kept := completed_before(run, cfg)) is not None:
+        return kept
     with run.session(multirun) as session:  # the run manager records how it ended
         cfg = start(cfg, run)
         with released_ddp_state():
@@ -100,8 +127,10 @@ def hydra_main(cfg: DictConfig) -> float | None:
         log.info("Run directory: %s", run.root)
         log.info("Metrics: %s", run.metrics_path)
         log.info("TensorBoard: tensorboard --logdir %s", run.root)
-    optimized = cfg.get("optimized_metric")
-    return session.record.get(optimized) if optimized else None
+    optimized = optimized_metrics(cfg)
+    if isinstance(cfg.get("optimized_metric"), ListConfig):
+        return [session.record.get(m) for m in optimized]
+    return session.record.get(optimized[0]) if optimized else None
 
 
 def main() -> None:
@@ -129,7 +158,7 @@ def main() -> None:
             message = f"{bad}: {message}"
         print(f"error: {message}", file=sys.stderr)
         sys.exit(UserError.exit_code)
-    except UserError as exc:  # the up-front check of a run or of a sweep's trials
+    except UserError as exc:  # the up-front check of a run, a sweep's trials, a search's settings
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except NoTrialCompleted as exc:

@@ -125,6 +125,8 @@ class Trial:
     stop_requested: bool = False  # early stopping asked, min_epochs not done yet
     stopped: bool = False
     failed: str | None = None
+    reporter: Any = None  # a search's trial: reports after each epoch, may be pruned
+    pruned_at: int | None = None
     epochs_done: int = 0
     file_log: logging.Logger | None = None
 
@@ -377,6 +379,11 @@ class PackedGroup:
                 t.stopped = True
                 t.say("Early stopping at epoch %d (%s did not improve)", epoch, es.monitor)
             t.stop_best, t.wait, t.stop_requested = stop.best, stop.wait, stop.requested
+        rep = t.reporter  # as nnlab's TrialReporter callback does after a validation
+        if rep is not None and t.pruned_at is None and rep.metric in metrics:
+            if rep.check(float(metrics[rep.metric]), epoch):
+                t.stopped, t.pruned_at = True, epoch  # leaves the group; the others go on
+                t.say("Pruned by the search after epoch %d (%s)", epoch, rep.metric)
         cb = t.checkpoint
         if cb is not None:
             best = BestCheckpoint(cb.monitor, cb.mode, t.best_score, t.best_epoch, t.best_step)
@@ -410,6 +417,7 @@ class PackedGroup:
             "stop_best": t.stop_best,
             "stop_requested": t.stop_requested,
             "stopped": t.stopped,
+            "pruned_at": t.pruned_at,
             "failed": t.failed,
         }
 
@@ -576,6 +584,8 @@ class PackedGroup:
             metrics = record(
                 val[i], test[i], t.best_path, t.best_epoch, t.epochs_done, t.global_step
             )
+            if t.pruned_at is not None:  # status.json: pruned
+                metrics["pruned_at_epoch"] = t.pruned_at
             self._log(t, {**val[i], "epoch": t.epochs_done}, t.global_step)
             self._log(t, {**test[i], "epoch": t.epochs_done}, t.global_step)
             # hyperparameters, final metrics, tags: what a sequential run sends (nnlab/tracking.py)

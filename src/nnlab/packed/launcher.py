@@ -42,6 +42,7 @@ from nnlab.packed import stack
 from nnlab.packed.group import STATE_DIR, Data, PackedGroup, Trial, load_states
 from nnlab.runs import METRICS, Run, read_status
 from nnlab.schema import check
+from nnlab.search.pruning import trial_reporter
 from nnlab.tasks.classification import ClassificationTask
 
 log = logging.getLogger("nnlab.packed")
@@ -333,6 +334,7 @@ def prepare(
         min_epochs=int(trainer.get("min_epochs") or 0),
         clip=float(clip) if clip else math.inf,
     )
+    trial.reporter = trial_reporter(cfg)  # a trial of nnlab's search (HydraConfig is this job's)
     subdir = job_config.hydra.output_subdir  # resolves against the whole config
     trial.output_subdir = None if subdir is None else str(subdir)
     _resume(trial, launcher_states(launcher))
@@ -392,6 +394,7 @@ def _resume(t: Trial, states: dict[int, dict]) -> None:
     t.wait, t.stop_best = state["wait"], state["stop_best"]
     t.stop_requested = bool(state.get("stop_requested", False))  # (older state files: none)
     t.stopped, t.failed = state["stopped"], state["failed"]
+    t.pruned_at = state.get("pruned_at")
     t.resumed = True
 
 
