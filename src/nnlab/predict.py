@@ -132,6 +132,22 @@ def classify(task, datamodule, encoded: Encoded, chunk: int = 256):
     return header, rows
 
 
+@torch.no_grad()
+def regress(task, datamodule, encoded: Encoded, chunk: int = 256):
+    """Rows of (name, each target's predicted value in the data's units): regression on
+    independent samples (tables of rows)."""
+    targets = list(datamodule.targets)
+    names = encoded.names or [str(i) for i in range(len(encoded.inputs[0]))]
+    rows = []
+    for start in range(0, len(names), chunk):
+        batch = datamodule.batch_transform(tuple(t[start : start + chunk] for t in encoded.inputs))
+        values = datamodule.decode(task(*batch)).double().reshape(len(batch[0]), -1).cpu()
+        rows += [
+            (n, *map(float, v)) for n, v in zip(names[start : start + chunk], values, strict=True)
+        ]
+    return [datamodule.columns[0], *targets], rows
+
+
 def number(key: str, value, kind: type, optional: bool = False):
     """A command-line value (as typed) as `kind`; `null`/`none` for None when `optional`."""
     if value is None or (optional and str(value).lower() in ("null", "none", "")):
@@ -183,6 +199,8 @@ def main(
     if forecasting:  # one step ahead, then recursively
         rows = forecast(task, datamodule, encoded, n_steps)
         header = ["kind", "t", "column", "target", "prediction"]
+    elif task.target_kind == "values":  # regression on independent samples (tables)
+        header, rows = regress(task, datamodule, encoded)
     else:
         header, rows = classify(task, datamodule, encoded)
     target = output_dir(run_dir, out, f"predictions/{timestamp()}")
