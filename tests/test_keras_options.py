@@ -37,7 +37,7 @@ def test_rnn_with_sigmoid_runs_the_plain_cell_and_bad_names_are_refused():
     with pytest.raises(ConfigError, match="model.inner_activation"):
         RecurrentNet(2, 1, cell="jzs1", inner_activation="tanh")
     with pytest.raises(ConfigError, match="model.init"):
-        RecurrentNet(2, 1, cell="lstm", init="he_normal")
+        RecurrentNet(2, 1, cell="lstm", init="he_sideways")
     with pytest.raises(ConfigError, match="model.forget_bias"):
         RecurrentNet(2, 1, cell="lstm", forget_bias="two")
 

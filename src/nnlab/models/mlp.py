@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from nnlab.errors import ConfigError, require_positive
+from nnlab.models.init import Initializer
 from nnlab.models.layers import activation as make_activation
 
 
@@ -24,6 +25,7 @@ class MLP(nn.Module):
         hidden_sizes: Sequence[int] = (10,),
         activation: str = "relu",
         dropout: float = 0.0,
+        init: Initializer = "torch",
     ):
         super().__init__()
         require_positive("model.input_size", input_size)
@@ -38,7 +40,8 @@ class MLP(nn.Module):
             require_positive(f"model.hidden_sizes[{i}]", size)
             layers.append({"dense": {"units": size, "activation": activation}})
             layers += [{"dropout": dropout}] if dropout else []
-        modules, _ = build_layers([*layers, "dense"], (input_size,), output_size)
+        # init: Keras' initialiser of every Dense layer (models/init.py), biases zero
+        modules, _ = build_layers([*layers, "dense"], (input_size,), output_size, init=init)
         self.layers = nn.Sequential(*modules)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
