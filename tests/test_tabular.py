@@ -11,6 +11,7 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -180,6 +181,22 @@ def test_train_and_predict_raw_rows(cli, tmp_path):
     lines = list(csv.reader(open(out / "predictions.csv")))
     assert lines[0] == ["row", "label", "probability", "p_no", "p_yes"]
     assert [line[1] for line in lines[1:]] == ["yes", "no"]
+    # the trained network as a feature extractor: the penultimate layer by default
+    feats = tmp_path / "feats"
+    cli(f"run={run}", f"input={rows}", f"out={feats}", "features=", module="nnlab.predict")
+    values = np.load(feats / "features.npy")
+    assert values.shape == (2, 32) and (values >= 0).all()  # the last hidden ReLU's outputs
+    cli(f"run={run}", f"input={rows}", f"out={feats}", "features=layers.1", module="nnlab.predict")
+    first = np.load(feats / "features.npy")  # the first Dense layer, before its ReLU
+    assert first.shape == (2, 32) and (first < 0).any()
+    unknown = cli(
+        f"run={run}", f"input={rows}", "features=conv9", module="nnlab.predict", check=False
+    )
+    assert unknown.returncode == 2
+    assert (
+        "features: no layer 'conv9' in MLP; its layers are: layers, layers.0, layers.1"
+        in unknown.stderr
+    )
     missing = tmp_path / "missing.csv"
     missing.write_text("x1,x2\n1,2\n")
     bad = cli(f"run={run}", f"input={missing}", module="nnlab.predict", check=False)

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from nnlab.data.base import DataModule, Encoded
+from nnlab.data.splits import split_sizes
 from nnlab.errors import ConfigError, DataError, UserError
 
 TargetType = Literal["auto", "classes", "values", "labels"]
@@ -92,31 +93,6 @@ def as_number(cell: str) -> float | None:
 def is_integer(cell: str) -> bool:
     value = as_number(cell)
     return value is not None and value == int(value) and "." not in cell and "e" not in cell.lower()
-
-
-def split_sizes(n: int, splits: Sequence[float | int], key: str = "data.splits") -> list[int]:
-    """Rows in the train / val / test splits: three fractions summing to 1, or three counts
-    (whole numbers; rows past their sum are left out)."""
-    values = list(splits)
-    if len(values) != 3 or any(
-        isinstance(v, bool) or not isinstance(v, int | float) for v in values
-    ):
-        raise ConfigError(key, f"three fractions or three counts (train, val, test), got {values}")
-    if all(isinstance(v, int) for v in values) and sum(values) > 1:  # counts
-        if any(v < 0 for v in values) or values[0] == 0:
-            raise ConfigError(key, f"counts must be >= 0 with some training rows, got {values}")
-        if sum(values) > n:
-            raise ConfigError(
-                key, f"counts {values} need {sum(values)} rows, but the data has {n}; use fewer"
-            )
-        return values
-    if any(v < 0 for v in values) or values[0] == 0 or not math.isclose(sum(values), 1.0):
-        raise ConfigError(
-            key, f"fractions must be >= 0 and sum to 1 (or give counts), got {values}"
-        )
-    ends = [round(n * sum(values[: i + 1])) for i in range(3)]
-    ends[-1] = n
-    return [ends[0], ends[1] - ends[0], ends[2] - ends[1]]
 
 
 def write_example_table(path: Path, rows: int, seed: int = 0) -> Path:
@@ -378,7 +354,7 @@ def table_size(name: str, *, _parent_: Any) -> Any:
     data = _parent_
     path = Path(str(data.path)).expanduser()
     if int(data.get("generate") or 0) and not path.is_file():
-        write_example_table(path, int(data.generate), seed=int(data.get("seed") or 0))
+        write_example_table(path, int(data.generate))  # one file whatever the run's seed
     table = cached_table(**table_settings(data))
     enc = table.encoder
     return {
@@ -519,7 +495,7 @@ class TabularDataModule(DataModule):
     def prepare_data(self) -> None:
         path = Path(self.path).expanduser()
         if self.generate and not path.is_file():
-            write_example_table(path, self.generate, seed=self.seed)
+            write_example_table(path, self.generate)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
