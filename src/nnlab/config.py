@@ -127,6 +127,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.batch_size": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
     "data.num_workers": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
     "monitor_mode": (lambda v: v in ("min", "max"), "min or max"),
+    "test_on": (lambda v: v in ("best", "last"), "best or last"),
     # Spawned/forked ranks hand only rank 0's weights back through a queue: the run's epochs,
     # metrics and checkpoints would not be this run's. Subprocess DDP (trainer=ddp_cpu) works.
     "trainer.strategy": (

@@ -97,12 +97,22 @@ def train(cfg: DictConfig, run: Run, extra_callbacks: Sequence[Any] = ()) -> dic
             raise
         raise ConfigError("monitor", f"{str(exc).splitlines()[0]}; name a logged metric") from None
 
-    checkpoint = run.best_checkpoint()
-    if checkpoint is None:
+    trained = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+    # test_on: best (the checkpoint `monitor` chose) or last (the final weights, in memory, as
+    # a reference recipe that evaluates the model it ends with)
+    test_on = cfg.get("test_on", "best")
+    checkpoint = run.best_checkpoint() if test_on == "best" else None
+    if checkpoint is None and test_on == "best":
         log.warning("No checkpoint was saved; evaluating the weights in memory")
-    val = trainer.validate(task, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
+    val = [{}]
+    if sum(trainer.num_val_batches or [0]):  # no validation split (data.splits [600, 0, 400])
+        val = trainer.validate(task, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
     test = trainer.test(task, datamodule=datamodule, ckpt_path=checkpoint)
     metrics: dict[str, Any] = {k: float(v) for k, v in {**val[0], **test[0]}.items()}
+    metrics["tested"] = test_on
+    if cfg.monitor not in metrics and cfg.monitor in trained:
+        # a monitored training metric (no validation split): its value at the last epoch
+        metrics[cfg.monitor] = trained[cfg.monitor]
     metrics["best_checkpoint"] = checkpoint
     if checkpoint and (match := re.search(r"epoch(\d+)", Path(checkpoint).name)):
         metrics["best_epoch"] = int(match.group(1))

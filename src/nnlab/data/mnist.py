@@ -110,7 +110,7 @@ class MNISTDataModule(DataModule):
                     f"is {value} but the {view!r} view of {dataset} has {key} {derived[key]}; "
                     f"leave data.{key} to its interpolation (it follows data.view)",
                 )
-        require_positive("data.val_size", val_size)
+        require_positive("data.val_size", val_size, allow_zero=True)  # 0: no validation split
         self.data_dir = Path(data_dir).expanduser()
         self.dataset, self.view, self.download, self.normalize = dataset, view, download, normalize
         self.val_size, self.split_seed = int(val_size), split_seed
@@ -220,7 +220,10 @@ class MNISTDataModule(DataModule):
             ("val", images[val_idx], labels[val_idx]),
             ("test", test_images, test_labels),
         ):
-            (x,) = self.encode(pixels).inputs
+            if len(pixels):
+                (x,) = self.encode(pixels).inputs
+            else:  # no validation split (data.val_size 0): no images, their shape
+                x = self.encode(images[:1]).inputs[0][:0]
             self.datasets[split] = TensorDataset(x, targets)
 
     # -- views ---------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from torch.utils.data import TensorDataset
 
 from nnlab.data.base import DataModule, Encoded
 from nnlab.data.folds import fold_blocks
+from nnlab.data.splits import split_sizes
 from nnlab.errors import ConfigError, DataError, UserError, require_positive
 
 SPLITS = ("train", "val", "test")
@@ -39,10 +41,11 @@ def make_windows(
     return frames[:, :window].contiguous(), frames[:, window:].contiguous()
 
 
-def split_bounds(n: int, fractions: tuple[float, float, float]) -> list[tuple[int, int]]:
-    """[start, end) indices of the train/val/test segments of a series of length n, in order."""
-    ends = [round(n * sum(fractions[: i + 1])) for i in range(3)]
-    ends[-1] = n
+def split_bounds(n: int, splits) -> list[tuple[int, int]]:
+    """[start, end) indices of the train/val/test segments of a series of length n, in order:
+    `splits` three fractions or three counts (data/splits.py)."""
+    sizes = split_sizes(n, splits)
+    ends = [sum(sizes[: i + 1]) for i in range(3)]
     starts = [0, *ends[:-1]]
     return list(zip(starts, ends, strict=True))
 
@@ -58,7 +61,7 @@ class SeriesDataModule(DataModule):
         self,
         window: int = 4,
         horizon: int = 1,
-        splits: tuple[float, float, float] = (0.7, 0.15, 0.15),
+        splits: tuple[float, float, float] | tuple[int, int, int] = (0.7, 0.15, 0.15),
         batch_size: int = 32,
         shuffle: bool = True,
         standardize: bool = False,
@@ -81,10 +84,13 @@ class SeriesDataModule(DataModule):
         )
         require_positive("data.window", window)
         require_positive("data.horizon", horizon)
-        splits = tuple(float(f) for f in splits)
-        if len(splits) != 3 or any(f <= 0 for f in splits) or not math.isclose(sum(splits), 1.0):
+        # three fractions summing to 1, or three counts of points ([600, 0, 400]: the first
+        # 600 train, no validation, the next 400 test); val may be empty, train and test not
+        splits = tuple(splits)
+        split_sizes(sys.maxsize, splits)  # the form; the counts against the data in setup()
+        if splits[2] == 0:
             raise ConfigError(
-                "data.splits", f"need three positive fractions summing to 1, got {list(splits)}"
+                "data.splits", f"the test split is empty ({list(splits)}); give it points"
             )
         self.window, self.horizon, self.splits = int(window), int(horizon), splits
         self.standardize, self.column = standardize, column
@@ -290,6 +296,8 @@ class SeriesDataModule(DataModule):
             segments["val"] = [val]
         need = self.window + self.horizon
         for name, parts in segments.items():
+            if name == "val" and all(end == start for start, end in parts):
+                continue  # no validation split (data.splits [600, 0, 400])
             if max(end - start for start, end in parts) < need:
                 raise ConfigError(
                     "data.window",
@@ -308,6 +316,8 @@ class SeriesDataModule(DataModule):
                 for start, end in parts
                 if end - start >= need
             ]
+            if not windows:  # an empty validation split: no windows, the shapes of some
+                windows = [tuple(t[:0] for t in self.inputs(self.table[:need], self.horizon))]
             self.datasets[name] = TensorDataset(*(torch.cat(t) for t in zip(*windows, strict=True)))
             self.starts[name] = parts[0][0] + self.window
         train_size = len(self.datasets["train"])
