@@ -104,7 +104,12 @@ CASES = [
     ("horizon negative", ["data.horizon=-2"], 2, "data.horizon: must be > 0, got -2"),
     ("points zero", ["data.num_points=0"], 2, "data.num_points: must be > 0"),
     ("noise negative", ["data.noise=-1"], 2, "data.noise: must be >= 0"),
-    ("splits", ["data.splits=[0.5,0.5,0.5]"], 2, "data.splits: fractions must be >= 0 and sum to 1"),
+    (
+        "splits",
+        ["data.splits=[0.5,0.5,0.5]"],
+        2,
+        "data.splits: fractions must be >= 0 and sum to 1",
+    ),
     (
         "window longer than the series",
         ["data.window=400"],
