@@ -104,7 +104,12 @@ CASES = [
     ("horizon negative", ["data.horizon=-2"], 2, "data.horizon: got -2; expected a number >= 1"),
     ("points zero", ["data.num_points=0"], 2, "data.num_points: got 0; expected a number >= 1"),
     ("noise negative", ["data.noise=-1"], 2, "data.noise: got -1; expected a number >= 0"),
-    ("splits", ["data.splits=[0.5,0.5,0.5]"], 2, "data.splits: need three positive fractions"),
+    (
+        "splits",
+        ["data.splits=[0.5,0.5,0.5]"],
+        2,
+        "data.splits: fractions must be >= 0 and sum to 1",
+    ),
     (
         "window longer than the series",
         ["data.window=400"],

@@ -37,7 +37,7 @@ def test_rnn_with_sigmoid_runs_the_plain_cell_and_bad_names_are_refused():
     for key, bad in (
         ("nonlinearity", {"cell": "rnn", "nonlinearity": "softsign"}),
         ("inner_activation", {"cell": "jzs1", "inner_activation": "tanh"}),
-        ("init", {"cell": "lstm", "init": "he_normal"}),
+        ("init", {"cell": "lstm", "init": "he_sideways"}),
         ("forget_bias", {"cell": "lstm", "forget_bias": "two"}),
     ):  # the schema refuses them before anything is built (nnlab.schema)
         with pytest.raises(ConfigError, match=f"model.{key}"):

@@ -130,21 +130,34 @@ def check_optimized(cfg: DictConfig, metrics: dict[str, Any]) -> None:
 
 
 def conclude(cfg: DictConfig, run: Run, parts: Parts) -> dict[str, Any]:
-    """Validate and test the best checkpoint (the weights in memory without one; `ckpt_path`'s
-    with train=false; no test with test=false); the metrics, also sent to each logger."""
+    """Validate and test the weights `test_on` names: the best checkpoint (the weights in memory
+    without one) or the last weights (as a reference recipe evaluates the model it ends with);
+    `ckpt_path`'s with train=false; no test with test=false. The metrics, also sent to each
+    logger."""
     trainer, task, datamodule = parts.trainer, parts.task, parts.datamodule
-    trained = cfg.get("train", True)
-    checkpoint = run.best_checkpoint() if trained else cfg.get("ckpt_path")
-    if checkpoint is None:
+    fitted = cfg.get("train", True)
+    test_on = cfg.get("test_on", "best")
+    if not fitted:
+        checkpoint = cfg.get("ckpt_path")
+    else:
+        checkpoint = run.best_checkpoint() if test_on == "best" else None
+    if checkpoint is None and (test_on == "best" or not fitted):
         log.warning("No checkpoint to evaluate; evaluating the weights in memory")
-    val = trainer.validate(task, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
+    trained = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+    val = [{}]
+    if not fitted or sum(trainer.num_val_batches or [0]):  # (no validation split: [600, 0, 400])
+        val = trainer.validate(task, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
     test = [{}]
     if cfg.get("test", True):
         test = trainer.test(task, datamodule=datamodule, ckpt_path=checkpoint)
-    best_epoch = run.best_epoch() if trained else None
+    best_epoch = run.best_epoch() if fitted and checkpoint else None
     metrics = record(
         val[0], test[0], checkpoint, best_epoch, trainer.current_epoch, trainer.global_step
     )
+    metrics["tested"] = test_on if fitted else "ckpt_path"
+    if cfg.monitor not in metrics and cfg.monitor in trained:
+        # a monitored training metric (no validation split): its value at the last epoch
+        metrics[cfg.monitor] = trained[cfg.monitor]
     if parts.reporter is not None and parts.reporter.pruned_at is not None:
         metrics["pruned_at_epoch"] = parts.reporter.pruned_at  # status.json then says `pruned`
     check_optimized(cfg, metrics)

@@ -132,6 +132,71 @@ def classify(task, datamodule, encoded: Encoded, chunk: int = 256):
     return header, rows
 
 
+@torch.no_grad()
+def regress(task, datamodule, encoded: Encoded, chunk: int = 256):
+    """Rows of (name, each target's predicted value in the data's units): regression on
+    independent samples (tables of rows)."""
+    targets = list(datamodule.targets)
+    names = encoded.names or [str(i) for i in range(len(encoded.inputs[0]))]
+    rows = []
+    for start in range(0, len(names), chunk):
+        batch = datamodule.batch_transform(tuple(t[start : start + chunk] for t in encoded.inputs))
+        values = datamodule.decode(task(*batch)).double().reshape(len(batch[0]), -1).cpu()
+        rows += [
+            (n, *map(float, v)) for n, v in zip(names[start : start + chunk], values, strict=True)
+        ]
+    return [datamodule.columns[0], *targets], rows
+
+
+def layer_names(net: torch.nn.Module) -> list[str]:
+    return [name for name, _ in net.named_modules() if name]
+
+
+@torch.no_grad()
+def extract_features(task, datamodule, encoded: Encoded, layer: str, chunk: int = 256):
+    """(what was captured, its activations (N, ...) as a numpy array): the output of the layer
+    named `layer` (a name of `task.net.named_modules()`), or, for `penultimate` / empty, the
+    input of the network's last layer with weights (what its classifier or regressor reads)."""
+    import numpy as np
+
+    net = task.net
+    modules = dict(net.named_modules())
+    if layer in ("", "penultimate"):
+        weighted = [n for n, m in modules.items() if n and not list(m.children())]
+        weighted = [n for n in weighted if any(True for _ in modules[n].parameters())]
+        if not weighted:
+            raise UserError("features: this network has no layer with weights to read before")
+        what, target, pre = f"the input of {weighted[-1]}", modules[weighted[-1]], True
+    elif layer in modules and layer:
+        what, target, pre = layer, modules[layer], False
+    else:
+        raise UserError(
+            f"features: no layer {layer!r} in {type(net).__name__}; its layers are: "
+            f"{', '.join(layer_names(net))} (or features=penultimate)"
+        )
+    captured: list[torch.Tensor] = []
+
+    def keep(value):
+        while isinstance(value, tuple | list):  # (outputs, state) of recurrent layers
+            value = value[0]
+        captured.append(value.detach().float().cpu())
+
+    if pre:
+        handle = target.register_forward_pre_hook(lambda m, args: keep(args))
+    else:
+        handle = target.register_forward_hook(lambda m, args, out: keep(out))
+    try:
+        n = len(encoded.inputs[0])
+        for start in range(0, n, chunk):
+            batch = datamodule.batch_transform(
+                tuple(t[start : start + chunk] for t in encoded.inputs)
+            )
+            task(*batch)
+    finally:
+        handle.remove()
+    return what, np.concatenate([c.numpy() for c in captured])
+
+
 def number(key: str, value, kind: type, optional: bool = False):
     """A command-line value (as typed) as `kind`; `null`/`none` for None when `optional`."""
     if value is None or (optional and str(value).lower() in ("null", "none", "")):
@@ -156,7 +221,20 @@ def generate(task, datamodule, prompt, length, temperature, top_k, seed) -> dict
 
 @command("predict")
 def main(
-    run, input, text, ckpt, out, steps, column, prompt, length, temperature, top_k, seed, overrides
+    run,
+    input,
+    text,
+    ckpt,
+    out,
+    steps,
+    column,
+    prompt,
+    length,
+    temperature,
+    top_k,
+    seed,
+    features,
+    overrides,
 ) -> Path:  # noqa: A002 (the CLI's word)
     n_steps = number("steps", steps, int)
     if n_steps < 0:
@@ -168,6 +246,22 @@ def main(
     task, path = load_task(run_dir, cfg, ckpt)
     datamodule = build(cfg.data, "data")
     datamodule.load_artifacts(run_dir.root)
+    if features is not None and str(features).lower() in ("null", "none"):
+        features = None
+    if features is not None:  # a layer's activations, for the feature-extractor recipe
+        if callable(getattr(task, "generate", None)):
+            raise UserError("features: not for language-model runs (they generate text)")
+        encoded = datamodule.encode([text] if text is not None else input)
+        what, values = extract_features(task, datamodule, encoded, str(features).strip())
+        target = output_dir(run_dir, out, f"predictions/{timestamp()}")
+        import numpy as np
+
+        np.save(target / "features.npy", values)
+        names = encoded.names or [str(i) for i in range(len(values))]
+        write_rows(target / "features_index.csv", ["row", "input"], list(enumerate(names)))
+        print(f"Features: {what}, shape {tuple(values.shape)}")
+        print(f"Wrote {target / 'features.npy'}")
+        return target
     if callable(getattr(task, "generate", None)):  # a language model: text from a prompt
         sample = generate(task, datamodule, prompt, length, temperature, top_k, seed)
         target = output_dir(run_dir, out, f"{PREDICTIONS}/{timestamp()}")  # only once it worked
@@ -183,6 +277,8 @@ def main(
     if forecasting:  # one step ahead, then recursively
         rows = forecast(task, datamodule, encoded, n_steps)
         header = ["kind", "t", "column", "target", "prediction"]
+    elif task.target_kind == "values":  # regression on independent samples (tables)
+        header, rows = regress(task, datamodule, encoded)
     else:
         header, rows = classify(task, datamodule, encoded)
     target = output_dir(run_dir, out, f"{PREDICTIONS}/{timestamp()}")

@@ -38,6 +38,14 @@ def target_features(targets: Any, features: Any) -> list[int] | None:
     return [features.index(t) for t in targets] if set(targets) <= set(features) else None
 
 
+def tabular_size(name: str, *, _parent_: Any) -> Any:
+    """`${nnlab.tabular:input_size}`: a size of a table's encoding (conf/data/tabular.yaml),
+    read from the data node's file (nnlab/data/tabular.py)."""
+    from nnlab.data.tabular import table_size
+
+    return table_size(name, _parent_=_parent_)
+
+
 RESOLVERS = {
     # a short random tag, fixed for the process: run directories started in the same second
     # (Hydra's `now` has 1 s resolution) stay distinct
@@ -55,6 +63,8 @@ RESOLVERS = {
     "nnlab.len": (lambda items, default=None: len(items or default or [None]), False),
     "nnlab.product": (lambda a, b: int(a) * int(b), False),
     "nnlab.target_features": (target_features, False),
+    # sizes of a table of rows (conf/data/tabular.yaml): read from the file's encoding
+    "nnlab.tabular": (tabular_size, False),
 }
 
 

@@ -200,6 +200,10 @@ class RunSettings(BaseModel):
         True, description="fit the model; false: only validate and test ckpt_path's weights"
     )
     test: StrictBool = Field(True, description="test the best checkpoint on the test split")
+    test_on: Literal["best", "last"] = Field(
+        "best",
+        description="the weights validated and tested: the best checkpoint, or the last weights",
+    )
     checkpoint: Checkpointing = Field(default_factory=Checkpointing)
     paths: dict[str, Any] = Field(default_factory=dict, description="where data and runs live")
     data: dict[str, Any] = Field(description="the data module (data group)")

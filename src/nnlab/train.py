@@ -133,6 +133,18 @@ def hydra_main(cfg: DictConfig) -> float | None:
     return session.record.get(optimized[0]) if optimized else None
 
 
+def user_error_cause(exc: BaseException) -> UserError | None:
+    """The UserError behind a chain of wrappers (Hydra's, and OmegaConf's around a resolver
+    that reads the data: `${nnlab.tabular:input_size}`), if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, UserError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def main() -> None:
     """Console entry. A `resume=` that is not a free run directory is refused before Hydra
     creates (or writes a log into) it; a re-run of a saved config gets our directory layout."""
@@ -152,7 +164,7 @@ def main() -> None:
     except (HydraException, OmegaConfBaseException) as exc:
         # a UserError raised while Hydra built one of its own objects (the launcher's settings)
         # is the message; Hydra's wrapper around it only names the class it was building
-        cause = exc.__cause__ if isinstance(exc.__cause__, UserError) else exc
+        cause = user_error_cause(exc) or exc
         message = " ".join(line.strip() for line in str(cause).splitlines() if line.strip())
         if (bad := unparsable_argument(sys.argv[1:])) is not None:  # name it: Hydra does not
             message = f"{bad}: {message}"

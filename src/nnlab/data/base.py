@@ -157,6 +157,10 @@ class DataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool = False):
         train = split == "train"
+        if len(self.datasets[split]) == 0:  # no such split (data.splits [600, 0, 400]): no batches
+            from torch.utils.data import DataLoader
+
+            return DataLoader(self.datasets[split], batch_size=1)
         return make_loader(
             self,
             self.datasets[split].tensors,

@@ -257,6 +257,9 @@ def multi_hot(flat: torch.Tensor, offsets: torch.Tensor, num_words: int) -> torc
     return x
 
 
+KERAS_SEED = 113  # the seed of keras.datasets.imdb.load_data's shuffle
+
+
 class IMDBDataModule(DataModule):
     """aclImdb reviews as multi-hot vectors or padded id sequences (see the module docstring)."""
 
@@ -285,10 +288,12 @@ class IMDBDataModule(DataModule):
         in_memory: InMemory = "auto",
         folds: Folds | None = None,
         fold: NonNegativeInt = 0,
+        val_from: Literal["random", "first"] = "random",
     ):
         super().__init__(
             batch_size, shuffle_seed=int(seed), in_memory=in_memory, num_workers=num_workers
         )
+        self.val_from = val_from
         self.save_hyperparameters()
         self.data_dir = Path(data_dir).expanduser()
         self.view, self.num_words, self.min_freq = view, int(num_words), int(min_freq)
@@ -464,6 +469,10 @@ class IMDBDataModule(DataModule):
         # Seeded orders (the files are sorted by label): a limited run still sees both classes.
         generator = torch.Generator().manual_seed(int(self.seed))
         order = torch.randperm(n_train, generator=generator)
+        if self.val_from == "first":
+            # Keras' recipe: x_val = x_train[:10000] of the training reviews in one fixed order
+            # (Keras' load_data shuffles them with seed 113), the same whatever the run's seed
+            order = torch.randperm(n_train, generator=torch.Generator().manual_seed(KERAS_SEED))
         train, val = order[n_val:], order[:n_val]
         if self.folds:  # fold `fold` of the training reviews validates, instead of val_size
             train, val = fold_indices(n_train, self.folds, self.fold, int(self.seed))

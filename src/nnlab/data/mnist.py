@@ -60,7 +60,7 @@ class MNISTDataModule(DataModule):
         view: Literal["rows", "pixels", "permuted", "image"] = "rows",
         download: bool = True,
         normalize: bool = False,
-        val_size: PositiveInt = 5000,
+        val_size: NonNegativeInt = 5000,  # 0: no validation split
         split_seed: int = 0,
         permutation_seed: int = 0,
         batch_size: PositiveInt = 128,
@@ -212,7 +212,10 @@ class MNISTDataModule(DataModule):
             ("val", images[val_idx], labels[val_idx]),
             ("test", test_images, test_labels),
         ):
-            (x,) = self.encode(pixels).inputs
+            if len(pixels):
+                (x,) = self.encode(pixels).inputs
+            else:  # no validation split (data.val_size 0): no images, their shape
+                x = self.encode(images[:1]).inputs[0][:0]
             self.datasets[split] = TensorDataset(x, targets)
 
     # -- views ---------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import csv
 import difflib
 import io
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from torch.utils.data import TensorDataset
 
 from nnlab.data.base import DataModule, Encoded
 from nnlab.data.folds import fold_blocks
+from nnlab.data.splits import split_sizes
 from nnlab.errors import ConfigError, DataError, UserError
 from nnlab.files import read_json, read_text
 from nnlab.schema import (
@@ -51,10 +53,11 @@ def make_windows(
     return frames[:, :window].contiguous(), frames[:, window:].contiguous()
 
 
-def split_bounds(n: int, fractions: tuple[float, float, float]) -> list[tuple[int, int]]:
-    """[start, end) indices of the train/val/test segments of a series of length n, in order."""
-    ends = [round(n * sum(fractions[: i + 1])) for i in range(3)]
-    ends[-1] = n
+def split_bounds(n: int, splits) -> list[tuple[int, int]]:
+    """[start, end) indices of the train/val/test segments of a series of length n, in order:
+    `splits` three fractions or three counts (data/splits.py)."""
+    sizes = split_sizes(n, splits)
+    ends = [sum(sizes[: i + 1]) for i in range(3)]
     starts = [0, *ends[:-1]]
     return list(zip(starts, ends, strict=True))
 
@@ -79,7 +82,9 @@ class SeriesDataModule(DataModule):
         self,
         window: PositiveInt = 4,
         horizon: PositiveInt = 1,
-        splits: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (0.7, 0.15, 0.15),
+        # three fractions summing to 1, or three counts of points ([600, 0, 400])
+        splits: tuple[NonNegativeFloat, NonNegativeFloat, NonNegativeFloat]
+        | tuple[NonNegativeInt, NonNegativeInt, NonNegativeInt] = (0.7, 0.15, 0.15),
         batch_size: PositiveInt = 32,
         shuffle: bool = True,
         standardize: bool = False,
@@ -100,10 +105,13 @@ class SeriesDataModule(DataModule):
             in_memory=in_memory,
             num_workers=num_workers,
         )
-        splits = tuple(float(f) for f in splits)
-        if not math.isclose(sum(splits), 1.0):
+        # three fractions summing to 1, or three counts of points ([600, 0, 400]: the first
+        # 600 train, no validation, the next 400 test); val may be empty, train and test not
+        splits = tuple(splits)
+        split_sizes(sys.maxsize, splits)  # the form; the counts against the data in setup()
+        if splits[2] == 0:
             raise ConfigError(
-                "data.splits", f"need three positive fractions summing to 1, got {list(splits)}"
+                "data.splits", f"the test split is empty ({list(splits)}); give it points"
             )
         self.window, self.horizon, self.splits = int(window), int(horizon), splits
         self.standardize, self.column = standardize, column
@@ -314,6 +322,8 @@ class SeriesDataModule(DataModule):
             segments["val"] = [val]
         need = self.window + self.horizon
         for name, parts in segments.items():
+            if name == "val" and all(end == start for start, end in parts):
+                continue  # no validation split (data.splits [600, 0, 400])
             if max(end - start for start, end in parts) < need:
                 raise ConfigError(
                     "data.window",
@@ -332,6 +342,8 @@ class SeriesDataModule(DataModule):
                 for start, end in parts
                 if end - start >= need
             ]
+            if not windows:  # an empty validation split: no windows, the shapes of some
+                windows = [tuple(t[:0] for t in self.inputs(self.table[:need], self.horizon))]
             self.datasets[name] = TensorDataset(*(torch.cat(t) for t in zip(*windows, strict=True)))
             self.starts[name] = parts[0][0] + self.window
         train_size = len(self.datasets["train"])

@@ -99,8 +99,9 @@ class RecurrentCell(nn.Module):
                 if name.startswith("W"):  # each gate's block on its own, as Keras' separate W_*
                     for block in param.split(self.hidden_size, dim=-1):
                         nn.init.xavier_uniform_(block)
-                elif name.startswith("U"):
-                    nn.init.orthogonal_(param)
+                elif name.startswith("U"):  # each gate's (H, H) block, as Keras' U_*
+                    for block in param.split(self.hidden_size, dim=-1):
+                        nn.init.orthogonal_(block)
                 elif name.startswith("b"):
                     nn.init.zeros_(param)
 
@@ -146,8 +147,15 @@ class DeepTransitionRNNCell(RecurrentCell):
 
 
 class JZS1Cell(RecurrentCell):
-    def __init__(self, input_size: int, hidden_size: int, inner_activation: str = "sigmoid"):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        inner_activation: str = "sigmoid",
+        nonlinearity: str = "tanh",
+    ):
         super().__init__(input_size, hidden_size, inner_activation)
+        self.act = pick(ACTIVATIONS, "model.nonlinearity", nonlinearity)  # the candidate's
         H = hidden_size
         self.W_zr = nn.Parameter(torch.empty(input_size, 2 * H))  # [W_xz | W_xr]
         self.b_zr = nn.Parameter(torch.empty(2 * H))
@@ -164,13 +172,20 @@ class JZS1Cell(RecurrentCell):
         xz, xr, xh = xp.chunk(3, dim=-1)
         z = self.gate(xz)
         r = self.gate(xr + h @ self.U_r)
-        candidate = torch.tanh(xh + (r * h) @ self.U_h)
+        candidate = self.act(xh + (r * h) @ self.U_h)
         return candidate * z + h * (1 - z)
 
 
 class JZS2Cell(RecurrentCell):
-    def __init__(self, input_size: int, hidden_size: int, inner_activation: str = "sigmoid"):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        inner_activation: str = "sigmoid",
+        nonlinearity: str = "tanh",
+    ):
         super().__init__(input_size, hidden_size, inner_activation)
+        self.act = pick(ACTIVATIONS, "model.nonlinearity", nonlinearity)  # the candidate's
         H = hidden_size
         self.W_zh = nn.Parameter(torch.empty(input_size, 2 * H))  # [W_xz | W_xh]
         self.b_z = nn.Parameter(torch.empty(H))
@@ -190,13 +205,20 @@ class JZS2Cell(RecurrentCell):
         xz, xr, xh = xp.chunk(3, dim=-1)
         z = self.gate(xz + h @ self.U_z)
         r = self.gate(xr + h @ self.U_r)
-        candidate = torch.tanh(xh + (r * h) @ self.U_h)
+        candidate = self.act(xh + (r * h) @ self.U_h)
         return candidate * z + h * (1 - z)
 
 
 class JZS3Cell(RecurrentCell):
-    def __init__(self, input_size: int, hidden_size: int, inner_activation: str = "sigmoid"):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        inner_activation: str = "sigmoid",
+        nonlinearity: str = "tanh",
+    ):
         super().__init__(input_size, hidden_size, inner_activation)
+        self.act = pick(ACTIVATIONS, "model.nonlinearity", nonlinearity)  # the candidate's
         H = hidden_size
         self.W = nn.Parameter(torch.empty(input_size, 3 * H))  # [W_xz | W_xr | W_xh]
         self.b = nn.Parameter(torch.empty(3 * H))  # [b_z | b_r | b_h]
@@ -212,7 +234,7 @@ class JZS3Cell(RecurrentCell):
         xz, xr, xh = xp.chunk(3, dim=-1)
         z = self.gate(xz + torch.tanh(h) @ self.U_z)
         r = self.gate(xr + h @ self.U_r)
-        candidate = torch.tanh(xh + (r * h) @ self.U_h)
+        candidate = self.act(xh + (r * h) @ self.U_h)
         return candidate * z + h * (1 - z)
 
 
@@ -267,11 +289,83 @@ class SimpleDeepRNNCell(RecurrentCell):
         return torch.cat([h, *past[:-1]], dim=-1)
 
 
+class KerasLSTMCell(RecurrentCell):
+    """Keras' LSTM with any `activation` (`nonlinearity`) and `inner_activation` (gates):
+        i = g(x W_i + h U_i + b_i)   f = g(x W_f + h U_f + b_f)   o = g(x W_o + h U_o + b_o)
+        c' = f * c + i * act(x W_c + h U_c + b_c)                 h' = o * act(c')
+    (torch's fused nn.LSTM has sigmoid gates and tanh only.) State: [h | c]."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        inner_activation: str = "sigmoid",
+        nonlinearity: str = "tanh",
+        forget_bias: float = 1.0,
+    ):
+        super().__init__(input_size, hidden_size, inner_activation)
+        self.act = pick(ACTIVATIONS, "model.nonlinearity", nonlinearity)
+        self.state_size = 2 * hidden_size
+        H = hidden_size
+        self.W = nn.Parameter(torch.empty(input_size, 4 * H))  # [W_i | W_f | W_c | W_o]
+        self.U = nn.Parameter(torch.empty(H, 4 * H))
+        self.b = nn.Parameter(torch.empty(4 * H))
+        self.reset_parameters()
+        with torch.no_grad():  # Keras' forget_bias_init ("one"): the forget gate starts open
+            self.b[H : 2 * H] = float(forget_bias)
+
+    def output(self, state):
+        return state[..., : self.hidden_size]
+
+    def project(self, x):
+        return x @ self.W + self.b
+
+    def step(self, xp, state):
+        h, c = state.chunk(2, dim=-1)
+        i, f, g, o = (xp + h @ self.U).chunk(4, dim=-1)
+        c = self.gate(f) * c + self.gate(i) * self.act(g)
+        return torch.cat([self.gate(o) * self.act(c), c], dim=-1)
+
+
+class KerasGRUCell(RecurrentCell):
+    """Keras' GRU (reset before the recurrent product, Keras 2's reset_after=False) with any
+    `activation` and `inner_activation`:
+        z = g(x W_z + h U_z + b_z)   r = g(x W_r + h U_r + b_r)
+        h~ = act(x W_h + (r * h) U_h + b_h)   h' = z * h + (1 - z) * h~"""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        inner_activation: str = "sigmoid",
+        nonlinearity: str = "tanh",
+    ):
+        super().__init__(input_size, hidden_size, inner_activation)
+        self.act = pick(ACTIVATIONS, "model.nonlinearity", nonlinearity)
+        H = hidden_size
+        self.W = nn.Parameter(torch.empty(input_size, 3 * H))  # [W_z | W_r | W_h]
+        self.U_zr = nn.Parameter(torch.empty(H, 2 * H))
+        self.U_h = nn.Parameter(torch.empty(H, H))
+        self.b = nn.Parameter(torch.empty(3 * H))
+        self.reset_parameters()
+
+    def project(self, x):
+        return x @ self.W + self.b
+
+    def step(self, xp, h):
+        xz, xr, xh = xp.chunk(3, dim=-1)
+        hz, hr = (h @ self.U_zr).chunk(2, dim=-1)
+        z, r = self.gate(xz + hz), self.gate(xr + hr)
+        return z * h + (1 - z) * self.act(xh + (r * h) @ self.U_h)
+
+
 CELLS = {
     "deep_rnn": DeepTransitionRNNCell,
     "jzs1": JZS1Cell,
     "jzs2": JZS2Cell,
     "jzs3": JZS3Cell,
+    "keras_gru": KerasGRUCell,
+    "keras_lstm": KerasLSTMCell,
     "simple_rnn": SimpleRNNCell,
     "simple_deep_rnn": SimpleDeepRNNCell,
 }
@@ -296,19 +390,33 @@ def reverse_padded(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tenso
 
 
 def run_cell(
-    cell: RecurrentCell, x: torch.Tensor, lengths: torch.Tensor | None = None
+    cell: RecurrentCell,
+    x: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    truncate: int | None = None,
 ) -> torch.Tensor:
     """(batch, steps, features) -> every step's state (batch, steps, hidden), from h_0 = 0.
     With `lengths`, a sequence's state stops changing after its last real step (so the last
-    column holds each sequence's final real state) and padded steps read no input."""
-    projected = cell.project(x)  # one matrix product for all steps
-    mask = step_mask(lengths, x.shape[1])
+    column holds each sequence's final real state) and padded steps read no input.
+
+    `truncate` k (old Keras' / Theano's truncate_gradient): gradients flow through the last k
+    steps only; the steps before run without a graph (their outputs and the state they hand
+    on are constants), so nothing earlier in the sequence gets a gradient. The values are
+    those of the full pass."""
+    steps = x.shape[1]
+    cut = max(steps - truncate, 0) if truncate else 0
+    mask = step_mask(lengths, steps)
     h = x.new_zeros(x.shape[0], cell.state_size)
     states = []
-    for t in range(x.shape[1]):
-        new = cell.step(projected[:, t], h)
-        h = new if mask is None else torch.where(mask[:, t], new, h)
-        states.append(cell.output(h))
+    for start, end in ((0, cut), (cut, steps)):
+        if start == end:
+            continue
+        with torch.set_grad_enabled(torch.is_grad_enabled() and start >= cut):
+            projected = cell.project(x[:, start:end])  # one matrix product for the span
+            for t in range(start, end):
+                new = cell.step(projected[:, t - start], h)
+                h = new if mask is None else torch.where(mask[:, t], new, h)
+                states.append(cell.output(h))
     return torch.stack(states, dim=1)
 
 
@@ -328,10 +436,12 @@ class CellStack(nn.Module):
         num_layers: int = 1,
         bidirectional: bool = False,
         dropout: float = 0.0,
+        truncate_gradient: int | None = None,
         **cell_kwargs,
     ):
         super().__init__()
         self.num_layers, self.directions = num_layers, 2 if bidirectional else 1
+        self.truncate = truncate_gradient
         self.hidden_size = hidden_size
         self.cells = nn.ModuleList(
             CELLS[cell](
@@ -358,10 +468,10 @@ class CellStack(nn.Module):
             for direction in range(self.directions):
                 cell = self.cells[layer * self.directions + direction]
                 if direction == 0:
-                    states = run_cell(cell, x, lengths)
+                    states = run_cell(cell, x, lengths, self.truncate)
                     finals.append(states[:, -1])
                 else:  # read each sequence backwards, store the states in forward time order
-                    states = run_cell(cell, reverse_padded(x, lengths), lengths)
+                    states = run_cell(cell, reverse_padded(x, lengths), lengths, self.truncate)
                     finals.append(states[:, -1])
                     states = reverse_padded(states, lengths)
                 outputs.append(states if mask is None else states * mask)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from nnlab.models.init import Initializer
 from nnlab.models.layers import ActivationName
 from nnlab.schema import PositiveInt, Rate
 
@@ -24,6 +25,7 @@ class MLP(nn.Module):
         hidden_sizes: Sequence[PositiveInt] = (10,),
         activation: ActivationName = "relu",
         dropout: Rate = 0.0,
+        init: Initializer = "torch",
     ):
         super().__init__()
         from nnlab.models.sequential import build_layers
@@ -32,7 +34,8 @@ class MLP(nn.Module):
         for size in hidden_sizes:
             layers.append({"dense": {"units": size, "activation": activation}})
             layers += [{"dropout": dropout}] if dropout else []
-        modules, _ = build_layers([*layers, "dense"], (input_size,), output_size)
+        # init: Keras' initialiser of every Dense layer (models/init.py), biases zero
+        modules, _ = build_layers([*layers, "dense"], (input_size,), output_size, init=init)
         self.layers = nn.Sequential(*modules)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

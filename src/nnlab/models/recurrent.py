@@ -29,32 +29,37 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from nnlab.errors import ConfigError
 from nnlab.models.cells import CELLS as CUSTOM_CELLS
 from nnlab.models.cells import CellStack, step_mask
+from nnlab.models.init import INITIALIZERS, Initializer, check, init_module
 from nnlab.schema import PositiveInt, Rate
 
 TORCH_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 CELLS = [*TORCH_CELLS, *CUSTOM_CELLS]
 READOUTS = ("last", "mean", "all")
-# Old Keras' initialisers for torch's cells (the custom cells always start this way):
-# `init` for input weights, `inner_init` for recurrent ones; `default` keeps torch's.
-INITS = ("default", "glorot_uniform")
-INNER_INITS = ("default", "orthogonal")
+# Keras' initialisers (models/init.py): `init` for the input weights and the head, `inner_init`
+# for the recurrent weights; `default` (torch) keeps each layer's own start (nnlab's cells
+# start as old Keras did: glorot_uniform and orthogonal).
+INITS = INNER_INITS = INITIALIZERS
 FORGET_BIAS = {"one": 1.0, "zero": 0.0}  # Keras' forget_bias_init names
 CellName = Literal[
-    "rnn", "lstm", "gru", "deep_rnn", "jzs1", "jzs2", "jzs3", "simple_rnn", "simple_deep_rnn"
-]
+    "rnn", "lstm", "gru", "deep_rnn", "jzs1", "jzs2", "jzs3", "simple_rnn", "simple_deep_rnn",
+    "keras_lstm", "keras_gru",
+]  # fmt: skip
 Activation = Literal["tanh", "relu", "sigmoid", "hard_sigmoid"]
+# What torch's fused cells cannot do, done by nnlab's cells (models/cells.py) instead: other
+# activations or gates (old Keras' hard_sigmoid), truncated backpropagation.
+KERAS_CELLS = {"rnn": "simple_rnn", "lstm": "keras_lstm", "gru": "keras_gru"}
 
 
 class RecurrentNet(nn.Module):
     # Keys only some cells use (nnlab.schema refuses them on the others); their defaults are
-    # null so that "set" and "not set" differ, and null means the value below.
+    # null so that "set" and "not set" differ, and null means the value in __init__.
     schema_applies = {
-        "nonlinearity": ("cell", ("rnn", "simple_rnn", "deep_rnn", "simple_deep_rnn")),
-        "inner_activation": ("cell", ("jzs1", "jzs2", "jzs3", "simple_deep_rnn")),
+        "inner_activation": (
+            "cell",
+            ("lstm", "gru", "jzs1", "jzs2", "jzs3", "simple_deep_rnn", "keras_lstm", "keras_gru"),
+        ),
         "depth": ("cell", ("deep_rnn", "simple_deep_rnn")),
-        "forget_bias": ("cell", ("lstm",)),
-        "init": ("cell", tuple(TORCH_CELLS)),
-        "inner_init": ("cell", tuple(TORCH_CELLS)),
+        "forget_bias": ("cell", ("lstm", "keras_lstm")),
     }
 
     # What these keys were set to before they became null (configs saved by earlier nnlab).
@@ -78,8 +83,10 @@ class RecurrentNet(nn.Module):
         depth: PositiveInt | None = None,
         return_sequences: list[bool] | None = None,
         inner_activation: Literal["sigmoid", "hard_sigmoid"] | None = None,
-        init: Literal["default", "glorot_uniform"] | None = None,
-        inner_init: Literal["default", "orthogonal"] | None = None,
+        init: Initializer = "default",
+        inner_init: Initializer = "default",
+        activation: Activation | None = None,
+        truncate_gradient: PositiveInt | None = None,
     ):
         super().__init__()
         nonlinearity = nonlinearity or "tanh"
@@ -89,18 +96,28 @@ class RecurrentNet(nn.Module):
         init, inner_init = init or "default", inner_init or "default"
         if return_sequences is not None:
             readout = keras_readout(return_sequences, num_layers, readout)
+        if activation is not None:  # Keras' name for the nonlinearity
+            if nonlinearity not in ("tanh", activation):
+                raise ConfigError(
+                    "model.activation",
+                    f"{activation!r} and model.nonlinearity {nonlinearity!r} name the same "
+                    "thing; set one of them",
+                )
+            nonlinearity = activation
         if cell == "deep_rnn" and nonlinearity not in ("tanh", "relu"):
             raise ConfigError("model.nonlinearity", f"must be tanh or relu, got {nonlinearity!r}")
-        if cell == "rnn" and nonlinearity not in ("tanh", "relu"):
-            cell = "simple_rnn"  # nn.RNN has tanh/relu only; the plain cell has every activation
+        init, inner_init = check(init, "model.init"), check(inner_init, "model.inner_init")
+        cell = keras_cell(cell, nonlinearity, inner_activation, truncate_gradient)
         forget_bias = FORGET_BIAS.get(forget_bias, forget_bias)
         self.cell, self.readout, self.bidirectional = cell, readout, bidirectional
         self.rnn = make_rnn(
             cell, input_size, hidden_size, num_layers, bidirectional, dropout,
             nonlinearity, forget_bias, depth,
             inner_activation=inner_activation, init=init, inner_init=inner_init,
+            truncate_gradient=truncate_gradient,
         )  # fmt: skip
         self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), output_size)
+        init_module(self.head, init, key="model.init")  # Keras' Dense on top
 
     def encode(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """(batch, steps, features) -> (batch, hidden * directions), or (batch, steps, ...)
@@ -136,6 +153,22 @@ class RecurrentNet(nn.Module):
         return out
 
 
+def keras_cell(
+    cell: str, nonlinearity: str, inner_activation: str, truncate_gradient: int | None
+) -> str:
+    """`cell`, or nnlab's cell of the same math where torch's fused one cannot do what is
+    asked: an activation other than tanh (relu too for rnn), gates other than sigmoid, or
+    truncated backpropagation."""
+    if cell not in TORCH_CELLS:
+        return cell
+    keras_only = (
+        nonlinearity not in (("tanh", "relu") if cell == "rnn" else ("tanh",))
+        or (inner_activation != "sigmoid" and cell != "rnn")
+        or truncate_gradient is not None
+    )
+    return KERAS_CELLS[cell] if keras_only else cell
+
+
 def keras_readout(return_sequences, num_layers: int, readout: str) -> str:
     """The readout that Keras' per-layer `return_sequences` flags spell (see the docstring)."""
     flags = [bool(f) for f in return_sequences]
@@ -160,24 +193,6 @@ def keras_readout(return_sequences, num_layers: int, readout: str) -> str:
     return spelled
 
 
-def keras_init(rnn: nn.RNNBase, init: str, inner_init: str) -> None:
-    """Glorot-uniform input and orthogonal recurrent weights, each gate's block on its own (as
-    Keras' separate W_i, W_f ... matrices), zero biases."""
-    if init == "default" and inner_init == "default":
-        return
-    with torch.no_grad():
-        for name, param in rnn.named_parameters():
-            blocks = param.split(rnn.hidden_size, dim=0)  # torch stacks the gates' rows
-            if name.startswith("weight_ih") and init == "glorot_uniform":
-                for block in blocks:
-                    nn.init.xavier_uniform_(block)
-            elif name.startswith("weight_hh") and inner_init == "orthogonal":
-                for block in blocks:
-                    nn.init.orthogonal_(block)
-            elif name.startswith("bias"):
-                param.zero_()
-
-
 def make_rnn(
     cell: str,
     input_size: int,
@@ -192,6 +207,7 @@ def make_rnn(
     inner_activation: str = "sigmoid",
     init: str = "default",
     inner_init: str = "default",
+    truncate_gradient: int | None = None,
 ) -> nn.Module:
     """The recurrent encoder (batch-first; returns `(outputs, state)` as torch's nn.RNN does):
     a torch RNN/LSTM/GRU (Keras' `init` / `inner_init` optional) or a `CellStack` of nnlab's
@@ -204,20 +220,25 @@ def make_rnn(
     if cell in TORCH_CELLS:
         kwargs = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
         rnn = TORCH_CELLS[cell](input_size, hidden_size, batch_first=True, **common, **kwargs)
-        keras_init(rnn, init, inner_init)
     else:
+        gates = {"inner_activation": inner_activation, "nonlinearity": nonlinearity}
         kwargs = {
             "deep_rnn": {"depth": depth, "nonlinearity": nonlinearity},
             "simple_rnn": {"nonlinearity": nonlinearity},
-            "simple_deep_rnn": {
-                "depth": depth,
-                "nonlinearity": nonlinearity,
-                "inner_activation": inner_activation,
-            },
-        }.get(cell, {"inner_activation": inner_activation})
-        rnn = CellStack(cell, input_size, hidden_size, **common, **kwargs)
+            "simple_deep_rnn": {"depth": depth, **gates},
+            "keras_lstm": {**gates, "forget_bias": forget_bias},
+        }.get(cell, gates)
+        rnn = CellStack(
+            cell, input_size, hidden_size, **common, truncate_gradient=truncate_gradient, **kwargs
+        )
+    # Keras' initialisers (torch's cells: each gate's block; nnlab's: in place of their own)
+    init_module(rnn, init, inner_init)
     if cell == "lstm":
         init_forget_bias(rnn, forget_bias)
+    elif cell == "keras_lstm" and (init, inner_init) != ("torch", "torch"):
+        for c in rnn.cells:  # the initialiser zeroed the biases; the forget gate opens again
+            with torch.no_grad():
+                c.b[c.hidden_size : 2 * c.hidden_size] = float(forget_bias)
     return rnn
 
 

@@ -39,6 +39,7 @@ from torch import nn
 from nnlab.errors import ConfigError, UserError
 from nnlab.models.cells import CELLS as CUSTOM_CELLS
 from nnlab.models.cnn import SeparableConv
+from nnlab.models.init import Initializer, init_module
 from nnlab.models.layers import (
     ActivationName,
     activation,
@@ -47,7 +48,7 @@ from nnlab.models.layers import (
     same_padding,
     transposed_padding,
 )
-from nnlab.models.recurrent import TORCH_CELLS, make_rnn
+from nnlab.models.recurrent import TORCH_CELLS, keras_cell, make_rnn
 from nnlab.schema import PositiveInt, Rate
 
 log = logging.getLogger(__name__)
@@ -423,6 +424,9 @@ def _recurrent(spec: Spec, cell: str, masked: bool):
     bidirectional = bool(spec.get("bidirectional", False))
     return_sequences = bool(spec.get("return_sequences", False))
     nonlinearity = spec.get("activation", "tanh", "nonlinearity")
+    gates = spec.get("inner_activation", "sigmoid", "recurrent_activation")
+    truncate = spec.get("truncate_gradient")
+    cell = keras_cell(cell, nonlinearity, gates, truncate)
     if masked and cell not in TORCH_CELLS:
         raise spec.error(
             "mask_zero works with simple_rnn, lstm and gru here; nnlab's cells read every step"
@@ -435,6 +439,8 @@ def _recurrent(spec: Spec, cell: str, masked: bool):
         nonlinearity=nonlinearity,
         forget_bias=float(spec.get("forget_bias", 1.0)),
         depth=spec.get("depth", 3),
+        inner_activation=gates,
+        truncate_gradient=truncate,
     )
     width = units * (2 if bidirectional else 1)
     layer = Recurrent(rnn, units, bidirectional, return_sequences)
@@ -613,13 +619,23 @@ def _args(kind: str, value: Any, spec_key: str) -> dict:
     return {MAIN_ARG[kind]: value}
 
 
+# Layers with weights that Keras' initialisers set (models/init.py).
+INITIALISED = {"dense", "conv1d", "conv2d", "separable_conv1d", "separable_conv2d"}
+INITIALISED |= {"conv2d_transpose", *RECURRENT}
+
+
 def build_layers(
     entries: Sequence[Any],
     shape: tuple[int, ...],
     output: int | None = None,
     prefix: str = "model.layers",
+    init: str = "torch",
+    inner_init: str = "torch",
 ) -> tuple[list[nn.Module], list[tuple[int, ...]]]:
-    """The modules of a layer list and each entry's output shape, from the input `shape`."""
+    """The modules of a layer list and each entry's output shape, from the input `shape`.
+    `init` / `inner_init`: the Keras initialisers of every dense, conv and recurrent layer
+    (a layer's own `kernel_initializer` / `recurrent_initializer`, or old Keras' `init` /
+    `inner_init`, wins)."""
     modules: list[nn.Module] = []
     shapes: list[tuple[int, ...]] = []
     masked, start = False, shape
@@ -630,7 +646,7 @@ def build_layers(
             spec = Spec(i, kind, {}, shape, prefix)
             spec.rank(2, 3, 4, what="(steps, ...) inputs")
             inner, inner_shapes = build_layers(
-                [value], shape[1:], None, f"{spec.key}.time_distributed"
+                [value], shape[1:], None, f"{spec.key}.time_distributed", init, inner_init
             )
             if any(isinstance(m, MaskAware) for m in inner):
                 raise spec.error("wraps per-step layers only (no recurrent, embedding or pool)")
@@ -646,6 +662,10 @@ def build_layers(
             modules.append(Reshape((shape[0], 1)))
             shape = spec.shape = (shape[0], 1)
         new, shape = _build(spec, kind, output, last, masked)
+        if kind in INITIALISED:
+            kernel = spec.get("kernel_initializer", init, "init")
+            recurrent = spec.get("recurrent_initializer", inner_init, "inner_init")
+            init_module(nn.ModuleList(new), kernel, recurrent, key=f"{spec.key}.init")
         if kind == "embedding":
             masked = bool(spec.args.get("mask_zero"))
         elif kind not in PASSES_MASK or len(shape) == 1:  # the steps are gone or moved
@@ -720,10 +740,14 @@ class Sequential(nn.Module):
         layers: Annotated[Sequence[Any], Field(min_length=1)],
         input_shape: Annotated[Sequence[PositiveInt], Field(min_length=1)],
         output_size: PositiveInt | None = None,
+        init: Initializer = "torch",
+        inner_init: Initializer = "torch",
     ):
         super().__init__()
         self.input_shape = tuple(input_shape)
-        modules, self.shapes = build_layers(layers, self.input_shape, output_size)
+        modules, self.shapes = build_layers(
+            layers, self.input_shape, output_size, init=init, inner_init=inner_init
+        )
         if output_size is not None and self.shapes[-1] != (output_size,):
             raise ConfigError(
                 f"model.layers[{len(layers) - 1}]",
