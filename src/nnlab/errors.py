@@ -68,3 +68,15 @@ def exit_on_user_error() -> Iterator[None]:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+
+
+def user_error_cause(exc: BaseException) -> UserError | None:
+    """The UserError behind a chain of wrappers (Hydra's, and OmegaConf's around a resolver
+    that reads the data: `${nnlab.tabular:input_size}`), if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, UserError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -51,7 +51,7 @@ from pydantic import (
     create_model,
 )
 
-from nnlab.errors import ConfigError, exit_on_user_error
+from nnlab.errors import ConfigError, exit_on_user_error, user_error_cause
 
 # -- reusable declared types (constructors annotate their arguments with these) ----------------
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -638,6 +638,8 @@ def _resolve(cfg: Any, key: str) -> Any:
             missing, f"must be set (it is ??? in the config); add {missing}=VALUE to the command"
         ) from None
     except Exception as exc:  # noqa: BLE001 - which child failed? name the deepest key
+        if (cause := user_error_cause(exc)) is not None:  # a resolver that read the data
+            raise cause from None
         node = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
         if isinstance(node, DictConfig):
             for child in node:

@@ -29,6 +29,7 @@ from nnlab.console import print_config_tree
 from nnlab.errors import (
     UserError,
     exit_on_user_error,
+    user_error_cause,
 )
 from nnlab.heap import freeze_imports
 from nnlab.runs import RESOLVED_CONFIG, Run, relocatable_config
@@ -131,18 +132,6 @@ def hydra_main(cfg: DictConfig) -> float | None:
     if isinstance(cfg.get("optimized_metric"), ListConfig):
         return [session.record.get(m) for m in optimized]
     return session.record.get(optimized[0]) if optimized else None
-
-
-def user_error_cause(exc: BaseException) -> UserError | None:
-    """The UserError behind a chain of wrappers (Hydra's, and OmegaConf's around a resolver
-    that reads the data: `${nnlab.tabular:input_size}`), if any."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, UserError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def main() -> None:
