@@ -17,6 +17,7 @@ from nnlab.config import build
 from nnlab.data.imdb import IMDBDataModule
 from nnlab.data.series import SineDataModule
 from nnlab.errors import ConfigError
+from nnlab.schema import check_node
 
 
 def test_series_splits_by_count_with_no_validation():
@@ -68,8 +69,9 @@ def test_the_first_n_validation_slice_does_not_move_with_the_seed(tmp_path):
 
     assert indices(1, "first") == indices(2, "first")
     assert indices(1, "random") != indices(2, "random")
-    with pytest.raises(ConfigError, match="data.val_from"):
-        IMDBDataModule(data_dir=str(tmp_path), val_from="last")
+    imdb = {"_target_": "nnlab.data.imdb.IMDBDataModule", "data_dir": str(tmp_path)}
+    with pytest.raises(ConfigError, match="data.val_from"):  # the schema refuses it up front
+        check_node({**imdb, "val_from": "last"}, "data")
 
 
 def test_sine_mlp_as_written_runs_and_tests_its_final_weights(cli):
@@ -98,7 +100,10 @@ def test_test_on_picks_the_final_weights_or_the_best_checkpoint(cli):
     # the training loss fell every epoch: the best checkpoint holds the final weights
     assert best["test/mse"] == pytest.approx(last["test/mse"], rel=1e-5)
     bad = cli(*args, "test_on=first", check=False)
-    assert bad.returncode == 2 and "test_on: expected best or last" in bad.stderr
+    assert (
+        bad.returncode == 2
+        and "test_on: got 'first'; expected one of 'best' or 'last'" in bad.stderr
+    )
 
 
 def test_sine_rnn_as_written_runs(cli):

@@ -16,6 +16,7 @@ from nnlab.models.init import INITIALIZERS, init_module
 from nnlab.models.mlp import MLP
 from nnlab.models.recurrent import KERAS_CELLS, RecurrentNet
 from nnlab.models.sequential import Sequential
+from nnlab.schema import check_node
 
 
 # -- initialisers ---------------------------------------------------------------------------
@@ -215,5 +216,6 @@ def test_truncate_gradient_stops_gradients_k_steps_back(cell):
     assert (grad_full[:, :5].abs().sum() > 0) and torch.allclose(
         grad[:, -1], grad_full[:, -1], atol=1e-6
     )
-    with pytest.raises(ConfigError, match="model.truncate_gradient"):
-        RecurrentNet(3, 1, cell=cell, truncate_gradient=0)
+    net = {"_target_": "nnlab.models.recurrent.RecurrentNet", "input_size": 3, "output_size": 1}
+    with pytest.raises(ConfigError, match="model.truncate_gradient"):  # refused before building
+        check_node({**net, "cell": cell, "truncate_gradient": 0}, "model")
