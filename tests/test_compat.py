@@ -165,3 +165,23 @@ def test_private_members_are_used_in_the_compat_modules_only():
             if path != root / "compat" / module:
                 assert not used, f"{path.relative_to(root)} uses {used}: move it to compat/"
     assert "loop" not in (root / "tasks" / "base.py").read_text().lower()
+
+
+def test_lightning_log_lines_are_printed_once(tmp_path):
+    """nnlab-train imports Lightning after Hydra set up logging: its records still print once
+    (and reach the run's train.log through Hydra's handlers)."""
+    import subprocess
+    import sys
+
+    args = ["experiment=sine_mlp", "trainer.max_epochs=1", "print_config=false", "logger=none"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "nnlab.train", *args, f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    output = proc.stdout + proc.stderr
+    assert output.count("Seed set to 12345") == 1, output[-3000:]
+    assert "Seed set to 12345" in (tmp_path / "run" / "train.log").read_text()

@@ -49,7 +49,9 @@ def train(cfg: DictConfig, run: Run, extra_callbacks: Sequence[Any] = ()) -> dic
     # torch and Lightning are imported here, not with the module: `--help` and a refused key or
     # value answer without them (docs/benchmarks.md; tests/test_startup.py).
     from nnlab.assemble import assemble, conclude, fit
+    from nnlab.compat.lightning import log_once
 
+    log_once()
     freeze_imports()  # what those imports made stays out of the garbage collector (nnlab/heap.py)
     parts = assemble(cfg, run, extra_callbacks)
     if parts.trainer.world_size > 1 and HydraConfig.get().mode == RunMode.MULTIRUN:

@@ -73,3 +73,17 @@ def batches_processed(trainer: L.Trainer) -> int:
 
 if (problem := version_problem()) is not None:
     log.warning(problem)
+
+
+def log_once() -> None:
+    """Lightning's log records printed once. `import lightning` gives the `lightning` logger a
+    console handler of its own, and its subpackages stop propagating only when the root logger
+    has no handlers yet; imported after Hydra set up the job's logging (nnlab-train imports it
+    lazily), every record would print twice: by that handler and by Hydra's (which also writes
+    the run's train.log). With root handlers present, Hydra's alone speak."""
+    if not logging.getLogger().handlers:
+        return
+    lightning_log = logging.getLogger("lightning")
+    for handler in list(lightning_log.handlers):
+        if type(handler) is logging.StreamHandler:
+            lightning_log.removeHandler(handler)
