@@ -37,6 +37,7 @@ import yaml
 from conftest import compose_config
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import IntervalSweep
 
 from nnlab import CONF_DIR
 from nnlab.cli import parse_args
@@ -105,7 +106,11 @@ def first_values(overrides: list[str]) -> list[str]:
     out = []
     for text in overrides:
         override = parser.parse_overrides([text])[0]
-        if override.is_sweep_override():
+        if isinstance(override.value(), IntervalSweep):  # a search's interval: its low end
+            value = str(override.value().start)
+            prefix = "+" if override.is_add() else ""
+            out.append(f"{prefix}{override.get_key_element()}={value}")
+        elif override.is_sweep_override():
             value = next(override.sweep_string_iterator())
             prefix = "+" if override.is_add() else ("~" if override.is_delete() else "")
             out.append(f"{prefix}{override.get_key_element()}={value}")
