@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from nnlab.tasks.classification import ClassificationTask
+from nnlab.tasks.loops import training_loop
 from nnlab.tasks.regression import RegressionTask
 
 MLP = {"_target_": "nnlab.models.mlp.MLP", "input_size": 4, "hidden_sizes": [16]}
@@ -18,8 +19,10 @@ def loaders(x, y, batch_size=16):
 
 
 def fit(task, x, y, epochs=30, tmp_path=None):
+    loop = training_loop(task)  # the task's `loop`, chosen as the run's assembly chooses it
     trainer = L.Trainer(
         max_epochs=epochs,
+        callbacks=[loop] if loop is not None else [],
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,

@@ -741,9 +741,10 @@ def sweep_trials(config: DictConfig) -> list[list[str]] | None:
     """Every trial's overrides of a multirun with Hydra's basic sweeper (the launchers: basic,
     joblib, packed, submitit), as the sweeper will expand them; None for a search whose trials
     are chosen as it runs (Optuna). Uses Hydra's sweeper and parser as the sweeper does."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from nnlab.compat import hydra as hydra_compat
 
     if not str(config.hydra.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
         return None
@@ -752,44 +753,21 @@ def sweep_trials(config: DictConfig) -> list[list[str]] | None:
     arguments += list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
     loader = GlobalHydra.instance().config_loader()
     parsed = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
-    return [list(t) for batch in BasicSweeper.split_arguments(parsed, None) for t in batch]
+    return hydra_compat.split_sweep_arguments(parsed)
 
 
 def _trial_config(
     config: DictConfig, overrides: list[str], num: int, cache: dict | None = None
 ) -> DictConfig:
     """A trial's composed config, as the sweeper composes it (Hydra's load_sweep_config), once
-    per distinct set of config-group choices and overridden keys: the trials of a grid that
-    differ only in values (seed=1 vs seed=2) get a copy of the first one's config with their
-    values applied the way Hydra applies them (a composition costs ~0.3 s, 10 s for 32 trials).
-    Hydra's private API (ConfigLoaderImpl._apply_overrides_to_config) is used here only; the
-    packed launcher's `_compose` does the same."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    per shape of overrides as the packed launcher composes its jobs (compat/hydra.py:
+    compose_job)."""
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import OverrideType
+
+    from nnlab.compat import hydra as hydra_compat
 
     loader = GlobalHydra.instance().config_loader()
-    parsed = OverridesParser.create().parse_overrides(list(overrides))
-    values, shape = [], []
-    for o in parsed:
-        plain = (
-            not o.is_hydra_override()
-            and o.type == OverrideType.CHANGE
-            and o.package is None
-            and not o.is_sweep_override()
-            and not loader.repository.group_exists(o.key_or_group)
-        )
-        shape.append(o.key_or_group if plain else o.input_line)
-        if plain:
-            values.append(o)
-    cache = {} if cache is None else cache
-    if tuple(shape) in cache:
-        cfg = copy.deepcopy(cache[tuple(shape)])
-        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
-    else:
-        cfg = loader.load_sweep_config(config, list(overrides))
-        cache[tuple(shape)] = copy.deepcopy(cfg)
+    cfg = hydra_compat.compose_job(loader, config, list(overrides), {} if cache is None else cache)
     OmegaConf.copy_cache(from_config=config, to_config=cfg)  # the sweep's ${now:} and uid
     with open_dict(cfg):
         cfg.hydra.job.num = num
@@ -831,9 +809,9 @@ class UpFrontCheck(Callback):
 
     def _run(self, config: DictConfig) -> None:
         guard_run_dir(config)
-        from hydra.core.hydra_config import HydraConfig
+        from nnlab.compat import hydra as hydra_compat
 
-        saved = HydraConfig.instance().cfg
+        saved = hydra_compat.hydra_config()
         run_dir = str(config.hydra.run.dir)  # resolved once: Hydra then uses the same ${now:}
         cfg = copy.deepcopy(config)
         OmegaConf.copy_cache(from_config=config, to_config=cfg)
@@ -845,16 +823,16 @@ class UpFrontCheck(Callback):
             plain = resolved(cfg)
             check_plain(plain)
         finally:
-            HydraConfig.instance().cfg = saved
+            hydra_compat.point_hydra_config(saved)
         if plain.get("check"):
             print(f"check: the config is valid; would train {describe(plain)}")
             print(f"  run directory: {run_dir}")
             raise SystemExit(0)
 
     def _multirun(self, config: DictConfig) -> None:
-        from hydra.core.hydra_config import HydraConfig
+        from nnlab.compat import hydra as hydra_compat
 
-        saved = HydraConfig.instance().cfg
+        saved = hydra_compat.hydra_config()
         str(config.hydra.sweep.dir)  # resolved once: every trial and Hydra share ${now:}, uid
         trials = sweep_trials(config)
         plan, composed = [], {}
@@ -880,7 +858,7 @@ class UpFrontCheck(Callback):
                 refuse_finished_other(Path(output_dir), plain, num, overrides)
                 plan.append(f"  #{num} {' '.join(overrides)} -> {output_dir}: {describe(plain)}")
         finally:
-            HydraConfig.instance().cfg = saved
+            hydra_compat.point_hydra_config(saved)
         if not config.get("check"):
             self._guard_sweep_dir(config)  # checked trials first: a refusal writes nothing
             return

@@ -9,6 +9,7 @@ these is Hydra's public API: each function below is tested against the installed
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -17,9 +18,12 @@ from typing import Any
 
 import hydra
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import OverrideType
 from hydra.core.utils import _save_config
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +98,53 @@ def intercept_sweep_loads(
 
     config_loader.load_sweep_config = load_sweep_config
     return original
+
+
+def split_sweep_arguments(parsed: Sequence[Any]) -> list[list[str]]:
+    """Every job's overrides of a basic-sweeper multirun, as Hydra's BasicSweeper expands them."""
+    return [
+        list(job) for batch in BasicSweeper.split_arguments(list(parsed), None) for job in batch
+    ]
+
+
+def compose_job(
+    config_loader: Any,
+    master: DictConfig,
+    overrides: list[str],
+    cache: dict,
+    load: Callable[[DictConfig, list[str]], DictConfig] | None = None,
+) -> DictConfig:
+    """A job's config as `load_sweep_config(master, overrides)` composes it (or `load`), once per
+    distinct set of config-group choices and overridden keys: the jobs of a grid that differ
+    only in values (seed=1 vs seed=2) share the defaults list, so a copy of the first one's
+    config gets the others' values the way Hydra applies them (a composition is a large part of
+    a small trial's cost: docs/performance.md). `cache` keeps the compositions between calls."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    values, shape = [], []
+    for o in parsed:
+        plain = (
+            not o.is_hydra_override()
+            and o.type == OverrideType.CHANGE
+            and o.package is None
+            and not o.is_sweep_override()
+            and not group_exists(config_loader, o.key_or_group)
+        )
+        shape.append(o.key_or_group if plain else o.input_line)
+        if plain:
+            values.append(o)
+    if tuple(shape) not in cache:
+        cfg = (load or config_loader.load_sweep_config)(master, list(overrides))
+        cache[tuple(shape)] = copy.deepcopy(cfg)
+        return cfg
+    cfg = copy.deepcopy(cache[tuple(shape)])
+    apply_overrides(values, cfg)
+    task = [o for o in parsed if not o.is_hydra_override()]
+    naming = cfg.hydra.job.config.override_dirname
+    with open_dict(cfg.hydra):
+        cfg.hydra.overrides.task = [o.input_line for o in task]
+        cfg.hydra.job.override_dirname = overrides_dirname(task, naming)
+    OmegaConf.copy_cache(from_config=master, to_config=cfg)
+    return cfg
 
 
 if (problem := version_problem()) is not None:

@@ -5,12 +5,22 @@ the run's assembly reads them (tasks/loops.py: `training_loop`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from nnlab.errors import ConfigError
+from nnlab.schema import PositiveInt
 
 LOOPS = ("lightning", "fused", "cuda_graph", "auto")
 RENAMED = ("fused_loop", "cuda_graph", "graph_batches")
+# What a task's config may say about how it is trained (nnlab.schema checks them as the task's
+# keys): these two, and the keys they replace in older checkpoints and saved configs.
+ENGINE_KEYS = {
+    "loop": Literal["lightning", "fused", "cuda_graph", "auto"],
+    "micro_batches": PositiveInt,
+    "fused_loop": bool,
+    "cuda_graph": bool | Literal["auto"],
+    "graph_batches": PositiveInt,
+}
 
 
 def loop_keys(loop: str, micro_batches: int, renamed: dict[str, Any]) -> tuple[str, int]:

@@ -20,8 +20,6 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import OverrideType
 from hydra.core.utils import (
     JobReturn,
     JobStatus,
@@ -149,39 +147,14 @@ def share_compositions(launcher: Any) -> None:
 
 
 def _compose(launcher: Any, overrides: list[str]) -> DictConfig:
-    """`load_sweep_config`, once per distinct set of config-group choices and overridden keys:
-    the jobs of a grid that differ only in values (seed=1 vs seed=2) share the defaults list,
-    so a copy of the first one's config gets the others' values the way Hydra applies them
-    (composing is a large part of a small trial's cost: docs/performance.md)."""
-    loader = launcher.hydra_context.config_loader
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    values, key = [], []
-    for o in parsed:
-        plain = (
-            not o.is_hydra_override()
-            and o.type == OverrideType.CHANGE
-            and o.package is None
-            and not o.is_sweep_override()
-            and not hydra_compat.group_exists(loader, o.key_or_group)
-        )
-        key.append(o.key_or_group if plain else o.input_line)
-        if plain:
-            values.append(o)
-    cache = launcher.__dict__.setdefault("_composed", {})
-    if tuple(key) not in cache:
-        load = launcher.__dict__.get("_load_sweep_config", loader.load_sweep_config)
-        cfg = load(launcher.config, overrides)
-        cache[tuple(key)] = copy.deepcopy(cfg)
-        return cfg
-    cfg = copy.deepcopy(cache[tuple(key)])
-    hydra_compat.apply_overrides(values, cfg)
-    task = [o for o in parsed if not o.is_hydra_override()]
-    naming = cfg.hydra.job.config.override_dirname
-    with open_dict(cfg.hydra):
-        cfg.hydra.overrides.task = [o.input_line for o in task]
-        cfg.hydra.job.override_dirname = hydra_compat.overrides_dirname(task, naming)
-    OmegaConf.copy_cache(from_config=launcher.config, to_config=cfg)
-    return cfg
+    """A job's config, composed once per shape of overrides (compat/hydra.py: compose_job)."""
+    return hydra_compat.compose_job(
+        launcher.hydra_context.config_loader,
+        launcher.config,
+        overrides,
+        launcher.__dict__.setdefault("_composed", {}),
+        load=launcher.__dict__.get("_load_sweep_config"),
+    )
 
 
 def _task_config(job_config: DictConfig) -> DictConfig:

@@ -15,9 +15,9 @@ from torch import nn
 
 from nnlab.config import reported
 from nnlab.data.base import DataModule
-from nnlab.engine.keys import engine_keys
+from nnlab.engine.keys import ENGINE_KEYS, engine_keys
 from nnlab.errors import ConfigError
-from nnlab.schema import PositiveInt, TargetNode
+from nnlab.schema import TargetNode
 from nnlab.tasks import optimizers
 
 log = logging.getLogger(__name__)
@@ -45,12 +45,8 @@ class Task(L.LightningModule):
 
     target_kind = "values"  # the data modules' target_kind this task learns
 
-    # The loop keys of older checkpoints and saved configs (engine/keys.py: loop_keys).
-    schema_extra_keys = {
-        "fused_loop": bool,
-        "cuda_graph": bool | Literal["auto"],
-        "graph_batches": PositiveInt,
-    }
+    # How the run trains the task (engine/keys.py), taken through **engine and checked there.
+    schema_extra_keys = ENGINE_KEYS
 
     def __init__(
         self,
@@ -60,10 +56,8 @@ class Task(L.LightningModule):
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         scheduler_monitor: str = "val/loss",
         channels_last: bool = False,
-        loop: Literal["lightning", "fused", "cuda_graph", "auto"] = "auto",
-        micro_batches: PositiveInt = 32,
         compile: bool | Mapping[str, Any] = False,
-        **renamed: Any,
+        **engine: Any,
     ):
         super().__init__()
         net, optimizer, scheduler = plain(net), plain(optimizer), plain(scheduler)
@@ -77,8 +71,7 @@ class Task(L.LightningModule):
                 "channels_last": channels_last,
                 # how the run trains it (read when the run is assembled): kept with the
                 # checkpoint, never acted on here
-                # (older checkpoints and saved configs: fused_loop/cuda_graph/graph_batches)
-                **engine_keys({"loop": loop, "micro_batches": micro_batches, **renamed}),
+                **engine_keys(engine),
                 "compile": plain(compile),
             }
         )
