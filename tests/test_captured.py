@@ -21,6 +21,7 @@ from omegaconf import open_dict
 from nnlab.engine.capabilities import graph_optimizer, why_not
 from nnlab.errors import ConfigError
 from nnlab.runs import Run
+from nnlab.schema import check_node
 from nnlab.tasks import loops
 from nnlab.tasks.captured import CapturedStep, plain_lrs
 from nnlab.tasks.classification import ClassificationTask
@@ -144,12 +145,15 @@ def test_the_keys_the_loop_had_before_still_load(given, expected):
 
 
 def test_bad_loop_keys_name_the_key():
-    with pytest.raises(ConfigError, match="task.loop"):
-        loops.loop_keys("fast", 8, {})
-    with pytest.raises(ConfigError, match="task.micro_batches"):
-        loops.loop_keys("auto", 0, {})
-    with pytest.raises(ConfigError, match="task.graph_batchez"):
-        loops.loop_keys("auto", 8, {"graph_batchez": 3})
+    """The schema checks the engine keys as the task's (engine/keys.py: ENGINE_KEYS)."""
+    task = {"_target_": "nnlab.tasks.regression.RegressionTask", "net": {"_target_": "x.Y"}}
+    with pytest.raises(ConfigError, match="task.loop: got 'fast'"):
+        check_node({**task, "loop": "fast"}, "task")
+    with pytest.raises(ConfigError, match="task.micro_batches: got 0"):
+        check_node({**task, "micro_batches": 0}, "task")
+    with pytest.raises(ConfigError, match="task.graph_batchez: unknown key"):
+        check_node({**task, "graph_batchez": 3}, "task")
+    check_node({**task, "loop": "fused", "micro_batches": 4, "fused_loop": True}, "task")
 
 
 RECIPE = (

@@ -528,7 +528,12 @@ def refusal(
     if "missing" in kinds and isinstance(first["loc"][-1], int):  # a fixed-length list
         parent, items, _ = _path(node, first["loc"][:-1])
         full = f"{key}{parent}".lstrip(".")
-        return ConfigError(full, f"got {items!r}; expected more items; set {full}=[...]")
+        wanted = 1 + max(
+            e["loc"][-1] for e in errors if e["type"] == "missing" and isinstance(e["loc"][-1], int)
+        )
+        return ConfigError(
+            full, f"got {items!r}; expected {wanted} items; set {full}=[...] with {wanted}"
+        )
     if "missing" in kinds:
         return ConfigError(full, f"must be set ({owner} needs it); add {full}=VALUE")
     expected = sorted({_expected(e) for e in same}, key=lambda s: (s == "null", s))
