@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from nnlab.data.tones import TonesDataModule
 from nnlab.errors import ConfigError
+from nnlab.schema import check_node
 from nnlab.tasks.classification import ClassificationTask
 from nnlab.tasks.multilabel import MultiLabelTask
 from nnlab.tasks.regression import RegressionTask
@@ -45,8 +46,9 @@ def test_regression_losses(loss, fn):
 
 
 def test_an_unknown_regression_loss_is_refused():
-    with pytest.raises(ConfigError, match="task.loss: unknown loss 'hinge'"):
-        RegressionTask(net=recurrent(1), loss="hinge")
+    task = {"_target_": "nnlab.tasks.regression.RegressionTask", "net": recurrent(1)}
+    with pytest.raises(ConfigError, match="task.loss: got 'hinge'; expected one of"):
+        check_node({**task, "loss": "hinge"}, "task")  # the schema, before anything is built
 
 
 def test_many_to_many_regression_scores_real_steps_only():
