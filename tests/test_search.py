@@ -144,7 +144,10 @@ def test_an_asynchronous_pruned_search(tmp_path):
         else:
             assert status["status"] == "completed"
             assert t.value == pytest.approx(metrics["val/mse"], rel=1e-6)
-    assert "pruned after epoch" in proc.stdout + proc.stderr
+    # which trials the median pruner stops depends on which finished first (the workers' timing);
+    # test_a_pruned_trial_stops_at_once prunes deterministically
+    if any(t.state == TrialState.PRUNED for t in trials):
+        assert "pruned after epoch" in proc.stdout + proc.stderr
     # nnlab-report: parameter importances of both swept parameters, and the plots
     ok(nnlab_report(sweep, cwd=tmp_path))
     with open(sweep / "report" / "importance.csv", newline="") as f:

@@ -47,4 +47,4 @@ def test_train_false_evaluates_a_checkpoint_and_test_false_skips_the_test_split(
 def test_the_switches_take_booleans_only(cli):
     result = cli(*QUICK, "train=maybe", check=False)
     assert result.returncode == 2
-    assert "error: train: expected true or false, got 'maybe'" in result.output
+    assert "error: train: got 'maybe'; expected true or false (YAML booleans only)" in result.output
