@@ -147,6 +147,17 @@ class TableEncoder:
     def output_size(self) -> int:
         return len(self.classes) if self.target_kind == "classes" else len(self.targets)
 
+    def sizes(self) -> dict[str, Any]:
+        """The size keys a model reads from the data config (`${nnlab.tabular:...}`)."""
+        return {
+            "input_size": self.input_size,
+            "flat_input_size": self.input_size,
+            "num_classes": len(self.classes) if self.target_kind == "classes" else None,
+            "num_labels": len(self.targets) if self.target_kind == "labels" else None,
+            "output_size": self.output_size,
+            "target_kind": self.target_kind,
+        }
+
     def input_names(self) -> list[str]:
         """What each input column is: `name` or `name=category`."""
         names = []
@@ -356,15 +367,7 @@ def table_size(name: str, *, _parent_: Any) -> Any:
     if int(data.get("generate") or 0) and not path.is_file():
         write_example_table(path, int(data.generate))  # one file whatever the run's seed
     table = cached_table(**table_settings(data))
-    enc = table.encoder
-    return {
-        "input_size": enc.input_size,
-        "flat_input_size": enc.input_size,
-        "num_classes": len(enc.classes) if enc.target_kind == "classes" else None,
-        "num_labels": len(enc.targets) if enc.target_kind == "labels" else None,
-        "output_size": enc.output_size,
-        "target_kind": enc.target_kind,
-    }[name]
+    return table.encoder.sizes()[name]
 
 
 def table_settings(data: Any) -> dict[str, Any]:
@@ -524,15 +527,7 @@ class TabularDataModule(DataModule):
     def _check_sizes(self) -> None:
         """The size keys of the data config are derived (`${nnlab.tabular:...}`), never typed:
         a typed one that disagrees with the table is refused."""
-        enc = self.encoder
-        real = {
-            "input_size": enc.input_size,
-            "flat_input_size": enc.input_size,
-            "num_classes": len(enc.classes) if enc.target_kind == "classes" else None,
-            "num_labels": len(enc.targets) if enc.target_kind == "labels" else None,
-            "output_size": enc.output_size,
-            "target_kind": enc.target_kind,
-        }
+        real = self.encoder.sizes()
         for key, given in self.sizes.items():
             if given is not None and given != real[key]:
                 raise ConfigError(
