@@ -159,6 +159,35 @@ def test_packed_trials_equal_sequential_trials(family, args, packed, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "averaging",
+    [
+        # each trial its own decay
+        ("averaging=ema", "averaging.decay=0.8,0.95", "trainer.max_epochs=2"),
+        # each trial its own SWA learning rate, taking over after the first epoch
+        (
+            "averaging=swa",
+            "averaging.start_epoch=1",
+            "averaging.lr=0.003,0.01",
+            "averaging.anneal_epochs=1",
+            "trainer.max_epochs=3",
+        ),
+    ],
+    ids=["ema", "swa"],
+)
+def test_packed_trials_average_weights_as_trials_alone(averaging, tmp_path):
+    """Weight averaging (engine/averaging.py): a packed trial validates, keeps and tests the
+    same averaged weights as the trial run alone, with accumulated windows of 3 batches."""
+    args = ["experiment=sine_mlp", "trainer.accumulate_grad_batches=3", "callbacks=[lr_monitor]"]
+    sequential, packed = sweep_both([*args, *averaging, "seed=1"], tmp_path)
+    for seq_run, pk_run in zip(trials_of(sequential), trials_of(packed), strict=True):
+        assert_same_run(seq_run, pk_run)
+        for run in (seq_run, pk_run):  # the trained weights beside the averaged ones
+            last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+            assert "current_model_state" in last
+
+
+@pytest.mark.slow
 def test_packed_cnn_with_batch_norm_and_cosine_schedule_equals_sequential(data_dir, tmp_path):
     args = [
         "experiment=mnist_cnn",
