@@ -188,6 +188,26 @@ def test_packed_trials_average_weights_as_trials_alone(averaging, tmp_path):
 
 
 @pytest.mark.slow
+def test_packed_trials_each_warm_up_on_their_own_schedule(tmp_path):
+    """conf/task/scheduler/warmup_cosine.yaml per optimizer step, windows of 3 batches: trials
+    warming up over 3 and 10 steps each follow their own schedule, as alone."""
+    args = [
+        "experiment=sine_mlp",
+        "trainer.max_epochs=2",
+        "trainer.accumulate_grad_batches=3",
+        "+task/scheduler@task.scheduler=warmup_cosine",
+        "task.scheduler.warmup_steps=3,10",
+        "task.scheduler.total_steps=16",
+        "task.scheduler_interval=step",
+        "callbacks=[lr_monitor]",
+        "seed=1",
+    ]
+    sequential, packed = sweep_both(args, tmp_path)
+    for seq_run, pk_run in zip(trials_of(sequential), trials_of(packed), strict=True):
+        assert_same_run(seq_run, pk_run)
+
+
+@pytest.mark.slow
 def test_packed_cnn_with_batch_norm_and_cosine_schedule_equals_sequential(data_dir, tmp_path):
     args = [
         "experiment=mnist_cnn",
