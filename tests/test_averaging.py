@@ -202,18 +202,26 @@ def test_the_fused_loop_averages_as_lightnings_loop(make_cfg, averaging):
     assert plain["val/loss"] != pytest.approx(fused["val/loss"], rel=1e-3)
 
 
-def test_a_run_resumed_with_ema_ends_where_an_unbroken_one_does(make_cfg):
+@pytest.mark.parametrize(
+    "averaging",
+    [
+        ("averaging=ema", "averaging.decay=0.9"),
+        ("averaging=swa", "averaging.lr=0.003", "averaging.anneal_epochs=2"),
+    ],
+    ids=["ema", "swa"],
+)
+def test_a_run_resumed_with_averaging_ends_where_an_unbroken_one_does(make_cfg, averaging):
     """The checkpoint holds the averaged weights as the network's and the trained ones beside
-    them: a run continued from it trains on from the trained weights and the same average."""
+    them: a run continued from it trains on from the trained weights, the same average and (SWA)
+    the same learning rate schedule."""
     recipe = (
         "experiment=sine_mlp",
-        "trainer.max_epochs=2",
+        "trainer.max_epochs=3",
         "checkpoint.save_top_k=-1",
         "data.shuffle=true",
         "data.shuffle_seed=7",
         "data.seed=5",
-        "averaging=ema",
-        "averaging.decay=0.9",
+        *averaging,
         "logger=none",
     )
     whole = train(make_cfg(*recipe))

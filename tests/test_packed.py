@@ -323,7 +323,12 @@ def test_the_group_resume_file_is_written_at_most_every_save_every_s(tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_packed_sweep_resumes_where_it_stopped(tmp_path):
+@pytest.mark.parametrize(
+    "averaging",
+    [(), ("averaging=swa", "averaging.start_epoch=1", "averaging.lr=0.003")],
+    ids=["plain", "swa"],  # SWA: the averaged weights, their count and SWALR's state come back
+)
+def test_killed_packed_sweep_resumes_where_it_stopped(tmp_path, averaging):
     args = [
         "-m",
         "hydra/launcher=packed",
@@ -333,6 +338,7 @@ def test_killed_packed_sweep_resumes_where_it_stopped(tmp_path):
         "callbacks=none",
         "logger=none",
         "hydra.launcher.save_every_s=0",  # the resume file after every epoch
+        *averaging,
     ]
     # uninterrupted, for the numbers the resumed sweep must end with
     reference = nnlab(args, tmp_path / "reference", tmp_path)

@@ -9,8 +9,10 @@ Semantics (those of Lightning's `WeightAveraging` with `use_buffers=False`,
 tests/test_averaging.py compares them):
 - `EMA(decay)`: after every optimizer step, avg = decay * avg + (1 - decay) * weights
   (torch.optim.swa_utils.get_ema_avg_fn); the first update copies the weights.
-- `SWA(start_epoch, lr, anneal_epochs)`: after every epoch from `start_epoch` on, the
-  equal-weight mean of those epochs' weights (get_swa_avg_fn); with `lr`, from `start_epoch` on
+- `SWA(start_epoch, lr, anneal_epochs)`: after every epoch's training batches from
+  `start_epoch` on (before that epoch's validation and checkpoint, so that a run resumed from
+  the checkpoint has the update), the equal-weight mean of those epochs' final weights
+  (get_swa_avg_fn); with `lr`, from `start_epoch` on
   torch's SWALR replaces the task's scheduler (annealing to `lr` over `anneal_epochs` epochs), as
   Lightning's StochasticWeightAveraging does.
 - Parameters are averaged; buffers (batch-norm statistics) are the trained network's.
@@ -102,6 +104,11 @@ class Averaging(L.Callback):
         if not self.driven and trainer.global_step > self.updated_step:
             self.updated_step = trainer.global_step
             self.after_optimizer_step(pl_module)
+        # the epoch's last batch: its update comes before the epoch's validation and checkpoint
+        # (a run resumed from that checkpoint has it)
+        if batch_idx + 1 == trainer.num_training_batches:
+            if self.updates_after_epoch(trainer.current_epoch):
+                self.update(pl_module)
 
     def take_over_lr(self, optimizer: torch.optim.Optimizer, epoch: int) -> Any:
         """The schedule that replaces the task's at the start of `epoch`, once (resumed: with
@@ -121,10 +128,6 @@ class Averaging(L.Callback):
         scheduler = self.take_over_lr(trainer.optimizers[0], trainer.current_epoch)
         if scheduler is not None:  # (as Lightning's StochasticWeightAveraging replaces it)
             trainer.strategy.lr_scheduler_configs = [LRSchedulerConfig(scheduler)]
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.updates_after_epoch(trainer.current_epoch):
-            self.update(pl_module)
 
     def _swap(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Averaged weights into the network, trained ones aside (and back): while fitting only

@@ -369,6 +369,12 @@ class PackedGroup:
                         if on and t.scheduler is not None and t.scheduler_interval == "step":
                             t.scheduler.step()
                     hp = self._hyperparameters()
+            if self.averaging is not None and not self.averaging.per_step:  # SWA: epoch ends
+                ends = [
+                    on and t.averaging.updates_after_epoch(epoch)
+                    for on, t in zip(active, trials, strict=True)
+                ]
+                self._average(torch.tensor(ends, device=device) & ~bad)
             bad_now = bad.tolist()
             step_counts = steps.long().tolist()
             val = self.evaluate("val", self.layout.split(self.eval_flat), self.buffers)
@@ -401,12 +407,6 @@ class PackedGroup:
                 improved[i] = self._end_of_epoch(t, epoch, metrics)
             if any(improved):
                 self._keep_best(improved)
-            if self.averaging is not None and not self.averaging.per_step:  # SWA: epoch ends
-                ends = [
-                    on and t.averaging.updates_after_epoch(epoch)
-                    for on, t in zip(active, trials, strict=True)
-                ]
-                self._average(torch.tensor(ends, device=device) & ~bad)
             if time.monotonic() - saved_at >= self.save_every_s or epoch + 1 == last_epoch:
                 self._save_group(state)
                 saved_at = time.monotonic()
