@@ -1,5 +1,5 @@
 """Write docs/reference/configuration.md from the declared schema (nnlab/schema.py): every key of
-every config group option (data, model, task, trainer, callbacks, logger, cluster) with its type,
+every config group option (data, model, task, trainer, callbacks, logger, cluster, averaging) with its type,
 default, choices and meaning, and nnlab-train's own keys.
 
     python scripts/gen_config_reference.py          # rewrite the file
@@ -23,7 +23,17 @@ from nnlab import CONF_DIR
 from nnlab.schema import Checkpointing, RunSettings, declared, type_text
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "reference" / "configuration.md"
-GROUPS = ("data", "model", "task", "task/scheduler", "trainer", "callbacks", "logger", "cluster")
+GROUPS = (
+    "data",
+    "model",
+    "task",
+    "task/scheduler",
+    "trainer",
+    "callbacks",
+    "logger",
+    "cluster",
+    "averaging",
+)
 KEY_LINE = re.compile(r"^(\s*)([A-Za-z_][\w]*):(.*)$")
 
 

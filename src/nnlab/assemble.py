@@ -53,6 +53,12 @@ def data_and_task(cfg: DictConfig, verbose: bool = True) -> tuple[Any, L.Lightni
     return datamodule, task
 
 
+def averaging(cfg: DictConfig) -> list[Any]:
+    """The `averaging` group's callback (engine/averaging.py), none for averaging=none."""
+    node = cfg.get("averaging")
+    return [build(node, "averaging")] if node and "_target_" in node else []
+
+
 def assemble(cfg: DictConfig, run: Run, extra_callbacks: Sequence[Any] = ()) -> Parts:
     """Data, task, callbacks (the configured ones, `extra_callbacks`, the run's checkpoints, the
     training loop), loggers and trainer of a run."""
@@ -69,6 +75,7 @@ def assemble(cfg: DictConfig, run: Run, extra_callbacks: Sequence[Any] = ()) -> 
     checkpointing = cfg.get("checkpoint") or {}
     callbacks = [
         *build_all(cfg.get("callbacks"), "callbacks"),
+        *averaging(cfg),
         *extra_callbacks,
         *run.callbacks(cfg.monitor, cfg.monitor_mode, checkpointing, cluster=cluster),
         NonFiniteLoss(),

@@ -213,6 +213,7 @@ class RunSettings(BaseModel):
     callbacks: dict[str, Any] | None = Field(None, description="callbacks group")
     logger: dict[str, Any] | None = Field(None, description="logger group")
     cluster: dict[str, Any] | None = Field(None, description="cluster group")
+    averaging: dict[str, Any] | None = Field(None, description="averaging group (ema, swa)")
 
 
 # -- annotations made strict -------------------------------------------------------------------
@@ -701,7 +702,16 @@ def check_plain(plain: dict[str, Any]) -> None:
     except ValidationError as exc:
         fields = {n: f.annotation for n, f in RunSettings.model_fields.items()}
         raise refusal("", settings, exc.errors(), "nnlab-train", fields) from None
-    for group in ("data", "model", "task", "trainer", "callbacks", "logger", "cluster"):
+    for group in (
+        "data",
+        "model",
+        "task",
+        "trainer",
+        "callbacks",
+        "logger",
+        "cluster",
+        "averaging",
+    ):
         _walk(plain.get(group), group)
 
 

@@ -145,7 +145,15 @@ class Task(L.LightningModule):
             scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
         except (TypeError, ValueError, RuntimeError) as exc:  # torch refused a value
             raise reported("task.scheduler", self.hparams.scheduler, exc) from exc
-        config = {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}
+        interval = self.hparams.scheduler_interval
+        counts = getattr(scheduler, "interval", interval)  # a schedule that says what it counts
+        if counts != interval:
+            raise ConfigError(
+                "task.scheduler_interval",
+                f"is {interval}, but {type(scheduler).__name__} counts {counts}s; "
+                f"set task.scheduler_interval={counts}",
+            )
+        config = {"scheduler": scheduler, "interval": interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = self.hparams.scheduler_monitor  # (Lightning's engine only)
         return {"optimizer": optimizer, "lr_scheduler": config}
