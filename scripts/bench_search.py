@@ -54,8 +54,13 @@ def run_search(args: list[str], workdir: Path) -> dict:
     study = optuna.load_study(study_name=info["study_name"], storage=open_storage(info["storage"]))
     epochs = 0
     for t in study.trials:
-        metrics = json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())
-        epochs += int(metrics["epochs"])
+        run = Path(t.user_attrs["run_dir"])
+        if (run / "metrics.json").is_file():
+            epochs += int(json.loads((run / "metrics.json").read_text())["epochs"])
+        else:  # a failed trial: the epochs it validated before it failed
+            epochs += len(t.intermediate_values)
+            status = json.loads((run / "status.json").read_text())
+            print(f"trial {t.number} {t.state.name}: {status.get('error')}", flush=True)
     states = [t.state.name for t in study.trials]
     return {
         "wall_s": round(wall, 1),
