@@ -158,3 +158,15 @@ def test_the_fused_loop_carries_the_state_as_lightnings_own(make_cfg):
     for key in ("test/mse", "val/loss"):
         assert fused[key] == pytest.approx(lightning[key], rel=1e-5), key
     assert fused["test/mse"] != pytest.approx(stateless["test/mse"], rel=1e-3)
+
+
+def test_a_traced_or_exported_stateful_network_is_one_call_from_its_initial_state(tmp_path):
+    """TensorBoard's graph and nnlab-export trace the network: from zeros, carrying nothing."""
+    stateful, plain = pair("gru")
+    x = torch.randn(3, 4, 3)
+    traced = torch.jit.trace(stateful, (x,), check_trace=True)  # a second trace agrees
+    stateful.reset_states()  # (the check also ran the module itself once)
+    with torch.no_grad():
+        assert torch.allclose(traced(x), plain(x), atol=1e-6)
+        assert torch.allclose(traced(x), plain(x), atol=1e-6)  # and carries nothing either
+    assert stateful.carried == {}

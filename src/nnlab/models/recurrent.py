@@ -163,7 +163,7 @@ class RecurrentNet(nn.Module):
     def carries(self) -> bool:
         """Stateful, and not being traced (a TensorBoard graph, an ONNX export: the network as
         one call from its initial state)."""
-        return self.stateful and not torch.jit.is_tracing()
+        return self.stateful and not (torch.jit.is_tracing() or torch.compiler.is_exporting())
 
     def reset_states(self, training: bool | None = None) -> None:
         """Forget the carried state (Keras' reset_states): training's, evaluation's or both."""
