@@ -21,8 +21,8 @@ Keras' `stateful=True` (`stateful: true`): each sample's state at the end of a b
 same row of the next batch starts (detached: gradients stop at the batch boundary), so batches
 must come in order (data.shuffle=false) and row i of consecutive batches must continue the same
 sequence. The carried state resets where an epoch of training starts and where each evaluation
-(validation, test, prediction) starts; training and evaluation carry their own. A last, shorter
-batch continues its rows' states. `initial_state`: where a sequence (or, stateful, an epoch)
+(validation, test, prediction) starts and ends (nnlab/tasks/base.py); training and evaluation
+carry their own. A last, shorter batch continues its rows' states. `initial_state`: where a sequence (or, stateful, an epoch)
 starts: `zeros` (torch's and Keras' default) or `learned` (a trained parameter per layer and
 direction, h and, for torch's LSTM, c; saved in checkpoints like any weight).
 """
