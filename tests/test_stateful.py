@@ -4,6 +4,8 @@ data, CUDA graphs, packed trials), and a learned start state trained and saved i
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -170,3 +172,30 @@ def test_a_traced_or_exported_stateful_network_is_one_call_from_its_initial_stat
         assert torch.allclose(traced(x), plain(x), atol=1e-6)
         assert torch.allclose(traced(x), plain(x), atol=1e-6)  # and carries nothing either
     assert stateful.carried == {}
+
+
+def test_a_run_continued_mid_epoch_carries_on_as_the_one_never_stopped(cli, tmp_path):
+    """A periodic checkpoint 20 batches into epoch 2 holds the carried state: training continued
+    from it ends with the uninterrupted run's numbers, bit for bit; without it (the state
+    dropped from the file) the next batch starts from zeros and the numbers differ."""
+    recipe = (
+        "experiment=sine_rnn", "model.stateful=true", "trainer.max_epochs=2",
+        "trainer.deterministic=true", "checkpoint.every_n_train_steps=7", "logger=none",
+        "callbacks=none", "task.loop=lightning",
+    )  # fmt: skip
+    cli(*recipe, f"hydra.run.dir={tmp_path / 'whole'}")
+    reference = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    middle = torch.load(tmp_path / "whole/checkpoints/periodic/step000042.ckpt", weights_only=False)
+    assert middle["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"] == 19
+    assert set(middle["carried_states"]) == {""}
+    torch.save(middle, tmp_path / "with_state.ckpt")
+    del middle["carried_states"]
+    torch.save(middle, tmp_path / "without_state.ckpt")
+    results = {}
+    for name in ("with_state", "without_state"):
+        run = tmp_path / f"from_{name}"
+        cli(*recipe, f"hydra.run.dir={run}", f"ckpt_path={tmp_path / name}.ckpt")
+        results[name] = json.loads((run / "metrics.json").read_text())
+    for key in ("test/mse", "val/loss", "global_step"):
+        assert results["with_state"][key] == reference[key], key
+    assert results["without_state"]["test/mse"] != reference["test/mse"]
