@@ -20,7 +20,7 @@ from typing import Annotated, Any
 from omegaconf import OmegaConf
 
 from nnlab import CONF_DIR
-from nnlab.schema import Checkpointing, RunSettings, declared, type_text
+from nnlab.schema import NETWORK_KEYS, Checkpointing, RunSettings, declared, type_text
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "reference" / "configuration.md"
 GROUPS = (
@@ -109,7 +109,10 @@ def node_table(
     names = [k for k in node if not k.startswith("_")]
     names += [k for k in spec.fields if k not in node and k not in ("net", "params", "optimizer")]
     for name in names:
-        annotation, default = spec.fields.get(name, (Any, inspect.Parameter.empty))
+        fields = {**spec.fields}
+        if key == "model":  # the keys every network takes besides its constructor's
+            fields |= {k: (a, None) for k, a in NETWORK_KEYS.items()}
+        annotation, default = fields.get(name, (Any, inspect.Parameter.empty))
         value = node.get(name, default)
         shown = "required" if value is inspect.Parameter.empty else cell(value)
         meaning = notes.get((*prefix, name), "")
@@ -118,7 +121,7 @@ def node_table(
             meaning = f"{meaning} (only with {selector}: {', '.join(variants)})".strip()
         if name not in node:
             meaning = f"{meaning} (not in this preset; the constructor's default)".strip()
-        kind = type_text(annotation) if name in spec.fields else "any (passed on)"
+        kind = type_text(annotation) if name in fields else "any (passed on)"
         lines.append(
             f"| `{key}.{name}` | {kind.replace('|', chr(92) + '|')} | {shown} | "
             f"{meaning.replace('|', chr(92) + '|')} |"

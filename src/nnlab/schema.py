@@ -563,6 +563,11 @@ def validate_mapping(
 
 # -- the check -----------------------------------------------------------------------------------
 _HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+# Keys every network (the run's `model` node) takes besides its constructor's; the task keeps
+# them with the network's config and the run acts on them (nnlab/assemble.py).
+NETWORK_KEYS: dict[str, Any] = {
+    "weights": str | None,  # Keras' weights=: a checkpoint or state-dict file loaded first
+}
 
 
 def check_node(node: dict, key: str) -> None:
@@ -579,6 +584,10 @@ def check_node(node: dict, key: str) -> None:
             "; name an importable class (module.Class) on the Python path",
         ) from None
     args = {k: v for k, v in node.items() if k not in _HYDRA_KEYS}
+    if key == "model":  # the network keys: checked here, not the constructor's
+        extra = {k: args.pop(k) for k in NETWORK_KEYS if k in args}
+        fields = {k: (annotation, None) for k, annotation in NETWORK_KEYS.items()}
+        validate_mapping(fields, extra, key, "a network")
     # a nested target node (the task's optimizer) is checked on its own: here only its _target_
     plain = {k: ({"_target_": v["_target_"]} if _is_target(v) else v) for k, v in args.items()}
     try:
