@@ -52,7 +52,7 @@ def parse_args(
         if not sep:
             raise UserError(f"{arg}: arguments are key=value; see --help")
         if key in values:
-            values[key] = value  # as typed: each command converts its own values
+            values[key] = Typed(value)  # as typed: `typed_arguments` gives it its type
         elif "." in key and run_overrides:
             overrides.append(arg)
         else:
@@ -64,6 +64,47 @@ def parse_args(
     return values, overrides
 
 
+class Typed(str):
+    """A command-line value as typed, before `typed_arguments` reads it."""
+
+
+def typed_arguments(fn: Callable, values: dict[str, Any], prog: str) -> dict[str, Any]:
+    """A command's arguments checked against its function's annotations (the command's
+    declaration: types, choices, bounds; defaults and meanings in conf/<command>.yaml) by the
+    schema's check, before anything runs. A value typed on the command line is read as Hydra's
+    grammar reads nnlab-train's (3, 0.5, true, null, [1,2]); a string stays as typed, and so
+    does a value where the annotation wants a string (text=123)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from nnlab.schema import adapter, declared, validate_mapping
+
+    spec = declared(f"{fn.__module__}.{fn.__qualname__}")
+    fields = {k: v for k, v in spec.fields.items() if k in values}
+    parser = OverridesParser.create()
+    out = dict(values)
+    for key, value in values.items():
+        if not isinstance(value, Typed):
+            continue
+        out[key] = str(value)
+        try:
+            (override,) = parser.parse_overrides([f"{key}={value}"])
+            parsed = None if override.is_sweep_override() else override.value()
+        except Exception:  # noqa: BLE001 - not Hydra's grammar (a quote, a comma list): text
+            continue
+        if override.is_sweep_override() or isinstance(parsed, str):
+            continue
+        try:
+            adapter(fields[key][0]).validate_python(parsed)
+            out[key] = parsed
+        except Exception:  # noqa: BLE001 - not of its type as read: as typed, if that is
+            try:
+                adapter(fields[key][0]).validate_python(str(value))
+            except Exception:  # noqa: BLE001 - neither: the check names what it expects
+                out[key] = parsed
+    validate_mapping(fields, out, "", prog)
+    return out
+
+
 def command(config_name: str, run_overrides: bool = True) -> Callable:
     """A console entry point: its arguments composed with `conf/<config_name>.yaml`, one clear
     line and exit 2 on a UserError, exit 0 on success (the function's result is not an exit
@@ -73,6 +114,7 @@ def command(config_name: str, run_overrides: bool = True) -> Callable:
         def call(argv: list[str]) -> Any:
             """The command's result (a path, a dict), for callers in Python."""
             options, overrides = parse_args(argv, config_name, run_overrides)
+            options = typed_arguments(fn, options, f"nnlab-{config_name}")
             return fn(overrides=overrides, **options) if run_overrides else fn(**options)
 
         @functools.wraps(fn)
@@ -176,6 +218,10 @@ def rerun_overrides(argv: list[str]) -> list[str]:
         return []
     ours = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "train.yaml").hydra)  # unresolved
     extra = [f"hydra.run.dir='{ours['run']['dir']}'", f"hydra.sweep.dir='{ours['sweep']['dir']}'"]
+    # our callbacks: the whole command checked before anything runs (check=true too), the
+    # saved config's old keys upgraded; a sweep's outcome
+    for name, node in ours.get("callbacks", {}).items():
+        extra.append(f"++hydra.callbacks.{name}._target_={node['_target_']}")
     if not any(arg.startswith("name=") for arg in argv):
         extra.append(f"name={OmegaConf.load(saved.parent / RESOLVED_CONFIG).get('name', 'rerun')}")
     return extra
@@ -205,10 +251,19 @@ def check_writable(argv: list[str]) -> None:
     target = Path(
         given[-1] if given else os.environ.get("NNLAB_OUTPUT_DIR") or "outputs"
     ).expanduser()
+    # Nothing is created here: a refused (or check=true) command leaves no empty folder. The
+    # nearest folder that exists must take new entries; Hydra makes the rest when a run starts.
+    existing = target.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        target.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=target):
-            pass
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        if existing == target.absolute():
+            with tempfile.TemporaryFile(dir=target):  # writable? (removed at once)
+                pass
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
     except OSError as exc:
         raise UserError(
             f"paths.log_dir: cannot write run directories under {target} ({exc.strerror}); point "

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 from nnlab.cli import command, load_datamodule, load_task, run_config
-from nnlab.errors import UserError
 from nnlab.runs import EVAL_METRICS, Run, write_json
 
 
+# The arguments' types are their declaration (checked before anything runs); their defaults and
+# meanings are in conf/eval.yaml (what --help prints).
 @command("eval")
-def main(run: str, ckpt: str, split: str, accelerator: str, overrides: list[str]) -> dict:
-    if split not in ("test", "val"):
-        raise UserError(f"split: must be test or val, got {split!r}")
+def main(
+    run: str | None,
+    ckpt: str,
+    split: Literal["test", "val"],
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"],
+    overrides: list[str],
+) -> dict:
     run_dir = Run.open(run)
     cfg = run_config(run_dir, overrides)
     task, path = load_task(run_dir, cfg, ckpt)

@@ -3,28 +3,50 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
 from nnlab.cli import command, load_task, output_dir, run_config
 from nnlab.config import build
-from nnlab.data.base import Encoded
 from nnlab.errors import ConfigError, UserError
 from nnlab.runs import PREDICTIONS, Run
+from nnlab.schema import NonNegativeInt, PositiveFloat, PositiveInt, Seed
+
+if TYPE_CHECKING:
+    import torch
+
+    from nnlab.data.base import Encoded
 
 
-@torch.no_grad()
+def no_grad(fn):
+    """torch.no_grad() around `fn`, torch imported when it runs: `nnlab-predict --help` and a
+    refused argument answer without torch (tests/test_startup.py)."""
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return call
+
+
+@no_grad
 def forecast(task, datamodule, encoded: Encoded, steps: int):
     """Rows of (kind, t, column, target, prediction): one step ahead of each window for each
     target column, then a recursive forecast of `steps` rows past the end (each prediction fed
     back as input; only where the targets are the features)."""
+    import torch
+
     (windows,) = datamodule.batch_transform(encoded.inputs)
     table, window, targets = encoded.raw, datamodule.window, datamodule.targets
     columns = [datamodule.names.index(t) for t in targets]
@@ -105,7 +127,7 @@ def show(header: list[str], rows, title: str, limit: int = 10) -> None:
         print(f"({len(rows) - limit} more rows in the CSV file)")
 
 
-@torch.no_grad()
+@no_grad
 def classify(task, datamodule, encoded: Encoded, chunk: int = 256):
     """Rows of (name, predicted class, its probability, every class's probability); for a
     multi-label task (name, the labels present, every label's probability)."""
@@ -132,7 +154,7 @@ def classify(task, datamodule, encoded: Encoded, chunk: int = 256):
     return header, rows
 
 
-@torch.no_grad()
+@no_grad
 def regress(task, datamodule, encoded: Encoded, chunk: int = 256):
     """Rows of (name, each target's predicted value in the data's units): regression on
     independent samples (tables of rows)."""
@@ -152,7 +174,7 @@ def layer_names(net: torch.nn.Module) -> list[str]:
     return [name for name, _ in net.named_modules() if name]
 
 
-@torch.no_grad()
+@no_grad
 def extract_features(task, datamodule, encoded: Encoded, layer: str, chunk: int = 256):
     """(what was captured, its activations (N, ...) as a numpy array): the output of the layer
     named `layer` (a name of `task.net.named_modules()`), or, for `penultimate` / empty, the
@@ -219,26 +241,26 @@ def generate(task, datamodule, prompt, length, temperature, top_k, seed) -> dict
     return {**task.generate(datamodule, prompt or "", **settings), **settings}
 
 
+# The arguments' types are their declaration (checked before anything runs); their defaults and
+# meanings are in conf/predict.yaml (what --help prints).
 @command("predict")
 def main(
-    run,
-    input,
-    text,
-    ckpt,
-    out,
-    steps,
-    column,
-    prompt,
-    length,
-    temperature,
-    top_k,
-    seed,
-    features,
-    overrides,
-) -> Path:  # noqa: A002 (the CLI's word)
-    n_steps = number("steps", steps, int)
-    if n_steps < 0:
-        raise UserError(f"steps: must be >= 0, got {n_steps}")
+    run: str | None,
+    input: str | None,  # noqa: A002 (the CLI's word)
+    text: str | None,
+    ckpt: str,
+    out: str | None,
+    steps: NonNegativeInt,
+    column: str | None,
+    prompt: str | None,
+    length: PositiveInt,
+    temperature: PositiveFloat,
+    top_k: PositiveInt | None,
+    seed: Seed,
+    features: str | None,
+    overrides: list[str],
+) -> Path:
+    n_steps = steps
     run_dir = Run.open(run)
     cfg = run_config(run_dir, overrides)
     if column:  # the CSV column the series is read from
