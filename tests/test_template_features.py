@@ -48,3 +48,47 @@ def test_the_switches_take_booleans_only(cli):
     result = cli(*QUICK, "train=maybe", check=False)
     assert result.returncode == 2
     assert "error: train: got 'maybe'; expected true or false (YAML booleans only)" in result.output
+
+
+def test_eval_of_a_checkpoint_alone(cli, tmp_path):
+    """`nnlab-eval ckpt=PATH` with no run directory: the checkpoint holds its run's config, from
+    which the data and the task are rebuilt; through the installed command, the run's own
+    directory moved away first so that nothing can come from it."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    trained = cli(*QUICK, "trainer.max_epochs=2")
+    metrics = trained.metrics()
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    ckpt = alone / "model.ckpt"
+    shutil.copy(metrics["best_checkpoint"], ckpt)
+    shutil.move(str(trained.run_dir()), tmp_path / "moved")  # no run directory to read
+
+    def nnlab_eval(*args: str) -> subprocess.CompletedProcess:
+        command = Path(sys.executable).parent / "nnlab-eval"
+        return subprocess.run(
+            [str(command), *args], capture_output=True, text=True, cwd=tmp_path, timeout=600
+        )
+
+    proc = nnlab_eval(f"ckpt={ckpt}", "accelerator=cpu")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    record = json.loads((alone / "model.eval_metrics.json").read_text())
+    assert record["test/mse"] == metrics["test/mse"]  # the run's test of its best checkpoint
+    assert record["checkpoint"] == str(ckpt) and record["split"] == "test"
+    # an override of the saved config is checked by the schema, as nnlab-train's are
+    proc = nnlab_eval(f"ckpt={ckpt}", "data.batch_size=0")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: data.batch_size: got 0")
+    # a checkpoint without the run's config (saved before nnlab kept it) is one clear line
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    del saved["nnlab_config"]
+    torch.save(saved, alone / "old.ckpt")
+    proc = nnlab_eval(f"ckpt={alone / 'old.ckpt'}")
+    assert proc.returncode == 2
+    assert "holds no run config" in proc.stderr and "pass run=" in proc.stderr
+    assert sorted(p.name for p in alone.iterdir()) == ["model.ckpt", "model.eval_metrics.json", "old.ckpt"]  # fmt: skip

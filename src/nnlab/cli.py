@@ -136,10 +136,40 @@ def run_config(run: Run, overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def load_task(run: Run, cfg: DictConfig, ckpt: str | None):
-    """The run's task with the checkpoint's weights; refuses a checkpoint of another network."""
-    path = run.checkpoint(ckpt)
-    check_checkpoint(path, cfg.model, owner=str(run.root))
+def checkpoint_config(path: Path, overrides: list[str]) -> DictConfig:
+    """The config a checkpoint was trained with (a run saves it in each of its checkpoints:
+    nnlab/callbacks/run_config.py), the command's dotted overrides on top (data.data_dir=...
+    where the data moved), old keys upgraded, checked by the schema."""
+    from nnlab.callbacks.run_config import CONFIG_KEY
+    from nnlab.checkpoint_io import checkpoint_problem
+    from nnlab.schema import check
+
+    if not path.is_file():
+        raise UserError(f"ckpt: checkpoint {path} not found; pass a .ckpt file, or run=<run dir>")
+    if problem := checkpoint_problem(path):
+        raise UserError(f"ckpt: {path} is damaged ({problem}); use another checkpoint")
+    import torch
+
+    saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    if not isinstance(saved, dict) or CONFIG_KEY not in saved:
+        raise UserError(
+            f"ckpt: {path} holds no run config (checkpoints written before nnlab kept it, or by "
+            "a packed sweep's group); pass run=<the run directory it belongs to>"
+        )
+    cfg = OmegaConf.create(saved[CONFIG_KEY])
+    cfg.paths.output_dir = str(path.parent.absolute())
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    upgrade_saved(cfg, f"{path}'s config")
+    check(cfg)
+    return cfg
+
+
+def load_task(run: Run | None, cfg: DictConfig, ckpt: str | None):
+    """The run's task with the checkpoint's weights; refuses a checkpoint of another network.
+    Without a run, `ckpt` is the checkpoint's path (its config from `checkpoint_config`)."""
+    path = run.checkpoint(ckpt) if run is not None else Path(str(ckpt)).expanduser()
+    check_checkpoint(path, cfg.model, owner=str(run.root) if run else "its saved config")
     task_class = get_class(cfg.task._target_)
     try:
         task = task_class.load_from_checkpoint(path, map_location="cpu", weights_only=False)
