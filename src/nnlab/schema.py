@@ -754,6 +754,83 @@ def _interpolation(cfg: DictConfig, key: str) -> str | None:
     return None
 
 
+# -- unknown keys of nnlab's classes, found before their modules (and torch) are imported --------
+# class attributes that leave the keys a class takes as its __init__'s parameters
+_KEYS_UNCHANGED = {"schema_applies", "schema_old_defaults", "schema_check"}
+
+
+def source_keys(target: str) -> frozenset[str] | None:
+    """The keys an nnlab class takes, read from its module's source without importing it (an
+    import of nnlab.models is an import of torch: a refused key answers in a fraction of the
+    time, tests/test_startup.py). Only where the source says all: the class's own `__init__`
+    without `**kwargs`, no decorator, no schema attribute that adds or removes keys. None
+    otherwise, and for a module already imported (`declared` is as quick then)."""
+    import sys
+
+    module = target.rpartition(".")[0]
+    return None if module in sys.modules else keys_in_source(target)
+
+
+@functools.cache
+def keys_in_source(target: str) -> frozenset[str] | None:
+    """`source_keys`, imported or not (tests compare it with `declared`)."""
+    import ast
+
+    module, _, name = target.rpartition(".")
+    if not module.startswith("nnlab."):
+        return None
+    root = Path(__file__).parent.joinpath(*module.split(".")[1:])
+    path = root / "__init__.py" if root.is_dir() else root.with_suffix(".py")
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name]
+    if len(classes) != 1 or classes[0].decorator_list:
+        return None
+    init = None
+    for node in classes[0].body:
+        targets = [node.target] if isinstance(node, ast.AnnAssign) else getattr(node, "targets", [])
+        names = {t.id for t in targets if isinstance(t, ast.Name)}
+        if isinstance(node, ast.FunctionDef):
+            names.add(node.name)
+        if any(n.startswith("schema_") and n not in _KEYS_UNCHANGED for n in names):
+            return None
+        if isinstance(node, ast.FunctionDef) and node.name == "__init__":
+            init = node.args
+    if init is None or init.kwarg is not None:
+        return None
+    params = [a.arg for a in (*init.posonlyargs, *init.args, *init.kwonlyargs)]
+    return frozenset(params[1:])
+
+
+def refuse_unknown_from_source(value: Any, key: str = "") -> None:
+    """The unknown keys of every target node `source_keys` can judge, refused as `check_node`
+    refuses them (the same message), before any target is imported."""
+    if isinstance(value, list):
+        for i, child in enumerate(value):
+            refuse_unknown_from_source(child, f"{key}[{i}]")
+        return
+    if not isinstance(value, dict):
+        return
+    for name, child in value.items():
+        refuse_unknown_from_source(child, f"{key}.{name}" if key else str(name))
+    target = value.get("_target_")
+    keys = source_keys(target) if isinstance(target, str) else None
+    if keys is None:
+        return
+    args = {k: v for k, v in value.items() if k not in _HYDRA_KEYS}
+    if set(args) <= keys:
+        return
+    config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    model = create_model("Source", __config__=config, **{k: (Any, None) for k in keys})
+    try:
+        model.model_validate(args)
+    except ValidationError as exc:
+        errors = [e for e in exc.errors() if e["type"] == "extra_forbidden"]
+        raise refusal(key, args, errors, target, dict.fromkeys(keys, Any)) from None
+
+
 def check_plain(plain: dict[str, Any]) -> None:
     """`check` of a resolved config (plain dicts and lists, no `hydra` node)."""
     settings = {k: v for k, v in plain.items() if k in RunSettings.model_fields}
@@ -771,7 +848,10 @@ def check_plain(plain: dict[str, Any]) -> None:
     except ValidationError as exc:
         fields = {n: f.annotation for n, f in RunSettings.model_fields.items()}
         raise refusal("", settings, exc.errors(), "nnlab-train", fields) from None
-    for group in ("data", "model", "task", "trainer", "callbacks", "logger", "cluster"):
+    groups = ("data", "model", "task", "trainer", "callbacks", "logger", "cluster")
+    for group in groups:  # an unknown key of nnlab's classes: no import (of torch) to say so
+        refuse_unknown_from_source(plain.get(group), group)
+    for group in groups:
         _walk(plain.get(group), group)
 
 
