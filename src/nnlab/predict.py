@@ -16,7 +16,7 @@ from rich.table import Table
 
 from nnlab.cli import command, load_task, output_dir, run_config
 from nnlab.config import build
-from nnlab.errors import ConfigError, UserError
+from nnlab.errors import UserError
 from nnlab.runs import PREDICTIONS, Run
 from nnlab.schema import NonNegativeInt, PositiveFloat, PositiveInt, Seed
 
@@ -219,25 +219,10 @@ def extract_features(task, datamodule, encoded: Encoded, layer: str, chunk: int 
     return what, np.concatenate([c.numpy() for c in captured])
 
 
-def number(key: str, value, kind: type, optional: bool = False):
-    """A command-line value (as typed) as `kind`; `null`/`none` for None when `optional`."""
-    if value is None or (optional and str(value).lower() in ("null", "none", "")):
-        return None
-    try:
-        return kind(value)
-    except ValueError:
-        what = "a whole number" if kind is int else "a number"
-        raise ConfigError(key, f"expected {what}, got {value!r}") from None
-
-
 def generate(task, datamodule, prompt, length, temperature, top_k, seed) -> dict:
-    """Language-model runs: text sampled after the prompt, with the settings that made it."""
-    settings = {
-        "length": number("length", length, int),
-        "temperature": number("temperature", temperature, float),
-        "top_k": number("top_k", top_k, int, optional=True),
-        "seed": number("seed", seed, int),
-    }
+    """Language-model runs: text sampled after the prompt, with the settings that made it
+    (typed and checked with the command's arguments: `main`'s annotations)."""
+    settings = {"length": length, "temperature": float(temperature), "top_k": top_k, "seed": seed}
     return {**task.generate(datamodule, prompt or "", **settings), **settings}
 
 
@@ -260,7 +245,6 @@ def main(
     features: str | None,
     overrides: list[str],
 ) -> Path:
-    n_steps = steps
     run_dir = Run.open(run)
     cfg = run_config(run_dir, overrides)
     if column:  # the CSV column the series is read from
@@ -297,7 +281,7 @@ def main(
     encoded = datamodule.encode([text] if text is not None else input)
     forecasting = datamodule.horizon is not None  # else a classifier (datamodule.classes)
     if forecasting:  # one step ahead, then recursively
-        rows = forecast(task, datamodule, encoded, n_steps)
+        rows = forecast(task, datamodule, encoded, steps)
         header = ["kind", "t", "column", "target", "prediction"]
     elif task.target_kind == "values":  # regression on independent samples (tables)
         header, rows = regress(task, datamodule, encoded)
