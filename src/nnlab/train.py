@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from nnlab import CONF_DIR
 from nnlab.cli import check_writable, rerun_overrides, resumed_config, unparsable_argument
@@ -159,7 +159,7 @@ def main() -> None:
         cause = user_error_cause(exc) or exc
         message = " ".join(line.strip() for line in str(cause).splitlines() if line.strip())
         inner = exc.__cause__  # "Error merging override k=v": what OmegaConf said of the value
-        if cause is exc and isinstance(inner, OmegaConfBaseException):
+        if cause is exc and isinstance(inner, ValidationError):  # a value of the wrong type
             said = next((line.strip() for line in str(inner).splitlines() if line.strip()), "")
             message = f"{message}: {said}" if said and said not in message else message
         if (bad := unparsable_argument(sys.argv[1:])) is not None:  # name it: Hydra does not
