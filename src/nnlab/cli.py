@@ -281,21 +281,32 @@ def check_writable(argv: list[str]) -> None:
     target = Path(
         given[-1] if given else os.environ.get("NNLAB_OUTPUT_DIR") or "outputs"
     ).expanduser()
-    # Nothing is created here: a refused (or check=true) command leaves no empty folder. The
-    # nearest folder that exists must take new entries; Hydra makes the rest when a run starts.
-    existing = target.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    # Nothing is left here: a refused (or check=true) command leaves no empty folder. The
+    # folders that do not exist yet are made for the probe and removed after it (Hydra makes
+    # them again when a run starts); one another process made meanwhile is left to it.
+    made: list[Path] = []
+    missing = []
+    folder = target.absolute()
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
     try:
-        if not existing.is_dir():
-            raise NotADirectoryError(20, "Not a directory")
-        if existing == target.absolute():
-            with tempfile.TemporaryFile(dir=target):  # writable? (removed at once)
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+                made.append(folder)
+            except FileExistsError:
                 pass
-        elif not os.access(existing, os.W_OK | os.X_OK):
-            raise PermissionError(13, "Permission denied")
+        with tempfile.TemporaryFile(dir=target):  # writable? (removed at once)
+            pass
     except OSError as exc:
         raise UserError(
             f"paths.log_dir: cannot write run directories under {target} ({exc.strerror}); point "
             "NNLAB_OUTPUT_DIR or paths.log_dir=... at a writable directory"
         ) from None
+    finally:
+        for folder in reversed(made):
+            try:
+                folder.rmdir()
+            except OSError:  # another command's run directory is in it now
+                pass
