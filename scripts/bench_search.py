@@ -1,12 +1,15 @@
 """Benchmark of nnlab's sweeper (docs/search.md), run through the installed nnlab-train:
 
-1. pruning: the same 32-trial TPE search of sine_mlp (conf/hparams_search/sine_mlp_optuna.yaml,
-   same sampler seed) without a pruner and with one: epochs trained and the best val/mse found;
+1. pruning: the same TPE search (32 trials of sine_mlp, conf/hparams_search/sine_mlp_optuna.yaml,
+   or 16 of a shortened mnist_lstm, mnist_lstm_optuna.yaml; same sampler seed) without a pruner
+   and with one: epochs trained and the best validation metric found;
 2. asynchronous vs batch-synchronous workers: trials of unequal length (trainer.max_epochs in
    the search space), n_jobs=2, the same grid of trials both ways: wall time.
 
     python scripts/bench_search.py                      # both, defaults below
     python scripts/bench_search.py --only prune --trials 32 --epochs 20 --pruner median
+    python scripts/bench_search.py --only prune --search mnist_lstm --trials 16 --epochs 6 \
+        --pruner-args "{n_startup_trials:4,n_warmup_steps:2}"      # needs NNLAB_DATA_DIR (MNIST)
     python scripts/bench_search.py --only async --async-trials 8
 
 Prints a Markdown table per part and writes the numbers as JSON (--out).
@@ -64,8 +67,12 @@ def run_search(args: list[str], workdir: Path) -> dict:
     }
 
 
-def bench_pruning(n: int, epochs: int, pruner: str, pruner_args: str) -> dict:
-    base = ["experiment=sine_mlp", "hparams_search=sine_mlp_optuna", f"hydra.sweeper.n_trials={n}"]
+def bench_pruning(n: int, epochs: int, pruner: str, pruner_args: str, search: str) -> dict:
+    base = [
+        f"experiment={search}",
+        f"hparams_search={search}_optuna",
+        f"hydra.sweeper.n_trials={n}",
+    ]
     base += [f"trainer.max_epochs={epochs}", "hydra.sweeper.storage=null"]
     out = {}
     for name, extra in (
@@ -104,6 +111,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--only", choices=["prune", "async"], default=None)
+    p.add_argument("--search", choices=["sine_mlp", "mnist_lstm"], default="sine_mlp")
     p.add_argument("--trials", type=int, default=32)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--pruner", default="median")
@@ -116,9 +124,11 @@ def main() -> None:
     a = p.parse_args()
     results = {}
     if a.only in (None, "prune"):
-        r = results["pruning"] = bench_pruning(a.trials, a.epochs, a.pruner, a.pruner_args)
+        r = results["pruning"] = bench_pruning(
+            a.trials, a.epochs, a.pruner, a.pruner_args, a.search
+        )
         print(
-            f"\n| {a.trials} trials x {a.epochs} epochs | epochs trained | best val/mse | pruned | wall s |"
+            f"\n| {a.search}, {a.trials} trials x {a.epochs} epochs | epochs trained | best | pruned | wall s |"
         )
         print("|---|---|---|---|---|")
         for name, v in r.items():
