@@ -74,6 +74,8 @@ def test_a_search_space_leaving_a_bound_runs_nothing(
     code, output = _train(argv, tmp_path, monkeypatch, capfd)
     if key is None:
         assert code == 0 and "check: every config is valid" in output, output[-2000:]
+        # lr's two ends, hidden_sizes' four choices, batch_size's three, window's two ends
+        assert "its space checked at 11 point(s)" in output
         _nothing_written(tmp_path)  # check=true: the study's folder is not made either
         return
     assert code == 2, output[-2000:]

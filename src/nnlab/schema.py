@@ -1036,11 +1036,12 @@ class UpFrontCheck(Callback):
         saved = hydra_compat.hydra_config()
         str(config.hydra.sweep.dir)  # resolved once: every trial and Hydra share ${now:}, uid
         trials = sweep_trials(config)
-        plan, composed = [], {}
+        plan, composed, probes = [], {}, []
         try:
             check_hydra_settings(hydra_settings(config))
             if trials is None:  # a search: every end of its space now, as trials would get it
-                for overrides, points in search_probes(config):
+                probes = search_probes(config)
+                for overrides, points in probes:
                     cfg = _trial_config(config, overrides, 0, composed)
                     _with_output_dir(cfg, str(cfg.hydra.sweep.dir))
                     try:
@@ -1077,7 +1078,12 @@ class UpFrontCheck(Callback):
         if not config.get("check"):
             self._guard_sweep_dir(config)  # checked trials first: a refusal writes nothing
             return
-        what = f"{len(plan)} trial(s)" if plan else "a search (its trials are chosen as it runs)"
+        what = (
+            f"{len(plan)} trial(s)"
+            if plan
+            else f"a search (its trials are chosen as it runs; its space checked at {len(probes)} "
+            "point(s): every choice, every interval's and range's ends)"
+        )
         print(f"check: every config is valid; the sweep would run {what}")
         print("\n".join(plan))
         raise SystemExit(0)
