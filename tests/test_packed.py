@@ -447,11 +447,16 @@ def test_optuna_batches_of_n_jobs_trials_are_packed(tmp_path):
 @pytest.mark.parametrize(
     "setting,message",
     [
-        (
+        (  # the schema's check (the launcher's annotations), before any trial
             "recurrent=fast",
-            "hydra.launcher.recurrent: 'fast'; choose one of auto, batched, per_trial",
+            "hydra.launcher.recurrent: got 'fast'; expected one of 'auto', 'batched' or "
+            "'per_trial'; set hydra.launcher.recurrent=... to such a value",
         ),
-        ("save_every_s=-1", "hydra.launcher.save_every_s: must be >= 0, got -1"),
+        (
+            "save_every_s=-1",
+            "hydra.launcher.save_every_s: got -1; expected a number >= 0; set "
+            "hydra.launcher.save_every_s=... to such a value",
+        ),
     ],
 )
 def test_a_bad_launcher_setting_is_refused(tmp_path, setting, message):

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from nnlab.cli import command, load_datamodule, load_task, output_dir, run_config
 from nnlab.errors import UserError
 from nnlab.runs import EXPORT, Run, write_json
+from nnlab.schema import NonNegativeFloat
+
+if TYPE_CHECKING:  # torch is imported where it is used: `nnlab-export --help` answers without it
+    import torch
 
 
 def export_torchscript(net: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: Path):
+    import torch
+
     traced = torch.jit.trace(net, inputs)
     traced.save(str(path))
     loaded = torch.jit.load(str(path))
@@ -19,6 +24,8 @@ def export_torchscript(net: torch.nn.Module, inputs: tuple[torch.Tensor, ...], p
 
 
 def export_onnx(net: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: Path):
+    import torch
+
     try:
         import onnxruntime
     except ImportError:
@@ -59,10 +66,17 @@ EXPORTERS = {
 }
 
 
+# The arguments' types are their declaration (checked before anything runs); their defaults and
+# meanings are in conf/export.yaml (what --help prints).
 @command("export")
-def main(run, format, ckpt, out, atol, overrides) -> Path:  # noqa: A002 (the CLI's word)
-    if format not in EXPORTERS:
-        raise UserError(f"format: must be one of {', '.join(EXPORTERS)}, got {format!r}")
+def main(
+    run: str | None,
+    format: Literal["torchscript", "onnx"],  # noqa: A002 (the CLI's word)
+    ckpt: str,
+    out: str | None,
+    atol: NonNegativeFloat,
+    overrides: list[str],
+) -> Path:
     run_dir = Run.open(run)
     cfg = run_config(run_dir, overrides)
     task, ckpt_path = load_task(run_dir, cfg, ckpt)
@@ -70,6 +84,8 @@ def main(run, format, ckpt, out, atol, overrides) -> Path:  # noqa: A002 (the CL
     inputs = model_inputs(load_datamodule(cfg, "test"))
     exporter, filename = EXPORTERS[format]
     path = output_dir(run_dir, out, EXPORT) / filename
+    import torch
+
     with torch.no_grad():
         expected = net(*inputs)
         exported = exporter(net, inputs, path)
