@@ -640,6 +640,12 @@ NETWORK_KEYS: dict[str, Any] = {
 }
 
 
+def keys_besides_target(key: str) -> dict[str, Any]:
+    """What the node at dotted `key` takes besides its target's keys (the run's network, `model`:
+    NETWORK_KEYS); every check of a node's keys asks this."""
+    return NETWORK_KEYS if key == "model" else {}
+
+
 def check_node(node: dict, key: str) -> None:
     """One node with a `_target_` (after its nested target nodes, checked first)."""
     target = node.get("_target_")
@@ -654,9 +660,9 @@ def check_node(node: dict, key: str) -> None:
             "; name an importable class (module.Class) on the Python path",
         ) from None
     args = {k: v for k, v in node.items() if k not in _HYDRA_KEYS}
-    if key == "model":  # the network keys: checked here, not the constructor's
-        extra = {k: args.pop(k) for k in NETWORK_KEYS if k in args}
-        fields = {k: (annotation, None) for k, annotation in NETWORK_KEYS.items()}
+    if besides := keys_besides_target(key):  # the network keys: checked here, not the constructor's
+        extra = {k: args.pop(k) for k in besides if k in args}
+        fields = {k: (annotation, None) for k, annotation in besides.items()}
         validate_mapping(fields, extra, key, "a network")
     # a nested target node (the task's optimizer) is checked on its own: here only its _target_
     plain = {k: ({"_target_": v["_target_"]} if _is_target(v) else v) for k, v in args.items()}
@@ -829,7 +835,7 @@ def refuse_unknown_from_source(value: Any, key: str = "") -> None:
     keys = source_keys(target) if isinstance(target, str) else None
     if keys is None:
         return
-    args = {k: v for k, v in value.items() if k not in _HYDRA_KEYS}
+    args = {k: v for k, v in value.items() if k not in {*_HYDRA_KEYS, *keys_besides_target(key)}}
     if set(args) <= keys:
         return
     config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
