@@ -76,6 +76,28 @@ def test_eval_val_split_and_last_checkpoint(trained):
     assert evaluated["checkpoint"].endswith("last.ckpt")
 
 
+@pytest.mark.parametrize("module", ["nnlab.evaluate", "nnlab.predict", "nnlab.export"])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("data.batchsize=7", "data.batchsize: unknown key"),
+        ("data.batch_size=0", "data.batch_size: got 0"),
+        ("model.hidden_sizes=abc", "model.hidden_sizes"),
+    ],
+)
+def test_a_runs_config_overrides_are_checked(trained, module, override, message):
+    """eval/predict/export of a run take dotted overrides of its saved config: each is checked by
+    the schema as nnlab-train checks it, not merged in silently."""
+    root, runs = trained
+    run = runs["sine_mlp"]
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    result = command(root, module, f"run={run}", override, check=False)
+    assert result.returncode == 2, result.output[-3000:]
+    assert f"error: {message}" in result.output, result.output[-3000:]
+    assert "Traceback" not in result.output
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # nothing written
+
+
 def read_predictions(out):
     with open(out / "predictions.csv", newline="") as f:
         return list(csv.DictReader(f))

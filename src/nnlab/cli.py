@@ -130,9 +130,16 @@ def command(config_name: str, run_overrides: bool = True) -> Callable:
 
 
 def run_config(run: Run, overrides: list[str]) -> DictConfig:
+    """The run's saved config with the command's dotted overrides on top; with overrides, old
+    keys upgraded and the result checked by the schema (as a bare checkpoint's config is), so a
+    mistyped key or a bad value is refused, not ignored."""
     cfg = run.config()
     if overrides:
+        from nnlab.schema import check
+
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        upgrade_saved(cfg, f"{run.root}'s saved config")
+        check(cfg)
     return cfg
 
 
