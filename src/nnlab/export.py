@@ -120,6 +120,32 @@ EXPORTERS = {
 }
 
 
+@torch.no_grad()
+def export_network(
+    net: torch.nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    names,
+    format: str,
+    path: Path,  # noqa: A002
+) -> dict[str, Any]:
+    """Write `net` (in eval mode) to `path` in `format` and run the file on `inputs` split into
+    two batches of other sizes than the traced one (the export must not have baked the batch
+    size in): the inputs' and outputs' names and shapes and the largest difference from the
+    network's own outputs."""
+    expected = named_outputs(net(*inputs))
+    exported = EXPORTERS[format][0](net, inputs, names, path)
+    n = len(inputs[0])
+    halves = [tuple(t[:1] for t in inputs), tuple(t[1:] for t in inputs)] if n > 1 else [inputs]
+    parts = [exported(*half) for half in halves]
+    got = {k: torch.cat([p[k] for p in parts]) for k in expected}
+    return {
+        "inputs": {n: list(t.shape) for n, t in zip(names, inputs, strict=True)},
+        "input_shapes": [list(t.shape) for t in inputs],
+        "outputs": {n: list(t.shape) for n, t in expected.items()},
+        "max_abs_diff": max((got[k] - expected[k]).abs().max().item() for k in expected),
+    }
+
+
 @command("export")
 def main(run, format, ckpt, out, atol, overrides) -> Path:  # noqa: A002 (the CLI's word)
     if format not in EXPORTERS:
@@ -131,28 +157,16 @@ def main(run, format, ckpt, out, atol, overrides) -> Path:  # noqa: A002 (the CL
     datamodule = load_datamodule(cfg, "test")
     inputs = model_inputs(datamodule)
     names, _ = batch_names(datamodule)
-    exporter, filename = EXPORTERS[format]
-    path = output_dir(run_dir, out, EXPORT) / filename
-    with torch.no_grad():
-        expected = named_outputs(net(*inputs))
-        exported = exporter(net, inputs, names, path)
-        # a different batch size than the traced one: the export must not have baked it in
-        n = len(inputs[0])
-        halves = [tuple(t[:1] for t in inputs), tuple(t[1:] for t in inputs)] if n > 1 else [inputs]
-        parts = [exported(*half) for half in halves]
-        got = {k: torch.cat([p[k] for p in parts]) for k in expected}
-    max_diff = max((got[k] - expected[k]).abs().max().item() for k in expected)
+    path = output_dir(run_dir, out, EXPORT) / EXPORTERS[format][1]
     record = {
         "format": format,
         "file": str(path),
         "checkpoint": str(ckpt_path),
-        "inputs": {n: list(t.shape) for n, t in zip(names, inputs, strict=True)},
-        "input_shapes": [list(t.shape) for t in inputs],
-        "outputs": {n: list(t.shape) for n, t in expected.items()},
-        "max_abs_diff": max_diff,
-        "atol": float(atol),
-        "matches": max_diff <= float(atol),
+        **export_network(net, inputs, names, format, path),
     }
+    record["atol"] = float(atol)
+    record["matches"] = record["max_abs_diff"] <= float(atol)
+    max_diff = record["max_abs_diff"]
     write_json(path.parent / "export.json", record)
     if not record["matches"]:
         raise UserError(
