@@ -236,6 +236,14 @@ def test_two_inputs_two_outputs_train_checkpoint_predict_and_export(tmp_path):
     )
     summary = (run / "model_summary.txt").read_text()
     assert "nodes.joined (Merge)" in summary and "(B, 16)" in summary, summary
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert any("Graph[net]" in node.name for node in events.Graph().node)  # the model graph
+    run_cli(f"run={run}", module="nnlab.evaluate", outputs=tmp_path / "out", cwd=tmp_path, env=env)
+    evaluated = json.loads((run / "eval_metrics.json").read_text())
+    assert evaluated["test/level/mse"] == pytest.approx(metrics["test/level/mse"], rel=1e-6)
 
     # the checkpoint alone (no config, no data module) rebuilds the network
     task = MultiOutputTask.load_from_checkpoint(metrics["best_checkpoint"]).eval()

@@ -79,14 +79,21 @@ class Chain(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(modules)
         self.takes_mask = [isinstance(m, MaskAware) for m in modules]
+        # a layer after which the steps no longer line up with the mask (a flag the layer-list
+        # builder may set on it), as model=sequential's forward reads it
+        self.ends_mask = [getattr(m, "ends_mask", False) for m in modules]
         self.keeps_mask = keeps_mask
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
-        for layer, takes_mask in zip(self.layers, self.takes_mask, strict=True):
+        for layer, takes_mask, ends_mask in zip(
+            self.layers, self.takes_mask, self.ends_mask, strict=True
+        ):
             if takes_mask:
                 x, mask = layer(x, mask)
             else:
                 x = layer(x)
+            if ends_mask:
+                mask = None
         return x, (mask if self.keeps_mask else None)
 
 
