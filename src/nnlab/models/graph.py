@@ -29,6 +29,7 @@ naming the dotted key (`model.layers.both.inputs`).
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
@@ -128,8 +129,6 @@ def _node_kind(node: Any, key: str) -> tuple[str, Any]:
         )
     kind = str(kinds[0])
     if kind != "layers" and kind not in MERGES and kind not in KINDS:
-        import difflib
-
         close = difflib.get_close_matches(kind, [*MERGES, *KINDS, "layers"], n=3)
         hint = f"did you mean {' or '.join(close)}? " if close else ""
         raise ConfigError(
@@ -170,8 +169,6 @@ def _order(inputs: Mapping[str, Any], layers: Mapping[str, Any], outputs: list[s
             )
         for source in reads[name]:
             if source not in inputs and source not in layers:
-                import difflib
-
                 close = difflib.get_close_matches(source, [*inputs, *layers], n=3)
                 hint = f"did you mean {' or '.join(close)}? " if close else ""
                 raise ConfigError(
