@@ -218,6 +218,23 @@ def test_the_same_mismatched_add_names_the_shapes(tmp_path):
     assert refused.value.key == "model.layers.joined.inputs"
 
 
+@pytest.mark.parametrize(
+    ("override", "key", "words"),
+    [
+        ("+task.outputs.even.wieght=0.3", "task.outputs.even.wieght", "did you mean weight"),
+        ("task.outputs.even.loss=bce", "task.outputs.even.loss", "binary_cross_entropy"),
+        ("task.outputs.even.weight=-1", "task.outputs.even.weight", ">= 0"),
+        ("data.targets=[digit,parity]", "data.targets", "even"),
+    ],
+)
+def test_the_outputs_losses_are_checked_by_the_schema(override, key, words, tmp_path):
+    cfg = compose_config(["experiment=mnist_digit_parity", override], tmp_path / "run")
+    with pytest.raises(ConfigError) as refused:
+        check(cfg)
+    assert refused.value.key.startswith(key), str(refused.value)
+    assert words in str(refused.value)
+
+
 # --- the commands, as a user runs them ------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import ConfigDict, Field
 from torch import nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 from torchmetrics.classification import (
@@ -48,6 +48,8 @@ DEFAULT_METRICS = {
 
 class OutputSpec(TypedDict, total=False):
     """One output's loss, its weight in the sum, its metrics and width."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # a misspelt key is refused, not ignored
 
     loss: Loss
     weight: NonNegativeFloat
