@@ -1,12 +1,15 @@
 """Benchmark of nnlab's sweeper (docs/search.md), run through the installed nnlab-train:
 
-1. pruning: the same 32-trial TPE search of sine_mlp (conf/hparams_search/sine_mlp_optuna.yaml,
-   same sampler seed) without a pruner and with one: epochs trained and the best val/mse found;
+1. pruning: the same TPE search (32 trials of sine_mlp, conf/hparams_search/sine_mlp_optuna.yaml,
+   or 16 of a shortened mnist_lstm, mnist_lstm_optuna.yaml; same sampler seed) without a pruner
+   and with one: epochs trained and the best validation metric found;
 2. asynchronous vs batch-synchronous workers: trials of unequal length (trainer.max_epochs in
    the search space), n_jobs=2, the same grid of trials both ways: wall time.
 
     python scripts/bench_search.py                      # both, defaults below
     python scripts/bench_search.py --only prune --trials 32 --epochs 20 --pruner median
+    python scripts/bench_search.py --only prune --search mnist_lstm --trials 16 --epochs 6 \
+        --pruner-args "{n_startup_trials:4,n_warmup_steps:2}"      # needs NNLAB_DATA_DIR (MNIST)
     python scripts/bench_search.py --only async --async-trials 8
 
 Prints a Markdown table per part and writes the numbers as JSON (--out).
@@ -51,8 +54,13 @@ def run_search(args: list[str], workdir: Path) -> dict:
     study = optuna.load_study(study_name=info["study_name"], storage=open_storage(info["storage"]))
     epochs = 0
     for t in study.trials:
-        metrics = json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())
-        epochs += int(metrics["epochs"])
+        run = Path(t.user_attrs["run_dir"])
+        if (run / "metrics.json").is_file():
+            epochs += int(json.loads((run / "metrics.json").read_text())["epochs"])
+        else:  # a failed trial: the epochs it validated before it failed
+            epochs += len(t.intermediate_values)
+            status = json.loads((run / "status.json").read_text())
+            print(f"trial {t.number} {t.state.name}: {status.get('error')}", flush=True)
     states = [t.state.name for t in study.trials]
     return {
         "wall_s": round(wall, 1),
@@ -64,8 +72,12 @@ def run_search(args: list[str], workdir: Path) -> dict:
     }
 
 
-def bench_pruning(n: int, epochs: int, pruner: str, pruner_args: str) -> dict:
-    base = ["experiment=sine_mlp", "hparams_search=sine_mlp_optuna", f"hydra.sweeper.n_trials={n}"]
+def bench_pruning(n: int, epochs: int, pruner: str, pruner_args: str, search: str) -> dict:
+    base = [
+        f"experiment={search}",
+        f"hparams_search={search}_optuna",
+        f"hydra.sweeper.n_trials={n}",
+    ]
     base += [f"trainer.max_epochs={epochs}", "hydra.sweeper.storage=null"]
     out = {}
     for name, extra in (
@@ -104,6 +116,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--only", choices=["prune", "async"], default=None)
+    p.add_argument("--search", choices=["sine_mlp", "mnist_lstm"], default="sine_mlp")
     p.add_argument("--trials", type=int, default=32)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--pruner", default="median")
@@ -116,9 +129,11 @@ def main() -> None:
     a = p.parse_args()
     results = {}
     if a.only in (None, "prune"):
-        r = results["pruning"] = bench_pruning(a.trials, a.epochs, a.pruner, a.pruner_args)
+        r = results["pruning"] = bench_pruning(
+            a.trials, a.epochs, a.pruner, a.pruner_args, a.search
+        )
         print(
-            f"\n| {a.trials} trials x {a.epochs} epochs | epochs trained | best val/mse | pruned | wall s |"
+            f"\n| {a.search}, {a.trials} trials x {a.epochs} epochs | epochs trained | best | pruned | wall s |"
         )
         print("|---|---|---|---|---|")
         for name, v in r.items():

@@ -1,6 +1,7 @@
 """Write docs/reference/configuration.md from the declared schema (nnlab/schema.py): every key of
-every config group option (data, model, task, trainer, callbacks, logger, cluster) with its type,
-default, choices and meaning, and nnlab-train's own keys.
+every config group option (data, model, task, trainer, callbacks, logger, cluster, averaging) with
+its type, default, choices and meaning, nnlab-train's own keys, the multirun launchers' and the
+sweeper's settings, and the arguments of nnlab-eval, -predict, -export and -report.
 
     python scripts/gen_config_reference.py          # rewrite the file
     python scripts/gen_config_reference.py --check  # exit 1 when the file is stale
@@ -20,10 +21,32 @@ from typing import Annotated, Any
 from omegaconf import OmegaConf
 
 from nnlab import CONF_DIR
-from nnlab.schema import Checkpointing, RunSettings, declared, type_text
+from nnlab.schema import (
+    DECLARED_BY,
+    NETWORK_KEYS,
+    Checkpointing,
+    RunSettings,
+    declared,
+    locate,
+    type_text,
+)
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "reference" / "configuration.md"
-GROUPS = ("data", "model", "task", "task/scheduler", "trainer", "callbacks", "logger", "cluster")
+GROUPS = (
+    "data",
+    "model",
+    "task",
+    "task/scheduler",
+    "trainer",
+    "callbacks",
+    "logger",
+    "cluster",
+    "averaging",
+)
+# a multirun's launchers (hydra/launcher=...) and nnlab's sweeper with its samplers
+LAUNCHERS = ("joblib", "local", "slurm", "packed")
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "nsgaii", "qmc")
+COMMANDS = ("eval", "predict", "export", "report")
 KEY_LINE = re.compile(r"^(\s*)([A-Za-z_][\w]*):(.*)$")
 
 
@@ -86,20 +109,39 @@ def cell(value: Any) -> str:
     return f"`{text}`".replace("|", "\\|")
 
 
+def description(annotation: Any) -> str:
+    """The meaning an annotation declares (`Annotated[..., Field(description=...)]`)."""
+    for meta in getattr(annotation, "__metadata__", ()):
+        if getattr(meta, "description", None):
+            return str(meta.description)
+    return ""
+
+
 def node_table(
-    key: str, node: dict[str, Any], notes: dict[tuple[str, ...], str], prefix: tuple
+    key: str,
+    node: dict[str, Any],
+    notes: dict[tuple[str, ...], str],
+    prefix: tuple,
+    omit: tuple[str, ...] = (),
 ) -> list[str]:
     target = node["_target_"]
     spec = declared(target)
+    notes = {**{(*prefix, n): description(a) for n, (a, _) in spec.fields.items()}, **notes}
+    notes = {k: v for k, v in notes.items() if v}
     lines = [
         f"`{key}` builds `{target}`" + (" (takes further keys)" if spec.open else "") + ".",
         "",
     ]
     lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
-    names = [k for k in node if not k.startswith("_")]
-    names += [k for k in spec.fields if k not in node and k not in ("net", "params", "optimizer")]
+    names = [k for k in node if not k.startswith("_") and k not in ("defaults", *omit)]
+    names += [
+        k for k in spec.fields if k not in node and k not in ("net", "params", "optimizer", *omit)
+    ]
     for name in names:
-        annotation, default = spec.fields.get(name, (Any, inspect.Parameter.empty))
+        fields = {**spec.fields}
+        if key == "model":  # the keys every network takes besides its constructor's
+            fields |= {k: (a, None) for k, a in NETWORK_KEYS.items()}
+        annotation, default = fields.get(name, (Any, inspect.Parameter.empty))
         value = node.get(name, default)
         shown = "required" if value is inspect.Parameter.empty else cell(value)
         meaning = notes.get((*prefix, name), "")
@@ -108,7 +150,7 @@ def node_table(
             meaning = f"{meaning} (only with {selector}: {', '.join(variants)})".strip()
         if name not in node:
             meaning = f"{meaning} (not in this preset; the constructor's default)".strip()
-        kind = type_text(annotation) if name in spec.fields else "any (passed on)"
+        kind = type_text(annotation) if name in fields else "any (passed on)"
         lines.append(
             f"| `{key}.{name}` | {kind.replace('|', chr(92) + '|')} | {shown} | "
             f"{meaning.replace('|', chr(92) + '|')} |"
@@ -169,7 +211,88 @@ def render() -> str:
                 lines += ["Builds nothing (it switches the group off or only sets keys).", ""]
             for name, entry in entries.items():
                 lines += node_table(f"{key}.{name}", entry, notes, (name,))
+    lines += hydra_sections()
+    lines += command_sections()
     return "\n".join(lines).rstrip() + "\n"
+
+
+def hydra_nodes() -> dict[str, dict[str, Any]]:
+    """hydra.launcher of each launcher option and hydra.sweeper of each sampler option, as
+    Hydra composes them (their defaults come from the plugins' config store), unresolved."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    found = {}
+    options = [("launcher", f"hydra/launcher={name}") for name in LAUNCHERS]
+    options += [("sweeper", f"hydra/sweeper/sampler={name}") for name in SAMPLERS]
+    for node, override in options:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("train", [override, "hydra/sweeper=nnlab"], return_hydra_config=True)
+        found[override] = OmegaConf.to_container(cfg.hydra[node], resolve=False)
+    GlobalHydra.instance().clear()
+    return found
+
+
+def hydra_sections() -> list[str]:
+    lines = [
+        "## hydra.launcher",
+        "",
+        "How a multirun (`-m`) runs its trials; checked before the first trial starts.",
+        "",
+    ]
+    nodes = hydra_nodes()
+    for name in LAUNCHERS:
+        node = nodes[f"hydra/launcher={name}"]
+        path = CONF_DIR / "hydra" / "launcher" / f"{name}.yaml"
+        notes = comments(path) if path.is_file() else {}
+        if node["_target_"] in DECLARED_BY:  # the plugin's own comments on its settings
+            source = Path(inspect.getfile(locate(DECLARED_BY[node["_target_"]])))
+            notes = {**comments(source), **notes}
+        lines += [f"### hydra/launcher={name}", ""]
+        lines += node_table("hydra.launcher", node, notes, ())
+    lines += [
+        "## hydra.sweeper",
+        "",
+        "`hydra/sweeper=nnlab` (the hparams_search presets choose it): a search with Optuna;",
+        "its sampler is `hydra/sweeper/sampler=...`. The search space's ends are checked",
+        "against the keys' bounds before the first trial.",
+        "",
+    ]
+    sweeper = nodes["hydra/sweeper/sampler=tpe"]
+    lines += node_table("hydra.sweeper", sweeper, {}, (), omit=("sampler",))
+    for name in SAMPLERS:
+        sampler = nodes[f"hydra/sweeper/sampler={name}"]["sampler"]
+        lines += [f"### hydra/sweeper/sampler={name}", ""]
+        lines += node_table("hydra.sweeper.sampler", sampler, {}, ())
+    return lines
+
+
+def command_sections() -> list[str]:
+    """Each command's arguments: types from its function's annotations (what is checked),
+    defaults and meanings from conf/<command>.yaml (what --help prints)."""
+    lines = [
+        "## Command arguments",
+        "",
+        "`nnlab-eval`, `nnlab-predict`, `nnlab-export` and `nnlab-report` take `key=value`",
+        "arguments (and dotted keys of the run's config, `data.batch_size=256`), checked before",
+        "anything runs.",
+        "",
+    ]
+    for name in COMMANDS:
+        module = "evaluate" if name == "eval" else name
+        spec = declared(f"nnlab.{module}.main")
+        path = CONF_DIR / f"{name}.yaml"
+        values = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        notes = comments(path)
+        lines += [f"### nnlab-{name}", "", "| argument | type | default | meaning |"]
+        lines.append("|---|---|---|---|")
+        for key, value in values.items():
+            kind = type_text(spec.fields[key][0]).replace("|", chr(92) + "|")
+            meaning = notes.get((key,), "").replace("|", chr(92) + "|")
+            lines.append(f"| `{key}` | {kind} | {cell(value)} | {meaning} |")
+        lines.append("")
+    return lines
 
 
 def main(argv: list[str]) -> int:

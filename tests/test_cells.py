@@ -107,7 +107,7 @@ def test_run_cell_iterates_the_step_from_zero():
     h = torch.zeros(2, 5)
     for t in range(7):
         h = cell(x[:, t], h)
-    states = run_cell(cell, x)
+    states, _ = run_cell(cell, x)
     assert states.shape == (2, 7, 5)
     assert torch.allclose(states[:, -1], h, atol=1e-6)
 
@@ -117,10 +117,11 @@ def test_stack_layers_and_directions_by_hand():
     for k, cell in enumerate(stack.cells):
         randomise(cell, seed=k)
     x = torch.randn(2, 6, 3)
-    forward0, backward0 = run_cell(stack.cells[0], x), run_cell(stack.cells[1], x.flip(1)).flip(1)
+    forward0 = run_cell(stack.cells[0], x)[0]
+    backward0 = run_cell(stack.cells[1], x.flip(1))[0].flip(1)
     layer0 = torch.cat([forward0, backward0], dim=-1)
-    forward1 = run_cell(stack.cells[2], layer0)
-    backward1 = run_cell(stack.cells[3], layer0.flip(1)).flip(1)
+    forward1 = run_cell(stack.cells[2], layer0)[0]
+    backward1 = run_cell(stack.cells[3], layer0.flip(1))[0].flip(1)
     outputs, h_n = stack(x)
     assert torch.allclose(outputs, torch.cat([forward1, backward1], dim=-1), atol=1e-6)
     assert h_n.shape == (4, 2, 4)

@@ -86,6 +86,16 @@ def test_the_lightning_functions_count_steps_as_lightning_does(tmp_path):
     assert task.processed == [1, 2, 3, 4] * 2  # batches consumed within each epoch
 
 
+def test_the_csv_logger_continues_a_resumed_runs_metrics(tmp_path):
+    """Lightning's own CSVLogger deletes an existing metrics.csv when a new session starts."""
+    for session, (step, value) in enumerate([(0, 1.0), (1, 2.0)]):
+        logger = lightning_compat.CSVLogger(tmp_path, name="csv", version="")
+        logger.log_metrics({"train/loss": value} | ({"val/mse": 0.5} if session else {}), step=step)
+        logger.save()
+    lines = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    assert lines == ["step,train/loss,val/mse", "0,1.0,", "1,2.0,0.5"]
+
+
 def test_a_trainer_without_the_members_is_named_in_the_error():
     with pytest.raises(RuntimeError, match="fit_loop.epoch_loop._batches_that_stepped"):
         lightning_compat.add_logged_steps(object(), 1)

@@ -219,3 +219,95 @@ def test_truncate_gradient_stops_gradients_k_steps_back(cell):
     net = {"_target_": "nnlab.models.recurrent.RecurrentNet", "input_size": 3, "output_size": 1}
     with pytest.raises(ConfigError, match="model.truncate_gradient"):  # refused before building
         check_node({**net, "cell": cell, "truncate_gradient": 0}, "model")
+
+
+# -- initialisers in every family -------------------------------------------------------------
+def fans(layer: nn.Module) -> tuple[int, int]:
+    """Keras' fans: a dense layer's inputs and outputs, a conv's times its receptive field."""
+    if isinstance(layer, nn.Linear):
+        return layer.in_features, layer.out_features
+    field = math.prod(layer.kernel_size)
+    return layer.in_channels // layer.groups * field, layer.out_channels * field
+
+
+FAMILIES = {
+    "cnn": ("nnlab.models.cnn.CNN", {"num_classes": 10, "dense": [64]}),
+    "separable_cnn": ("nnlab.models.cnn.SeparableCNN", {"num_classes": 10}),
+    "conv1d": (
+        "nnlab.models.cnn.CNN",
+        {
+            "output_size": 2,
+            "in_channels": 3,
+            "in_size": 12,
+            "dims": 1,
+            "layout": "sequence",
+            "blocks": [{"channels": 16}, {"channels": 16, "pool": 2}],
+        },
+    ),  # fmt: skip
+    "lenet": ("nnlab.models.lenet.LeNet5", {}),
+    "alexnet": (
+        "nnlab.models.alexnet.AlexNet",
+        {"num_classes": 10, "variant": "small", "channels": [8, 16, 16, 16, 8], "hidden": 64},
+    ),
+    "text_cnn": ("nnlab.models.text.ConvTextClassifier", {"num_words": 50, "channels": [32]}),
+    "text_rnn": ("nnlab.models.text.RecurrentTextClassifier", {"num_words": 50}),
+    "seq2seq": ("nnlab.models.seq2seq.Seq2SeqForecaster", {"input_size": 3, "output_size": 4}),
+}
+
+
+def build_family(name: str, **extra):
+    from hydra.utils import get_class
+
+    target, kwargs = FAMILIES[name]
+    if name in ("cnn", "separable_cnn"):
+        kwargs = {"blocks": [{"channels": 16, "pool": 2}, {"channels": 32, "pool": 2}], **kwargs}
+    check_node({"_target_": target, **kwargs, **extra}, "model")  # the schema takes the keys
+    return get_class(target)(**kwargs, **extra)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_takes_keras_initialisers(family):
+    """glorot_uniform: every dense and conv weight within sqrt(6 / (fan_in + fan_out)), with the
+    uniform's spread, biases zero; the recurrent weights orthogonal (inner_init); `torch` (the
+    default) leaves torch's start, draw for draw; a name that is none is refused by the schema."""
+    torch.manual_seed(0)
+    extra = {"inner_init": "orthogonal"} if family in ("text_rnn", "seq2seq") else {}
+    net = build_family(family, init="glorot_uniform", **extra)
+    layers = [m for m in net.modules() if isinstance(m, nn.Linear | nn.modules.conv._ConvNd)]
+    assert layers or family in ("text_rnn", "seq2seq")
+    for layer in layers:
+        fan_in, fan_out = fans(layer)
+        bound = math.sqrt(6 / (fan_in + fan_out))
+        w = layer.weight.detach()
+        assert w.abs().max() <= bound + 1e-7, (family, layer)
+        if w.numel() >= 400:  # U(-l, l) has std l / sqrt(3)
+            assert abs(float(w.std()) * math.sqrt(3) / bound - 1) < 0.1, (family, layer)
+        assert layer.bias is None or (layer.bias == 0).all()
+    for rnn in (m for m in net.modules() if isinstance(m, nn.RNNBase)):
+        H = rnn.hidden_size
+        for block in rnn.weight_hh_l0.split(H):
+            assert torch.allclose(block @ block.T, torch.eye(H), atol=1e-5)
+        bound = math.sqrt(6 / (rnn.input_size + H))
+        assert rnn.weight_ih_l0.abs().max() <= bound + 1e-7 and (rnn.bias_ih_l0 == 0).all()
+    torch.manual_seed(1)
+    default = build_family(family)
+    torch.manual_seed(1)
+    named = build_family(family, init="torch")
+    for (key, a), b in zip(default.state_dict().items(), named.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
+    zeros = build_family(family, init="zeros")
+    assert all((m.weight == 0).all() for m in zeros.modules() if isinstance(m, nn.Linear))
+    target, kwargs = FAMILIES[family]
+    with pytest.raises(ConfigError, match="model.init"):
+        check_node({"_target_": target, **kwargs, "init": "xavier"}, "model")
+
+
+@pytest.mark.parametrize("name", ["he_normal", "lecun_normal", "glorot_normal"])
+def test_normal_initialisers_in_a_cnn_have_keras_statistics(name):
+    torch.manual_seed(0)
+    net = build_family("cnn", init=name)
+    conv = net.features.conv2  # 16 -> 32 channels, 3x3: fan_in 144, fan_out 288
+    variance = {"he": 2 / 144, "lecun": 1 / 144, "glorot": 2 / (144 + 288)}[name.split("_")[0]]
+    w = conv.weight.detach()
+    assert abs(float(w.std()) / math.sqrt(variance) - 1) < 0.08
+    assert w.abs().max() <= 2 * math.sqrt(variance) / 0.87962566103423978 + 1e-6  # truncated

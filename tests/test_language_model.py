@@ -240,7 +240,7 @@ def test_char_lm_trains_logs_samples_and_generates(cli, mini_data):
     predictions = sorted((run / "predictions").iterdir())
     refused = predict(cli, run, "temperature=0", check=False)
     assert refused.returncode == 2, refused.output
-    assert refused.stderr.strip().splitlines()[-1].startswith("error: temperature: must be a number > 0")  # fmt: skip
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: temperature: got 0; expected a number > 0")  # fmt: skip
     for bad, key in (("temperature=-1", "temperature"), ("top_k=0", "top_k"), ("top_k=many", "top_k"), ("length=0", "length"), ("seed=x", "seed"), ("prompt=123", "prompt")):  # fmt: skip
         with pytest.raises(UserError, match=f"^{key}: "):  # the same command, in this process
             predict_main.call([f"run={run}", bad])

@@ -215,13 +215,21 @@ def test_rerun_a_saved_config_with_new_overrides(trained, tmp_path):
             ["run={mlp}", "ckpt={lstm_ckpt}"],
             "holds a nnlab.models.recurrent.RecurrentNet network",
         ),
-        ("nnlab.evaluate", ["run={mlp}", "split=train"], "split: must be test or val"),
+        (
+            "nnlab.evaluate",
+            ["run={mlp}", "split=train"],
+            "split: got 'train'; expected one of 'test' or 'val'",
+        ),
         ("nnlab.evaluate", ["run={mlp}", "bogus=1"], "bogus: unknown argument"),
         ("nnlab.predict", ["run={mlp}", "input=0.1,0.2"], "give at least 4 values"),
         ("nnlab.predict", ["run={mlp}", "input=abc"], "neither a file nor comma-separated numbers"),
         ("nnlab.predict", ["run={mlp}", "input={emptyfile}"], "is empty"),
-        ("nnlab.predict", ["run={mlp}", "steps=x"], "steps: expected a whole number"),
-        ("nnlab.export", ["run={mlp}", "format=keras"], "format: must be one of torchscript, onnx"),
+        ("nnlab.predict", ["run={mlp}", "steps=x"], "steps: got 'x'; expected a whole number"),
+        (
+            "nnlab.export",
+            ["run={mlp}", "format=keras"],
+            "format: got 'keras'; expected one of 'torchscript' or 'onnx'",
+        ),
     ],
 )
 def test_bad_paths(trained, tmp_path, module, args, message):

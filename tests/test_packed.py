@@ -159,6 +159,55 @@ def test_packed_trials_equal_sequential_trials(family, args, packed, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "averaging",
+    [
+        # each trial its own decay
+        ("averaging=ema", "averaging.decay=0.8,0.95", "trainer.max_epochs=2"),
+        # each trial its own SWA learning rate, taking over after the first epoch
+        (
+            "averaging=swa",
+            "averaging.start_epoch=1",
+            "averaging.lr=0.003,0.01",
+            "averaging.anneal_epochs=1",
+            "trainer.max_epochs=3",
+        ),
+    ],
+    ids=["ema", "swa"],
+)
+def test_packed_trials_average_weights_as_trials_alone(averaging, tmp_path):
+    """Weight averaging (engine/averaging.py): a packed trial validates, keeps and tests the
+    same averaged weights as the trial run alone, with accumulated windows of 3 batches."""
+    args = ["experiment=sine_mlp", "trainer.accumulate_grad_batches=3", "callbacks=[lr_monitor]"]
+    sequential, packed = sweep_both([*args, *averaging, "seed=1"], tmp_path)
+    for seq_run, pk_run in zip(trials_of(sequential), trials_of(packed), strict=True):
+        assert_same_run(seq_run, pk_run)
+        for run in (seq_run, pk_run):  # the trained weights beside the averaged ones
+            last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+            assert "current_model_state" in last
+
+
+@pytest.mark.slow
+def test_packed_trials_each_warm_up_on_their_own_schedule(tmp_path):
+    """conf/task/scheduler/warmup_cosine.yaml per optimizer step, windows of 3 batches: trials
+    warming up over 3 and 10 steps each follow their own schedule, as alone."""
+    args = [
+        "experiment=sine_mlp",
+        "trainer.max_epochs=2",
+        "trainer.accumulate_grad_batches=3",
+        "+task/scheduler@task.scheduler=warmup_cosine",
+        "task.scheduler.warmup_steps=3,10",
+        "task.scheduler.total_steps=16",
+        "task.scheduler_interval=step",
+        "callbacks=[lr_monitor]",
+        "seed=1",
+    ]
+    sequential, packed = sweep_both(args, tmp_path)
+    for seq_run, pk_run in zip(trials_of(sequential), trials_of(packed), strict=True):
+        assert_same_run(seq_run, pk_run)
+
+
+@pytest.mark.slow
 def test_packed_cnn_with_batch_norm_and_cosine_schedule_equals_sequential(data_dir, tmp_path):
     args = [
         "experiment=mnist_cnn",
@@ -274,7 +323,12 @@ def test_the_group_resume_file_is_written_at_most_every_save_every_s(tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_packed_sweep_resumes_where_it_stopped(tmp_path):
+@pytest.mark.parametrize(
+    "averaging",
+    [(), ("averaging=swa", "averaging.start_epoch=1", "averaging.lr=0.003")],
+    ids=["plain", "swa"],  # SWA: the averaged weights, their count and SWALR's state come back
+)
+def test_killed_packed_sweep_resumes_where_it_stopped(tmp_path, averaging):
     args = [
         "-m",
         "hydra/launcher=packed",
@@ -284,6 +338,7 @@ def test_killed_packed_sweep_resumes_where_it_stopped(tmp_path):
         "callbacks=none",
         "logger=none",
         "hydra.launcher.save_every_s=0",  # the resume file after every epoch
+        *averaging,
     ]
     # uninterrupted, for the numbers the resumed sweep must end with
     reference = nnlab(args, tmp_path / "reference", tmp_path)
@@ -392,11 +447,16 @@ def test_optuna_batches_of_n_jobs_trials_are_packed(tmp_path):
 @pytest.mark.parametrize(
     "setting,message",
     [
-        (
+        (  # the schema's check (the launcher's annotations), before any trial
             "recurrent=fast",
-            "hydra.launcher.recurrent: 'fast'; choose one of auto, batched, per_trial",
+            "hydra.launcher.recurrent: got 'fast'; expected one of 'auto', 'batched' or "
+            "'per_trial'; set hydra.launcher.recurrent=... to such a value",
         ),
-        ("save_every_s=-1", "hydra.launcher.save_every_s: must be >= 0, got -1"),
+        (
+            "save_every_s=-1",
+            "hydra.launcher.save_every_s: got -1; expected a number >= 0; set "
+            "hydra.launcher.save_every_s=... to such a value",
+        ),
     ],
 )
 def test_a_bad_launcher_setting_is_refused(tmp_path, setting, message):

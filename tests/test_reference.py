@@ -32,3 +32,11 @@ def test_the_reference_shows_types_defaults_choices_and_variants():
     assert "### callbacks=default" in text
     for group in ("data", "model", "task", "trainer", "callbacks", "logger"):
         assert f"\n## {group}\n" in text
+    # a multirun's launchers and sweeper, and the commands' arguments, declared once
+    assert "| `hydra.launcher.pack_size` | int >= 1 | `32` |" in text
+    assert "| `hydra.launcher.timeout_min` | int >= 1 | `60` |" in text
+    assert "| `hydra.sweeper.n_trials` | int >= 1 | `20` | trials this command asks for |" in text
+    assert "| `hydra.sweeper.pruner` | one of none, median, percentile," in text
+    assert "### hydra/sweeper/sampler=tpe" in text
+    assert "| `split` | one of test, val | `test` | test \\| val |" in text
+    assert "| `steps` | int >= 0 | `50` |" in text and "### nnlab-report" in text

@@ -134,6 +134,58 @@ def test_sigterm_saves_a_checkpoint_and_marks_the_run_preempted(tmp_path):
     assert read_status(run)["status"] == "completed"
 
 
+def epoch_rows(run: Path) -> list[dict]:
+    """The CSV logger's per-epoch rows (train/loss, val/*) of a run, in epoch order."""
+    import csv
+
+    rows: dict[int, dict] = {}
+    with (run / "csv" / "metrics.csv").open() as f:
+        for row in csv.DictReader(f):
+            if row.get("epoch"):
+                merged = rows.setdefault(int(row["epoch"]), {})
+                merged.update({k: v for k, v in row.items() if v and k != "step"})
+    return [rows[e] for e in sorted(rows)]
+
+
+def test_preempted_at_epoch_ends_again_and_again_resumes_to_equal_metrics(tmp_path):
+    """The fused loop on in-memory data takes a whole epoch as one Lightning batch, so every
+    signal lands on an epoch's last batch: Lightning resumes a checkpoint saved there wrongly
+    (the epoch's end is skipped, and after a second preemption an epoch is trained twice).
+    Preempted three times, the run must still equal the one never interrupted, epoch by epoch."""
+    recipe = ["experiment=sine_lstm", "trainer.max_epochs=24", "task.loop=fused"]
+    recipe += ["checkpoint.every_n_train_steps=0", "logger=csv", "callbacks=none"]
+    reference = run_cli(*recipe, outputs=tmp_path / "reference", cwd=tmp_path)
+    outputs = tmp_path / "preempted"
+    proc, run, rows = start(outputs, tmp_path, *recipe), None, 0
+    for _ in range(3):
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            runs = list(outputs.glob("runs/*/*"))
+            if runs and (runs[0] / "csv" / "metrics.csv").exists():
+                run = runs[0]
+                if len(epoch_rows(run)) > rows + 1:  # training, past where it was resumed
+                    break
+            time.sleep(0.1)
+        assert proc.poll() is None, "the run ended before its signal: make it longer"
+        proc.send_signal(signal.SIGUSR1)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == PREEMPTED_EXIT_CODE, stderr[-3000:]
+        assert read_status(run)["status"] == "preempted"
+        rows = len(epoch_rows(run))
+        proc = start(outputs, tmp_path, f"resume={run}")
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert read_status(run)["resumed"] == 3
+    resumed = json.loads((run / "metrics.json").read_text())
+    expected = reference.metrics()
+    for key in ("val/mse", "test/mse", "best_epoch", "global_step", "epochs"):
+        assert resumed[key] == expected[key], (key, resumed[key], expected[key])
+    got, want = epoch_rows(run), epoch_rows(reference.run_dir())
+    assert [r["epoch"] for r in got] == [r["epoch"] for r in want]
+    for key in ("train/loss", "val/mse"):  # every epoch's end ran once, with its start's sums
+        assert [r.get(key) for r in got] == [r.get(key) for r in want], key
+
+
 def test_atomic_checkpoint_write_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
     io = AtomicCheckpointIO()

@@ -204,7 +204,7 @@ def test_a_layer_list_is_checked_entry_by_entry(tmp_path):
         return str(err.value)
 
     assert refusal("[flatten,{dense:16},{dense:0}]").startswith("model.layers[2].units: got 0")
-    assert "did you mean units?" in refusal("[flatten,{dense:{unts:3}}]")
+    assert "did you mean units" in refusal("[flatten,{dense:{unts:3}}]")
     assert "did you mean dense?" in refusal("[flatten,{dens:16}]")
     assert "depth applies to deep_rnn, simple_deep_rnn layers only" in refusal(
         "[flatten,{lstm:{units:3,depth:2}}]"

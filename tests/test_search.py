@@ -249,8 +249,9 @@ def test_several_objectives(tmp_path):
     [
         (
             "hydra.sweeper.pruner=bogus",
-            "error: hydra.sweeper.pruner: 'bogus' is no pruner; choose one of none, median, "
-            "percentile, successive_halving, hyperband, threshold",
+            "error: hydra.sweeper.pruner: got 'bogus'; expected one of 'none', 'median', "
+            "'percentile', 'successive_halving', 'hyperband' or 'threshold'; set "
+            "hydra.sweeper.pruner=... to such a value",
         ),
         (
             "hydra.sweeper.pruner_args={warmup:1}",
@@ -262,7 +263,11 @@ def test_several_objectives(tmp_path):
             "error: hydra.sweeper.direction: 2 directions for 1 metrics (optimized_metric: "
             "val/mse); give one direction per metric",
         ),
-        ("hydra.sweeper.n_jobs=0", "error: hydra.sweeper.n_jobs: must be >= 1, got 0"),
+        (
+            "hydra.sweeper.n_jobs=0",
+            "error: hydra.sweeper.n_jobs: got 0; expected a number >= 1; set "
+            "hydra.sweeper.n_jobs=... to such a value",
+        ),
     ],
 )
 def test_bad_search_settings_are_one_error_line(tmp_path, setting, message):

@@ -139,10 +139,10 @@ def test_same_padding_with_stride_pads_as_tensorflow():
             ["unknown activation 'swish'"],
         ),
         (
-            [{"embedding": {"input_dim": 9, "output_dim": 4, "mask_zero": True}}, {"jzs1": 4}],
-            [6],
-            "model.layers[1]",
-            ["mask_zero"],
+            [{"masking": 0.0}, "dense"],
+            [4, 4, 4],
+            "model.layers[0]",
+            ["masking", "(steps, features)"],
         ),
     ],
 )
@@ -172,6 +172,95 @@ def test_mask_zero_makes_padding_invisible():
         short.load_state_dict(net.state_dict())
         assert torch.allclose(padded, short(ids[:, :5]), atol=1e-6)
         assert not torch.allclose(padded, short(torch.tensor([[3, 7, 2, 9, 5]])))
+
+
+# --- masks: Keras' Masking and mask_zero ---------------------------------------------------------
+
+
+def padded(x: torch.Tensor, steps: int, where: list[int], value: float) -> torch.Tensor:
+    """`x` (batch, real steps, features) at the steps `where` of a sequence of `steps`."""
+    out = torch.full((x.shape[0], steps, x.shape[2]), value)
+    out[:, where] = x
+    return out
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "simple_rnn", "jzs1", "keras_lstm", "deep_rnn"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_masked_steps_change_nothing_wherever_they_are(kind, bidirectional):
+    """Keras' Masking: steps whose features all equal mask_value are skipped by the recurrent
+    layers, at the front (pad_sequences' default), in the middle or at the end."""
+    layers = [
+        {"masking": -1.0},
+        {kind: {"units": 4, "return_sequences": True, "bidirectional": bidirectional}},
+        {"dropout": 0.3},
+        {kind: {"units": 3, "bidirectional": bidirectional}},
+        "dense",
+    ]
+    net = seeded(lambda: Sequential(layers, [7, 3], output_size=2)).eval()
+    short = Sequential(layers, [4, 3], output_size=2).eval()
+    short.load_state_dict(net.state_dict())
+    x = torch.randn(2, 4, 3)
+    with torch.no_grad():
+        expected = short(x)
+        for where in ([3, 4, 5, 6], [0, 2, 3, 6], [0, 1, 2, 3]):
+            assert torch.allclose(net(padded(x, 7, where, -1.0)), expected, atol=1e-6), where
+        # the same values unmasked (mask_value 5) are read: another answer
+        unmasked = Sequential([{"masking": 5.0}, *layers[1:]], [7, 3], output_size=2).eval()
+        unmasked.load_state_dict(net.state_dict())
+        assert not torch.allclose(unmasked(padded(x, 7, [3, 4, 5, 6], -1.0)), expected)
+
+
+def test_a_masked_step_holds_the_previous_output_and_an_empty_sequence_gives_zeros():
+    layers = [{"masking": 0.0}, {"gru": {"units": 3, "return_sequences": True}}]
+    net = seeded(lambda: Sequential(layers, [5, 2])).eval()
+    recurrent = net.layers[1]
+    x = torch.randn(2, 5, 2)
+    x[0, [0, 2, 3]] = 0.0  # sequence 0: steps 1 and 4 are real
+    x[1] = 0.0  # sequence 1: nothing is real
+    with torch.no_grad():
+        masked, mask = net.layers[0](x)
+        outputs, passed = recurrent(masked, mask)
+        alone, _ = recurrent.rnn(x[:1, [1, 4]])
+    assert torch.equal(passed, mask) and mask[0].tolist() == [False, True, False, False, True]
+    assert torch.equal(outputs[0, 0], torch.zeros(3))  # before the first real step
+    assert torch.allclose(outputs[0, [1, 2, 3]], alone[0, 0].expand(3, 3), atol=1e-6)
+    assert torch.allclose(outputs[0, 4], alone[0, 1], atol=1e-6)
+    assert torch.equal(outputs[1], torch.zeros(5, 3))
+    last = Sequential([{"masking": 0.0}, {"gru": 3}, "dense"], [5, 2], output_size=2)
+    with torch.no_grad():
+        assert torch.equal(last.layers[1](*last.layers[0](x))[0][1], torch.zeros(3))
+
+
+def test_masking_reads_a_univariate_window_and_checks_its_value():
+    net = seeded(lambda: Sequential([{"masking": 0.0}, {"lstm": 4}, "dense"], [6], output_size=1))
+    x = torch.tensor([[0.0, 0.0, 0.5, -0.2, 0.1, 0.3]])
+    short = Sequential([{"masking": 0.0}, {"lstm": 4}, "dense"], [4], output_size=1)
+    short.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(net(x), short(x[:, 2:]), atol=1e-6)
+    from nnlab.schema import check_node
+
+    node = {"_target_": "nnlab.models.sequential.Sequential", "input_shape": [6]}
+    with pytest.raises(ConfigError, match=r"model\.layers\[0\]\.mask_value"):
+        check_node({**node, "layers": [{"masking": "pad"}, "dense"]}, "model")
+    check_node({**node, "layers": [{"masking": 0}, {"lstm": 4}, "dense"]}, "model")
+
+
+def test_the_mask_ends_where_the_steps_stop_lining_up_with_it():
+    """mask_zero, then a conv that shortens the steps: the recurrent layer after it reads every
+    step (before, it took the embedding's mask of the longer sequence and failed)."""
+    layers = [
+        {"embedding": {"input_dim": 12, "output_dim": 4, "mask_zero": True}},
+        {"conv1d": {"filters": 5, "kernel": 3}},
+        {"lstm": 4},
+        "dense",
+    ]
+    net = seeded(lambda: Sequential(layers, [8], output_size=2)).eval()
+    plain = Sequential([{"embedding": {"input_dim": 12, "output_dim": 4}}, *layers[1:]], [8], 2)
+    plain.eval().load_state_dict(net.state_dict())
+    ids = torch.tensor([[3, 5, 7, 2, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6, 7, 8 % 12]])
+    with torch.no_grad():
+        assert torch.equal(net(ids), plain(ids))
 
 
 # --- the fixed families, written as layer lists -----------------------------------------------

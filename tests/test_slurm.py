@@ -122,12 +122,6 @@ def test_ddp_under_srun_ranks_see_disjoint_data(tmp_path):
     check_disjoint_shards(run)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug, open: after 3 SLURM requeues of the fused loop the trial's global_step was "
-    "44022 against the uninterrupted run's 44000 (one epoch's 22 steps counted twice) while "
-    "val/test metrics, epochs and best_epoch were equal (2026-12-06); see the closing note",
-)
 def test_a_job_signalled_before_its_time_limit_is_requeued_and_continues(tmp_path):
     """A 2-minute time limit and a 60 s signal delay (SLURM signals at its next check, 60 to ~90 s
     into the job; the job must have started Python by then, and must still be training: 2,000
@@ -168,3 +162,35 @@ def test_a_job_signalled_before_its_time_limit_is_requeued_and_continues(tmp_pat
     for key in ("val/mse", "test/mse", "epochs", "global_step", "best_epoch"):
         assert metrics[key] == expected[key], key
     assert metrics["wall_time_s"] >= 30  # the sessions' times add up
+
+
+def test_a_pruned_search_on_slurm(tmp_path):
+    """nnlab's sweeper with its trials as SLURM jobs: each job reports to the study's journal
+    file itself, the pruner stops the trial that does not learn, asynchronously two at a time;
+    the pruned job ends `pruned`, its SLURM job COMPLETED, and the command exits 0."""
+    pytest.importorskip("optuna")
+    from optuna.trial import TrialState
+
+    from nnlab.search.storage import open_storage
+
+    outputs, journal = tmp_path / "outputs", tmp_path / "study.journal"
+    cmd = [sys.executable, "-m", "nnlab.train", "-m", "cluster=slurm", "experiment=sine_mlp"]
+    cmd += ["hydra/sweeper=nnlab", "hydra/sweeper/sampler=grid", "hydra.sweeper.n_jobs=2"]
+    cmd += ["optimized_metric=val/mse", "monitor=val/mse", f"hydra.sweeper.storage=journal:{journal}"]  # fmt: skip
+    cmd += ["hydra.sweeper.pruner=threshold", "hydra.sweeper.pruner_args={upper:0.15,n_warmup_steps:2}"]  # fmt: skip
+    cmd += ["trainer.max_epochs=4", "task.optimizer.lr=choice(1e-2,1e-9)", "hydra.launcher.mem_gb=1"]  # fmt: skip
+    cmd += ["debug=limit", "logger=none", "callbacks=none", "print_config=false"]
+    proc = subprocess.run(cmd, env=env_for(outputs), cwd=tmp_path, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (sweep,) = sweep_dirs(outputs)
+    import optuna
+
+    info = json.loads((sweep / "search.json").read_text())
+    study = optuna.load_study(study_name=info["study_name"], storage=open_storage(info["storage"]))
+    by_lr = {t.params["task.optimizer.lr"]: t for t in study.trials}
+    assert by_lr[1e-9].state == TrialState.PRUNED and by_lr[1e-2].state == TrialState.COMPLETE
+    assert sorted(by_lr[1e-9].intermediate_values) == [0, 1, 2]
+    for t in study.trials:
+        status = read_status(Path(t.user_attrs["run_dir"]))
+        assert status["status"] == ("pruned" if t.state == TrialState.PRUNED else "completed")
+        assert status["slurm_job_id"]

@@ -44,12 +44,19 @@ def imported(module: str, *args: str, cwd, code: int) -> set[str]:
         # nnlab's check of a run key (a constructor's key is checked against the constructor's
         # annotations, which imports its module, and with it torch)
         ("nnlab.train", ["experiment=sine_mlp", "seed=-3"], 2),
+        # an unknown key of nnlab's own class: read from its source (nnlab.schema.source_keys)
+        ("nnlab.train", ["experiment=sine_mlp", "+model.zz_unknown=1"], 2),
         ("nnlab.evaluate", ["--help"], 0),
+        ("nnlab.predict", ["--help"], 0),
+        ("nnlab.predict", ["run=nowhere", "steps=-1"], 2),
+        ("nnlab.export", ["--help"], 0),
+        ("nnlab.export", ["run=nowhere", "format=keras"], 2),
         ("nnlab.report", ["--help"], 0),
         ("nnlab.report", ["sweep=does/not/exist"], 2),
     ],
-    ids=["train-help", "train-bad-key", "train-bad-group", "train-bad-value", "eval-help",
-         "report-help", "report-bad-sweep"],
+    ids=["train-help", "train-bad-key", "train-bad-group", "train-bad-value",
+         "train-bad-constructor-key", "eval-help", "predict-help", "predict-bad-argument",
+         "export-help", "export-bad-argument", "report-help", "report-bad-sweep"],
 )  # fmt: skip
 def test_these_commands_answer_without_torch(tmp_path, module, args, code):
     heavy = sorted(set(HEAVY) & imported(module, *args, cwd=tmp_path, code=code))
@@ -77,3 +84,42 @@ def test_a_report_on_a_sweep_imports_no_torch_without_its_tensorboard_log(tmp_pa
     names = imported("nnlab.report", *args, cwd=tmp_path, code=0)
     assert (sweep / "report" / "leaderboard.csv").is_file()
     assert not {"torch", "lightning", "torchmetrics", "torchvision"} & names
+
+
+def test_keys_read_from_source_are_the_declared_keys(monkeypatch):
+    """Every nnlab class whose keys `keys_in_source` reads without importing its module takes
+    exactly those keys by the full declaration (`declared`), so a refusal from the source is
+    the refusal the full check makes."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import nnlab
+    from nnlab.schema import check_node, declared, keys_in_source, refuse_unknown_from_source
+
+    judged = 0
+    for info in pkgutil.walk_packages(nnlab.__path__, "nnlab."):
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if not inspect.isclass(obj) or obj.__module__ != module.__name__:
+                continue
+            target = f"{module.__name__}.{name}"
+            keys = keys_in_source(target)
+            if keys is None:
+                continue
+            judged += 1
+            spec = declared(target)
+            assert set(spec.fields) == keys and not spec.open, target
+    assert judged >= 20  # models, layers, callbacks: the check above is not vacuous
+    import nnlab.schema
+
+    monkeypatch.setattr(nnlab.schema, "source_keys", keys_in_source)  # as if not imported yet
+    node = {"_target_": "nnlab.models.mlp.MLP", "input_size": 1, "output_size": 1, "hiden": 3}
+    messages = []
+    for refuse in (refuse_unknown_from_source, check_node):
+        try:
+            refuse(dict(node), "model")
+        except Exception as exc:  # noqa: BLE001 - the ConfigError each raises
+            messages.append(str(exc))
+    assert len(messages) == 2 and messages[0] == messages[1]
+    assert messages[0].startswith("model.hiden: unknown key (value 3)")

@@ -41,6 +41,7 @@ def check_params(params: dict, run_dir: Path) -> None:
     assert float(params["params.non_trainable"]) == 0
     assert str(params["task.class"]) == "RegressionTask"
     assert float(params["trainer.max_epochs"]) == 2  # the trainer's settings (debug=limit)
+    assert str(params["callbacks.lr_monitor.logging_interval"]) == "epoch"  # the callbacks'
     assert len(str(params["git.commit"])) in (40, len("unknown"))
     assert str(params["git.dirty"]) in ("True", "False", "true", "false", "1.0", "0.0", "unknown")
     assert str(params["tags"]) == "baseline, mlp"
@@ -75,6 +76,17 @@ def test_flatten_and_git_state(tmp_path):
     assert len(clean["git.commit"]) == 40 and clean["git.dirty"] is False
     (tmp_path / "f.txt").write_text("2")
     assert git_state(tmp_path) == {**clean, "git.dirty": True}
+
+
+def test_the_csv_loggers_hparams_file_holds_the_run_summary(cli):
+    """What lightning-hydra-template's log_hyperparameters sends, in the CSV logger's
+    hparams.yaml: parameter counts (total, trainable, non-trainable), the trainer's and the
+    callbacks' settings, the task's class, with the final metrics."""
+    result = cli(*SHORT, "logger=csv", "tags=[baseline,mlp]")
+    run = result.run_dir()
+    hparams = yaml.safe_load((run / "csv" / "hparams.yaml").read_text())
+    check_params(hparams, run)
+    assert hparams["final/test/mse"] == pytest.approx(result.metrics()["test/mse"])
 
 
 @needs_mlflow

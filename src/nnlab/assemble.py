@@ -21,7 +21,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 
 from nnlab.callbacks.resilience import NonFiniteLoss
-from nnlab.checkpoint_io import AtomicCheckpointIO, check_checkpoint
+from nnlab.checkpoint_io import AtomicCheckpointIO, check_checkpoint, load_initial_weights
 from nnlab.config import build, build_all, optimized_metrics
 from nnlab.errors import ConfigError
 from nnlab.runs import Run
@@ -49,8 +49,17 @@ def data_and_task(cfg: DictConfig, verbose: bool = True) -> tuple[Any, L.Lightni
     datamodule = build(cfg.data, "data")
     # The net goes in as config: the checkpoint's hyperparameters then rebuild it on their own.
     task = build(cfg.task, "task", net=cfg.model, _recursive_=False)
+    weights = cfg.model.get("weights") if isinstance(cfg.model, DictConfig) else None
+    if weights and not cfg.get("ckpt_path"):  # (a checkpoint continued replaces them anyway)
+        load_initial_weights(task.net, weights)
     task.check_data(datamodule)
     return datamodule, task
+
+
+def averaging(cfg: DictConfig) -> list[Any]:
+    """The `averaging` group's callback (engine/averaging.py), none for averaging=none."""
+    node = cfg.get("averaging")
+    return [build(node, "averaging")] if node and "_target_" in node else []
 
 
 def assemble(cfg: DictConfig, run: Run, extra_callbacks: Sequence[Any] = ()) -> Parts:
@@ -69,6 +78,7 @@ def assemble(cfg: DictConfig, run: Run, extra_callbacks: Sequence[Any] = ()) -> 
     checkpointing = cfg.get("checkpoint") or {}
     callbacks = [
         *build_all(cfg.get("callbacks"), "callbacks"),
+        *averaging(cfg),
         *extra_callbacks,
         *run.callbacks(cfg.monitor, cfg.monitor_mode, checkpointing, cluster=cluster),
         NonFiniteLoss(),

@@ -105,3 +105,52 @@ def check_checkpoint(
         raise UserError(
             f"{key}: {path} was trained with {shown}; pass a checkpoint of the same network"
         )
+
+
+def load_initial_weights(net: Any, path: str | Path, key: str = "model.weights") -> None:
+    """Keras' `weights=`: the network's weights from `path` before training, a checkpoint of
+    nnlab's (its `net.` part) or a `.pt` file of a state dict (or a whole module) of the same
+    network. A file that does not fit is a ConfigError naming `key`, the file and the first
+    parameter that differs; nothing is loaded then."""
+    import torch
+
+    from nnlab.errors import ConfigError
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(key, f"{path} not found; give a checkpoint or a state-dict .pt file")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated, not a torch file, unpicklable
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise ConfigError(key, f"{path} cannot be read as torch weights ({reason})") from None
+    if isinstance(saved, torch.nn.Module):
+        saved = saved.state_dict()
+    if isinstance(saved, dict) and isinstance(saved.get("state_dict"), dict):
+        saved = saved["state_dict"]  # a Lightning checkpoint: the task's, the net under net.
+    if not isinstance(saved, dict) or not all(isinstance(v, torch.Tensor) for v in saved.values()):
+        raise ConfigError(
+            key, f"{path} holds no state dict (a mapping of names to tensors) nor a checkpoint"
+        )
+    if saved and all(str(k).startswith("net.") for k in saved):
+        saved = {str(k)[4:]: v for k, v in saved.items()}
+    wanted = net.state_dict()
+    problem = next(
+        (
+            f"{name}: {tuple(saved[name].shape)} in the file, {tuple(tensor.shape)} here"
+            if name in saved
+            else f"{name} is not in the file"
+            for name, tensor in wanted.items()
+            if name not in saved or saved[name].shape != tensor.shape
+        ),
+        None,
+    )
+    if problem is None and (extra := [k for k in saved if k not in wanted]):
+        problem = f"{extra[0]} is in the file but not in this network"
+    if problem is not None:
+        raise ConfigError(
+            key,
+            f"{path} does not fit this network ({problem}); give weights saved from the "
+            "same network (the same model config)",
+        )
+    net.load_state_dict(saved)

@@ -52,7 +52,7 @@ def parse_args(
         if not sep:
             raise UserError(f"{arg}: arguments are key=value; see --help")
         if key in values:
-            values[key] = value  # as typed: each command converts its own values
+            values[key] = Typed(value)  # as typed: `typed_arguments` gives it its type
         elif "." in key and run_overrides:
             overrides.append(arg)
         else:
@@ -64,6 +64,47 @@ def parse_args(
     return values, overrides
 
 
+class Typed(str):
+    """A command-line value as typed, before `typed_arguments` reads it."""
+
+
+def typed_arguments(fn: Callable, values: dict[str, Any], prog: str) -> dict[str, Any]:
+    """A command's arguments checked against its function's annotations (the command's
+    declaration: types, choices, bounds; defaults and meanings in conf/<command>.yaml) by the
+    schema's check, before anything runs. A value typed on the command line is read as Hydra's
+    grammar reads nnlab-train's (3, 0.5, true, null, [1,2]); a string stays as typed, and so
+    does a value where the annotation wants a string (text=123)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from nnlab.schema import adapter, declared, validate_mapping
+
+    spec = declared(f"{fn.__module__}.{fn.__qualname__}")
+    fields = {k: v for k, v in spec.fields.items() if k in values}
+    parser = OverridesParser.create()
+    out = dict(values)
+    for key, value in values.items():
+        if not isinstance(value, Typed):
+            continue
+        out[key] = str(value)
+        try:
+            (override,) = parser.parse_overrides([f"{key}={value}"])
+            parsed = None if override.is_sweep_override() else override.value()
+        except Exception:  # noqa: BLE001 - not Hydra's grammar (a quote, a comma list): text
+            continue
+        if override.is_sweep_override() or isinstance(parsed, str):
+            continue
+        try:
+            adapter(fields[key][0]).validate_python(parsed)
+            out[key] = parsed
+        except Exception:  # noqa: BLE001 - not of its type as read: as typed, if that is
+            try:
+                adapter(fields[key][0]).validate_python(str(value))
+            except Exception:  # noqa: BLE001 - neither: the check names what it expects
+                out[key] = parsed
+    validate_mapping(fields, out, "", prog)
+    return out
+
+
 def command(config_name: str, run_overrides: bool = True) -> Callable:
     """A console entry point: its arguments composed with `conf/<config_name>.yaml`, one clear
     line and exit 2 on a UserError, exit 0 on success (the function's result is not an exit
@@ -73,6 +114,7 @@ def command(config_name: str, run_overrides: bool = True) -> Callable:
         def call(argv: list[str]) -> Any:
             """The command's result (a path, a dict), for callers in Python."""
             options, overrides = parse_args(argv, config_name, run_overrides)
+            options = typed_arguments(fn, options, f"nnlab-{config_name}")
             return fn(overrides=overrides, **options) if run_overrides else fn(**options)
 
         @functools.wraps(fn)
@@ -94,10 +136,40 @@ def run_config(run: Run, overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def load_task(run: Run, cfg: DictConfig, ckpt: str | None):
-    """The run's task with the checkpoint's weights; refuses a checkpoint of another network."""
-    path = run.checkpoint(ckpt)
-    check_checkpoint(path, cfg.model, owner=str(run.root))
+def checkpoint_config(path: Path, overrides: list[str]) -> DictConfig:
+    """The config a checkpoint was trained with (a run saves it in each of its checkpoints:
+    nnlab/callbacks/run_config.py), the command's dotted overrides on top (data.data_dir=...
+    where the data moved), old keys upgraded, checked by the schema."""
+    from nnlab.callbacks.run_config import CONFIG_KEY
+    from nnlab.checkpoint_io import checkpoint_problem
+    from nnlab.schema import check
+
+    if not path.is_file():
+        raise UserError(f"ckpt: checkpoint {path} not found; pass a .ckpt file, or run=<run dir>")
+    if problem := checkpoint_problem(path):
+        raise UserError(f"ckpt: {path} is damaged ({problem}); use another checkpoint")
+    import torch
+
+    saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    if not isinstance(saved, dict) or CONFIG_KEY not in saved:
+        raise UserError(
+            f"ckpt: {path} holds no run config (checkpoints written before nnlab kept it, or by "
+            "a packed sweep's group); pass run=<the run directory it belongs to>"
+        )
+    cfg = OmegaConf.create(saved[CONFIG_KEY])
+    cfg.paths.output_dir = str(path.parent.absolute())
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    upgrade_saved(cfg, f"{path}'s config")
+    check(cfg)
+    return cfg
+
+
+def load_task(run: Run | None, cfg: DictConfig, ckpt: str | None):
+    """The run's task with the checkpoint's weights; refuses a checkpoint of another network.
+    Without a run, `ckpt` is the checkpoint's path (its config from `checkpoint_config`)."""
+    path = run.checkpoint(ckpt) if run is not None else Path(str(ckpt)).expanduser()
+    check_checkpoint(path, cfg.model, owner=str(run.root) if run else "its saved config")
     task_class = get_class(cfg.task._target_)
     try:
         task = task_class.load_from_checkpoint(path, map_location="cpu", weights_only=False)
@@ -176,6 +248,10 @@ def rerun_overrides(argv: list[str]) -> list[str]:
         return []
     ours = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "train.yaml").hydra)  # unresolved
     extra = [f"hydra.run.dir='{ours['run']['dir']}'", f"hydra.sweep.dir='{ours['sweep']['dir']}'"]
+    # our callbacks: the whole command checked before anything runs (check=true too), the
+    # saved config's old keys upgraded; a sweep's outcome
+    for name, node in ours.get("callbacks", {}).items():
+        extra.append(f"++hydra.callbacks.{name}._target_={node['_target_']}")
     if not any(arg.startswith("name=") for arg in argv):
         extra.append(f"name={OmegaConf.load(saved.parent / RESOLVED_CONFIG).get('name', 'rerun')}")
     return extra
@@ -205,12 +281,32 @@ def check_writable(argv: list[str]) -> None:
     target = Path(
         given[-1] if given else os.environ.get("NNLAB_OUTPUT_DIR") or "outputs"
     ).expanduser()
+    # Nothing is left here: a refused (or check=true) command leaves no empty folder. The
+    # folders that do not exist yet are made for the probe and removed after it (Hydra makes
+    # them again when a run starts); one another process made meanwhile is left to it.
+    made: list[Path] = []
+    missing = []
+    folder = target.absolute()
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
     try:
-        target.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=target):
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+                made.append(folder)
+            except FileExistsError:
+                pass
+        with tempfile.TemporaryFile(dir=target):  # writable? (removed at once)
             pass
     except OSError as exc:
         raise UserError(
             f"paths.log_dir: cannot write run directories under {target} ({exc.strerror}); point "
             "NNLAB_OUTPUT_DIR or paths.log_dir=... at a writable directory"
         ) from None
+    finally:
+        for folder in reversed(made):
+            try:
+                folder.rmdir()
+            except OSError:  # another command's run directory is in it now
+                pass

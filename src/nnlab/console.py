@@ -1,7 +1,11 @@
-"""What a run prints for people: the config tree at start (rich), saved beside the run."""
+"""What a run prints for people: the config tree at start (rich), saved beside the run, and its
+log lines with coloured level names on a terminal."""
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,3 +50,40 @@ def print_config_tree(
     if save_to is not None:
         with open(save_to, "w", encoding="utf-8") as f:
             rich.print(tree(highlight=False), file=f)
+
+
+# ANSI colours of the level names (green INFO, yellow WARNING, red ERROR, ...)
+LEVEL_COLOURS = {
+    "DEBUG": "36",
+    "INFO": "32",
+    "WARNING": "33",
+    "ERROR": "31",
+    "CRITICAL": "1;31",
+}
+
+
+class ColourFormatter(logging.Formatter):
+    """The console's log lines (conf/train.yaml: hydra.job_logging) with the level name coloured
+    when `stream` (stdout by default) is a terminal; plain text when it is not (a pipe, a file,
+    a SLURM log) or when NO_COLOR is set (https://no-color.org). Other handlers' records (the
+    run's train.log) are not touched: the colour is put on a copy of the record."""
+
+    def __init__(self, fmt=None, datefmt=None, style="%", stream=None):
+        super().__init__(fmt, datefmt, style)
+        self.stream = stream
+        self._colour: bool | None = None
+
+    def colour(self) -> bool:
+        if self._colour is None:
+            stream = self.stream if self.stream is not None else sys.stdout
+            isatty = getattr(stream, "isatty", None)
+            self._colour = not os.environ.get("NO_COLOR") and bool(isatty and isatty())
+        return self._colour
+
+    def format(self, record: logging.LogRecord) -> str:
+        code = LEVEL_COLOURS.get(record.levelname)
+        if code is None or not self.colour():
+            return super().format(record)
+        record = logging.makeLogRecord(record.__dict__)
+        record.levelname = f"\x1b[{code}m{record.levelname}\x1b[0m"
+        return super().format(record)

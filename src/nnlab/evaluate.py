@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Literal
 
-from nnlab.cli import command, load_datamodule, load_task, run_config
-from nnlab.errors import UserError
+from nnlab.cli import checkpoint_config, command, load_datamodule, load_task, run_config
 from nnlab.runs import EVAL_METRICS, Run, write_json
 
 
+# The arguments' types are their declaration (checked before anything runs); their defaults and
+# meanings are in conf/eval.yaml (what --help prints).
 @command("eval")
-def main(run: str, ckpt: str, split: str, accelerator: str, overrides: list[str]) -> dict:
-    if split not in ("test", "val"):
-        raise UserError(f"split: must be test or val, got {split!r}")
-    run_dir = Run.open(run)
-    cfg = run_config(run_dir, overrides)
+def main(
+    run: str | None,
+    ckpt: str,
+    split: Literal["test", "val"],
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"],
+    overrides: list[str],
+) -> dict:
+    if run is None and ckpt not in ("best", "last"):  # a checkpoint alone: its saved config
+        run_dir = None
+        cfg = checkpoint_config(Path(ckpt).expanduser(), overrides)
+    else:
+        run_dir = Run.open(run)
+        cfg = run_config(run_dir, overrides)
     task, path = load_task(run_dir, cfg, ckpt)
     datamodule = load_datamodule(cfg, "test" if split == "test" else "validate")
     import lightning as L  # here, not with the module: `nnlab-eval --help` answers without it
@@ -39,8 +50,12 @@ def main(run: str, ckpt: str, split: str, accelerator: str, overrides: list[str]
         "checkpoint": str(path),
         "wall_time_s": round(time.monotonic() - started, 3),
     }
-    write_json(run_dir.root / EVAL_METRICS, record)
-    print(f"Wrote {run_dir.root / EVAL_METRICS}")
+    # beside a bare checkpoint: <checkpoint name>.eval_metrics.json
+    target = (
+        run_dir.root / EVAL_METRICS if run_dir else path.with_name(f"{path.stem}.{EVAL_METRICS}")
+    )
+    write_json(target, record)
+    print(f"Wrote {target}")
     return record
 
 

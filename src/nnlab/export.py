@@ -5,16 +5,17 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from nnlab.cli import command, load_datamodule, load_task, output_dir, run_config
-from nnlab.data.base import batch_names
 from nnlab.errors import UserError
 from nnlab.runs import EXPORT, Run, write_json
+from nnlab.schema import NonNegativeFloat
 
-Outputs = dict[str, torch.Tensor]
+if TYPE_CHECKING:  # torch is imported where it is used: `nnlab-export --help` answers without it
+    import torch
+
+    Outputs = dict[str, torch.Tensor]
 
 
 def named_outputs(out) -> Outputs:
@@ -28,6 +29,8 @@ def named_outputs(out) -> Outputs:
 
 
 def export_torchscript(net: torch.nn.Module, inputs: tuple[torch.Tensor, ...], names, path: Path):
+    import torch
+
     # strict=False: a graph's outputs come as a dict of tensors
     traced = torch.jit.trace(net, inputs, strict=False)
     traced.save(str(path))
@@ -41,6 +44,8 @@ def export_onnx(net: torch.nn.Module, inputs: tuple[torch.Tensor, ...], names, p
     dynamo exporter first; packed sequences (token ids with their lengths, read by torch's
     recurrent layers) are exported by torch's TorchScript-based exporter, which maps them to
     ONNX's recurrent operators with sequence lengths."""
+    import torch
+
     try:
         import onnxruntime
     except ImportError:
@@ -109,6 +114,8 @@ def model_inputs(datamodule) -> tuple[torch.Tensor, ...]:
     """A test batch as the network reads it (the data module's `batch_transform`), without its
     targets (one, or `target_names`' several): ids and lengths for sequences of tokens, float
     rows for multi-hot ones."""
+    from nnlab.data.base import batch_names
+
     batch = datamodule.batch_transform(next(iter(datamodule.test_dataloader())))
     _, targets = batch_names(datamodule)
     return tuple(batch[: -len(targets or [None])])
@@ -120,7 +127,6 @@ EXPORTERS = {
 }
 
 
-@torch.no_grad()
 def export_network(
     net: torch.nn.Module,
     inputs: tuple[torch.Tensor, ...],
@@ -132,12 +138,15 @@ def export_network(
     two batches of other sizes than the traced one (the export must not have baked the batch
     size in): the inputs' and outputs' names and shapes and the largest difference from the
     network's own outputs."""
-    expected = named_outputs(net(*inputs))
-    exported = EXPORTERS[format][0](net, inputs, names, path)
-    n = len(inputs[0])
-    halves = [tuple(t[:1] for t in inputs), tuple(t[1:] for t in inputs)] if n > 1 else [inputs]
-    parts = [exported(*half) for half in halves]
-    got = {k: torch.cat([p[k] for p in parts]) for k in expected}
+    import torch
+
+    with torch.no_grad():
+        expected = named_outputs(net(*inputs))
+        exported = EXPORTERS[format][0](net, inputs, names, path)
+        n = len(inputs[0])
+        halves = [tuple(t[:1] for t in inputs), tuple(t[1:] for t in inputs)] if n > 1 else [inputs]
+        parts = [exported(*half) for half in halves]
+        got = {k: torch.cat([p[k] for p in parts]) for k in expected}
     return {
         "inputs": {n: list(t.shape) for n, t in zip(names, inputs, strict=True)},
         "input_shapes": [list(t.shape) for t in inputs],
@@ -146,14 +155,23 @@ def export_network(
     }
 
 
+# The arguments' types are their declaration (checked before anything runs); their defaults and
+# meanings are in conf/export.yaml (what --help prints).
 @command("export")
-def main(run, format, ckpt, out, atol, overrides) -> Path:  # noqa: A002 (the CLI's word)
-    if format not in EXPORTERS:
-        raise UserError(f"format: must be one of {', '.join(EXPORTERS)}, got {format!r}")
+def main(
+    run: str | None,
+    format: Literal["torchscript", "onnx"],  # noqa: A002 (the CLI's word)
+    ckpt: str,
+    out: str | None,
+    atol: NonNegativeFloat,
+    overrides: list[str],
+) -> Path:
     run_dir = Run.open(run)
     cfg = run_config(run_dir, overrides)
     task, ckpt_path = load_task(run_dir, cfg, ckpt)
     net = task.net.eval()
+    from nnlab.data.base import batch_names
+
     datamodule = load_datamodule(cfg, "test")
     inputs = model_inputs(datamodule)
     names, _ = batch_names(datamodule)

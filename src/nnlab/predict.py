@@ -3,28 +3,50 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
 from nnlab.cli import command, load_task, output_dir, run_config
 from nnlab.config import build
-from nnlab.data.base import Encoded
-from nnlab.errors import ConfigError, UserError
+from nnlab.errors import UserError
 from nnlab.runs import PREDICTIONS, Run
+from nnlab.schema import NonNegativeInt, PositiveFloat, PositiveInt, Seed
+
+if TYPE_CHECKING:
+    import torch
+
+    from nnlab.data.base import Encoded
 
 
-@torch.no_grad()
+def no_grad(fn):
+    """torch.no_grad() around `fn`, torch imported when it runs: `nnlab-predict --help` and a
+    refused argument answer without torch (tests/test_startup.py)."""
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return call
+
+
+@no_grad
 def forecast(task, datamodule, encoded: Encoded, steps: int):
     """Rows of (kind, t, column, target, prediction): one step ahead of each window for each
     target column, then a recursive forecast of `steps` rows past the end (each prediction fed
     back as input; only where the targets are the features)."""
+    import torch
+
     (windows,) = datamodule.batch_transform(encoded.inputs)
     table, window, targets = encoded.raw, datamodule.window, datamodule.targets
     columns = [datamodule.names.index(t) for t in targets]
@@ -105,7 +127,7 @@ def show(header: list[str], rows, title: str, limit: int = 10) -> None:
         print(f"({len(rows) - limit} more rows in the CSV file)")
 
 
-@torch.no_grad()
+@no_grad
 def classify(task, datamodule, encoded: Encoded, chunk: int = 256):
     """Rows of (name, predicted class, its probability, every class's probability); for a
     multi-label task (name, the labels present, every label's probability)."""
@@ -132,7 +154,7 @@ def classify(task, datamodule, encoded: Encoded, chunk: int = 256):
     return header, rows
 
 
-@torch.no_grad()
+@no_grad
 def regress(task, datamodule, encoded: Encoded, chunk: int = 256):
     """Rows of (name, each target's predicted value in the data's units): regression on
     independent samples (tables of rows)."""
@@ -185,7 +207,7 @@ def layer_names(net: torch.nn.Module) -> list[str]:
     return [name for name, _ in net.named_modules() if name]
 
 
-@torch.no_grad()
+@no_grad
 def extract_features(task, datamodule, encoded: Encoded, layer: str, chunk: int = 256):
     """(what was captured, its activations (N, ...) as a numpy array): the output of the layer
     named `layer` (a name of `task.net.named_modules()`), or, for `penultimate` / empty, the
@@ -230,48 +252,32 @@ def extract_features(task, datamodule, encoded: Encoded, layer: str, chunk: int 
     return what, np.concatenate([c.numpy() for c in captured])
 
 
-def number(key: str, value, kind: type, optional: bool = False):
-    """A command-line value (as typed) as `kind`; `null`/`none` for None when `optional`."""
-    if value is None or (optional and str(value).lower() in ("null", "none", "")):
-        return None
-    try:
-        return kind(value)
-    except ValueError:
-        what = "a whole number" if kind is int else "a number"
-        raise ConfigError(key, f"expected {what}, got {value!r}") from None
-
-
 def generate(task, datamodule, prompt, length, temperature, top_k, seed) -> dict:
-    """Language-model runs: text sampled after the prompt, with the settings that made it."""
-    settings = {
-        "length": number("length", length, int),
-        "temperature": number("temperature", temperature, float),
-        "top_k": number("top_k", top_k, int, optional=True),
-        "seed": number("seed", seed, int),
-    }
+    """Language-model runs: text sampled after the prompt, with the settings that made it
+    (typed and checked with the command's arguments: `main`'s annotations)."""
+    settings = {"length": length, "temperature": float(temperature), "top_k": top_k, "seed": seed}
     return {**task.generate(datamodule, prompt or "", **settings), **settings}
 
 
+# The arguments' types are their declaration (checked before anything runs); their defaults and
+# meanings are in conf/predict.yaml (what --help prints).
 @command("predict")
 def main(
-    run,
-    input,
-    text,
-    ckpt,
-    out,
-    steps,
-    column,
-    prompt,
-    length,
-    temperature,
-    top_k,
-    seed,
-    features,
-    overrides,
-) -> Path:  # noqa: A002 (the CLI's word)
-    n_steps = number("steps", steps, int)
-    if n_steps < 0:
-        raise UserError(f"steps: must be >= 0, got {n_steps}")
+    run: str | None,
+    input: str | None,  # noqa: A002 (the CLI's word)
+    text: str | None,
+    ckpt: str,
+    out: str | None,
+    steps: NonNegativeInt,
+    column: str | None,
+    prompt: str | None,
+    length: PositiveInt,
+    temperature: PositiveFloat,
+    top_k: PositiveInt | None,
+    seed: Seed,
+    features: str | None,
+    overrides: list[str],
+) -> Path:
     run_dir = Run.open(run)
     cfg = run_config(run_dir, overrides)
     if column:  # the CSV column the series is read from
@@ -308,7 +314,7 @@ def main(
     encoded = datamodule.encode([text] if text is not None else input)
     forecasting = datamodule.horizon is not None  # else a classifier (datamodule.classes)
     if forecasting:  # one step ahead, then recursively
-        rows = forecast(task, datamodule, encoded, n_steps)
+        rows = forecast(task, datamodule, encoded, steps)
         header = ["kind", "t", "column", "target", "prediction"]
     elif task.target_kind == "outputs":  # several outputs by name (model=graph)
         header, rows = predict_outputs(task, datamodule, encoded)

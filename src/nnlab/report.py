@@ -556,7 +556,7 @@ def main(
     sweep: str | None,
     out: str | None,
     metric: str | None,
-    tensorboard: bool | str,
+    tensorboard: bool,
     compare: str | None,
 ) -> dict:
     if not sweep:
@@ -574,7 +574,7 @@ def main(
                 f"compare: {compare!r} names no two groups; write compare='A vs B', e.g. "
                 "compare='model.cell=lstm vs model.cell=gru'"
             )
-    with_tensorboard = str(tensorboard).lower() not in ("false", "0", "no")
+    with_tensorboard = tensorboard
     paths = report(sweep_dir, Path(out) if out else None, metric, with_tensorboard, pair)
     print(Path(paths["markdown"]).read_text())
     print(Path(paths["groups_markdown"]).read_text())

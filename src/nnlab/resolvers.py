@@ -23,10 +23,9 @@ def group_choice(group: str, *, _root_: Any) -> Any:
 
 def sqlite_url(path: str) -> str:
     """`${nnlab.sqlite:outputs/optuna/study.db}`: an SQLAlchemy URL for a SQLite file (an Optuna
-    study's storage), absolute, with its folder created (SQLite creates files, not folders)."""
-    file = Path(path).expanduser().absolute()
-    file.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{file}"
+    study's storage), absolute. Its folder is made when the study opens it (search/storage.py),
+    not here: a check of the config (check=true, a refusal) creates nothing."""
+    return f"sqlite:///{Path(path).expanduser().absolute()}"
 
 
 def target_features(targets: Any, features: Any) -> list[int] | None:

@@ -349,9 +349,12 @@ class Run:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
         from nnlab.callbacks.resilience import PeriodicCheckpoint, Preemption, RNGState
+        from nnlab.callbacks.run_config import RunConfigInCheckpoint
 
         directory = str(self.checkpoints)
-        callbacks: list = [RNGState()]
+        # each checkpoint carries the random-number states and the run's config (a checkpoint
+        # alone is evaluated with nnlab-eval ckpt=PATH)
+        callbacks: list = [RNGState(), RunConfigInCheckpoint(self.root / RESOLVED_CONFIG)]
         if not checkpoint.get("enabled", True):
             return callbacks
         shared = {"auto_insert_metric_name": False, "save_last": False}

@@ -151,6 +151,55 @@ REFINED: dict[str, dict[str, Any]] = {
     },
 }
 
+# Hydra's launchers take `**kwargs`; their plugins declare the settings in a config dataclass.
+_SUBMITIT = "hydra_plugins.hydra_submitit_launcher"
+DECLARED_BY = {
+    "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher": (
+        "hydra_plugins.hydra_joblib_launcher.config.JobLibLauncherConf"
+    ),
+    f"{_SUBMITIT}.submitit_launcher.SlurmLauncher": f"{_SUBMITIT}.config.SlurmQueueConf",
+    f"{_SUBMITIT}.submitit_launcher.LocalLauncher": f"{_SUBMITIT}.config.LocalQueueConf",
+}
+
+
+def _nonzero(v: int) -> int:
+    if v == 0:
+        raise ValueError("a count of workers >= 1 (-1: one per CPU)")
+    return v
+
+
+_QUEUE = {  # submitit's queue settings (SLURM's and the local executor's)
+    "timeout_min": PositiveInt,
+    "cpus_per_task": PositiveInt | None,
+    "gpus_per_node": NonNegativeInt | None,
+    "tasks_per_node": PositiveInt,
+    "mem_gb": PositiveInt | None,
+    "nodes": PositiveInt,
+}
+REFINED.update(
+    {
+        "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher": {
+            "n_jobs": Annotated[int, AfterValidator(_nonzero)],
+            "backend": Literal["loky", "multiprocessing", "threading"] | None,
+            "prefer": Literal["processes", "threads"],
+            "require": Literal["sharedmem"] | None,
+            "verbose": NonNegativeInt,
+            "timeout": PositiveFloat | None,
+            "mmap_mode": Literal["r+", "r", "w+", "c"] | None,
+        },
+        f"{_SUBMITIT}.submitit_launcher.LocalLauncher": _QUEUE,
+        f"{_SUBMITIT}.submitit_launcher.SlurmLauncher": {
+            **_QUEUE,
+            "cpus_per_gpu": PositiveInt | None,
+            "gpus_per_task": PositiveInt | None,
+            "signal_delay_s": NonNegativeInt,
+            "max_num_timeout": NonNegativeInt,
+            "array_parallelism": PositiveInt,
+        },
+    }
+)
+
+
 # Arguments a build site passes itself (never in the config): not "missing" when absent.
 SUPPLIED = {"net", "params", "optimizer", "callbacks", "logger", "plugins"}
 
@@ -213,6 +262,7 @@ class RunSettings(BaseModel):
     callbacks: dict[str, Any] | None = Field(None, description="callbacks group")
     logger: dict[str, Any] | None = Field(None, description="logger group")
     cluster: dict[str, Any] | None = Field(None, description="cluster group")
+    averaging: dict[str, Any] | None = Field(None, description="averaging group (ema, swa)")
 
 
 # -- annotations made strict -------------------------------------------------------------------
@@ -280,10 +330,21 @@ class Declared(typing.NamedTuple):
 
 
 def _hints(fn: Any) -> dict[str, Any]:
+    fn = inspect.unwrap(fn)
     try:
-        return typing.get_type_hints(inspect.unwrap(fn), include_extras=True)
-    except Exception:  # noqa: BLE001 - an annotation that does not resolve: unchecked (Any)
-        return {}
+        return typing.get_type_hints(fn, include_extras=True)
+    except Exception:  # noqa: BLE001 - one annotation does not resolve: the others still do
+        hints = {}
+        for name, annotation in getattr(fn, "__annotations__", {}).items():
+            try:  # a name only imported for type checkers (optuna's np): that one is Any
+                hints[name] = (
+                    eval(annotation, getattr(fn, "__globals__", {}), {})  # noqa: S307
+                    if isinstance(annotation, str)
+                    else annotation
+                )
+            except Exception:  # noqa: BLE001, S112
+                continue
+        return hints
 
 
 def _refined(obj: Any) -> dict[str, Any]:
@@ -320,8 +381,18 @@ def locate(target: str) -> Any:
 
 @functools.cache
 def declared(target: str) -> Declared:
-    """The keys `target` takes, with annotations; follows `**kwargs` to the base classes."""
+    """The keys `target` takes, with annotations; follows `**kwargs` to the base classes. A
+    class whose settings are declared elsewhere (DECLARED_BY, or its `schema_declared_by`: a
+    config dataclass or a function's signature) takes those."""
     obj = locate(target)
+    source = DECLARED_BY.get(target) or getattr(obj, "schema_declared_by", None)
+    if source is not None:
+        base = declared(source)
+        fields = {k: v for k, v in base.fields.items() if k not in _HYDRA_KEYS}
+        for name, annotation in _refined(obj).items():
+            if name in fields:
+                fields[name] = (annotation, fields[name][1])
+        return Declared(f"{obj.__module__}.{obj.__qualname__}", fields, base.open, {}, None)
     fields: dict[str, tuple[Any, Any]] = {}
     applies: dict[str, tuple[str, tuple[str, ...]]] = {}
     is_open = following = False
@@ -562,6 +633,17 @@ def validate_mapping(
 
 # -- the check -----------------------------------------------------------------------------------
 _HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+# Keys every network (the run's `model` node) takes besides its constructor's; the task keeps
+# them with the network's config and the run acts on them (nnlab/assemble.py).
+NETWORK_KEYS: dict[str, Any] = {
+    "weights": str | None,  # Keras' weights=: a checkpoint or state-dict file loaded first
+}
+
+
+def keys_besides_target(key: str) -> dict[str, Any]:
+    """What the node at dotted `key` takes besides its target's keys (the run's network, `model`:
+    NETWORK_KEYS); every check of a node's keys asks this."""
+    return NETWORK_KEYS if key == "model" else {}
 
 
 def check_node(node: dict, key: str) -> None:
@@ -578,6 +660,10 @@ def check_node(node: dict, key: str) -> None:
             "; name an importable class (module.Class) on the Python path",
         ) from None
     args = {k: v for k, v in node.items() if k not in _HYDRA_KEYS}
+    if besides := keys_besides_target(key):  # the network keys: checked here, not the constructor's
+        extra = {k: args.pop(k) for k in besides if k in args}
+        fields = {k: (annotation, None) for k, annotation in besides.items()}
+        validate_mapping(fields, extra, key, "a network")
     # a nested target node (the task's optimizer) is checked on its own: here only its _target_
     plain = {k: ({"_target_": v["_target_"]} if _is_target(v) else v) for k, v in args.items()}
     try:
@@ -684,6 +770,83 @@ def _interpolation(cfg: DictConfig, key: str) -> str | None:
     return None
 
 
+# -- unknown keys of nnlab's classes, found before their modules (and torch) are imported --------
+# class attributes that leave the keys a class takes as its __init__'s parameters
+_KEYS_UNCHANGED = {"schema_applies", "schema_old_defaults", "schema_check"}
+
+
+def source_keys(target: str) -> frozenset[str] | None:
+    """The keys an nnlab class takes, read from its module's source without importing it (an
+    import of nnlab.models is an import of torch: a refused key answers in a fraction of the
+    time, tests/test_startup.py). Only where the source says all: the class's own `__init__`
+    without `**kwargs`, no decorator, no schema attribute that adds or removes keys. None
+    otherwise, and for a module already imported (`declared` is as quick then)."""
+    import sys
+
+    module = target.rpartition(".")[0]
+    return None if module in sys.modules else keys_in_source(target)
+
+
+@functools.cache
+def keys_in_source(target: str) -> frozenset[str] | None:
+    """`source_keys`, imported or not (tests compare it with `declared`)."""
+    import ast
+
+    module, _, name = target.rpartition(".")
+    if not module.startswith("nnlab."):
+        return None
+    root = Path(__file__).parent.joinpath(*module.split(".")[1:])
+    path = root / "__init__.py" if root.is_dir() else root.with_suffix(".py")
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name]
+    if len(classes) != 1 or classes[0].decorator_list:
+        return None
+    init = None
+    for node in classes[0].body:
+        targets = [node.target] if isinstance(node, ast.AnnAssign) else getattr(node, "targets", [])
+        names = {t.id for t in targets if isinstance(t, ast.Name)}
+        if isinstance(node, ast.FunctionDef):
+            names.add(node.name)
+        if any(n.startswith("schema_") and n not in _KEYS_UNCHANGED for n in names):
+            return None
+        if isinstance(node, ast.FunctionDef) and node.name == "__init__":
+            init = node.args
+    if init is None or init.kwarg is not None:
+        return None
+    params = [a.arg for a in (*init.posonlyargs, *init.args, *init.kwonlyargs)]
+    return frozenset(params[1:])
+
+
+def refuse_unknown_from_source(value: Any, key: str = "") -> None:
+    """The unknown keys of every target node `source_keys` can judge, refused as `check_node`
+    refuses them (the same message), before any target is imported."""
+    if isinstance(value, list):
+        for i, child in enumerate(value):
+            refuse_unknown_from_source(child, f"{key}[{i}]")
+        return
+    if not isinstance(value, dict):
+        return
+    for name, child in value.items():
+        refuse_unknown_from_source(child, f"{key}.{name}" if key else str(name))
+    target = value.get("_target_")
+    keys = source_keys(target) if isinstance(target, str) else None
+    if keys is None:
+        return
+    args = {k: v for k, v in value.items() if k not in {*_HYDRA_KEYS, *keys_besides_target(key)}}
+    if set(args) <= keys:
+        return
+    config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    model = create_model("Source", __config__=config, **{k: (Any, None) for k in keys})
+    try:
+        model.model_validate(args)
+    except ValidationError as exc:
+        errors = [e for e in exc.errors() if e["type"] == "extra_forbidden"]
+        raise refusal(key, args, errors, target, dict.fromkeys(keys, Any)) from None
+
+
 def check_plain(plain: dict[str, Any]) -> None:
     """`check` of a resolved config (plain dicts and lists, no `hydra` node)."""
     settings = {k: v for k, v in plain.items() if k in RunSettings.model_fields}
@@ -701,7 +864,10 @@ def check_plain(plain: dict[str, Any]) -> None:
     except ValidationError as exc:
         fields = {n: f.annotation for n, f in RunSettings.model_fields.items()}
         raise refusal("", settings, exc.errors(), "nnlab-train", fields) from None
-    for group in ("data", "model", "task", "trainer", "callbacks", "logger", "cluster"):
+    groups = ("data", "model", "task", "trainer", "callbacks", "logger", "cluster", "averaging")
+    for group in groups:  # an unknown key of nnlab's classes: no import (of torch) to say so
+        refuse_unknown_from_source(plain.get(group), group)
+    for group in groups:
         _walk(plain.get(group), group)
 
 
@@ -711,6 +877,23 @@ GROUPS_WITHOUT_SCHEMA = {"experiment", "hparams_search", "debug", "local"}
 
 def adapter(annotation: Any) -> TypeAdapter:
     return TypeAdapter(strict(annotation))
+
+
+# -- a multirun's launcher and sweeper ---------------------------------------------------------
+HYDRA_NODES = ("launcher", "sweeper")
+
+
+def hydra_settings(config: DictConfig) -> dict[str, Any]:
+    """hydra.launcher and hydra.sweeper, resolved ({"launcher": {...}, "sweeper": {...}})."""
+    return {name: _resolve(config, f"hydra.{name}") for name in HYDRA_NODES}
+
+
+def check_hydra_settings(settings: dict[str, Any]) -> None:
+    """A multirun's launcher and sweeper settings against what their classes declare (their
+    signatures, a plugin's config dataclass: DECLARED_BY, or `schema_declared_by`), as every
+    other node's; the sampler under the sweeper too."""
+    for name, node in settings.items():
+        _walk(node, f"hydra.{name}")
 
 
 # -- a whole command checked before Hydra runs anything (hydra.callbacks in conf/train.yaml) ----
@@ -759,6 +942,34 @@ def sweep_trials(config: DictConfig) -> list[list[str]] | None:
     loader = GlobalHydra.instance().config_loader()
     parsed = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
     return hydra_compat.split_sweep_arguments(parsed)
+
+
+def search_probes(config: DictConfig) -> list[tuple[list[str], dict[str, str]]]:
+    """A search's trials as the schema checks them, before the first is asked for: (overrides,
+    {key: which point of its search-space entry it is at}). Its fixed arguments with each
+    search-space entry at each of its ends (every choice, an interval's or range's low and high
+    end) and the other entries at their first; the overrides in the order the sweeper gives a
+    trial (nnlab/search/sweeper.py)."""
+    from nnlab.search.space import ends, override_value, search_entries
+
+    params = config.hydra.sweeper.get("params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()]
+    arguments += list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
+    entries = search_entries(arguments)
+    fixed = [f"{k}={v}" for k, (_, v) in entries.items() if isinstance(v, str)]
+    space = {k: (text, ends(v)) for k, (text, v) in entries.items() if not isinstance(v, str)}
+
+    def point(key: str, what: str, value: Any) -> tuple[str, str]:
+        shown = override_value(value)
+        return f"{key}={shown}", f"the {what} {shown} of the search-space entry {space[key][0]}"
+
+    first = {k: point(k, *points[0]) for k, (_, points) in space.items()}
+    probes = []
+    for key, (_, points) in space.items():
+        for what, value in points:
+            at = {k: point(k, what, value) if k == key else first[k] for k in space}
+            probes.append(([o for o, _ in at.values()] + fixed, {k: p for k, (_, p) in at.items()}))
+    return probes or [(fixed, {})]
 
 
 def _trial_config(
@@ -824,6 +1035,7 @@ class UpFrontCheck(Callback):
             if OmegaConf.is_missing(cfg.hydra.job, "num"):
                 cfg.hydra.job.num = 0  # what the sweep subdir reads, unset in a single run
         _with_output_dir(cfg, run_dir)
+        upgrade_rerun(cfg, cfg.hydra, quiet=not cfg.get("check"))  # the run notes it itself
         try:
             plain = resolved(cfg)
             check_plain(plain)
@@ -840,15 +1052,30 @@ class UpFrontCheck(Callback):
         saved = hydra_compat.hydra_config()
         str(config.hydra.sweep.dir)  # resolved once: every trial and Hydra share ${now:}, uid
         trials = sweep_trials(config)
-        plan, composed = [], {}
+        plan, composed, probes = [], {}, []
         try:
-            if trials is None:  # a search: its base config now, each trial as it is chosen
-                cfg = _trial_config(config, [], 0)
-                _with_output_dir(cfg, str(cfg.hydra.sweep.dir))
-                check(cfg)
+            check_hydra_settings(hydra_settings(config))
+            if trials is None:  # a search: every end of its space now, as trials would get it
+                probes = search_probes(config)
+                for overrides, points in probes:
+                    cfg = _trial_config(config, overrides, 0, composed)
+                    _with_output_dir(cfg, str(cfg.hydra.sweep.dir))
+                    try:
+                        check(cfg)
+                    except ConfigError as exc:
+                        # the entry at fault: the key's own, else the ones a trial had here
+                        at = points.get(exc.key) or "; ".join(points.values())
+                        if not at:
+                            raise
+                        raise ConfigError(
+                            exc.key,
+                            f"{str(exc)[len(exc.key) + 2 :]} ({at} leaves this: keep the "
+                            "search space within the bound; nothing was run)",
+                        ) from None
                 trials = []
             for num, overrides in enumerate(trials):
                 cfg = _trial_config(config, overrides, num, composed)
+                upgrade_rerun(cfg, config.hydra, quiet=not config.get("check"))
                 output_dir = f"{cfg.hydra.sweep.dir}/{cfg.hydra.sweep.subdir}"
                 _with_output_dir(cfg, output_dir)
                 try:
@@ -867,7 +1094,12 @@ class UpFrontCheck(Callback):
         if not config.get("check"):
             self._guard_sweep_dir(config)  # checked trials first: a refusal writes nothing
             return
-        what = f"{len(plan)} trial(s)" if plan else "a search (its trials are chosen as it runs)"
+        what = (
+            f"{len(plan)} trial(s)"
+            if plan
+            else f"a search (its trials are chosen as it runs; its space checked at {len(probes)} "
+            "point(s): every choice, every interval's and range's ends)"
+        )
         print(f"check: every config is valid; the sweep would run {what}")
         print("\n".join(plan))
         raise SystemExit(0)
@@ -919,7 +1151,7 @@ def guard_run_dir(config: DictConfig) -> None:
         )
 
 
-def upgrade_saved(cfg: DictConfig, where: str = "saved config") -> DictConfig:
+def upgrade_saved(cfg: DictConfig, where: str = "saved config", quiet: bool = False) -> DictConfig:
     """A config saved by an earlier nnlab (a resumed run's) with keys its variant never used
     set to their old defaults (an LSTM's `depth: 3`): those read as null, each with a note, so
     the run passes today's check unchanged. Anything else stays for the check to judge."""
@@ -939,10 +1171,34 @@ def upgrade_saved(cfg: DictConfig, where: str = "saved config") -> DictConfig:
             value = node.get(name)
             if name in old and value == old[name] and node.get(selector) not in variants:
                 node[name] = None
-                log.info(
+                (log.debug if quiet else log.info)(
                     "%s: %s.%s=%r (an old default, unused by %s.%s=%r) read as null",
                     where, key, name, value, key, selector, node.get(selector),
                 )  # fmt: skip
+    return cfg
+
+
+def rerun_of(hydra_node: Any) -> Path | None:
+    """The run directory whose saved config this command runs again (`-cp <run>/.hydra -cn
+    config`), from Hydra's config sources; None for any other command."""
+    from nnlab.runs import Run
+
+    for source in hydra_node.runtime.get("config_sources") or []:
+        path = Path(str(source.get("path") or ""))
+        if (
+            source.get("provider") == "main"
+            and path.name == ".hydra"
+            and Run.is_run_dir(path.parent)
+        ):
+            return path.parent
+    return None
+
+
+def upgrade_rerun(cfg: DictConfig, hydra_node: Any, quiet: bool = False) -> DictConfig:
+    """`upgrade_saved` of a config run again from a run's saved config (`quiet`: without its
+    notes, which the run logs itself)."""
+    if (run_dir := rerun_of(hydra_node)) is not None:
+        upgrade_saved(cfg, f"{run_dir}'s saved config", quiet)
     return cfg
 
 

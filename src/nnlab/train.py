@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from nnlab import CONF_DIR
 from nnlab.cli import check_writable, rerun_overrides, resumed_config, unparsable_argument
@@ -33,7 +33,7 @@ from nnlab.errors import (
 )
 from nnlab.heap import freeze_imports
 from nnlab.runs import RESOLVED_CONFIG, Run, relocatable_config
-from nnlab.schema import check
+from nnlab.schema import check, upgrade_rerun
 from nnlab.sweeps import NoTrialCompleted, SweepOutcome, released_ddp_state, single_job_argv
 
 log = logging.getLogger("nnlab.train")
@@ -116,6 +116,7 @@ def completed_before(run: Run, cfg: DictConfig) -> Any:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
+    upgrade_rerun(cfg, hydra_cfg)  # a saved config of an earlier nnlab, run again: today's keys
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run = Run(hydra_cfg.runtime.output_dir)
     if multirun and (kept := completed_before(run, cfg)) is not None:
@@ -157,6 +158,10 @@ def main() -> None:
         # is the message; Hydra's wrapper around it only names the class it was building
         cause = user_error_cause(exc) or exc
         message = " ".join(line.strip() for line in str(cause).splitlines() if line.strip())
+        inner = exc.__cause__  # "Error merging override k=v": what OmegaConf said of the value
+        if cause is exc and isinstance(inner, ValidationError):  # a value of the wrong type
+            said = next((line.strip() for line in str(inner).splitlines() if line.strip()), "")
+            message = f"{message}: {said}" if said and said not in message else message
         if (bad := unparsable_argument(sys.argv[1:])) is not None:  # name it: Hydra does not
             message = f"{bad}: {message}"
         print(f"error: {message}", file=sys.stderr)

@@ -5,21 +5,24 @@ this class is here and forwards to nnlab.packed.launcher."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+from nnlab.schema import NonNegativeFloat, PositiveInt
+
 
 class PackedLauncher(Launcher):
+    # The settings' types and bounds (checked by nnlab's schema before a sweep starts).
     def __init__(
         self,
-        pack_size: int = 32,
+        pack_size: PositiveInt = 32,
         device: str = "auto",
-        recurrent: str = "auto",
-        save_every_s: float = 10.0,
+        recurrent: Literal["auto", "batched", "per_trial"] = "auto",
+        save_every_s: NonNegativeFloat = 10.0,
     ) -> None:
         from nnlab.errors import ConfigError, require_positive
         from nnlab.packed.recurrent import KERNELS

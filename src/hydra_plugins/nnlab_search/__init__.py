@@ -16,6 +16,9 @@ register_configs()
 class NnlabSweeper(Sweeper):
     """Hyperparameter search on Optuna: asynchronous workers, pruning, several objectives."""
 
+    # its settings' types, bounds and meanings (checked by nnlab's schema before a search)
+    schema_declared_by = "nnlab.search.config.sweeper_settings"
+
     def __init__(self, **settings: Any) -> None:
         from nnlab.search.sweeper import SearchSweeper
 

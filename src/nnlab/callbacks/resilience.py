@@ -53,11 +53,22 @@ class RNGState(L.Callback):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def ends_epoch(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Whether batch `batch_idx` is the epoch's last. Lightning (2.4-2.6) resumes a checkpoint
+    saved at the end of an epoch's last batch wrongly: it skips that epoch's end (validation,
+    epoch hooks, schedulers), starts the next epoch without its start hooks, and a checkpoint
+    saved in that epoch then repeats it on the next resume. So nnlab saves there no checkpoint
+    of its own (tests/test_resilience.py)."""
+    return batch_idx + 1 >= trainer.num_training_batches
+
+
 class Preemption(L.Callback):
     """On SIGTERM (Lightning notices it), SIGUSR1, or the SLURM requeue signal of
-    `cluster=slurm` (noticed here): save `<dirpath>/last.ckpt` at the end of the current
-    training batch and stop; nnlab-train then marks the run `preempted`. On the requeue signal
-    the job is also requeued (`scontrol requeue`): it continues in the same run directory."""
+    `cluster=slurm` (noticed here): save `<dirpath>/last.ckpt` and stop; nnlab-train then marks
+    the run `preempted`. Noticed within an epoch, it saves at the end of the current training
+    batch; noticed at the epoch's last batch, the epoch ends first (validation, its checkpoints)
+    and the state after it is saved (`ends_epoch`). On the requeue signal the job is also
+    requeued (`scontrol requeue`): it continues in the same run directory."""
 
     def __init__(
         self,
@@ -69,6 +80,8 @@ class Preemption(L.Callback):
         self.path = Path(dirpath) / filename
         self.signals = signals
         self.requested: str | None = None
+        self.at_epoch_end = False  # noticed at an epoch's last batch: stop when it has ended
+        self._finished_anyway = False  # that epoch ended the training (max_epochs, early stop)
         # cluster=slurm's environment (nnlab.cluster): its signal, and it requeues the job
         self.cluster = cluster
         requeue_signal = getattr(cluster, "nnlab_requeue_signal", None)
@@ -93,11 +106,37 @@ class Preemption(L.Callback):
     def _notice(self, signum, frame) -> None:
         self.requested = signal.Signals(signum).name
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.received_sigterm and not self.requested:
             self.requested = "SIGTERM"
         if not self.requested:
             return
+        if ends_epoch(trainer, batch_idx):
+            self.at_epoch_end = True
+            return
+        self._save_and_stop(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        if not self.at_epoch_end:
+            return
+        # After validation: an early stop decided there, or the last epoch, ends the run anyway.
+        last_epoch = (
+            trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        )
+        self._finished_anyway = trainer.should_stop or last_epoch
+        trainer.should_stop = True  # (Lightning stops by itself on SIGTERM, after this epoch)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        if self.at_epoch_end and not self._finished_anyway:
+            self._save_and_stop(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
+        # SIGTERM at an epoch's last batch: Lightning raises once the epoch has ended
+        if self.at_epoch_end and isinstance(exception, SIGTERMException):
+            self.at_epoch_end = False
+            self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> str:
         log.warning("%s received: saving %s and stopping", self.requested, self.path)
         trainer.save_checkpoint(self.path)
         trainer.should_stop = True
@@ -113,6 +152,11 @@ class Preemption(L.Callback):
                     problem,
                     self.path.parent.parent,
                 )
+        return reason
+
+    def _save_and_stop(self, trainer: L.Trainer) -> None:
+        self.at_epoch_end = False
+        reason = self._save(trainer)
         if not trainer.received_sigterm:  # Lightning stops by itself on SIGTERM only
             raise SIGTERMException(reason)
 
@@ -147,8 +191,8 @@ class PeriodicCheckpoint(ModelCheckpoint):
         steps_due = every >= 1 and (
             trainer.global_step // every > self._last_global_step_saved // every
         )
-        if not (self._time_is_due(trainer) or steps_due):
-            return
+        if not (self._time_is_due(trainer) or steps_due) or ends_epoch(trainer, batch_idx):
+            return  # (at the epoch's last batch: last.ckpt follows at the epoch's end)
         candidates = self._monitor_candidates(trainer)
         self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)

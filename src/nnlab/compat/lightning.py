@@ -3,17 +3,22 @@
 The fused loop (tasks/loops.py) steps the raw optimizer itself inside Lightning's manual
 optimization, so it tells Lightning's counters what happened (the optimizer step count behind
 `trainer.global_step`, and the loggers' step axis); the in-memory batcher (data/memory.py) asks
-how many batches of the epoch the model has consumed, to resume mid-epoch. None of these is a
+how many batches of the epoch the model has consumed, to resume mid-epoch; the CSV logger
+continues a resumed run's metrics.csv (`CSVLogger`). None of these is a
 public API: each function below is tested against the installed Lightning (tests/test_compat.py),
 and an untested Lightning version is named in a warning when nnlab starts.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import re
 
 import lightning as L
+import lightning.pytorch.loggers
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,29 @@ def batches_processed(trainer: L.Trainer) -> int:
         return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
     except AttributeError:
         raise _missing("fit_loop.epoch_loop.batch_progress") from None
+
+
+class _ContinuingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv when it starts; this one continues
+    it under the same header (a resumed run keeps its earlier epochs)."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = list(csv.DictReader(file).fieldnames or [])
+
+
+class CSVLogger(lightning.pytorch.loggers.CSVLogger):
+    """Lightning's CSVLogger, continuing the metrics.csv of a resumed run instead of deleting it
+    (`logger=csv`)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuingWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 if (problem := version_problem()) is not None:

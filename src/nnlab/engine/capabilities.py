@@ -123,6 +123,20 @@ def _callback_hooks(trainer) -> str | None:
     return None
 
 
+# -- a network that carries its state from batch to batch (model.stateful) ----------------------
+@check("captured", "packed")
+def _stateful(task) -> str | None:
+    net = getattr(task, "net", None)
+    for name, module in net.named_modules() if isinstance(net, nn.Module) else ():
+        if getattr(module, "stateful", False):
+            where = f"{name} " if name else ""
+            return (
+                f"the network {where}is stateful (model.stateful: each batch starts from the "
+                "state the one before left, kept on the host side of the step)"
+            )
+    return None
+
+
 # -- the captured step ---------------------------------------------------------------------------
 @check("captured")
 def _cuda(trainer) -> str | None:
@@ -297,6 +311,8 @@ def stackable(module: nn.Module) -> str | None:
                 return f"{name}: {type(child).__name__} is not a plain RNN/LSTM/GRU"
             if (reason := recurrent_layer(child)) is not None:
                 return f"{name}: {reason}"
+        if hasattr(child, "initial_h"):  # packed recurrent layers start from zeros
+            return f"{name or 'the network'}: a learned initial state (model.initial_state)"
         if isinstance(child, nn.modules.dropout._DropoutNd) and type(child) is not nn.Dropout:
             return f"{name}: {type(child).__name__} (only nn.Dropout is stacked)"
     return None

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from nnlab.errors import ConfigError
+from nnlab.models.init import Initializer, init_module
 from nnlab.models.layers import InputAdapter, trace_shapes
 from nnlab.schema import PositiveInt, Rate
 
@@ -62,6 +63,7 @@ class AlexNet(nn.Module):
         groups: Literal[1, 2] = 1,
         lrn: bool = True,
         input_size: PositiveInt | None = None,
+        init: Initializer = "torch",
     ):
         super().__init__()
         if groups == 2 and any(c % 2 for c in channels):
@@ -106,6 +108,7 @@ class AlexNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(hidden, num_classes),
         )
+        init_module(self, init)  # Keras' initialiser of every conv and dense layer; biases zero
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))

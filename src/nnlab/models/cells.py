@@ -394,8 +394,10 @@ def run_cell(
     x: torch.Tensor,
     lengths: torch.Tensor | None = None,
     truncate: int | None = None,
-) -> torch.Tensor:
-    """(batch, steps, features) -> every step's state (batch, steps, hidden), from h_0 = 0.
+    h0: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch, steps, features) -> (every step's output (batch, steps, hidden), the state at the
+    end (batch, state_size)), from `h0` (None: zeros).
     With `lengths`, a sequence's state stops changing after its last real step (so the last
     column holds each sequence's final real state) and padded steps read no input.
 
@@ -406,7 +408,7 @@ def run_cell(
     steps = x.shape[1]
     cut = max(steps - truncate, 0) if truncate else 0
     mask = step_mask(lengths, steps)
-    h = x.new_zeros(x.shape[0], cell.state_size)
+    h = x.new_zeros(x.shape[0], cell.state_size) if h0 is None else h0
     states = []
     for start, end in ((0, cut), (cut, steps)):
         if start == end:
@@ -417,7 +419,7 @@ def run_cell(
                 new = cell.step(projected[:, t - start], h)
                 h = new if mask is None else torch.where(mask[:, t], new, h)
                 states.append(cell.output(h))
-    return torch.stack(states, dim=1)
+    return torch.stack(states, dim=1), h
 
 
 class CellStack(nn.Module):
@@ -459,21 +461,36 @@ class CellStack(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """With `lengths`, padded steps are never read: h_n holds each sequence's state at its
         own last real step (the backward pass starts there) and outputs are zero at padding."""
-        finals = []
+        outputs, h_n, _ = self.run(x, lengths)
+        return outputs, h_n
+
+    @property
+    def state_size(self) -> int:
+        return self.cells[0].state_size
+
+    def run(
+        self, x: torch.Tensor, lengths: torch.Tensor | None = None, h0: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(outputs, h_n, the whole state at the end): as `forward`, from `h0` (layers *
+        directions, batch, state_size; None: zeros), the state a next batch may continue from."""
+        finals, ends = [], []
         mask = step_mask(lengths, x.shape[1])
         for layer in range(self.num_layers):
             if layer > 0:
                 x = self.dropout(x)
             outputs = []
             for direction in range(self.directions):
-                cell = self.cells[layer * self.directions + direction]
+                index = layer * self.directions + direction
+                cell, start = self.cells[index], None if h0 is None else h0[index]
                 if direction == 0:
-                    states = run_cell(cell, x, lengths, self.truncate)
-                    finals.append(states[:, -1])
+                    states, end = run_cell(cell, x, lengths, self.truncate, start)
                 else:  # read each sequence backwards, store the states in forward time order
-                    states = run_cell(cell, reverse_padded(x, lengths), lengths, self.truncate)
-                    finals.append(states[:, -1])
+                    backwards = reverse_padded(x, lengths)
+                    states, end = run_cell(cell, backwards, lengths, self.truncate, start)
+                finals.append(states[:, -1])
+                ends.append(end)
+                if direction:
                     states = reverse_padded(states, lengths)
                 outputs.append(states if mask is None else states * mask)
             x = torch.cat(outputs, dim=-1)
-        return x, torch.stack(finals)
+        return x, torch.stack(finals), torch.stack(ends)

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from nnlab.errors import ConfigError
+from nnlab.models.init import Initializer, init_module
 from nnlab.models.layers import ActivationName, InputAdapter, dense_stack, trace_shapes
 from nnlab.models.layers import activation as make_activation
 from nnlab.schema import NonNegativeInt, PositiveInt, Rate
@@ -91,6 +92,7 @@ class CNN(nn.Module):
         activation: ActivationName = "relu",
         output_size: PositiveInt | None = None,
         layout: Literal["image", "sequence"] = "image",
+        init: Initializer = "torch",
     ):
         super().__init__()
         if (num_classes is None) == (output_size is None):
@@ -162,6 +164,7 @@ class CNN(nn.Module):
         )
         head_layers.append(nn.Linear(width, num_classes or output_size))
         self.classifier = nn.Sequential(*head_layers)
+        init_module(self, init)  # Keras' initialiser of every conv and dense layer; biases zero
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.layout == "sequence":  # (B, steps[, features]) -> (B, features, steps)

@@ -27,6 +27,9 @@ class RecurrentLanguageModel(RecurrentNet):
         "return_sequences",
         "input_size",
         "output_size",
+        # its own carried state: truncated backpropagation through time (data.tbptt)
+        "stateful",
+        "initial_state",
     )
 
     def __init__(

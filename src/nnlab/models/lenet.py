@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from nnlab.models.init import Initializer, init_module
 from nnlab.models.layers import ActivationName, InputAdapter, trace_shapes
 from nnlab.models.layers import activation as make_activation
 from nnlab.schema import PositiveInt
@@ -37,6 +38,7 @@ class LeNet5(nn.Module):
         in_size: PositiveInt = 28,
         activation: ActivationName | None = None,
         input_size: PositiveInt = 32,
+        init: Initializer = "torch",
     ):
         super().__init__()
         default_activation, pool = VARIANTS[variant]
@@ -69,6 +71,7 @@ class LeNet5(nn.Module):
                 output=nn.Linear(84, num_classes),
             )
         )
+        init_module(self, init)  # Keras' initialiser of every conv and dense layer; biases zero
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))

@@ -16,11 +16,20 @@ return_sequences=True; outputs at padded steps are zeroed by the mask and scored
 `return_sequences: [true, ..., X]` spells the same per layer, Keras-style: every layer below the
 top must return sequences (the next one reads them), and the top's X means `all` (true) or
 `last` (false).
+
+Keras' `stateful=True` (`stateful: true`): each sample's state at the end of a batch is where the
+same row of the next batch starts (detached: gradients stop at the batch boundary), so batches
+must come in order (data.shuffle=false) and row i of consecutive batches must continue the same
+sequence. The carried state resets where an epoch of training starts and where each evaluation
+(validation, test, prediction) starts and ends (nnlab/tasks/base.py); training and evaluation
+carry their own. A last, shorter batch continues its rows' states. `initial_state`: where a sequence (or, stateful, an epoch)
+starts: `zeros` (torch's and Keras' default) or `learned` (a trained parameter per layer and
+direction, h and, for torch's LSTM, c; saved in checkpoints like any weight).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -87,6 +96,8 @@ class RecurrentNet(nn.Module):
         inner_init: Initializer = "default",
         activation: Activation | None = None,
         truncate_gradient: PositiveInt | None = None,
+        stateful: bool = False,
+        initial_state: Literal["zeros", "learned"] = "zeros",
     ):
         super().__init__()
         nonlinearity = nonlinearity or "tanh"
@@ -118,6 +129,48 @@ class RecurrentNet(nn.Module):
         )  # fmt: skip
         self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), output_size)
         init_module(self.head, init, key="model.init")  # Keras' Dense on top
+        self.stateful = stateful
+        self.carried: dict[bool, Any] = {}  # training? -> the state the next batch starts from
+        if initial_state == "learned":  # (layers * directions, 1, state) expanded to the batch
+            rows = num_layers * (2 if bidirectional else 1)
+            size = hidden_size if cell in TORCH_CELLS else self.rnn.state_size
+            self.initial_h = nn.Parameter(torch.zeros(rows, 1, size))
+            if cell == "lstm":
+                self.initial_c = nn.Parameter(torch.zeros(rows, 1, hidden_size))
+
+    def start_state(self, batch: int, device: torch.device | None = None) -> Any:
+        """The state a batch of `batch` sequences starts from: the one carried from the batch
+        before (stateful), the learned one, or None (zeros)."""
+        carried = self.carried.get(self.training) if self.carries() else None
+        if carried is not None:
+            first = carried[0] if isinstance(carried, tuple) else carried
+            if batch > first.shape[1]:
+                raise ValueError(
+                    f"model.stateful: a batch of {batch} sequences after one of "
+                    f"{first.shape[1]}; stateful training needs batches of one size (a shorter "
+                    "last batch is fine)"
+                )
+            if isinstance(carried, tuple):  # (one read from a checkpoint is on the CPU)
+                return tuple(c[:, :batch].to(device).contiguous() for c in carried)
+            return carried[:, :batch].to(device).contiguous()
+        if not hasattr(self, "initial_h"):
+            return None
+        h = self.initial_h.expand(-1, batch, -1).contiguous()
+        if hasattr(self, "initial_c"):
+            return h, self.initial_c.expand(-1, batch, -1).contiguous()
+        return h
+
+    def carries(self) -> bool:
+        """Stateful, and not being traced (a TensorBoard graph, an ONNX export: the network as
+        one call from its initial state)."""
+        return self.stateful and not (torch.jit.is_tracing() or torch.compiler.is_exporting())
+
+    def reset_states(self, training: bool | None = None) -> None:
+        """Forget the carried state (Keras' reset_states): training's, evaluation's or both."""
+        if training is None:
+            self.carried.clear()
+        else:
+            self.carried.pop(training, None)
 
     def encode(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """(batch, steps, features) -> (batch, hidden * directions), or (batch, steps, ...)
@@ -126,14 +179,21 @@ class RecurrentNet(nn.Module):
             x = x.unsqueeze(-1)
         if lengths is not None:
             lengths = lengths.clamp(min=1, max=x.shape[1])
+        h0 = self.start_state(x.shape[0], x.device)
+        start = () if h0 is None else (h0,)  # (packed trials' layers take no state)
         if self.cell in TORCH_CELLS and lengths is not None:
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            packed_out, state = self.rnn(packed)
+            packed_out, state = self.rnn(packed, *start)
             outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=x.shape[1])
+            end = state
         elif self.cell in TORCH_CELLS:
-            outputs, state = self.rnn(x)
+            outputs, state = self.rnn(x, *start)
+            end = state
         else:
-            outputs, state = self.rnn(x, lengths)
+            outputs, state, end = self.rnn.run(x, lengths, h0)
+        if self.carries():  # the next batch's rows continue from here; no gradient across
+            detached = tuple(e.detach() for e in end) if isinstance(end, tuple) else end.detach()
+            self.carried[self.training] = detached
         if self.readout == "all":
             return outputs
         if self.readout == "mean":

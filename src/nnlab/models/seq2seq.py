@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from nnlab.errors import ConfigError
+from nnlab.models.init import Initializer, init_module
 from nnlab.schema import Fraction, NonNegativeInt, PositiveInt
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
@@ -38,6 +39,8 @@ class Seq2SeqForecaster(nn.Module):
         num_layers: PositiveInt = 1,
         teacher_forcing_ratio: Fraction = 0.5,
         target_features: Sequence[NonNegativeInt] | None = (0,),
+        init: Initializer = "torch",
+        inner_init: Initializer = "torch",
     ):
         super().__init__()
         if target_features is not None:
@@ -55,6 +58,8 @@ class Seq2SeqForecaster(nn.Module):
         self.encoder = CELLS[cell](input_size, hidden_size, num_layers, batch_first=True)
         self.decoder = CELLS[cell](num_targets, hidden_size, num_layers, batch_first=True)
         self.head = nn.Linear(hidden_size, num_targets)
+        # Keras' initialisers (models/init.py), as model=recurrent's init / inner_init
+        init_module(self, init, inner_init)
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """x (batch, window[, features]) -> (batch, horizon * num_targets); `targets` (batch,

@@ -18,9 +18,14 @@ a layer that does not fit is a ConfigError naming `model.layers[i]`, its kind an
 Layouts: images are (channels, height, width) as the data gives them; sequences are (steps,
 features), as in Keras, and the 1D layers (conv1d, pooling, recurrent) read them so; a 1-D input
 such as a sine window becomes (steps, 1) before them. Outputs are logits: a final `softmax` /
-`sigmoid` activation (Keras' classifier head) is left to the task's loss. `mask_zero` on an
-embedding marks id 0 as padding (at the end of a sequence, as nnlab's IMDB view pads): torch's
-recurrent layers then skip the pads and the global 1D pools ignore them.
+`sigmoid` activation (Keras' classifier head) is left to the task's loss.
+
+Masks, as Keras': `mask_zero` on an embedding masks the steps whose id is 0, `{masking:
+mask_value}` the steps whose features all equal mask_value (anywhere in the sequence, e.g.
+Keras' pad_sequences pads at the front). Recurrent layers skip masked steps (their state holds
+through them), global 1D pools ignore them; the mask follows the steps through dense, dropout,
+normalisation and recurrent layers that return sequences, and ends where the steps stop lining
+up with it (a conv, a pool, flatten).
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from nnlab.models.layers import (
     same_padding,
     transposed_padding,
 )
-from nnlab.models.recurrent import TORCH_CELLS, keras_cell, make_rnn
+from nnlab.models.recurrent import keras_cell, make_rnn
 from nnlab.schema import PositiveInt, Rate
 
 log = logging.getLogger(__name__)
@@ -210,29 +215,75 @@ class LastStep(nn.Module):
 
 
 class Recurrent(MaskAware, nn.Module):
-    """One recurrent layer (models/recurrent.py's `make_rnn`: torch's or nnlab's cells)."""
+    """One recurrent layer (models/recurrent.py's `make_rnn`: torch's or nnlab's cells).
+
+    With a mask (from `masking` or an embedding's `mask_zero`), masked steps are skipped, as
+    Keras' recurrent layers skip them: the state holds through them, the output at a masked
+    step is the one of the last real step before it (zeros before the first; the backward pass
+    of a bidirectional layer: the first real step after it), and the last-step output is the
+    last real step's. Done by moving each sequence's real steps to its front (in order) and
+    running the layer on them as on sequences of their lengths."""
 
     def __init__(self, rnn: nn.Module, units: int, bidirectional: bool, return_sequences: bool):
         super().__init__()
         self.rnn = rnn
+        self.units, self.bidirectional = units, bidirectional
         self.last = None if return_sequences else LastStep(units, bidirectional)
 
     def forward(self, x, mask=None):
-        lengths = None
-        if mask is not None:
-            lengths = mask.sum(1).clamp(min=1)
+        if mask is None:
+            outputs, _ = self.rnn(x)
+            return (outputs, None) if self.last is None else (self.last(outputs, None), None)
+        lengths = mask.sum(1)
+        # real steps first, each sequence's in their order (a stable sort of "is masked")
+        order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices
+        compact = x.gather(1, order[..., None].expand_as(x))
+        run = lengths.clamp(min=1)  # a sequence with no real step: its output is zeroed below
+        if isinstance(self.rnn, nn.RNNBase):
             packed = nn.utils.rnn.pack_padded_sequence(
-                x, lengths.cpu(), batch_first=True, enforce_sorted=False
+                compact, run.cpu(), batch_first=True, enforce_sorted=False
             )
             outputs, _ = self.rnn(packed)
             outputs, _ = nn.utils.rnn.pad_packed_sequence(
                 outputs, batch_first=True, total_length=x.shape[1]
             )
-        else:
-            outputs, _ = self.rnn(x)
-        if self.last is None:
-            return outputs, mask
-        return self.last(outputs, lengths), None
+        else:  # nnlab's cells hold their state after each sequence's length
+            outputs, _ = self.rnn(compact, run)
+        if self.last is not None:
+            return self.last(outputs, run) * (lengths > 0)[:, None].to(outputs.dtype), None
+        return self.expand(outputs, mask, lengths), mask
+
+    def expand(self, outputs: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor):
+        """Outputs of the compacted real steps back at every step of the masked sequence."""
+        before = mask.long().cumsum(1)  # real steps up to and including each step
+        width = outputs.shape[-1]
+
+        def read(index: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+            index = index.clamp(0, outputs.shape[1] - 1)[..., None].expand(-1, -1, width)
+            return outputs.gather(1, index) * valid[..., None].to(outputs.dtype)
+
+        forward = read(before - 1, before > 0)  # the last real step at or before t
+        if not self.bidirectional:
+            return forward
+        after = before - mask.long()  # the first real step at or after t, as a compact index
+        backward = read(after, after < lengths[:, None])
+        return torch.cat([forward[..., : self.units], backward[..., self.units :]], dim=-1)
+
+
+class Masking(MaskAware, nn.Module):
+    """Keras' Masking: a step whose features all equal `mask_value` is masked (downstream
+    recurrent layers skip it, global 1D pools ignore it) and its features set to zero."""
+
+    def __init__(self, mask_value: float = 0.0):
+        super().__init__()
+        self.mask_value = float(mask_value)
+
+    def extra_repr(self) -> str:
+        return f"mask_value={self.mask_value}"
+
+    def forward(self, x, mask=None):
+        keep = (x != self.mask_value).any(-1)
+        return x * keep[..., None].to(x.dtype), keep
 
 
 class TimeDistributed(nn.Module):
@@ -418,7 +469,7 @@ def _dense(spec: Spec, output: int | None, last: bool):
     return layers + spec.activation(act), (*spec.shape[:-1], units)
 
 
-def _recurrent(spec: Spec, cell: str, masked: bool):
+def _recurrent(spec: Spec, cell: str):
     spec.rank(2, what="(steps, features) sequences")
     units = spec.positive("units", None, "hidden_size")
     bidirectional = bool(spec.get("bidirectional", False))
@@ -427,10 +478,6 @@ def _recurrent(spec: Spec, cell: str, masked: bool):
     gates = spec.get("inner_activation", "sigmoid", "recurrent_activation")
     truncate = spec.get("truncate_gradient")
     cell = keras_cell(cell, nonlinearity, gates, truncate)
-    if masked and cell not in TORCH_CELLS:
-        raise spec.error(
-            "mask_zero works with simple_rnn, lstm and gru here; nnlab's cells read every step"
-        )
     rnn = make_rnn(
         cell,
         spec.shape[1],
@@ -498,6 +545,7 @@ MAIN_ARG = {
     "reshape": "target_shape",
     "permute": "dims",
     "embedding": "output_dim",
+    "masking": "mask_value",
     "zero_padding1d": "padding",
     "zero_padding2d": "padding",
     **dict.fromkeys(
@@ -519,23 +567,33 @@ KINDS = sorted({*MAIN_ARG, *NO_ARGS, "time_distributed"})
 _Pair = PositiveInt | list[PositiveInt]
 _Act = ActivationName | Literal["softmax"] | None
 _Padding = Literal["same", "valid"]
+_Gate = Literal["sigmoid", "hard_sigmoid"]
+_RecurrentAct = Literal["tanh", "relu", "sigmoid", "hard_sigmoid"]
+# Keras' initialisers of a layer with weights (models/init.py), under Keras 2's and old Keras'
+# names; a recurrent layer's recurrent weights have their own.
+_INIT = {"kernel_initializer": Initializer, "init": Initializer}
+_INNER_INIT = {"recurrent_initializer": Initializer, "inner_init": Initializer}
 _CONV = {
     "filters": PositiveInt | None, "units": PositiveInt | None, "kernel": _Pair,
     "kernel_size": _Pair, "strides": _Pair, "stride": _Pair, "dilation": _Pair,
-    "dilation_rate": _Pair, "use_bias": bool, "padding": _Padding, "activation": _Act,
+    "dilation_rate": _Pair, "use_bias": bool, "padding": _Padding, "activation": _Act, **_INIT,
 }  # fmt: skip
 _POOL = {"pool_size": _Pair, "size": _Pair, "kernel": _Pair, "strides": _Pair, "stride": _Pair,
          "padding": _Padding}  # fmt: skip
 
 
+_GATED = ("lstm", "gru", "jzs1", "jzs2", "jzs3", "simple_deep_rnn", "keras_lstm", "keras_gru")
+
+
 def _recurrent_args(cell: str) -> dict[str, Any]:
     args: dict[str, Any] = {
         "units": PositiveInt, "hidden_size": PositiveInt, "bidirectional": bool,
-        "return_sequences": bool,
+        "return_sequences": bool, "truncate_gradient": PositiveInt | None, **_INIT, **_INNER_INIT,
     }  # fmt: skip
-    if cell in ("rnn", "simple_rnn", "deep_rnn", "simple_deep_rnn"):  # the cells with one
-        args |= {"activation": _Act, "nonlinearity": _Act}
-    if cell == "lstm":
+    if cell in _GATED:  # old Keras' inner_activation (Keras 2: recurrent_activation)
+        args |= {"inner_activation": _Gate, "recurrent_activation": _Gate}
+    args |= {"activation": _RecurrentAct, "nonlinearity": _RecurrentAct}
+    if cell in ("lstm", "keras_lstm"):
         args["forget_bias"] = float
     if cell in ("deep_rnn", "simple_deep_rnn"):
         args["depth"] = PositiveInt
@@ -543,9 +601,10 @@ def _recurrent_args(cell: str) -> dict[str, Any]:
 
 
 LAYER_ARGS: dict[str, dict[str, Any]] = {
-    "dense": {"units": PositiveInt | None, "activation": _Act, "use_bias": bool},
+    "dense": {"units": PositiveInt | None, "activation": _Act, "use_bias": bool, **_INIT},
     "activation": {"activation": _Act},
     "dropout": {"rate": Rate},
+    "masking": {"mask_value": float | int},
     "reshape": {"target_shape": list[int], "shape": list[int]},
     "permute": {"dims": list[PositiveInt]},
     "embedding": {
@@ -676,40 +735,50 @@ def build_chain(
             shapes.append(shape)
             continue
         spec = Spec(i, kind, _args(kind, value, f"{prefix}[{i}]"), shape, prefix)
-        sequence_layer = kind in RECURRENT or kind.endswith("1d") and "global" not in kind
+        sequence_layer = kind in (*RECURRENT, "masking") or (
+            kind.endswith("1d") and "global" not in kind
+        )
         at_input = from_input and all(s == start for s in (*shapes, shape))  # none changed it
         if sequence_layer and len(shape) == 1 and at_input:
             # the data's univariate series: one feature per step (as RecurrentNet reads it)
             modules.append(Reshape((shape[0], 1)))
             shape = spec.shape = (shape[0], 1)
-        new, shape = _build(spec, kind, output, last, masked)
+        new, shape = _build(spec, kind, output, last)
         if kind in INITIALISED:
             kernel = spec.get("kernel_initializer", init, "init")
             recurrent = spec.get("recurrent_initializer", inner_init, "inner_init")
             init_module(nn.ModuleList(new), kernel, recurrent, key=f"{spec.key}.init")
-        if kind == "embedding":
-            masked = bool(spec.args.get("mask_zero"))
-        elif kind not in PASSES_MASK or len(shape) == 1:  # the steps are gone or moved
-            masked = False
         unknown = set(spec.args) - spec.used
         if unknown:
             raise spec.error(f"unknown arguments {sorted(unknown)}")
         modules += new
+        if kind in ("embedding", "masking"):
+            masked = kind == "masking" or bool(spec.args.get("mask_zero"))
+        elif masked and (kind not in PASSES_MASK or len(shape) == 1):
+            # the steps are gone or moved: no mask after it (a mask-aware layer drops it itself;
+            # a flag, not a module, so parameter names stay those of the unmasked list)
+            if modules and not any(isinstance(m, MaskAware) for m in new):
+                modules[-1].ends_mask = True
+            masked = False
         shapes.append(shape)
     return modules, shapes, masked
 
 
 # Layers after which the padding mask still lines up with the steps.
-PASSES_MASK = {"embedding", "dense", "activation", "dropout", "layer_norm", "batch_norm"}
+PASSES_MASK = {"embedding", "masking", "dense", "activation", "dropout", "layer_norm"}
+PASSES_MASK |= {"batch_norm"}
 PASSES_MASK |= set(RECURRENT)  # return_sequences: the pads stay where they were
 
 
-def _build(spec: Spec, kind: str, output: int | None, last: bool, masked: bool):
+def _build(spec: Spec, kind: str, output: int | None, last: bool):
     if kind == "dense":
         return _dense(spec, output, last)
     if kind == "activation":
         name = spec.get("activation")
         return ([] if last and name in HEADS else spec.activation(name)), spec.shape
+    if kind == "masking":
+        spec.rank(2, what="(steps, features) sequences")
+        return [Masking(spec.get("mask_value", 0.0))], spec.shape
     if kind == "dropout":
         rate = spec.get("rate", 0.5)
         if not (isinstance(rate, int | float) and 0.0 <= rate < 1.0):
@@ -744,7 +813,7 @@ def _build(spec: Spec, kind: str, output: int | None, last: bool, masked: bool):
         return _global_pool(spec, "max" if "max" in kind else "avg", dims)
     if "_pool" in kind:
         return _pool(spec, "max" if kind.startswith("max") else "avg", int(kind[-2]))
-    return _recurrent(spec, RECURRENT[kind], masked)
+    return _recurrent(spec, RECURRENT[kind])
 
 
 class Sequential(nn.Module):
@@ -777,15 +846,20 @@ class Sequential(nn.Module):
             )
         self.layers = nn.ModuleList(modules)
         self.takes_mask = [isinstance(m, MaskAware) for m in modules]
+        self.ends_mask = [getattr(m, "ends_mask", False) for m in modules]
 
     def forward(self, x: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
         """`extra` (e.g. the sequence lengths) is not needed: the mask comes from the ids."""
         mask = None
-        for layer, takes_mask in zip(self.layers, self.takes_mask, strict=True):
+        for layer, takes_mask, ends_mask in zip(
+            self.layers, self.takes_mask, self.ends_mask, strict=True
+        ):
             if takes_mask:
                 x, mask = layer(x, mask)
             else:
                 x = layer(x)
+            if ends_mask:
+                mask = None
         return x
 
 

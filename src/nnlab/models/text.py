@@ -17,6 +17,7 @@ from pydantic import Field
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from nnlab.models.init import Initializer, init_module
 from nnlab.models.layers import ActivationName
 from nnlab.models.layers import activation as make_activation
 from nnlab.schema import PositiveInt, Rate
@@ -66,6 +67,8 @@ class RecurrentTextClassifier(nn.Module):
         bidirectional: bool = True,
         pooling: Literal["last", "mean", "max"] = "last",
         dropout: Rate = 0.0,
+        init: Initializer = "torch",
+        inner_init: Initializer = "torch",
     ):
         super().__init__()
         self.pooling = pooling
@@ -82,6 +85,9 @@ class RecurrentTextClassifier(nn.Module):
         self.classifier = nn.Sequential(
             nn.Dropout(dropout), nn.Linear(hidden_size * self.directions, output_size)
         )
+        # Keras' initialisers (models/init.py): `init` for the input weights and the head,
+        # `inner_init` for the recurrent ones, as model=recurrent's; the embedding keeps its start
+        init_module(self, init, inner_init)
 
     def features(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         lengths = _lengths(ids, lengths)
@@ -115,6 +121,7 @@ class ConvTextClassifier(nn.Module):
         kernel_size: PositiveInt = 5,
         activation: ActivationName = "relu",
         dropout: Rate = 0.0,
+        init: Initializer = "torch",
     ):
         super().__init__()
         self.embedding = embedding(num_words, embedding_dim)
@@ -127,6 +134,7 @@ class ConvTextClassifier(nn.Module):
             width = c
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, output_size))
+        init_module(self, init)  # Keras' initialiser of the convs and the head; biases zero
 
     def features(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         lengths = _lengths(ids, lengths)

@@ -34,6 +34,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from nnlab.assemble import record
+from nnlab.engine.averaging import CURRENT, blend
 from nnlab.engine.policy import BestCheckpoint, EarlyStop
 from nnlab.engine.step import Accumulation
 from nnlab.packed import stack
@@ -65,8 +66,10 @@ def _trial_of(stacked: dict, state: dict) -> dict:
     """Trial `state["index"]`'s weights (current and best) and optimizer moments, sliced out
     of a group file's stacked tensors."""
     i = state["index"]
+    average = stacked.get("average")
     return {
         **state,
+        "average": None if average is None else {n: v[i].clone() for n, v in average.items()},
         "state_dict": stack.state_dict_of(stacked["params"], stacked["buffers"], i),
         "best_state_dict": stack.state_dict_of(stacked["best_params"], stacked["best_buffers"], i),
         "optimizer": {
@@ -110,6 +113,8 @@ class Trial:
     max_epochs: int = 1
     min_epochs: int = 0
     clip: float = math.inf
+    averaging: Any = None  # the averaging group's EMA / SWA (engine/averaging.py), or None
+    average_state: dict | None = None  # resumed: the averaged weights so far
     # training progress (restored on resume)
     start_epoch: int = 0
     global_step: int = 0
@@ -206,6 +211,38 @@ class PackedGroup:
         self.flat = self.layout.join(params).detach().requires_grad_(True)
         names = self._optimizer_spec()
         self.hp_names = names
+        self._averaging_spec()
+
+    def _averaging_spec(self) -> None:
+        """Every trial's averaged weights in one (trials, n) tensor, with its per-trial count
+        and decay (the group's trials share one kind: the launcher's signature)."""
+        self.averaging = self.trials[0].averaging
+        if self.averaging is None:
+            return
+        self.avg_flat = self.flat.detach().clone()
+        averaging = [t.averaging for t in self.trials]
+        self.avg_count = torch.tensor([float(a.count) for a in averaging], device=self.device)
+        if self.averaging.decay is not None:  # 1 - decay as each trial alone rounds it
+            self.decay = torch.tensor([a.decay for a in averaging], device=self.device)[:, None]
+            self.rest = torch.tensor([1 - a.decay for a in averaging], device=self.device)[:, None]
+        else:
+            self.decay = self.rest = None
+
+    def _average(self, mask: torch.Tensor) -> None:
+        """One averaging update (engine/averaging.py's rule) of the `mask`ed trials."""
+        with torch.no_grad():
+            new = blend(self.avg_flat, self.flat, self.avg_count[:, None], self.decay, self.rest)
+            self.avg_flat.copy_(torch.where(mask[:, None], new, self.avg_flat))
+            self.avg_count += mask.to(self.avg_count.dtype)
+
+    @property
+    def eval_flat(self) -> torch.Tensor:
+        """The weights validation, checkpoints and test see: the averaged ones of the trials
+        that have any, else the trained ones."""
+        flat = self.flat.detach()
+        if self.averaging is None:
+            return flat
+        return torch.where((self.avg_count > 0)[:, None], self.avg_flat, flat)
 
     @property
     def params(self) -> dict[str, torch.Tensor]:
@@ -262,7 +299,7 @@ class PackedGroup:
                         state[key] = torch.zeros_like(self.flat, requires_grad=False)
                     self.layout.split(state[key])[name][i] = value.to(device)
         accumulation = Accumulation(trials[0].cfg.trainer.get("accumulate_grad_batches"))
-        step_schedulers = any(t.scheduler and t.scheduler_interval == "step" for t in trials)
+        per_step_average = self.averaging is not None and self.averaging.per_step
         train_step = torch.vmap(self._train_fn, randomness="different")
         last_epoch = max(t.max_epochs for t in trials)
         saved_at = time.monotonic()
@@ -279,6 +316,10 @@ class PackedGroup:
                 if on and t.lr_monitor:
                     lr = t.optimizer.param_groups[0]["lr"]
                     self._log(t, {f"lr-{self.optimizer_name}": lr}, t.global_step)
+                if on and t.averaging is not None:  # SWA's schedule takes over at its epoch
+                    if (swa := t.averaging.take_over_lr(t.optimizer, epoch)) is not None:
+                        t.scheduler, t.scheduler_interval = swa, "epoch"
+            step_schedulers = any(t.scheduler and t.scheduler_interval == "step" for t in trials)
             hp = self._hyperparameters()
             orders = torch.stack([loader.order(epoch) for loader in self.loaders["train"]])
             orders = orders.to(device)
@@ -321,14 +362,22 @@ class PackedGroup:
                     for key, value in new_state.items():
                         old = state.get(key, torch.zeros_like(value))
                         state[key] = torch.where(keep, value, old)
+                if per_step_average:
+                    self._average(use)
                 if step_schedulers:
                     for t, on in zip(trials, active, strict=True):
                         if on and t.scheduler is not None and t.scheduler_interval == "step":
                             t.scheduler.step()
                     hp = self._hyperparameters()
+            if self.averaging is not None and not self.averaging.per_step:  # SWA: epoch ends
+                ends = [
+                    on and t.averaging.updates_after_epoch(epoch)
+                    for on, t in zip(active, trials, strict=True)
+                ]
+                self._average(torch.tensor(ends, device=device) & ~bad)
             bad_now = bad.tolist()
             step_counts = steps.long().tolist()
-            val = self.evaluate("val", self.params, self.buffers)
+            val = self.evaluate("val", self.layout.split(self.eval_flat), self.buffers)
             train_loss = (loss_sum / seen.clamp_min(1)).tolist()
             train_acc = (correct / seen.clamp_min(1)).tolist()
             for i, t in enumerate(trials):
@@ -403,9 +452,12 @@ class PackedGroup:
         """What continues trial `i` after a crash besides its weights and optimizer moments
         (those are the group's stacked tensors, index `i`): scheduler, best score and
         early-stopping counter."""
+        if t.averaging is not None:
+            t.averaging.count = int(self.avg_count[i])
         return {
             "index": i,
             "epoch": t.epoch,
+            "averaging": t.averaging.state_dict() if t.averaging is not None else None,
             "global_step": t.global_step,
             "optimizer_groups": t.optimizer.state_dict()["param_groups"],
             "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
@@ -448,6 +500,8 @@ class PackedGroup:
             "best_buffers": host(self.best_buffers),
             "optimizer": optimizer,
         }
+        if self.averaging is not None:
+            stacked["average"] = host(self.layout.split(self.avg_flat))
         # not fsynced (as before): rewritten often, and a kill (not a power loss) is the risk
         atomic_save({"trials": trials, "stacked": stacked}, self.state_path, durable=False)
 
@@ -455,7 +509,8 @@ class PackedGroup:
         """The current weights become the best ones of the `improved` trials."""
         keep = torch.tensor(improved, device=self.device)
         with torch.no_grad():
-            self.best_flat.copy_(torch.where(stack._b(keep, self.flat), self.flat, self.best_flat))
+            flat = self.eval_flat
+            self.best_flat.copy_(torch.where(stack._b(keep, flat), flat, self.best_flat))
             for name, b in self.buffers.items():
                 best = self.best_buffers[name]
                 best.copy_(torch.where(stack._b(keep, b), b, best))
@@ -466,8 +521,11 @@ class PackedGroup:
         state_dict.update({k: v for k, v in weights.items() if k in state_dict})
         return state_dict
 
-    def _save(self, t: Trial, path: Path, state_dict: dict, epoch: int, step: int) -> None:
-        """A Lightning-format checkpoint: `Task.load_from_checkpoint` and nnlab-eval read it."""
+    def _save(
+        self, t: Trial, path: Path, state_dict: dict, epoch: int, step: int, current=None
+    ) -> None:
+        """A Lightning-format checkpoint: `Task.load_from_checkpoint` and nnlab-eval read it
+        (`current`: the trained weights when `state_dict` holds averaged ones)."""
         checkpoint = {
             "epoch": epoch,
             "global_step": step,
@@ -479,6 +537,8 @@ class PackedGroup:
         if getattr(t.data.module, "hparams", None):
             checkpoint["datamodule_hparams_name"] = "kwargs"
             checkpoint["datamodule_hyper_parameters"] = dict(t.data.module.hparams)
+        if current is not None:
+            checkpoint[CURRENT] = current
         atomic_save(checkpoint, path, durable=False)
 
     def _write_checkpoints(self, i: int, t: Trial) -> None:
@@ -490,8 +550,11 @@ class PackedGroup:
             best = self._weights(i, t, self.best_params, self.best_buffers)
             self._save(t, Path(t.best_path), best, t.best_epoch, t.best_step)
         # the run manager always keeps last.ckpt (nnlab/runs.py)
-        last = self._weights(i, t, self.params, self.buffers)
-        self._save(t, Path(cb.dirpath) / LAST, last, t.epoch, t.global_step)
+        last = self._weights(i, t, self.layout.split(self.eval_flat), self.buffers)
+        current = None
+        if self.averaging is not None and self.avg_count[i] > 0:  # as engine/averaging.py saves
+            current = self._weights(i, t, self.params, self.buffers)
+        self._save(t, Path(cb.dirpath) / LAST, last, t.epoch, t.global_step, current)
 
     def _log(self, t: Trial, metrics: dict[str, float], step: int) -> None:
         for logger in t.loggers:
@@ -550,6 +613,10 @@ class PackedGroup:
         self.best_buffers = {n: b.clone() for n, b in self.buffers.items()}
         best_params = self.best_params
         for i, t in enumerate(self.trials):
+            if t.average_state is not None:
+                with torch.no_grad():
+                    for name, view in self.layout.split(self.avg_flat).items():
+                        view[i] = t.average_state[name].to(view.device)
             if t.best_state is None:
                 continue
             with torch.no_grad():
@@ -566,7 +633,8 @@ class PackedGroup:
             [bool(t.checkpoint is not None and t.best_path) for t in self.trials],
             device=self.device,
         )
-        flat = torch.where(stack._b(have_best, self.flat), self.best_flat, self.flat.detach())
+        last = self.eval_flat  # the weights in memory at the end: averaged ones where any
+        flat = torch.where(stack._b(have_best, last), self.best_flat, last)
         params = self.layout.split(flat)
         buffers = {
             n: torch.where(stack._b(have_best, b), self.best_buffers[n], b)

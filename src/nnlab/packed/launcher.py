@@ -31,6 +31,7 @@ from hydra.core.utils import (
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from nnlab.assemble import averaging as build_averaging
 from nnlab.assemble import data_and_task
 from nnlab.compat import hydra as hydra_compat
 from nnlab.config import build, build_all
@@ -283,6 +284,7 @@ def prepare(
         raise Unpackable(reason)
     trainer = cfg.trainer
     clip = trainer.get("gradient_clip_val")
+    (averaging,) = build_averaging(cfg) or (None,)
     # this job's own (set by _job_config; a deep copy would copy the job's whole config too,
     # the parent of its hydra node)
     hydra_cfg = hydra_compat.hydra_config()
@@ -306,6 +308,7 @@ def prepare(
         max_epochs=int(trainer.get("max_epochs") or 1000),
         min_epochs=int(trainer.get("min_epochs") or 0),
         clip=float(clip) if clip else math.inf,
+        averaging=averaging,
     )
     trial.reporter = trial_reporter(cfg)  # a trial of nnlab's search (HydraConfig is this job's)
     subdir = job_config.hydra.output_subdir  # resolves against the whole config
@@ -329,6 +332,7 @@ def prepare(
             ),
             repr([trainer.get(f"limit_{s}_batches") for s in ("train", "val", "test")]),
             repr(trainer.get("accumulate_grad_batches")),
+            type(averaging).__name__,  # one kind of averaging per group (settings per trial)
             str(device),
         ]
     )
@@ -356,8 +360,12 @@ def _resume(t: Trial, states: dict[int, dict]) -> None:
     t.task.load_state_dict(own)
     t.best_state = state["best_state_dict"]
     t.optimizer.load_state_dict({"state": {}, "param_groups": state["optimizer_groups"]})
-    if t.scheduler is not None and state.get("scheduler") is not None:
-        t.scheduler.load_state_dict(state["scheduler"])
+    if t.averaging is not None and state.get("averaging") is not None:
+        t.averaging.load_state_dict(state["averaging"])
+        t.average_state = state["average"]
+    swa_lr = t.averaging is not None and t.averaging.scheduler_state is not None
+    if t.scheduler is not None and state.get("scheduler") is not None and not swa_lr:
+        t.scheduler.load_state_dict(state["scheduler"])  # (else it is SWA's: taken over again)
     t.optimizer_state = state["optimizer"]
     t.epoch = int(state["epoch"])
     t.start_epoch = t.epochs_done = t.epoch + 1

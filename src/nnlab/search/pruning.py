@@ -20,17 +20,9 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 
 from nnlab.errors import UserError
+from nnlab.search.config import PRUNERS
 
 log = logging.getLogger(__name__)
-
-PRUNERS = {
-    "none": "NopPruner",
-    "median": "MedianPruner",
-    "percentile": "PercentilePruner",
-    "successive_halving": "SuccessiveHalvingPruner",
-    "hyperband": "HyperbandPruner",
-    "threshold": "ThresholdPruner",
-}
 
 
 def build_pruner(name: Any, args: Any = None) -> Any:

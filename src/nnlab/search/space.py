@@ -63,20 +63,38 @@ def distribution(override: Override) -> Any:
     raise UserError(f"{key}: {override.input_line} is not a search space Optuna can sample")
 
 
+def search_entries(arguments: list[str]) -> dict[str, tuple[str, Any]]:
+    """{key: (the entry as written, its distribution or fixed value)} from `key=value`
+    strings; later ones replace earlier."""
+    entries: dict[str, tuple[str, Any]] = {}
+    for override in OverridesParser.create().parse_overrides(arguments):
+        key = override.get_key_element()
+        entries.pop(key, None)
+        entries[key] = (override.input_line, distribution(override))
+    return entries
+
+
 def search_space(arguments: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
     """(distributions, fixed values) from `key=value` strings; later ones replace earlier."""
     space: dict[str, Any] = {}
     fixed: dict[str, str] = {}
-    for override in OverridesParser.create().parse_overrides(arguments):
-        key = override.get_key_element()
-        space.pop(key, None)
-        fixed.pop(key, None)
-        value = distribution(override)
+    for key, (_, value) in search_entries(arguments).items():
         if isinstance(value, str):
             fixed[key] = value
         else:
             space[key] = value
     return space, fixed
+
+
+def ends(d: Any) -> list[tuple[str, Any]]:
+    """The values of a distribution that bound what a trial can get, each with what it is: every
+    choice; an interval's or range's low and high end (Optuna samples them inclusive). The
+    schema checks a search space through these (nnlab/schema.py: UpFrontCheck)."""
+    from optuna.distributions import CategoricalDistribution
+
+    if isinstance(d, CategoricalDistribution):
+        return [("choice", c) for c in d.choices]
+    return [("low end", d.low), ("high end", d.high)]
 
 
 def grid(space: dict[str, Any]) -> dict[str, list[Any]]:

@@ -109,16 +109,10 @@ class SearchSweeper:
         from nnlab.search.storage import open_storage, storage_url, write_search_file
 
         s = self.settings
+        # the settings' types and bounds were checked before the sweep (nnlab/schema.py,
+        # declared in nnlab/search/config.py: sweeper_settings)
         n_trials, n_jobs = int(s.get("n_trials", 20)), int(s.get("n_jobs", 1))
-        if n_trials < 1:
-            raise UserError(f"hydra.sweeper.n_trials: must be >= 1, got {n_trials}")
-        if n_jobs < 1:
-            raise UserError(f"hydra.sweeper.n_jobs: must be >= 1, got {n_jobs}")
         max_failure_rate = float(s.get("max_failure_rate", 1.0))
-        if not 0.0 <= max_failure_rate <= 1.0:
-            raise UserError(
-                f"hydra.sweeper.max_failure_rate: must be in [0, 1], got {max_failure_rate}"
-            )
         optimized = OmegaConf.select(self.config, "optimized_metric")
         metrics = list(optimized) if OmegaConf.is_list(optimized) else [optimized]
         if not all(isinstance(m, str) and m for m in metrics):

@@ -17,7 +17,7 @@ from nnlab.config import reported
 from nnlab.data.base import DataModule
 from nnlab.engine.keys import ENGINE_KEYS, engine_keys
 from nnlab.errors import ConfigError
-from nnlab.schema import TargetNode
+from nnlab.schema import NETWORK_KEYS, TargetNode
 from nnlab.tasks import optimizers
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,9 @@ class Task(L.LightningModule):
                 "compile": plain(compile),
             }
         )
-        self.net: nn.Module = instantiate(net)
+        # the keys every network takes besides its constructor's (nnlab.schema.NETWORK_KEYS):
+        # kept in the hyperparameters, acted on when the run is assembled (model.weights)
+        self.net: nn.Module = instantiate({k: v for k, v in net.items() if k not in NETWORK_KEYS})
         # NHWC weights and inputs: tensor-core convolutions skip their layout transposes (GPU).
         self.channels_last = channels_last
         if channels_last:
@@ -130,6 +132,54 @@ class Task(L.LightningModule):
     def test_step(self, batch, batch_idx):
         self._evaluate(batch, self.test_metrics, "test")
 
+    # -- stateful networks (models/recurrent.py, `stateful`): the state carried from batch to
+    # batch resets where training's epoch starts and where each evaluation starts and ends (a
+    # call outside the loops, e.g. a figure's, starts afresh); a mid-epoch checkpoint holds
+    # training's, so that a resumed run reads the next batch as the one never stopped.
+    def stateful_modules(self) -> list[nn.Module]:
+        return [m for m in self.net.modules() if getattr(m, "stateful", False)]
+
+    def on_train_epoch_start(self) -> None:
+        for module in self.stateful_modules():
+            module.reset_states(True)
+
+    def _reset_evaluation_states(self) -> None:
+        for module in self.stateful_modules():
+            module.reset_states(False)
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset_evaluation_states()
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_evaluation_states()
+
+    def on_predict_epoch_start(self) -> None:
+        self._reset_evaluation_states()
+
+    def on_validation_epoch_end(self) -> None:
+        self._reset_evaluation_states()
+
+    def on_test_epoch_end(self) -> None:
+        self._reset_evaluation_states()
+
+    def on_predict_epoch_end(self) -> None:
+        self._reset_evaluation_states()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        carried = {
+            name: m.carried[True]
+            for name, m in self.net.named_modules()
+            if getattr(m, "stateful", False) and m.carried.get(True) is not None
+        }
+        if carried:
+            checkpoint["carried_states"] = carried
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        modules = dict(self.net.named_modules())
+        for name, state in checkpoint.get("carried_states", {}).items():
+            if name in modules:
+                modules[name].carried[True] = state
+
     def configure_model(self) -> None:
         options = self.hparams.get("compile")
         if options and not getattr(self, "_compiled", False):
@@ -150,7 +200,15 @@ class Task(L.LightningModule):
             scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
         except (TypeError, ValueError, RuntimeError) as exc:  # torch refused a value
             raise reported("task.scheduler", self.hparams.scheduler, exc) from exc
-        config = {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}
+        interval = self.hparams.scheduler_interval
+        counts = getattr(scheduler, "interval", interval)  # a schedule that says what it counts
+        if counts != interval:
+            raise ConfigError(
+                "task.scheduler_interval",
+                f"is {interval}, but {type(scheduler).__name__} counts {counts}s; "
+                f"set task.scheduler_interval={counts}",
+            )
+        config = {"scheduler": scheduler, "interval": interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = self.hparams.scheduler_monitor  # (Lightning's engine only)
         return {"optimizer": optimizer, "lr_scheduler": config}
@@ -189,6 +247,12 @@ class Task(L.LightningModule):
         """Run the network once on the data's example input: a network sized for other data fails
         here, with the key to change, instead of deep inside the first training step."""
         self.check_targets(datamodule)
+        if self.stateful_modules() and getattr(datamodule, "shuffle", False):
+            raise ConfigError(
+                "data.shuffle",
+                "true, but model.stateful carries each row's state to the same row of the next "
+                "batch, which needs the batches in their order; set data.shuffle=false",
+            )
         if not isinstance(datamodule, DataModule):  # a LightningDataModule of the user's own
             return
         example = datamodule.example_input(2)
@@ -209,6 +273,7 @@ class Task(L.LightningModule):
             ) from None
         finally:
             self.train(was_training)
+            self._reset_evaluation_states()  # the example was no evaluation's first batch
         self.check_output(out, datamodule)
 
     def check_output(self, out, datamodule) -> None:

@@ -133,6 +133,7 @@ class ClassificationTask(Task):
             self.test_mistakes.append((x[wrong].cpu(), y[wrong].cpu(), predicted[wrong].cpu()))
 
     def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
         self.test_confusion.reset()
         self.test_mistakes = []
 

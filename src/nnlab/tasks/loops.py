@@ -37,6 +37,7 @@ import torch
 
 from nnlab.compat import lightning as lightning_compat
 from nnlab.data.memory import MicroBatches
+from nnlab.engine.averaging import Averaging
 from nnlab.engine.capabilities import why_not
 from nnlab.engine.keys import LOOPS, loop_keys  # noqa: F401 (tasks.loops' names)
 from nnlab.engine.step import Accumulation
@@ -118,11 +119,13 @@ class TrainingLoop(L.Callback):
         self.fused = False  # nnlab's fused loop runs this fit
         self.capture = False  # ... with its step captured as a CUDA graph
         self.step: captured.CapturedStep | None = None
+        self._per_step: list | None = None
         self.sums: EpochSums | None = None
         self._restored: dict[str, Any] | None = None
         self.micro_batch_size: int | None = None
         self.accumulation = Accumulation(1)
         self.micro_index = 0  # micro-batches of this epoch so far (accumulation windows)
+        self.averaging: list[Averaging] = []  # updated after each of the loop's steps
 
     # -- the choice ---------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -154,6 +157,11 @@ class TrainingLoop(L.Callback):
         pl_module.automatic_optimization = not self.fused
         if self.fused:
             pl_module.training_step = self._training_step(pl_module)
+        # weight averaging after every optimizer step: Lightning's loop ends one per batch at
+        # most, the fused loop several, so it tells the averaging callback itself
+        self.averaging = [c for c in trainer.callbacks if isinstance(c, Averaging)]
+        for averaging in self.averaging:
+            averaging.driven = self.fused
 
     def _choose(self, trainer: L.Trainer, task: L.LightningModule) -> tuple[bool, bool]:
         """(fused loop, captured step) for `task.loop`, with one log line when not as asked."""
@@ -218,6 +226,7 @@ class TrainingLoop(L.Callback):
         if self.step is None:
             self.step = self._build(task, trainer)
             self._optimizer = task.optimizers()
+        if self._per_step is None:  # (each epoch: SWA's schedule may have replaced the task's)
             self._per_step = self._schedulers(trainer, "step")
         loss = None
         on_cpu = self.step.device.type == "cpu"
@@ -242,6 +251,8 @@ class TrainingLoop(L.Callback):
                 lightning_compat.count_optimizer_step(self._optimizer)
                 for scheduler in self._per_step:
                     scheduler.step()
+                for averaging in self.averaging:
+                    averaging.after_optimizer_step(task)
             if on_cpu and not math.isfinite(loss.item()):  # reading it costs nothing on the CPU
                 break  # the NaN check (callbacks/resilience.py) names this step
         # The loggers' step axis: one per optimizer step, as in Lightning's own loop, so curves
@@ -268,6 +279,7 @@ class TrainingLoop(L.Callback):
         self.sums.reset()
         self.micro_index = 0
         self._restored = None
+        self._per_step = None
 
     # The epoch's sums so far go into checkpoints: a run resumed mid-epoch logs the same
     # train/loss and train/acc as one never stopped.
