@@ -170,7 +170,7 @@ def regress(task, datamodule, encoded: Encoded, chunk: int = 256):
     return [datamodule.columns[0], *targets], rows
 
 
-@torch.no_grad()
+@no_grad
 def predict_outputs(task, datamodule, encoded: Encoded, chunk: int = 256):
     """Rows of (name, each output's prediction): task=multi_output. A classifying output gives
     its class and that class's probability (a binary one: 0/1 and the positive class's
