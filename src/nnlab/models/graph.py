@@ -18,7 +18,7 @@ any model=sequential layer list), or a merge of several inputs: `add`, `subtract
 last axis, 1 the first after the batch; the other sizes equal). Every input size follows from
 the data's shapes (`inputs`), as in model=sequential; an output node's last `dense` without
 units gets that output's width from the task (`output_size`). A padding mask (`mask_zero`)
-flows along single-input nodes while the steps stay in place; a merge ends it.
+flows along single-input nodes while the steps stay in place; a merge ends it (as a conv does).
 
 `forward(*inputs)` takes the data's inputs in the order of `inputs` (unused ones are ignored:
 the sequence view's lengths, say) and returns the output tensor, or {output name: tensor}.
