@@ -22,7 +22,8 @@ def test_experiment_instantiates(make_cfg, experiment):
     assert trainer.max_epochs == cfg.trainer.max_epochs
     example = datamodule.example_input(3)  # a tensor, or a tuple such as (ids, lengths)
     out = task(*example) if isinstance(example, tuple) else task(example)
-    assert out.shape[0] == 3 and torch.isfinite(out).all()
+    for value in out.values() if isinstance(out, dict) else [out]:  # a graph's outputs by name
+        assert value.shape[0] == 3 and torch.isfinite(value).all()
 
 
 def test_default_experiment_is_sine_lstm(make_cfg):

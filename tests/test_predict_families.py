@@ -148,6 +148,9 @@ def test_eval_and_export_on_other_families(runs, experiment, monkeypatch):
     )
     nnlab.export.main([f"run={run}", "format=torchscript"])
     assert json.loads((run / "export" / "export.json").read_text())["matches"]
-    if experiment != "imdb_lstm":  # token ids + lengths: TorchScript only (a clear error for ONNX)
-        nnlab.export.main([f"run={run}", "format=onnx"])
-        assert json.loads((run / "export" / "export.json").read_text())["matches"]
+    # every family, token ids with lengths (packed sequences) too; inputs named as the data's
+    nnlab.export.main([f"run={run}", "format=onnx"])
+    record = json.loads((run / "export" / "export.json").read_text())
+    assert record["matches"]
+    names = {"imdb_mlp": ["multihot"], "imdb_lstm": ["ids", "lengths"]}
+    assert list(record["inputs"]) == names.get(experiment, ["input"])

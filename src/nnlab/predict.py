@@ -170,6 +170,39 @@ def regress(task, datamodule, encoded: Encoded, chunk: int = 256):
     return [datamodule.columns[0], *targets], rows
 
 
+@no_grad
+def predict_outputs(task, datamodule, encoded: Encoded, chunk: int = 256):
+    """Rows of (name, each output's prediction): task=multi_output. A classifying output gives
+    its class and that class's probability (a binary one: 0/1 and the positive class's
+    probability), another its value(s)."""
+    names = encoded.names or [str(i) for i in range(len(encoded.inputs[0]))]
+    header, rows = [datamodule.columns[0]], []
+    for name, spec in task.specs.items():
+        loss = spec.get("loss", "mse")
+        if loss in ("cross_entropy", "binary_cross_entropy"):
+            header += [name, f"p_{name}"]
+        else:
+            width = int(spec.get("width") or 1)
+            header += [name] if width == 1 else [f"{name}_{i + 1}" for i in range(width)]
+    for start in range(0, len(names), chunk):
+        batch = datamodule.batch_transform(tuple(t[start : start + chunk] for t in encoded.inputs))
+        scores = {k: v.cpu() for k, v in task.scores(task(*batch)).items()}
+        for i, sample in enumerate(names[start : start + chunk]):
+            row: list = [sample]
+            for name, spec in task.specs.items():
+                p = scores[name][i]
+                loss = spec.get("loss", "mse")
+                if loss == "cross_entropy":
+                    k = int(p.argmax())
+                    row += [k, float(p[k])]
+                elif loss == "binary_cross_entropy":
+                    row += [int(p > 0.5), float(p)]
+                else:
+                    row += [float(v) for v in p.reshape(-1)]
+            rows.append(tuple(row))
+    return header, rows
+
+
 def layer_names(net: torch.nn.Module) -> list[str]:
     return [name for name, _ in net.named_modules() if name]
 
@@ -283,6 +316,8 @@ def main(
     if forecasting:  # one step ahead, then recursively
         rows = forecast(task, datamodule, encoded, steps)
         header = ["kind", "t", "column", "target", "prediction"]
+    elif task.target_kind == "outputs":  # several outputs by name (model=graph)
+        header, rows = predict_outputs(task, datamodule, encoded)
     elif task.target_kind == "values":  # regression on independent samples (tables)
         header, rows = regress(task, datamodule, encoded)
     else:

@@ -15,6 +15,11 @@
 | `to_image(x)`               | inputs back as (N, H, W) images for figures, None if not images |
 | `num_classes`, `classes`, `columns` | classification data: class count, names, CSV column names |
 | `horizon`                   | forecasting data: values predicted per window                   |
+| `input_names`, `target_names` | what each tensor of a batch is, by name (model=graph, task=multi_output) |
+
+A batch is a tuple `(*inputs, *targets)`: one target unless `target_names` names several. The
+names are what model=graph wires by (`${nnlab.inputs:${data}}`) and task=multi_output scores by
+(`${nnlab.targets:${data}}`); `batch_names` gives them for any data module.
 """
 
 from __future__ import annotations
@@ -95,6 +100,10 @@ class DataModule(L.LightningDataModule):
     columns: tuple[str, str] = ("input", "class")  # predictions.csv: a sample's name, its class
     horizon: int | None = None
     micro_batches = 1  # batches per training batch: group_training_batches
+    # The names of a batch's inputs, in order (None: `input`, or input_1, input_2, ...), and of
+    # its targets when there are several (None: one target, the batch's last tensor).
+    input_names: tuple[str, ...] | None = None
+    target_names: tuple[str, ...] | None = None
 
     def __init__(
         self,
@@ -183,3 +192,15 @@ class DataModule(L.LightningDataModule):
 
     def predict_dataloader(self):
         return self._loader("test")
+
+
+def batch_names(datamodule: Any) -> tuple[list[str], list[str] | None]:
+    """(input names, target names or None) of `datamodule`'s batches; unnamed inputs are
+    `input` (one) or `input_1`, `input_2`, ... (the example input says how many)."""
+    targets = getattr(datamodule, "target_names", None)
+    names = getattr(datamodule, "input_names", None)
+    if names is None:
+        example = datamodule.example_input(1)
+        count = len(example) if isinstance(example, tuple | list) else 1
+        names = ["input"] if count == 1 else [f"input_{i + 1}" for i in range(count)]
+    return list(names), (list(targets) if targets else None)

@@ -18,7 +18,10 @@ Views (`view`):
 - `sequence`: batches `(x, lengths, y)`, x the (batch, max_len) ids padded with 0 at the end,
   truncated to `max_len` (`truncating: pre` drops the review's start and keeps its last
   `max_len` tokens, Keras' default; `post` keeps its first ones); `lengths` the true lengths
-  (>= 1) so models can pack or mask.
+  (>= 1) so models can pack or mask;
+- `both`: batches `(ids, lengths, multihot, y)`, both views of each review, by name
+  (`input_names`) for model=graph (a wide-and-deep network reads one through Dense, the other
+  through an embedding).
 y is the label (0 negative, 1 positive). Validation: `val_size` training reviews (a count, or a
 fraction when < 1) drawn with `seed`; testing: the official test split.
 
@@ -70,7 +73,9 @@ LABELS = ("neg", "pos")  # label ids 0, 1
 PAD, OOV = 0, 1
 # Bump when the tokenizer or the cache layout changes: old caches are then not used.
 TOKENIZER_VERSION = 1
-VIEWS = ("multihot", "sequence")
+VIEWS = ("multihot", "sequence", "both")
+INPUT_NAMES = {"multihot": ("multihot",), "sequence": ("ids", "lengths")}
+INPUT_NAMES["both"] = (*INPUT_NAMES["sequence"], *INPUT_NAMES["multihot"])
 
 _BREAK = b"<br />"
 _WORD = re.compile(rb"[a-z0-9\x80-\xff]+(?:'[a-z0-9\x80-\xff]+)*")
@@ -272,7 +277,7 @@ class IMDBDataModule(DataModule):
     def __init__(
         self,
         data_dir: str = "data",
-        view: Literal["multihot", "sequence"] = "multihot",
+        view: Literal["multihot", "sequence", "both"] = "multihot",
         num_words: Annotated[int, Field(ge=3)] = 10000,  # pad, OOV, a word
         min_freq: PositiveInt = 1,
         max_len: PositiveInt = 256,
@@ -309,25 +314,39 @@ class IMDBDataModule(DataModule):
         self.cache_path: Path | None = None
 
     # -- the protocol (data/base.py) -----------------------------------------------------------
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return INPUT_NAMES[self.view]
+
     def example_input(self, n: int = 2):
-        if self.view == "multihot":
-            return torch.zeros(n, self.num_words)
+        multihot = (torch.zeros(n, self.num_words),)
         ids = torch.full((n, self.max_len), 2, dtype=torch.long)
-        return ids, torch.full((n,), self.max_len, dtype=torch.long)
+        sequence = (ids, torch.full((n,), self.max_len, dtype=torch.long))
+        if self.view == "multihot":
+            return multihot[0]
+        return sequence if self.view == "sequence" else (*sequence, *multihot)
 
     def view_inputs(self, flat: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Reviews' ids (flat, with offsets) as this view's inputs: bool multi-hot rows, or
-        padded ids and their lengths."""
-        if self.view == "multihot":
-            return (multi_hot(flat, offsets, self.num_words),)
-        ids, lengths = pad_sequences(flat, offsets, self.max_len, self.truncating)
-        return ids.long(), lengths
+        padded ids and their lengths, or both (in `input_names`' order)."""
+        inputs: tuple[torch.Tensor, ...] = ()
+        if self.view != "multihot":
+            ids, lengths = pad_sequences(flat, offsets, self.max_len, self.truncating)
+            inputs = (ids.long(), lengths)
+        if self.view != "sequence":
+            inputs = (*inputs, multi_hot(flat, offsets, self.num_words))
+        return inputs
 
     def batch_transform(self, batch):
         """Multi-hot rows are stored as bools (a quarter of float32's memory): floats here, on
         the device, one batch at a time."""
-        if self.view == "multihot" and batch[0].dtype == torch.bool:
-            return type(batch)([batch[0].to(torch.get_default_dtype()), *batch[1:]])
+        if self.view == "sequence":
+            return batch
+        at = self.input_names.index("multihot")
+        if batch[at].dtype == torch.bool:
+            items = list(batch)
+            items[at] = items[at].to(torch.get_default_dtype())
+            return type(batch)(items)
         return batch
 
     def encode(self, raw: Any) -> Encoded:
@@ -486,10 +505,13 @@ class IMDBDataModule(DataModule):
 
     def _dataset(self, split: dict[str, Any], rows: torch.Tensor) -> TensorDataset:
         labels = split["labels"][rows]
-        if self.view == "sequence":  # padded once, when the cache was built (view_inputs)
-            return TensorDataset(split["ids"][rows].long(), split["lengths"][rows], labels)
-        (x,) = self.view_inputs(split["flat"], split["offsets"])
-        return TensorDataset(x[rows], labels)
+        inputs: tuple[torch.Tensor, ...] = ()
+        if self.view != "multihot":  # padded once, when the cache was built (view_inputs)
+            inputs = (split["ids"][rows].long(), split["lengths"][rows])
+        if self.view != "sequence":
+            x = multi_hot(split["flat"], split["offsets"], self.num_words)
+            inputs = (*inputs, x[rows])
+        return TensorDataset(*inputs, labels)
 
     # -- for people and callbacks ------------------------------------------------------------
     def review_text(self, split: str, i: int) -> str:

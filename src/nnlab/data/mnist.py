@@ -12,6 +12,11 @@ reshaped for the view in one go, instead of a per-sample PIL transform:
 
 A seeded validation split is carved from the 60,000 training images (55,000 / 5,000 by default);
 the official 10,000 test images are the test split. Batches are `(x, y)`: x float32, y int64.
+
+`targets: [digit, even, ink]` (any of them, in that order or another) gives several targets by
+name instead, for task=multi_output: `digit` the class, `even` 1 when the class is even (a
+binary target), `ink` the image's mean grey level in [0, 1] (its "pixel mass", a regression
+target). Batches are then `(x, *targets)`.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from nnlab.errors import ConfigError, DataError, UserError
 from nnlab.schema import Folds, InMemory, NonNegativeInt, PositiveInt
 
 DATASETS = {"mnist": tv_datasets.MNIST, "fashion_mnist": tv_datasets.FashionMNIST}
+TARGETS = ("digit", "even", "ink")  # data.targets: what each sample's targets may be
 # The four files torchvision reads from <data_dir>/<MNIST|FashionMNIST>/raw, and their IDX rank.
 FILES = {
     "train-images-idx3-ubyte": 3,
@@ -76,6 +82,7 @@ class MNISTDataModule(DataModule):
         num_classes: int = NUM_CLASSES,
         channels: int = 1,
         image_size: int = HEIGHT,
+        targets: list[Literal["digit", "even", "ink"]] | None = None,
     ):
         super().__init__(
             batch_size,
@@ -113,6 +120,26 @@ class MNISTDataModule(DataModule):
         )
         self.mean, self.std = 0.0, 1.0
         self.classes: list[str] = [str(i) for i in range(NUM_CLASSES)]
+        if targets is not None:  # several targets by name (task=multi_output)
+            if not targets or len(set(targets)) != len(targets):
+                raise ConfigError(
+                    "data.targets", f"name each of {', '.join(TARGETS)} at most once, got {targets}"
+                )
+            self.target_names = tuple(targets)
+            self.target_kind = "outputs"
+
+    def named_targets(self, labels: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The targets of `images` (uint8 or [0, 1]) with classes `labels`: the class alone, or
+        those of `data.targets` in their order."""
+        if not self.target_names:
+            return (labels,)
+        pixels = images.float() / 255 if not images.is_floating_point() else images
+        made = {
+            "digit": lambda: labels,
+            "even": lambda: (labels % 2 == 0).long(),
+            "ink": lambda: pixels.reshape(len(pixels), -1).mean(1),
+        }
+        return tuple(made[name]() for name in self.target_names)
 
     # -- where the files are -----------------------------------------------------------------
     @property
@@ -216,7 +243,7 @@ class MNISTDataModule(DataModule):
                 (x,) = self.encode(pixels).inputs
             else:  # no validation split (data.val_size 0): no images, their shape
                 x = self.encode(images[:1]).inputs[0][:0]
-            self.datasets[split] = TensorDataset(x, targets)
+            self.datasets[split] = TensorDataset(x, *self.named_targets(targets, pixels))
 
     # -- views ---------------------------------------------------------------------------------
     def sample_shape(self) -> tuple[int, ...]:

@@ -695,12 +695,33 @@ def build_layers(
     `init` / `inner_init`: the Keras initialisers of every dense, conv and recurrent layer
     (a layer's own `kernel_initializer` / `recurrent_initializer`, or old Keras' `init` /
     `inner_init`, wins)."""
+    modules, shapes, _ = build_chain(entries, shape, output, prefix, init, inner_init)
+    return modules, shapes
+
+
+def build_chain(
+    entries: Sequence[Any],
+    shape: tuple[int, ...],
+    output: int | None = None,
+    prefix: str = "model.layers",
+    init: str = "torch",
+    inner_init: str = "torch",
+    *,
+    masked: bool = False,
+    head: bool = True,
+    from_input: bool = True,
+) -> tuple[list[nn.Module], list[tuple[int, ...]], bool]:
+    """`build_layers`, for a part of a network (model=graph's nodes): `masked`, whether the
+    input carries a padding mask; `head`, whether the list ends the network (a last softmax /
+    sigmoid is then left to the loss); `from_input`, whether it reads the data itself (a 1-D
+    series then gets one feature per step before a sequence layer). Also returns whether the
+    output still carries the mask."""
     modules: list[nn.Module] = []
     shapes: list[tuple[int, ...]] = []
-    masked, start = False, shape
+    start = shape
     for i, entry in enumerate(entries):
         kind, value = _parse(entry, f"{prefix}[{i}]")
-        last = i == len(entries) - 1
+        last = head and i == len(entries) - 1
         if kind == "time_distributed":
             spec = Spec(i, kind, {}, shape, prefix)
             spec.rank(2, 3, 4, what="(steps, ...) inputs")
@@ -717,7 +738,7 @@ def build_layers(
         sequence_layer = kind in (*RECURRENT, "masking") or (
             kind.endswith("1d") and "global" not in kind
         )
-        at_input = all(s == start for s in (*shapes, shape))  # no layer has changed it yet
+        at_input = from_input and all(s == start for s in (*shapes, shape))  # none changed it
         if sequence_layer and len(shape) == 1 and at_input:
             # the data's univariate series: one feature per step (as RecurrentNet reads it)
             modules.append(Reshape((shape[0], 1)))
@@ -740,7 +761,7 @@ def build_layers(
                 modules[-1].ends_mask = True
             masked = False
         shapes.append(shape)
-    return modules, shapes
+    return modules, shapes, masked
 
 
 # Layers after which the padding mask still lines up with the steps.
@@ -857,6 +878,34 @@ def example_shape(data_cfg) -> list[int] | None:
         return None
     first = example[0] if isinstance(example, tuple | list) else example
     return list(first.shape[1:])
+
+
+def input_shapes(data_cfg) -> dict[str, list[int]] | None:
+    """`${nnlab.inputs:${data}}`: {name: one sample's sizes} of each input the data gives, in
+    the batch's order (data/base.py: batch_names). None for a data config that cannot be built
+    (building the data then reports it with its key)."""
+    from nnlab.config import build
+    from nnlab.data.base import batch_names
+
+    try:
+        datamodule = build(data_cfg, "data")
+        example = datamodule.example_input(1)
+    except UserError:
+        return None
+    tensors = example if isinstance(example, tuple | list) else (example,)
+    names, _ = batch_names(datamodule)
+    return {name: list(t.shape[1:]) for name, t in zip(names, tensors, strict=True)}
+
+
+def target_names(data_cfg) -> list[str] | None:
+    """`${nnlab.targets:${data}}`: the names of the data's targets (None: one unnamed)."""
+    from nnlab.config import build
+    from nnlab.data.base import batch_names
+
+    try:
+        return batch_names(build(data_cfg, "data"))[1]
+    except UserError:
+        return None
 
 
 def task_width(task_cfg, data_cfg) -> int | None:

@@ -36,6 +36,7 @@ TARGET_KINDS = {
     "labels": ("k-hot labels", "multilabel"),
     "values": ("real-valued targets", "regression"),
     "tokens": ("the next token at every step", "language_model"),
+    "outputs": ("several targets by name", "multi_output"),
 }
 
 
@@ -87,7 +88,11 @@ class Task(L.LightningModule):
         """The net's output; `extra` inputs (e.g. sequence lengths) are passed on to it."""
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x, *extra)
+        out = self.net(x, *extra)
+        if isinstance(out, Mapping) and torch.jit.is_tracing():
+            # model=graph's outputs by name, as a tuple for a strict trace (TensorBoard's graph)
+            return tuple(out.values())
+        return out
 
     # -- training: one loss function, whatever trains the task --------------------------------
     def training_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -269,6 +274,16 @@ class Task(L.LightningModule):
         finally:
             self.train(was_training)
             self._reset_evaluation_states()  # the example was no evaluation's first batch
+        self.check_output(out, datamodule)
+
+    def check_output(self, out, datamodule) -> None:
+        """The network's output on the example input against what this task scores."""
+        if isinstance(out, Mapping):
+            raise ConfigError(
+                "model.outputs",
+                f"the network gives several outputs ({', '.join(out)}); {type(self).__name__} "
+                "scores one: use task=multi_output, or give the network one output",
+            )
         width = self.output_width(datamodule)
         if width is not None and out.shape[-1] != width:
             raise ConfigError(
