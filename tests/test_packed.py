@@ -122,6 +122,7 @@ LSTM_ARGS = [
 
 
 MLP_ARGS = ["experiment=sine_mlp", "trainer.max_epochs=2"]
+TABLE = ["paths.data_dir=data"]  # the generated table, written in the test's directory
 ACCUMULATED_WARMUP = [
     "trainer.accumulate_grad_batches=3",
     "+task.scheduler={_target_:torch.optim.lr_scheduler.LinearLR,_partial_:true,"
@@ -154,6 +155,8 @@ SGD_NESTEROV = [
         # accumulated windows of 3 (the epoch's last short), a per-step warm-up, AdamW
         ("mlp_accumulated_warmup_adamw", [*MLP_ARGS, *ACCUMULATED_WARMUP, *ADAMW], []),
         ("mlp_sgd_nesterov", [*MLP_ARGS, *SGD_NESTEROV], []),
+        # classification on the trial axis: train/acc from the task's counts, val/acc
+        ("mlp_classification", ["experiment=tabular_mlp", "trainer.max_epochs=2"] + TABLE, []),
     ],
 )
 def test_packed_trials_equal_sequential_trials(family, args, packed, tmp_path):
