@@ -72,6 +72,6 @@ def test_sweep_bench_times_each_launcher_and_marks_a_smaller_baseline(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["mode"]: r for r in json.loads(out.read_text())}
     assert rows["packed"]["completed"] == 4 and rows["basic"]["completed"] == 2
-    assert all(r["wall_s"] > 0 and r["per_hour"] > 0 for r in rows.values())
+    assert all(r["wall_s"] > 0 and r["per_hour"] > 0 and r["cpu_s"] > 0 for r in rows.values())
     (basic_line,) = [line for line in proc.stdout.splitlines() if line.startswith("| basic")]
     assert "over 2 trials, not 4: overstated" in basic_line

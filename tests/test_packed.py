@@ -94,13 +94,18 @@ def assert_same_run(sequential: Path, packed: Path) -> None:
             assert a == pytest.approx(b, rel=REL, abs=ABS), tag
 
 
-def sweep_both(args: list[str], tmp_path: Path, packed: tuple[str, ...] = ()) -> tuple[Path, Path]:
+def sweep_both(
+    args: list[str], tmp_path: Path, packed: tuple[str, ...] = (), network: str = ""
+) -> tuple[Path, Path]:
+    """(sequential sweep, packed sweep); `network`: how the packed group must run the network
+    (its log line "Stacked network: ...")."""
     runs = []
     for name, launcher in (("sequential", []), ("packed", ["hydra/launcher=packed", *packed])):
         proc = nnlab(["-m", *launcher, *args], tmp_path / name, tmp_path)
         assert proc.returncode == 0, proc.stderr[-4000:]
         runs.append(the_sweep(tmp_path / name))
     assert "Training 2 trials as one stacked model" in proc.stdout + proc.stderr
+    assert f"Stacked network: {network}" in proc.stdout + proc.stderr
     return runs[0], runs[1]
 
 
@@ -117,6 +122,7 @@ LSTM_ARGS = [
 
 
 MLP_ARGS = ["experiment=sine_mlp", "trainer.max_epochs=2"]
+TABLE = ["paths.data_dir=data"]  # the generated table, written in the test's directory
 ACCUMULATED_WARMUP = [
     "trainer.accumulate_grad_batches=3",
     "+task.scheduler={_target_:torch.optim.lr_scheduler.LinearLR,_partial_:true,"
@@ -149,10 +155,14 @@ SGD_NESTEROV = [
         # accumulated windows of 3 (the epoch's last short), a per-step warm-up, AdamW
         ("mlp_accumulated_warmup_adamw", [*MLP_ARGS, *ACCUMULATED_WARMUP, *ADAMW], []),
         ("mlp_sgd_nesterov", [*MLP_ARGS, *SGD_NESTEROV], []),
+        # classification on the trial axis: train/acc from the task's counts, val/acc
+        ("mlp_classification", ["experiment=tabular_mlp", "trainer.max_epochs=2"] + TABLE, []),
     ],
 )
 def test_packed_trials_equal_sequential_trials(family, args, packed, tmp_path):
-    sequential, packed_sweep = sweep_both([*args, *COMMON], tmp_path, tuple(packed))
+    # dense networks run on the trial axis (packed/dense.py), the others vmapped
+    network = "its layers on the trial axis" if family.startswith("mlp") else "vmapped"
+    sequential, packed_sweep = sweep_both([*args, *COMMON], tmp_path, tuple(packed), network)
     assert [p.name for p in trials_of(packed_sweep)] == ["0", "1"]
     for seq_run, pk_run in zip(trials_of(sequential), trials_of(packed_sweep), strict=True):
         assert_same_run(seq_run, pk_run)

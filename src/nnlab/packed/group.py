@@ -20,6 +20,7 @@ the trial ends. Running the same sweep again with
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -37,7 +38,8 @@ from nnlab.assemble import record
 from nnlab.engine.averaging import CURRENT, blend
 from nnlab.engine.policy import BestCheckpoint, EarlyStop
 from nnlab.engine.step import Accumulation
-from nnlab.packed import stack
+from nnlab.packed import dense, stack
+from nnlab.packed.recurrent import DROPOUT_RATE
 from nnlab.runs import LAST, PACKED_STATE, Run, atomic_save
 from nnlab.tasks.classification import ClassificationTask
 from nnlab.tracking import log_run_summary
@@ -209,6 +211,9 @@ class PackedGroup:
         # all parameters in one (trials, n) leaf; `params` are views of it by name
         self.layout = stack.Flat(params)
         self.flat = self.layout.join(params).detach().requires_grad_(True)
+        self.native = self._trial_network()
+        how = "its layers on the trial axis" if self.native else "vmapped over trials"
+        log.info("Stacked network: %s", how)
         names = self._optimizer_spec()
         self.hp_names = names
         self._averaging_spec()
@@ -272,6 +277,50 @@ class PackedGroup:
     def _eval_fn(self, params, buffers, x, y):
         return self._call(params, buffers, (x, y), evaluate=True)
 
+    def _around_outputs(self, out, x, y, evaluate: bool = False):
+        """The task's own code for one trial (vmapped) with `out` as its network's outputs."""
+        stand_in = self.native[1]
+        stand_in.value, stand_in.inputs = out, x
+        network, self.base.net = self.base.net, stand_in
+        try:
+            return self.caller((x, y), evaluate=evaluate)
+        finally:
+            self.base.net = network
+
+    def _trial_network(self):
+        """(TrialNetwork, Outputs) when the network's layers all run on a trial axis
+        (packed/dense.py) and the task calls it as `net(inputs)`; else None (vmapped)."""
+        network = dense.trial_network(self.base.net, prefix="net.")
+        if network is None or {*self.layout.split(self.flat), *self.buffers} != set(network.slots):
+            return None
+        batch = self._slice("train", 0, 1)
+        if len(batch) != 2:  # (inputs, targets) only
+            return None
+        x, y = batch
+        self.native = (network, dense.Outputs())
+        try:  # the task's calling convention, training and evaluating
+            with torch.no_grad():
+                for evaluate in (False, True):
+                    self.base.train(not evaluate)
+                    self._stepper(evaluate)(self.params, self.buffers, x, y)
+        except dense.NotNative:
+            return None
+        finally:
+            self.base.train()
+        return self.native
+
+    def _stepper(self, evaluate: bool = False):
+        """fn(params, buffers, x, y) -> the task's per-trial results (TaskCall) for a stack of
+        trials: the network on the trial axis (packed/dense.py) when it can, else vmapped."""
+        if self.native is None:
+            fn = self._eval_fn if evaluate else self._train_fn
+            return torch.vmap(fn, randomness="different")
+        around = torch.vmap(
+            functools.partial(self._around_outputs, evaluate=evaluate), randomness="different"
+        )
+        network = self.native[0]
+        return lambda params, buffers, x, y: around(network(params, buffers, x), x, y)
+
     def _gather(self, split: str, idx: torch.Tensor) -> list[torch.Tensor]:
         """Each trial's own samples: idx (trials, batch) -> tensors (trials, batch, ...)."""
         rows = self.data_index[:, None]
@@ -300,7 +349,9 @@ class PackedGroup:
                     self.layout.split(state[key])[name][i] = value.to(device)
         accumulation = Accumulation(trials[0].cfg.trainer.get("accumulate_grad_batches"))
         per_step_average = self.averaging is not None and self.averaging.per_step
-        train_step = torch.vmap(self._train_fn, randomness="different")
+        train_step = self._stepper()
+        # buffers a step may change (running statistics), not the dropout rates
+        running = [n for n in self.buffers if not n.endswith(DROPOUT_RATE)]
         last_epoch = max(t.max_epochs for t in trials)
         saved_at = time.monotonic()
         for epoch in range(min(t.start_epoch for t in trials), last_epoch):
@@ -332,19 +383,27 @@ class PackedGroup:
             for b in range(num_batches):
                 idx = orders[:, b * batch_size : (b + 1) * batch_size]
                 x, y = self._gather("train", idx)
-                before = {n: buf.clone() for n, buf in self.buffers.items()}
-                losses, right = train_step(self.params, self.buffers, x, y)
+                before = {n: self.buffers[n].clone() for n in running}
+                params = self.params
+                losses, right = train_step(params, self.buffers, x, y)
                 bad |= mask & ~torch.isfinite(losses.detach())
                 use = mask & ~bad
                 total = torch.where(use, losses, torch.zeros_like(losses)).sum()
-                (g,) = torch.autograd.grad(accumulation.scaled(total), [self.flat])
+                # each view's gradient, joined: through the views to the flat leaf, autograd
+                # would make a full-size zero gradient per view and add them up
+                views = list(params.values())
+                grads = torch.autograd.grad(
+                    accumulation.scaled(total), views, materialize_grads=True
+                )
+                g = self.layout.join(dict(zip(params, grads, strict=True)))
                 if grad is not None:  # within an accumulation window (engine/step.py)
                     g = grad.add_(g)
                 apply = accumulation.steps_after(b, b == num_batches - 1)
                 grad = None if apply else g
                 with torch.no_grad():
-                    for n, buf in self.buffers.items():  # frozen trials keep their statistics
-                        buf.copy_(torch.where(stack._b(use, buf), buf, before[n]))
+                    for n, old in before.items():  # frozen trials keep their statistics
+                        buf = self.buffers[n]
+                        buf.copy_(torch.where(stack._b(use, buf), buf, old))
                     n = float(idx.shape[1])
                     loss_sum += torch.where(use, losses.detach() * n, 0.0)
                     correct += torch.where(use, right.detach(), 0.0)
@@ -569,7 +628,7 @@ class PackedGroup:
         size = loader.batch_size
         limit_key = f"limit_{split}_batches"
         batches = limit(math.ceil(n / size), self.trials[0].cfg.trainer.get(limit_key))
-        fn = torch.vmap(self._eval_fn, randomness="different")
+        fn = self._stepper(evaluate=True)
         self.base.eval()
         outputs, loss_sum, count = [], 0.0, 0
         for b in range(batches):
