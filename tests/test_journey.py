@@ -162,7 +162,8 @@ def test_a_sweep_and_its_report(tmp_path):
 
 
 CRASHY_SEARCH = """# @package _global_
-# A user's own search: four learning rates on a grid, one of them refused by the config check.
+# A user's own search: four windows on a grid, one longer than the series (known only when the
+# data is read: the up-front check of the search space passes it).
 defaults:
   - override /hydra/sweeper: optuna
   - override /hydra/sweeper/sampler: grid
@@ -178,12 +179,12 @@ hydra:
     n_jobs: 1
     max_failure_rate: 1.0
     params:
-      task.optimizer.lr: choice(0.001, 0.002, 0.003, -1.0)
+      data.window: choice(4, 6, 8, 100000)
 """
 
 
 def test_an_optuna_search_survives_a_crashing_trial(tmp_path):
-    """Four grid points, one of them a learning rate that the config check refuses: that trial
+    """Four grid points, one of them a window longer than the series: that trial
     fails (its error in its status.json and in the report), the other three complete, the
     study holds all four, and the command exits 0."""
     optuna = pytest.importorskip("optuna")
@@ -197,14 +198,14 @@ def test_an_optuna_search_survives_a_crashing_trial(tmp_path):
     states = {t.name: status(t) for t in found}
     assert len(found) == 4
     failed = [s for s in states.values() if s["status"] == "failed"]
-    assert len(failed) == 1 and "task.optimizer.lr" in failed[0]["error"]
+    assert len(failed) == 1 and "data.window" in failed[0]["error"]
     db = tmp_path / "outputs" / "optuna" / "crashy.db"
     study = optuna.load_study(study_name="crashy", storage=f"sqlite:///{db}")
     kinds = sorted(t.state.name for t in study.trials)
     assert kinds == ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL"]
     ok(command("nnlab-report", f"sweep={found[0].parent}", cwd=tmp_path))
     report = (found[0].parent / "report" / "leaderboard.md").read_text()
-    assert "failed" in report and "task.optimizer.lr" in report
+    assert "failed" in report and "data.window" in report
 
 
 def test_a_grid_search_whose_last_trial_fails_ends_cleanly(tmp_path):
@@ -216,7 +217,7 @@ def test_a_grid_search_whose_last_trial_fails_ends_cleanly(tmp_path):
     search = tmp_path / "my_conf" / "hparams_search"
     search.mkdir(parents=True)
     crashy = CRASHY_SEARCH.replace("n_trials: 4", "n_trials: 2")
-    (search / "crashy.yaml").write_text(crashy.replace("0.001, 0.002, 0.003, -1.0", "-1.0, -2.0"))
+    (search / "crashy.yaml").write_text(crashy.replace("4, 6, 8, 100000", "100000, 200000"))
     args = ["--config-dir", str(tmp_path / "my_conf"), "experiment=sine_mlp"]
     proc = command("nnlab-train", *args, "hparams_search=crashy", *QUICK, cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr[-2000:]
