@@ -8,8 +8,8 @@
 
     python scripts/bench_search.py                      # both, defaults below
     python scripts/bench_search.py --only prune --trials 32 --epochs 20 --pruner median
-    python scripts/bench_search.py --only prune --search mnist_lstm --trials 16 --epochs 6 \
-        --pruner-args "{n_startup_trials:4,n_warmup_steps:2}"      # needs NNLAB_DATA_DIR (MNIST)
+    python scripts/bench_search.py --only prune --search mnist_lstm --trials 16 --epochs 12 \
+        --pruner successive_halving --pruner-args "{min_resource:1,reduction_factor:3}"      # needs NNLAB_DATA_DIR (MNIST)
     python scripts/bench_search.py --only async --async-trials 8
 
 Prints a Markdown table per part and writes the numbers as JSON (--out).
