@@ -55,27 +55,26 @@ def export_onnx(net: torch.nn.Module, inputs: tuple[torch.Tensor, ...], names, p
         ) from None
     outputs = list(named_outputs(net(*inputs)))
     batch = torch.export.Dim("batch", min=1)
+    names_of = {"input_names": list(names), "output_names": outputs}
     try:
         torch.onnx.export(
             net,
             inputs,
             str(path),
-            input_names=list(names),
-            output_names=outputs,
             dynamic_shapes=batch_axes(net, len(inputs), batch),
             dynamo=True,
             verbose=False,
+            **names_of,
         )
     except Exception as dynamo_error:  # noqa: BLE001 - torch.export refuses in many ways
-        try:
+        try:  # torch's TorchScript-based exporter (packed sequences: ids with lengths)
             torch.onnx.export(
                 net,
                 inputs,
                 str(path),
-                input_names=list(names),
-                output_names=outputs,
                 dynamic_axes={n: {0: "batch"} for n in [*names, *outputs]},
                 dynamo=False,
+                **names_of,
             )
         except Exception:  # noqa: BLE001 - the first refusal says more
             first = str(dynamo_error).strip().splitlines()[0] if str(dynamo_error) else ""

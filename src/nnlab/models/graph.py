@@ -39,7 +39,7 @@ from torch import nn
 
 from nnlab.errors import ConfigError
 from nnlab.models.init import Initializer
-from nnlab.models.sequential import KINDS, MaskAware, build_chain, check_layers
+from nnlab.models.sequential import KINDS, MaskAware, build_chain, check_layers, run_chain
 from nnlab.schema import PositiveInt
 
 MERGES = ("add", "subtract", "multiply", "average", "maximum", "minimum", "concatenate")
@@ -86,15 +86,7 @@ class Chain(nn.Module):
         self.keeps_mask = keeps_mask
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
-        for layer, takes_mask, ends_mask in zip(
-            self.layers, self.takes_mask, self.ends_mask, strict=True
-        ):
-            if takes_mask:
-                x, mask = layer(x, mask)
-            else:
-                x = layer(x)
-            if ends_mask:
-                mask = None
+        x, mask = run_chain(self.layers, self.takes_mask, self.ends_mask, x, mask)
         return x, (mask if self.keeps_mask else None)
 
 

@@ -683,6 +683,25 @@ INITIALISED = {"dense", "conv1d", "conv2d", "separable_conv1d", "separable_conv2
 INITIALISED |= {"conv2d_transpose", *RECURRENT}
 
 
+def run_chain(
+    layers: Sequence[nn.Module],
+    takes_mask: Sequence[bool],
+    ends_mask: Sequence[bool],
+    x: torch.Tensor,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Layers in order, the padding mask threaded through the mask-aware ones and dropped after
+    a layer whose steps no longer line up with it: (output, mask)."""
+    for layer, takes, ends in zip(layers, takes_mask, ends_mask, strict=True):
+        if takes:
+            x, mask = layer(x, mask)
+        else:
+            x = layer(x)
+        if ends:
+            mask = None
+    return x, mask
+
+
 def build_layers(
     entries: Sequence[Any],
     shape: tuple[int, ...],
@@ -850,17 +869,7 @@ class Sequential(nn.Module):
 
     def forward(self, x: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
         """`extra` (e.g. the sequence lengths) is not needed: the mask comes from the ids."""
-        mask = None
-        for layer, takes_mask, ends_mask in zip(
-            self.layers, self.takes_mask, self.ends_mask, strict=True
-        ):
-            if takes_mask:
-                x, mask = layer(x, mask)
-            else:
-                x = layer(x)
-            if ends_mask:
-                mask = None
-        return x
+        return run_chain(self.layers, self.takes_mask, self.ends_mask, x)[0]
 
 
 # --- Config interpolations: sizes from the data and the task ---------------------------------------
