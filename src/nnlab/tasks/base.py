@@ -134,8 +134,9 @@ class Task(L.LightningModule):
 
     # -- stateful networks (models/recurrent.py, `stateful`): the state carried from batch to
     # batch resets where training's epoch starts and where each evaluation starts and ends (a
-    # call outside the loops, e.g. a figure's, starts afresh); a mid-epoch checkpoint holds
-    # training's, so that a resumed run reads the next batch as the one never stopped.
+    # call outside training and evaluation, e.g. a figure's, starts afresh); a mid-epoch
+    # checkpoint holds training's, so that a resumed run reads the next batch as the one never
+    # stopped.
     def stateful_modules(self) -> list[nn.Module]:
         return [m for m in self.net.modules() if getattr(m, "stateful", False)]
 
