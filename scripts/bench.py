@@ -48,6 +48,7 @@ from nnlab.errors import UserError
 from nnlab.heap import freeze_imports
 from nnlab.resolvers import register_resolvers
 from nnlab.runs import Run
+from nnlab.schema import network_arguments
 from nnlab.tasks.optimizers import build_optimizer
 from nnlab.train import train
 
@@ -155,7 +156,8 @@ def run_hand_loop(
 def _hand_loop(cfg: DictConfig, device: torch.device, baseline: str, hand_optimizer: str) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     dm = instantiate(cfg.data)
-    net = instantiate(cfg.model).to(device)  # before the data's setup, as nnlab-train does
+    # before the data's setup, as nnlab-train does
+    net = instantiate(network_arguments(cfg.model)).to(device)
     dm.prepare_data()
     dm.setup("fit")
     dm.setup("test")

@@ -640,6 +640,12 @@ NETWORK_KEYS: dict[str, Any] = {
 }
 
 
+def network_arguments(node: Any) -> dict[str, Any]:
+    """A network's config node as its constructor takes it: without NETWORK_KEYS (the run acts
+    on those); every place that builds the network from config goes through this."""
+    return {k: v for k, v in node.items() if k not in NETWORK_KEYS}
+
+
 def keys_besides_target(key: str) -> dict[str, Any]:
     """What the node at dotted `key` takes besides its target's keys (the run's network, `model`:
     NETWORK_KEYS); every check of a node's keys asks this."""

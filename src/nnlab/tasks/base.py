@@ -17,7 +17,7 @@ from nnlab.config import reported
 from nnlab.data.base import DataModule
 from nnlab.engine.keys import ENGINE_KEYS, engine_keys
 from nnlab.errors import ConfigError
-from nnlab.schema import NETWORK_KEYS, TargetNode
+from nnlab.schema import TargetNode, network_arguments
 from nnlab.tasks import optimizers
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class Task(L.LightningModule):
         )
         # the keys every network takes besides its constructor's (nnlab.schema.NETWORK_KEYS):
         # kept in the hyperparameters, acted on when the run is assembled (model.weights)
-        self.net: nn.Module = instantiate({k: v for k, v in net.items() if k not in NETWORK_KEYS})
+        self.net: nn.Module = instantiate(network_arguments(net))
         # NHWC weights and inputs: tensor-core convolutions skip their layout transposes (GPU).
         self.channels_last = channels_last
         if channels_last:
