@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import compose_config, run_cli
+from conftest import compose_config, run_cli, train_in_process
 from test_schema import WRONG_TYPES, out_of_range, refused
 
 import nnlab.evaluate
@@ -27,20 +27,7 @@ from nnlab.schema import check_hydra_settings, declared, hydra_settings
 BIN = Path(sys.executable).parent
 
 
-def _train(argv: list[str], tmp_path: Path, monkeypatch, capfd) -> tuple[int, str]:
-    """nnlab-train's main in this process (quicker than a process per case)."""
-    import nnlab.train
-
-    monkeypatch.setenv("NNLAB_OUTPUT_DIR", str(tmp_path / "out"))
-    monkeypatch.chdir(tmp_path)
-    flags = [a for a in argv if a == "-m"]
-    rest = [a for a in argv if a != "-m"]
-    monkeypatch.setattr(sys, "argv", ["nnlab-train", *flags, "trainer.accelerator=cpu", *rest])
-    with pytest.raises(SystemExit) as exit_info:
-        nnlab.train.main()
-        raise SystemExit(0)
-    out, err = capfd.readouterr()
-    return exit_info.value.code, (out + err).strip()
+_train = train_in_process
 
 
 def _nothing_written(tmp_path: Path) -> None:

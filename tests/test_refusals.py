@@ -5,13 +5,11 @@ byte-identical after a refused command."""
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, train_in_process
 
-import nnlab.train
 from nnlab.runs import Run
 
 
@@ -37,17 +35,7 @@ def snapshot(root: Path) -> dict[str, bytes]:
     }
 
 
-def train(argv: list[str], tmp_path: Path, monkeypatch, capfd) -> tuple[int, str]:
-    monkeypatch.setenv("NNLAB_OUTPUT_DIR", str(tmp_path / "out"))
-    monkeypatch.chdir(tmp_path)
-    flags = [a for a in argv if a == "-m"]
-    rest = [a for a in argv if a != "-m"]
-    monkeypatch.setattr(sys, "argv", ["nnlab-train", *flags, "trainer.accelerator=cpu", *rest])
-    with pytest.raises(SystemExit) as exit_info:
-        nnlab.train.main()
-        raise SystemExit(0)
-    out, err = capfd.readouterr()
-    return exit_info.value.code, (out + err).strip()
+train = train_in_process
 
 
 def test_a_finished_run_is_never_trained_into_again(run_dir, tmp_path, monkeypatch, capfd):

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 import annotated_types
 import pytest
 import torch
-from conftest import EXPERIMENTS, compose_config
+from conftest import EXPERIMENTS, compose_config, train_in_process
 from pydantic import TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
@@ -302,19 +302,7 @@ def test_typing_strictness_keeps_tuples_and_paths():
 
 
 # -- whole commands checked before anything runs (nnlab.schema.UpFrontCheck) -------------------
-def _train(argv: list[str], tmp_path: Path, monkeypatch, capfd) -> tuple[int, str]:
-    import nnlab.train
-
-    monkeypatch.setenv("NNLAB_OUTPUT_DIR", str(tmp_path / "out"))
-    monkeypatch.chdir(tmp_path)
-    flags = [a for a in argv if a == "-m"]
-    rest = [a for a in argv if a != "-m"]
-    monkeypatch.setattr(sys, "argv", ["nnlab-train", *flags, "trainer.accelerator=cpu", *rest])
-    with pytest.raises(SystemExit) as exit_info:
-        nnlab.train.main()
-        raise SystemExit(0)
-    out, err = capfd.readouterr()
-    return exit_info.value.code, out + err
+_train = train_in_process
 
 
 def _written(tmp_path: Path) -> list[Path]:
