@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -145,3 +146,96 @@ def test_the_atomic_writer_leaves_the_old_content_when_a_write_fails(tmp_path):
     assert target.read_text() == "old\n" and sorted(tmp_path.iterdir()) == [target]
     atomic_save({"epoch": 3}, tmp_path / "state.ckpt", durable=False)
     assert torch.load(tmp_path / "state.ckpt")["epoch"] == 3
+
+
+# -- YAML text: libyaml's emitter where it writes what OmegaConf's does ------------------------
+PLAIN = [
+    "", " ", "a b", " lead", "trail ", "x" * 200, "word " * 40, "???", "${a.b}", "1", "1.5",
+    "1e-3", "true", "no", "null", "~", "-", "- x", ": x", "a: b", "#c", "a #c", "'q'", '"dq"',
+    "[1]", "{a: 1}", "@x", "`x", "%x", "!x", "&x", "*x", "|", ">", "?x", "a\\b", "2026-12-06",
+    "12:30", "0x1F", ".inf", "nan", "+1", "1_000", "a=b", "${oc.env:HOME}",
+]  # fmt: skip
+# libyaml folds, escapes and quotes these otherwise: OmegaConf's emitter writes them
+OTHER = ["tab\there", "ümlaut ✓ 日本", "\u2028", "🙂", "é" * 100, "\x85x", "trailing \n" * 30]
+MULTILINE = [
+    "multi\nline",
+    "a\n\nb\n",
+    "some words, then a break\n" * 8,
+]  # single-quoted: libyaml's too
+TRICKY = PLAIN + OTHER + MULTILINE
+
+
+def _tricky_config():
+    values = {f"k{i}": v for i, v in enumerate(TRICKY)}
+    keys = {v: 1 for v in TRICKY if v not in ("", "???")}
+    return {
+        **values,
+        "keys": keys,
+        "odd_keys": {"": 1, "x" * 130: 2, 5: 3, 1.5: 4},
+        "n": None, "f": 1.0, "tiny": 1e-8, "nan": float("nan"), "inf": -float("inf"),
+        "b": True, "big": 10**20, "l": [1, "a", None, [], {}, [1, [2, {"x": 3}]]], "e": {},
+        "nest": {"a": {"b": {"c": [{"d": 1}]}}},
+    }  # fmt: skip
+
+
+def test_yaml_text_is_omegaconfs_text(make_cfg):
+    """Run files are written with `yaml_text` (libyaml's emitter for plain ASCII): the same text
+    as OmegaConf.to_yaml for every experiment's composed config (its Hydra node too, resolved or
+    not) and for strings each emitter quotes its own way."""
+    from conftest import EXPERIMENTS
+    from omegaconf import OmegaConf
+
+    from nnlab.runs import plain_data, yaml_text
+
+    for experiment in EXPERIMENTS:
+        cfg = make_cfg(f"experiment={experiment}")
+        assert plain_data(OmegaConf.to_container(cfg))  # the fast path, not the fallback
+        assert yaml_text(cfg) == OmegaConf.to_yaml(cfg), experiment
+        for key in ("data", "model", "task", "trainer", "hydra"):
+            assert yaml_text(cfg[key], resolve=True) == OmegaConf.to_yaml(cfg[key], resolve=True)
+    tricky = OmegaConf.create(_tricky_config())
+    assert yaml_text(tricky) == OmegaConf.to_yaml(tricky)
+    for value in TRICKY:
+        for key in ("v", value or "empty"):
+            data = {key: [value]}
+            assert yaml_text(data) == OmegaConf.to_yaml(OmegaConf.create(data)), repr(value)
+            key_is_plain = key.isascii() and key.isprintable() and len(key) < 100
+            value_is_plain = value in PLAIN or value in MULTILINE
+            assert plain_data(data) == (value_is_plain and key_is_plain), repr(value)
+
+
+def test_tensorboard_hparams_file_is_lightnings_text(tmp_path, monkeypatch):
+    """nnlab's TensorBoardLogger writes hparams.yaml itself (plain hyperparameters) or leaves
+    it to Lightning (others): the file reads as Lightning's own writer leaves it."""
+    import lightning.pytorch.loggers.tensorboard as lightning_tensorboard
+    from lightning.pytorch.loggers import TensorBoardLogger as Lightnings
+    from omegaconf import OmegaConf
+
+    from nnlab.tracking import TensorBoardLogger
+
+    lightning_writes = []
+    original = lightning_tensorboard.save_hparams_to_yaml
+
+    def save_hparams_to_yaml(path, hparams):
+        lightning_writes.append(Path(path).parts[-3])  # the logger class's module
+        original(path, hparams)
+
+    monkeypatch.setattr(lightning_tensorboard, "save_hparams_to_yaml", save_hparams_to_yaml)
+
+    cases = {
+        "plain": {"lr": 1e-3, "name": "sine", "layers": [8, 8], "opt": {"kind": "adam"}},
+        "config": {"net": OmegaConf.create({"a": 1, "b": "${a}"}), "x": None},
+        "not plain": {"shape": (3, 4), "text": "ümlaut", "big": 2**70},
+    }
+    for name, hparams in cases.items():
+        files = []
+        for cls in (TensorBoardLogger, Lightnings):
+            logger = cls(save_dir=tmp_path / name / cls.__module__, name="tb", version="")
+            logger.log_hyperparams(hparams)
+            logger.log_metrics({"loss": 1.0}, step=0)
+            logger.finalize("success")
+            files.append((Path(logger.log_dir) / "hparams.yaml").read_text())
+        assert files[0] == files[1], name
+    nnlab_module = TensorBoardLogger.__module__
+    assert lightning_writes.count(nnlab_module) == 1  # "not plain" only
+    assert lightning_writes.count(Lightnings.__module__) == len(cases)

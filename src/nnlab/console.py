@@ -13,7 +13,7 @@ import rich
 import rich.syntax
 import rich.text
 import rich.tree
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 FIRST = ("data", "model", "task", "trainer", "callbacks", "logger", "paths")
 
@@ -24,11 +24,13 @@ def print_config_tree(
     """Each top-level section as a branch of YAML, the sections named in `order` first; printed
     (YAML-highlighted) when `echo`, saved to `save_to` always (plain text: a file shows no
     colours, and highlighting was most of a packed sweep's ~50 ms per trial here)."""
+    from nnlab.runs import yaml_text
+
     keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order]
     sections = [
         (
             key,
-            OmegaConf.to_yaml(cfg[key], resolve=True)
+            yaml_text(cfg[key], resolve=True)
             if isinstance(cfg[key], DictConfig)
             else str(cfg[key]),
         )

@@ -28,7 +28,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor
 
 from nnlab.errors import UserError
-from nnlab.runs import TRACKING, is_global_zero
+from nnlab.runs import TRACKING, is_global_zero, plain_data, yaml_text
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,23 @@ class TensorBoardLogger(LightningTensorBoardLogger):
                 ) from exc
         if values:
             self.experiment._get_file_writer().add_summary(Summary(value=values), step)
+
+    @rank_zero_only
+    def save(self) -> None:
+        """Lightning's `save` (flush; hparams.yaml once), the hparams.yaml written through
+        `runs.yaml_text` (the same text as Lightning's OmegaConf.save, at a third of the cost:
+        every trial of a sweep writes one) when the hyperparameters are plain data and the log
+        folder a local one; other hyperparameters are left to Lightning's writer."""
+        folder = Path(self.log_dir)
+        target = folder / self.NAME_HPARAMS_FILE
+        if "://" not in str(self.log_dir) and folder.is_dir() and not target.exists():
+            hparams = {  # what Lightning's save_hparams_to_yaml converts before saving
+                k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
+                for k, v in dict(self.hparams).items()
+            }
+            if plain_data(hparams):
+                target.write_text(yaml_text(hparams), encoding="utf-8")
+        super().save()
 
 
 def mlflow_logger(
