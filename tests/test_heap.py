@@ -63,3 +63,30 @@ def test_a_command_freezes_its_imports_and_again_at_exit(tmp_path, module, comma
     assert frozen > least
     assert int(lines["again"]) == 0
     assert int(lines["at"].split()[-1]) >= frozen  # frozen again at exit (atexit runs LIFO)
+
+
+IMPORT_PROBE = """
+import gc, sys
+full = []
+gc.callbacks.append(lambda phase, info: phase == "stop" and full.append(info["generation"]))
+from nnlab.schema import locate
+assert "torch" not in sys.modules
+locate("nnlab.data.series.SineDataModule")  # the up-front check imports torch and Lightning
+print("lightning", "lightning" in sys.modules, "enabled", gc.isenabled())
+print("full", full.count(2), "frozen", gc.get_freeze_count())
+"""
+
+
+def test_the_checks_imports_run_without_full_collections_and_are_frozen():
+    """torch's and Lightning's imports made ~8 full collections (each walking everything
+    imported so far, ~0.6 s of CPU in all): the up-front check imports them with the collector
+    off (nnlab.heap.importing), then freezes their objects; the collector is on again after."""
+    proc = subprocess.run(
+        [sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    words = proc.stdout.split()
+    values = dict(zip(words[::2], words[1::2], strict=True))
+    assert values["lightning"] == "True" and values["enabled"] == "True"
+    assert values["full"] == "0"
+    assert int(values["frozen"]) > 100_000

@@ -479,3 +479,35 @@ def test_a_bad_launcher_setting_is_refused(tmp_path, setting, message):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1] == f"error: {message}"
     assert not list((tmp_path / "out").glob("multiruns/*/*/0"))  # no trial started
+
+
+def test_each_trial_is_composed_and_checked_once(tmp_path, monkeypatch, capfd):
+    """nnlab's up-front check composes, resolves and checks every trial before the sweep starts;
+    Hydra's sweeper (its validation of the batch) and the packed launcher take those configs
+    (schema.CHECKED_JOBS) instead of composing, resolving and checking each again."""
+    from conftest import train_in_process
+
+    import nnlab.packed.launcher as packed_launcher
+    from nnlab import schema
+    from nnlab.compat import hydra as hydra_compat
+
+    composed, checked = [], []
+    compose, check = hydra_compat.compose_job, packed_launcher.check
+
+    def counted_compose(*args, **kwargs):
+        composed.append(tuple(args[2]))
+        return compose(*args, **kwargs)
+
+    def counted_check(cfg):
+        checked.append(cfg)
+        return check(cfg)
+
+    monkeypatch.setattr(hydra_compat, "compose_job", counted_compose)
+    monkeypatch.setattr(packed_launcher, "check", counted_check)
+    argv = ["-m", "hydra/launcher=packed", "experiment=sine_mlp", "trainer.max_epochs=1"]
+    argv += ["seed=1,2", "task.optimizer.lr=1e-3,1e-2", "logger=none"]
+    code, out = train_in_process(argv, tmp_path, monkeypatch, capfd)
+    assert code == 0, out[-3000:]
+    assert "Training 4 trials as one stacked model: #0, #1, #2, #3" in out
+    assert len(composed) == len(set(composed)) == 4  # each trial's overrides, once
+    assert checked == [] and schema.CHECKED_JOBS == {}  # all taken

@@ -12,10 +12,27 @@ walk what the run made either.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import sys
+from collections.abc import Iterator
 
 _modules_when_frozen = 0  # len(sys.modules) at the last freeze; 0: never frozen
+
+
+@contextlib.contextmanager
+def importing() -> Iterator[None]:
+    """Import with the collector off, then freeze what the imports made (`freeze_imports`): the
+    objects of modules live as long as the process, yet importing torch and Lightning triggered
+    ~8 full collections walking more and more of them (~0.6 s of CPU)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+    freeze_imports()
 
 
 def freeze_imports() -> None:

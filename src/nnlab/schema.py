@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections.abc
 import copy
+import dataclasses
 import difflib
 import functools
 import importlib
@@ -356,10 +357,13 @@ def _refined(obj: Any) -> dict[str, Any]:
 
 def locate(target: str) -> Any:
     """The object a dotted path names; ImportError with the names there are when it does not."""
+    from nnlab.heap import importing
+
     parts = target.split(".")
     for i in range(len(parts) - 1, 0, -1):
         try:
-            obj = importlib.import_module(".".join(parts[:i]))
+            with importing():  # the check imports torch and Lightning, often first
+                obj = importlib.import_module(".".join(parts[:i]))
         except ImportError as exc:
             if exc.name is None or not ".".join(parts[:i]).startswith(exc.name):
                 raise  # the module exists but one of its own imports failed
@@ -920,15 +924,43 @@ def describe(plain: dict[str, Any]) -> str:
 
 def _with_output_dir(cfg: DictConfig, output_dir: str) -> None:
     """Point HydraConfig (what ${hydra:runtime.output_dir} reads) at `output_dir`, as Hydra's
-    run_job does before the task function; the check resolves paths.output_dir through it."""
+    run_job does before the task function; the check resolves paths.output_dir through it.
+    HydraConfig reads `cfg` itself (Hydra's set_config would copy its hydra node, ~5 ms a
+    trial, for a check that only reads it)."""
     import os
 
-    from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict, read_write
+
+    from nnlab.compat import hydra as hydra_compat
 
     with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
         cfg.hydra.runtime.output_dir = os.path.abspath(output_dir)
-    HydraConfig.instance().set_config(cfg)
+    hydra_compat.point_hydra_config(cfg)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckedJob:
+    """A trial of a sweep as the up-front check composed it (`config`, for the launcher of the
+    `master` config) and resolved it (`plain`: without the hydra node, checked), at
+    `output_dir`."""
+
+    master: DictConfig
+    config: DictConfig
+    plain: dict[str, Any]
+    output_dir: str
+
+
+# The trials of a packed sweep as the check left them, by overrides: the packed launcher takes
+# them (nnlab/packed/launcher.py: share_compositions) instead of composing, resolving and
+# checking each again. Other launchers compose their jobs themselves: nothing is kept for them.
+CHECKED_JOBS: dict[tuple[str, ...], CheckedJob] = {}
+PACKED_LAUNCHER = "hydra_plugins.nnlab_packed_launcher.packed_launcher.PackedLauncher"
+
+
+def take_checked_job(master: DictConfig, overrides: Any) -> CheckedJob | None:
+    """The check's composition of the trial with these overrides of `master` (once)."""
+    job = CHECKED_JOBS.pop(tuple(overrides), None)
+    return job if job is not None and job.master is master else None
 
 
 def sweep_trials(config: DictConfig) -> list[list[str]] | None:
@@ -1059,6 +1091,12 @@ class UpFrontCheck(Callback):
         str(config.hydra.sweep.dir)  # resolved once: every trial and Hydra share ${now:}, uid
         trials = sweep_trials(config)
         plan, composed, probes = [], {}, []
+        CHECKED_JOBS.clear()
+        keep = (  # for the packed launcher; a rerun's upgraded config is not what Hydra saves
+            str(config.hydra.launcher.get("_target_")) == PACKED_LAUNCHER
+            and not config.get("check")
+            and rerun_of(config.hydra) is None
+        )
         try:
             check_hydra_settings(hydra_settings(config))
             if trials is None:  # a search: every end of its space now, as trials would get it
@@ -1095,6 +1133,9 @@ class UpFrontCheck(Callback):
                     ) from None
                 refuse_finished_other(Path(output_dir), plain, num, overrides)
                 plan.append(f"  #{num} {' '.join(overrides)} -> {output_dir}: {describe(plain)}")
+                if keep:
+                    output_dir = str(cfg.hydra.runtime.output_dir)
+                    CHECKED_JOBS[tuple(overrides)] = CheckedJob(config, cfg, plain, output_dir)
         finally:
             hydra_compat.point_hydra_config(saved)
         if not config.get("check"):

@@ -31,7 +31,7 @@ from nnlab.errors import (
     exit_on_user_error,
     user_error_cause,
 )
-from nnlab.heap import freeze_imports
+from nnlab.heap import freeze_imports, importing
 from nnlab.runs import RESOLVED_CONFIG, Run, relocatable_config
 from nnlab.schema import check, upgrade_rerun
 from nnlab.sweeps import NoTrialCompleted, SweepOutcome, released_ddp_state, single_job_argv
@@ -48,11 +48,11 @@ def train(cfg: DictConfig, run: Run, extra_callbacks: Sequence[Any] = ()) -> dic
     check(cfg)  # every setting, before anything is built
     # torch and Lightning are imported here, not with the module: `--help` and a refused key or
     # value answer without them (docs/benchmarks.md; tests/test_startup.py).
-    from nnlab.assemble import assemble, conclude, fit
-    from nnlab.compat.lightning import log_once
+    with importing():  # what those imports make stays out of the garbage collector (heap.py)
+        from nnlab.assemble import assemble, conclude, fit
+        from nnlab.compat.lightning import log_once
 
     log_once()
-    freeze_imports()  # what those imports made stays out of the garbage collector (nnlab/heap.py)
     parts = assemble(cfg, run, extra_callbacks)
     if parts.trainer.world_size > 1 and HydraConfig.get().mode == RunMode.MULTIRUN:
         single_job_argv(HydraConfig.get())  # the other ranks run this trial only

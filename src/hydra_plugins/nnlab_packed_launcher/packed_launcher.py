@@ -41,7 +41,10 @@ class PackedLauncher(Launcher):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
-        from nnlab.packed.launcher import share_compositions
+        from nnlab.heap import importing
+
+        with importing():  # torch and Lightning, if the up-front check has not imported them
+            from nnlab.packed.launcher import share_compositions
 
         self.config, self.task_function, self.hydra_context = config, task_function, hydra_context
         share_compositions(self)

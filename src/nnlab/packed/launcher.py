@@ -40,7 +40,7 @@ from nnlab.engine.capabilities import PLATEAU, SKIPPED_CALLBACKS, why_not
 from nnlab.packed import stack
 from nnlab.packed.group import STATE_DIR, Data, PackedGroup, Trial, load_states
 from nnlab.runs import METRICS, Run, read_status
-from nnlab.schema import check
+from nnlab.schema import check, take_checked_job
 from nnlab.search.pruning import trial_reporter
 from nnlab.tasks.classification import ClassificationTask
 
@@ -129,15 +129,23 @@ def _job_config(launcher: Any, num: int, overrides: list[str]) -> DictConfig:
 
 def share_compositions(launcher: Any) -> None:
     """Hydra's sweeper composes every job of a batch to check it (`validate_batch_is_legal`)
-    before it hands the batch to the launcher: those compositions go through `_compose`'s cache
-    (a 32-job seed x lr grid: one from scratch), and the launcher runs the very configs the
-    sweeper checked (`_job_config`) instead of composing them again."""
+    before it hands the batch to the launcher: those compositions are the ones nnlab's up-front
+    check made of the same jobs (`schema.take_checked_job`), else they go through `_compose`'s
+    cache (a 32-job seed x lr grid: one from scratch); the launcher runs the very configs the
+    sweeper checked (`_job_config`) instead of composing them again, and takes the check's
+    resolved config of each (`prepare`)."""
     checked = launcher.__dict__.setdefault("_checked", {})  # overrides -> the sweeper's config
+    resolved = launcher.__dict__.setdefault("_resolved", {})  # overrides -> the check's job
 
     def load_sweep_config(original, master_config: DictConfig, overrides: list[str]):
         if master_config is not launcher.config:
             return original(master_config, overrides)
-        cfg = _compose(launcher, list(overrides))
+        job = take_checked_job(master_config, overrides)
+        if job is not None:
+            cfg = job.config
+            resolved[tuple(overrides)] = job
+        else:
+            cfg = _compose(launcher, list(overrides))
         checked[tuple(overrides)] = cfg  # the sweeper drops it; _job_config takes it
         return cfg
 
@@ -246,11 +254,15 @@ def prepare(
     """Everything a job needs to train packed, built as nnlab-train builds it (same seed, same
     order, so the same initial weights); Unpackable when it cannot be packed."""
     raw_cfg = _task_config(job_config)
-    try:
-        cfg = OmegaConf.create(OmegaConf.to_container(raw_cfg, resolve=True))
-        check(cfg)
-    except Exception as exc:  # the job's own run reports it, as a sequential run would
-        raise Unpackable(f"config problem ({str(exc).splitlines()[0]})") from None
+    checked = launcher.__dict__.get("_resolved", {}).pop(tuple(overrides), None)
+    if checked is not None and checked.output_dir == job_config.hydra.runtime.output_dir:
+        cfg = OmegaConf.create(checked.plain)  # resolved and checked by the up-front check
+    else:
+        try:
+            cfg = OmegaConf.create(OmegaConf.to_container(raw_cfg, resolve=True))
+            check(cfg)
+        except Exception as exc:  # the job's own run reports it, as a sequential run would
+            raise Unpackable(f"config problem ({str(exc).splitlines()[0]})") from None
     if reason := why_not("packed", run_cfg=cfg, trainer_cfg=cfg.trainer, task_cfg=cfg.task):
         raise Unpackable(reason)
     parts: dict[str, Any] = {}
