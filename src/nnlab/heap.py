@@ -6,7 +6,8 @@ the interpreter walks them once more on its way out (~1 s). `gc.freeze()` moves 
 permanent generation, which the collector never examines. Commands freeze once their modules
 are imported, again after importing torch and Lightning (nnlab-train imports them only when it
 trains, so that `--help` and a refused key answer at once), and at exit, so that exiting does not
-walk what the run made either.
+walk what the run made either. The imports of torch and Lightning run with the collector off
+(`importing`): they triggered full collections of their own while the heap grew.
 """
 
 from __future__ import annotations
