@@ -373,7 +373,7 @@ def check_graph(node: Mapping[str, Any], key: str) -> None:
                     check_layers(args, f"{key}.layers.{name}.layers")
                 elif kind in KINDS:
                     try:
-                        check_layers([{kind: args}], f"{key}.layers.{name}")
+                        check_layers([{kind: args}], f"{key}.layers.{name}", states=True)
                     except ConfigError as exc:
                         prefix = f"{key}.layers.{name}"
                         raise _rekey(exc, f"{prefix}[0]", f"{prefix}.{kind}") from None

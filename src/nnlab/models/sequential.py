@@ -544,17 +544,20 @@ def _recurrent(spec: Spec, cell: str):
     if start not in ("zeros", "learned"):
         raise ConfigError(f"{spec.key}.initial_state", f"zeros or learned, got {start!r}")
     if return_state and not spec.states:
-        raise ConfigError(
-            f"{spec.key}.return_state",
-            "true, but only a graph node of one recurrent layer can give its final state to "
-            "other layers (model=graph: {inputs: x, lstm: {units: 8, return_state: true}}); "
-            "remove it here",
-        )
+        raise no_return_state(spec.key)
     layer = Recurrent(
         rnn, units, bidirectional, return_sequences, stateful=bool(spec.get("stateful", False)),
         initial_state=start, return_state=return_state, key=spec.key,
     )  # fmt: skip
     return [layer], ((spec.shape[0], width) if return_sequences else (width,))
+
+
+def no_return_state(key: str) -> ConfigError:
+    return ConfigError(
+        f"{key}.return_state",
+        "true, but only a graph node of one recurrent layer can give its final state to other "
+        "layers (model=graph: {inputs: x, lstm: {units: 8, return_state: true}}); remove it here",
+    )
 
 
 def _reshape(spec: Spec):
@@ -693,9 +696,10 @@ LAYER_ARGS: dict[str, dict[str, Any]] = {
 }
 
 
-def check_layers(entries: Any, key: str) -> None:
+def check_layers(entries: Any, key: str, states: bool = False) -> None:
     """Every entry of a layer list: a known kind, each argument known to it and of its type
-    (`model.layers[2].units`); raises nnlab.schema's ConfigError."""
+    (`model.layers[2].units`); raises nnlab.schema's ConfigError. `states`: whether a recurrent
+    layer may return its state (a graph node of that one layer)."""
     from nnlab.schema import validate_mapping
 
     for i, entry in enumerate(entries or []):
@@ -714,6 +718,8 @@ def check_layers(entries: Any, key: str) -> None:
                 )
         fields = {name: (annotation, None) for name, annotation in LAYER_ARGS[kind].items()}
         validate_mapping(fields, args, f"{key}[{i}]", f"a {kind} layer")
+        if args.get("return_state") and not states:
+            raise no_return_state(f"{key}[{i}]")
 
 
 def _parse(entry: Any, key: str) -> tuple[str, Any]:
