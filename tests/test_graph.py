@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -531,26 +532,81 @@ def test_a_graph_with_given_states_trains_checkpoints_and_exports(
     users_data, tmp_path, monkeypatch, capfd
 ):
     """A GRU started from a dense layer of the table, and a second GRU started from the first's
-    final state (tests/graph_files/conf/experiment/two_views_states.yaml): trained in process,
-    rebuilt from the checkpoint alone, exported to ONNX and TorchScript with the same outputs."""
+    final state (tests/graph_files/conf/experiment/two_views_states.yaml, whose graph calls
+    its inputs features and steps): trained in process, rebuilt from the checkpoint alone,
+    called by the graph's input names, exported (ONNX, TorchScript) and predicted from an .npz
+    under those names."""
     from conftest import train_in_process
 
-    from nnlab.export import export_network
+    import nnlab.export
+    import nnlab.predict
 
     code, output = train_in_process(
-        ["experiment=two_views_states", "logger=none"], tmp_path, monkeypatch, capfd
+        ["experiment=two_views_states", "logger=none", "model.inputs={features:[6],steps:[5,2]}"],
+        tmp_path,
+        monkeypatch,
+        capfd,
     )
     assert code == 0, output[-3000:]
     (ckpt,) = (tmp_path / "out").glob("runs/*/*/checkpoints/last.ckpt")
+    run = ckpt.parents[1]
     task = MultiOutputTask.load_from_checkpoint(ckpt).eval()
     assert task.net.starts == {"enc": ["start"], "dec": ["enc.h"]}
     table, series = torch.randn(4, 6), torch.randn(4, 5, 2)
     with torch.no_grad():
         out = task.net(table, series)
         other = task.net(torch.randn(4, 6), series)  # the table's start state is read
+        by_name = task(steps=series, features=table)
     assert not torch.allclose(out["positive"], other["positive"])
+    assert all(torch.equal(by_name[k], out[k]) for k in out)
     for fmt in ("onnx", "torchscript"):
-        record = export_network(
-            task.net, (table, series), ["table", "series"], fmt, tmp_path / f"model.{fmt}"
-        )
-        assert record["max_abs_diff"] < 1e-5 and set(record["outputs"]) == {"positive", "level"}
+        nnlab.export.main.call([f"run={run}", f"format={fmt}"])
+        record = json.loads((run / "export" / "export.json").read_text())
+        assert record["matches"] and list(record["inputs"]) == ["features", "steps"], record
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(run / "export" / "model.onnx"))
+    assert [i.name for i in session.get_inputs()] == ["features", "steps"]
+    (level,) = session.run(["level"], {"features": table.numpy(), "steps": series.numpy()})
+    assert np.allclose(level, out["level"].numpy(), atol=1e-5)
+
+    np.savez(tmp_path / "rows.npz", steps=series.numpy(), features=table.numpy())
+    target = nnlab.predict.main.call([f"run={run}", f"input={tmp_path / 'rows.npz'}"])
+    with open(target / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["level"]) for r in rows] == pytest.approx(out["level"][:, 0].tolist(), abs=1e-5)
+    np.savez(tmp_path / "bad.npz", table=table.numpy(), steps=series.numpy())
+    code, output = run_main(
+        nnlab.predict.main, [f"run={run}", f"input={tmp_path / 'bad.npz'}"], capfd
+    )
+    assert code == 2 and "has no array features; the network's inputs are features, steps" in output
+
+
+def run_main(main, argv, capfd) -> tuple[int, str]:
+    """A command's main in this process: (exit code, what it printed)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+        raise SystemExit(0)
+    out, err = capfd.readouterr()
+    return exit_info.value.code, out + err
+
+
+def test_a_graph_takes_its_inputs_by_position_by_name_or_as_a_mapping():
+    net = Graph(**two_inputs()).eval()
+    table, series = torch.randn(3, 6), torch.randn(3, 5, 2)
+    with torch.no_grad():
+        expected = net(table, series)
+        for got in (
+            net(series=series, table=table),
+            net(table, series=series),
+            net({"series": series, "table": table}),
+        ):
+            assert all(torch.equal(got[k], expected[k]) for k in expected)
+    for args, kwargs, words in [
+        ((table,), {}, "missing inputs series; the network takes table, series"),
+        ((), {"table": table, "serie": series}, "unknown inputs ['serie']"),
+        ((table,), {"table": table}, "inputs ['table'] given twice"),
+        ((table, series, series), {}, "takes 2 inputs (table, series), got 3"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(words)):
+            net(*args, **kwargs)

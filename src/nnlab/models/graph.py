@@ -21,7 +21,8 @@ units gets that output's width from the task (`output_size`). A padding mask (`m
 flows along single-input nodes while the steps stay in place; a merge ends it (as a conv does).
 
 `forward(*inputs)` takes the data's inputs in the order of `inputs` (unused ones are ignored:
-the sequence view's lengths, say) and returns the output tensor, or {output name: tensor}.
+the sequence view's lengths, say), or by name (`forward(ids=..., multihot=...)`, or one
+{name: tensor} mapping), and returns the output tensor, or {output name: tensor}.
 The schema checks the wiring before anything is built (`schema_check`): unknown names, cycles,
 unknown kinds, merges of shapes that do not fit, layers no output needs; each is one error
 naming the dotted key (`model.layers.both.inputs`).
@@ -553,13 +554,38 @@ class Graph(nn.Module):
         self.shapes = {name: shapes[name] for name in [*inputs, *order]}
         self.shapes |= {part: shapes[part] for parts in published.values() for part in parts}
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        if len(inputs) != len(self.input_names):
+    def bind(self, inputs: tuple, named: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{input name: tensor} of a call's positional and keyword inputs, or a ValueError
+        naming what is missing, unknown or given twice."""
+        names = self.input_names
+        if len(inputs) > len(names):
             raise ValueError(
-                f"the network takes {len(self.input_names)} inputs ({', '.join(self.input_names)})"
-                f", got {len(inputs)}"
+                f"the network takes {len(names)} inputs ({', '.join(names)}), got {len(inputs)}"
             )
-        values: dict[str, torch.Tensor] = dict(zip(self.input_names, inputs, strict=True))
+        values = dict(zip(names, inputs, strict=False))
+        unknown = [n for n in named if n not in names]
+        twice = [n for n in named if n in values]
+        if unknown or twice:
+            what = f"unknown inputs {unknown}" if unknown else f"inputs {twice} given twice"
+            raise ValueError(f"{what}; the network's inputs are {', '.join(names)}")
+        values.update(named)
+        missing = [n for n in names if n not in values]
+        if missing:
+            raise ValueError(
+                f"missing inputs {', '.join(missing)}; the network takes {', '.join(names)} "
+                "(by position in that order, or by name)"
+            )
+        return {n: values[n] for n in names}
+
+    def forward(
+        self, *inputs: torch.Tensor | Mapping[str, torch.Tensor], **named: torch.Tensor
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The inputs in the order of `inputs`, by name (`net(ids=..., multihot=...)`), or as
+        one {name: tensor} mapping (Keras' `model({"ids": ..., "multihot": ...})`); positional
+        ones first, the rest by name."""
+        if len(inputs) == 1 and isinstance(inputs[0], Mapping):
+            inputs, named = (), {**inputs[0], **named}
+        values: dict[str, torch.Tensor] = self.bind(inputs, named)
         masks: dict[str, torch.Tensor | None] = dict.fromkeys(self.input_names)
         for name in self.order:
             module, sources = self.nodes[name], self.reads[name]
