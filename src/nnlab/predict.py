@@ -170,7 +170,6 @@ def regress(task, datamodule, encoded: Encoded, chunk: int = 256):
     return [datamodule.columns[0], *targets], rows
 
 
-@no_grad
 def encode(task, datamodule, input: str | None, text: str | None) -> Encoded:  # noqa: A002
     """The raw inputs as the network reads them: the data module's `encode`, or for a graph
     (model=graph) given an `.npz` file, its arrays by the graph's input names."""
@@ -204,6 +203,7 @@ def encode(task, datamodule, input: str | None, text: str | None) -> Encoded:  #
     return Encoded(tuple(tensors), [f"row{i}" for i in range(len(tensors[0]))])
 
 
+@no_grad
 def predict_outputs(task, datamodule, encoded: Encoded, chunk: int = 256):
     """Rows of (name, each output's prediction): task=multi_output. A classifying output gives
     its class and that class's probability (a binary one: 0/1 and the positive class's
