@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from nnlab.models.cells import CellStack
+
 State = Any  # one tensor (layers * directions, batch, size), or torch's LSTM's (h, c)
 
 
@@ -111,8 +113,9 @@ def run_rnn(
     padded steps are never read (torch's cells on packed sequences; nnlab's hold their state)
     and outputs there are zero; `total_length`: the padded outputs' steps (default x's)."""
     start = () if h0 is None else (h0,)  # (packed trials' layers take no state)
-    if not isinstance(rnn, nn.RNNBase):
+    if isinstance(rnn, CellStack):
         return rnn.run(x, lengths, h0)
+    # torch's cells, or what stands in for them (packed trials' TrialRNN)
     if lengths is None:
         outputs, state = rnn(x, *start)
         return outputs, state, state
