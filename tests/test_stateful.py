@@ -257,6 +257,16 @@ def test_every_sequence_network_carries_its_state_and_learns_its_start(family):
     task.net = stateful
     assert task.stateful_modules() == [module]
     assert "is stateful" in why_not("captured", task=task)
+    stateful.train()
+    stateful(first)
+    checkpoint: dict = {}
+    task.on_save_checkpoint(checkpoint)  # a mid-epoch checkpoint holds the layer's state
+    (name,) = checkpoint["carried_states"]
+    assert dict(stateful.named_modules())[name] is module
+    task.on_train_epoch_start()
+    assert True not in module.carried  # training's state reset where an epoch starts
+    task.on_load_checkpoint(checkpoint)
+    assert module.carried[True] is checkpoint["carried_states"][name]
 
     learned = build(initial_state="learned")
     (start,) = [p for n, p in learned.named_parameters() if n.endswith("initial_h")]
