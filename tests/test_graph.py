@@ -610,3 +610,21 @@ def test_a_graph_takes_its_inputs_by_position_by_name_or_as_a_mapping():
     ]:
         with pytest.raises(ValueError, match=re.escape(words)):
             net(*args, **kwargs)
+
+
+def test_a_graph_may_output_a_nodes_final_state():
+    """Keras' Model(inputs, [outputs, state_h, state_c]): the encoder's state parts as outputs,
+    equal to its layer's final state; a part it does not give is refused naming model.outputs."""
+    config = encoder_decoder({"lstm": {"units": 4}})
+    config["outputs"] = {"out": "out", "h": "enc.h", "c": "enc.c"}
+    net = Graph(**config)
+    src, tgt = torch.randn(3, 5, 3), torch.randn(3, 6, 2)
+    got = net(src, tgt)
+    _, (h, c) = net.nodes["enc"].recurrent().rnn(src)
+    assert torch.allclose(got["h"], h[0], atol=1e-6) and torch.allclose(got["c"], c[0], atol=1e-6)
+    config["outputs"] = {"out": "out", "x": "enc.x"}
+    with pytest.raises(
+        ConfigError, match="no state named 'enc.x'; the states enc gives: enc.h, enc.c"
+    ) as refused:
+        Graph(**config)
+    assert refused.value.key == "model.outputs"

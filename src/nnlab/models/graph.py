@@ -204,6 +204,8 @@ def _order(inputs: Mapping[str, Any], layers: Mapping[str, Any], outputs: list[s
                     f"{', '.join(inputs) or 'none'}, the layers {', '.join(layers)}",
                 )
     for name in outputs:
+        if "." in name and _base(name) in layers:
+            continue  # a node's state part (Keras' Model(x, [out, state_h])): checked when built
         if name not in layers and name not in inputs:
             raise ConfigError(
                 "model.outputs", f"no layer named {name!r}; the layers are {', '.join(layers)}"
@@ -230,7 +232,7 @@ def _order(inputs: Mapping[str, Any], layers: Mapping[str, Any], outputs: list[s
     for name in layers:  # every node, so a cycle among unused ones is named as a cycle
         visit(name, [])
     needed: set[str] = set()
-    stack = [n for n in outputs if n in layers]
+    stack = [_base(n) for n in outputs if _base(n) in layers]
     while stack:
         name = stack.pop()
         if name not in needed:
@@ -476,6 +478,13 @@ def build_graph(
             for part, size in zip(published[name], [*layer.state_parts.values()] * 2, strict=False):
                 shapes[part], masked[part] = (size,), False
     for out_name, node in named.items():
+        if node not in shapes:  # a state part the node does not give
+            has = ", ".join(published.get(_base(node), [])) or (
+                "none (set return_state: true on its recurrent layer)"
+            )
+            raise ConfigError(
+                "model.outputs", f"no state named {node!r}; the states {_base(node)} gives: {has}"
+            )
         width = output_size.get(out_name) if isinstance(output_size, Mapping) else output_size
         if width is not None and (single or isinstance(output_size, Mapping)):
             if shapes[node] != (width,):
