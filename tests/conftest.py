@@ -125,6 +125,10 @@ def train_in_process(argv: list[str], tmp_path: Path, monkeypatch, capfd) -> tup
     return exit_info.value.code, (out + err).strip()
 
 
+# Set to 1 to run every `run_cli` call as its own process (what the in-process calls stand for).
+ALWAYS_SUBPROCESS = os.environ.get("NNLAB_TEST_SUBPROCESS") == "1"
+
+
 def run_cli(
     *args: str,
     outputs: Path,
@@ -133,8 +137,14 @@ def run_cli(
     check: bool = True,
     env: dict | None = None,
     timeout: float = 600,
+    process: bool = False,
 ) -> CLIResult:
-    """Run `python -m <module> args...` as a user would, run directories under `outputs`."""
+    """Run `python -m <module> args...` as a user would, run directories under `outputs`.
+
+    In this process (`inprocess.call`: the command's `main()` with its own argv, environment,
+    working directory and captured output; seconds quicker than starting Python, torch and
+    Lightning again), unless `process` is set: tests about the process itself (signals, exit
+    on kill, imports at start-up, several processes at once) or NNLAB_TEST_SUBPROCESS=1."""
     full_env = {
         **os.environ,
         "NNLAB_OUTPUT_DIR": str(outputs),
@@ -143,14 +153,19 @@ def run_cli(
         **(env or {}),
     }
     extra = ["print_config=false"] if module == "nnlab.train" and "--help" not in args else []
-    proc = subprocess.run(
-        [sys.executable, "-m", module, *args, *extra],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-        cwd=cwd,
-    )
+    if process or ALWAYS_SUBPROCESS:
+        proc = subprocess.run(
+            [sys.executable, "-m", module, *args, *extra],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=timeout,
+            cwd=cwd,
+        )
+    else:
+        from inprocess import call
+
+        proc = call(module, [*args, *extra], env=full_env, cwd=cwd)
     result = CLIResult(proc, outputs)
     if check:
         assert proc.returncode == 0, f"exit {proc.returncode}\n{result.output[-5000:]}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from test_imdb import write_tree
 
 from nnlab.errors import ConfigError
 from nnlab.models.graph import Graph
-from nnlab.schema import check
+from nnlab.schema import check, check_node
 from nnlab.tasks.multi_output import MultiOutputTask
 
 FILES = Path(__file__).parent / "graph_files"
@@ -421,3 +422,209 @@ def test_mnist_digit_parity_full(cli):
     metrics = cli("experiment=mnist_digit_parity", env={"NNLAB_DATA_DIR": REAL}, timeout=3600)
     scores = metrics.metrics()
     assert scores["test/digit/acc"] >= 0.98 and scores["test/even/acc"] >= 0.98, scores
+
+
+# --- a start state given by other nodes (Keras' layer(x, initial_state=[h, c])) ------------------
+
+
+def encoder_decoder(enc: dict, dec: dict | None = None, **node) -> dict:
+    """Keras' sequence-to-sequence wiring: the encoder returns its state, the decoder starts
+    from it (`initial_state: enc`, or the names of its parts)."""
+    dec = {"units": 4, "return_sequences": True, **(dec or enc)}
+    dec.pop("return_state", None)
+    kind = next(iter(enc))
+    layers = {
+        "enc": {"inputs": "src", kind: {**enc[kind], "return_state": True}},
+        "dec": {"inputs": "tgt", "initial_state": "enc", **{kind: dec.get(kind, dec)}, **node},
+        "out": {"inputs": "dec", "dense": 2},
+    }
+    return {"inputs": {"src": [5, 3], "tgt": [6, 2]}, "layers": layers, "outputs": "out"}
+
+
+@pytest.mark.parametrize(
+    "enc",
+    [
+        {"lstm": {"units": 4}},
+        {"gru": {"units": 4}},
+        {"lstm": {"units": 4, "bidirectional": True}},
+        {"lstm": {"units": 4, "inner_activation": "hard_sigmoid"}},  # nnlab's keras_lstm: [h | c]
+    ],
+    ids=["lstm", "gru", "bidirectional", "keras_lstm"],
+)
+def test_a_given_initial_state_starts_the_decoder_where_the_encoder_ended(enc):
+    """The decoder's outputs are its layer's run from the encoder's final state (not from
+    zeros); a list of the state's parts by name is the same; gradients reach the encoder."""
+    torch.manual_seed(0)
+    kind, args = next(iter(enc.items()))
+    net = Graph(**encoder_decoder(enc, {kind: {**args, "return_sequences": True}}))
+    parts = net.published["enc"]
+    assert net.starts["dec"] == parts
+    assert parts[:2] == (["enc.h", "enc.c"] if kind == "lstm" else ["enc.h"])
+    assert all(net.shapes[p] == (4,) for p in parts)
+    src, tgt = torch.randn(3, 5, 3), torch.randn(3, 6, 2)
+    out = net(src, tgt)
+    enc_layer, dec_layer = net.nodes["enc"].recurrent(), net.nodes["dec"].recurrent()
+    _, _, state = enc_layer.run(src)
+    expected, _, _ = dec_layer.run(tgt, None, state)
+    assert torch.allclose(out, net.nodes["out"](expected)[0], atol=1e-6)
+    from_zeros, _, _ = dec_layer.run(tgt)
+    zeros = [torch.zeros_like(s) for s in state]
+    assert torch.allclose(dec_layer.run(tgt, None, zeros)[0], from_zeros, atol=1e-6)
+    assert not torch.allclose(expected, from_zeros, atol=1e-3)  # the state changes the output
+    if kind == "lstm" and not args.get("bidirectional") and "inner_activation" not in args:
+        # torch's own LSTM, started from the encoder's (h_n, c_n), computes the same
+        _, (h, c) = enc_layer.rnn(src)
+        torch_out, _ = dec_layer.rnn(tgt, (h, c))
+        assert torch.allclose(expected, torch_out, atol=1e-6)
+    named = encoder_decoder(enc, {kind: {**args, "return_sequences": True}})
+    named["layers"]["dec"]["initial_state"] = parts  # the same, by the parts' names
+    by_name = Graph(**named)
+    by_name.load_state_dict(net.state_dict())
+    assert torch.allclose(by_name(src, tgt), out, atol=1e-6)
+    out.pow(2).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in enc_layer.parameters())
+
+
+STATE_REFUSALS = {
+    "one part of an LSTM's two": (
+        lambda n: n["dec"].update(initial_state=["enc.h"]),
+        "model.layers.dec.initial_state", "starts from [h (4,), c (4,)] per sample, got [enc.h (4,)]",
+    ),
+    "a state of other units": (
+        lambda n: n["dec"]["lstm"].update(units=5),
+        "model.layers.dec.initial_state", "a lstm layer of 5 units starts from [h (5,), c (5,)]",
+    ),
+    "a part the node does not give": (
+        lambda n: n["enc"]["lstm"].update(return_state=False),
+        "model.layers.dec.initial_state", "got [enc (4,)]; enc gives no state: set return_state: true",
+    ),
+    "a state for a dense node": (
+        lambda n: n["out"].update(initial_state="enc"),
+        "model.layers.out.initial_state", "only a node of one recurrent layer",
+    ),
+    "a given and a learned start": (
+        lambda n: n["dec"]["lstm"].update(initial_state="learned"),
+        "model.layers.dec.initial_state", "keep one of them",
+    ),
+    "return_state in a layer list": (
+        lambda n: n.update(enc={"inputs": "src", "layers": [{"lstm": {"units": 4, "return_state": True}}]}),
+        "model.layers.enc.layers[0].return_state", "only a graph node of one recurrent layer",
+    ),
+    "an unknown node's state": (
+        lambda n: n["dec"].update(initial_state=["encoder.h", "enc.c"]),
+        "model.layers.dec.initial_state", "no input or layer named 'encoder.h'",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(STATE_REFUSALS))
+def test_a_given_state_that_does_not_fit_is_one_error_naming_the_node(case):
+    config = encoder_decoder({"lstm": {"units": 4}})
+    change, key, words = STATE_REFUSALS[case]
+    change(config["layers"])
+    with pytest.raises(ConfigError) as refused:
+        check_node({"_target_": "nnlab.models.graph.Graph", **config}, "model")
+    assert refused.value.key == key, str(refused.value)
+    assert words in str(refused.value), str(refused.value)
+
+
+def test_a_graph_with_given_states_trains_checkpoints_and_exports(
+    users_data, tmp_path, monkeypatch, capfd
+):
+    """A GRU started from a dense layer of the table, and a second GRU started from the first's
+    final state (tests/graph_files/conf/experiment/two_views_states.yaml, whose graph calls
+    its inputs features and steps): trained in process, rebuilt from the checkpoint alone,
+    called by the graph's input names, exported (ONNX, TorchScript) and predicted from an .npz
+    under those names."""
+    from conftest import train_in_process
+
+    import nnlab.export
+    import nnlab.predict
+
+    code, output = train_in_process(
+        ["experiment=two_views_states", "logger=none", "model.inputs={features:[6],steps:[5,2]}"],
+        tmp_path,
+        monkeypatch,
+        capfd,
+    )
+    assert code == 0, output[-3000:]
+    (ckpt,) = (tmp_path / "out").glob("runs/*/*/checkpoints/last.ckpt")
+    run = ckpt.parents[1]
+    task = MultiOutputTask.load_from_checkpoint(ckpt).eval()
+    assert task.net.starts == {"enc": ["start"], "dec": ["enc.h"]}
+    table, series = torch.randn(4, 6), torch.randn(4, 5, 2)
+    with torch.no_grad():
+        out = task.net(table, series)
+        other = task.net(torch.randn(4, 6), series)  # the table's start state is read
+        by_name = task(steps=series, features=table)
+    assert not torch.allclose(out["positive"], other["positive"])
+    assert all(torch.equal(by_name[k], out[k]) for k in out)
+    for fmt in ("onnx", "torchscript"):
+        nnlab.export.main.call([f"run={run}", f"format={fmt}"])
+        record = json.loads((run / "export" / "export.json").read_text())
+        assert record["matches"] and list(record["inputs"]) == ["features", "steps"], record
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(run / "export" / "model.onnx"))
+    assert [i.name for i in session.get_inputs()] == ["features", "steps"]
+    (level,) = session.run(["level"], {"features": table.numpy(), "steps": series.numpy()})
+    assert np.allclose(level, out["level"].numpy(), atol=1e-5)
+
+    np.savez(tmp_path / "rows.npz", steps=series.numpy(), features=table.numpy())
+    target = nnlab.predict.main.call([f"run={run}", f"input={tmp_path / 'rows.npz'}"])
+    with open(target / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["level"]) for r in rows] == pytest.approx(out["level"][:, 0].tolist(), abs=1e-5)
+    np.savez(tmp_path / "bad.npz", table=table.numpy(), steps=series.numpy())
+    code, output = run_main(
+        nnlab.predict.main, [f"run={run}", f"input={tmp_path / 'bad.npz'}"], capfd
+    )
+    assert code == 2 and "has no array features; the network's inputs are features, steps" in output
+
+
+def run_main(main, argv, capfd) -> tuple[int, str]:
+    """A command's main in this process: (exit code, what it printed)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+        raise SystemExit(0)
+    out, err = capfd.readouterr()
+    return exit_info.value.code, out + err
+
+
+def test_a_graph_takes_its_inputs_by_position_by_name_or_as_a_mapping():
+    net = Graph(**two_inputs()).eval()
+    table, series = torch.randn(3, 6), torch.randn(3, 5, 2)
+    with torch.no_grad():
+        expected = net(table, series)
+        for got in (
+            net(series=series, table=table),
+            net(table, series=series),
+            net({"series": series, "table": table}),
+        ):
+            assert all(torch.equal(got[k], expected[k]) for k in expected)
+    for args, kwargs, words in [
+        ((table,), {}, "missing inputs series; the network takes table, series"),
+        ((), {"table": table, "serie": series}, "unknown inputs ['serie']"),
+        ((table,), {"table": table}, "inputs ['table'] given twice"),
+        ((table, series, series), {}, "takes 2 inputs (table, series), got 3"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(words)):
+            net(*args, **kwargs)
+
+
+def test_a_graph_may_output_a_nodes_final_state():
+    """Keras' Model(inputs, [outputs, state_h, state_c]): the encoder's state parts as outputs,
+    equal to its layer's final state; a part it does not give is refused naming model.outputs."""
+    config = encoder_decoder({"lstm": {"units": 4}})
+    config["outputs"] = {"out": "out", "h": "enc.h", "c": "enc.c"}
+    net = Graph(**config)
+    src, tgt = torch.randn(3, 5, 3), torch.randn(3, 6, 2)
+    got = net(src, tgt)
+    _, (h, c) = net.nodes["enc"].recurrent().rnn(src)
+    assert torch.allclose(got["h"], h[0], atol=1e-6) and torch.allclose(got["c"], c[0], atol=1e-6)
+    config["outputs"] = {"out": "out", "x": "enc.x"}
+    with pytest.raises(
+        ConfigError, match="no state named 'enc.x'; the states enc gives: enc.h, enc.c"
+    ) as refused:
+        Graph(**config)
+    assert refused.value.key == "model.outputs"

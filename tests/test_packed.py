@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from inprocess import call
 
 from nnlab.runs import read_status
 
@@ -29,16 +30,10 @@ TB_TAGS_IGNORED = {"hp_metric"}
 
 
 def nnlab(args: list[str], outputs: Path, cwd: Path, module: str = "nnlab.train"):
+    """`python -m module args` (in this process: tests/inprocess.py)."""
     env = {**os.environ, "NNLAB_OUTPUT_DIR": str(outputs), "PYTHONUNBUFFERED": "1"}
     extra = ["print_config=false"] if module == "nnlab.train" else []
-    return subprocess.run(
-        [sys.executable, "-m", module, *args, *extra],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=600,
-    )
+    return call(module, [*args, *extra], env=env, cwd=cwd)
 
 
 def the_sweep(outputs: Path) -> Path:

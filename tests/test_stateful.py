@@ -199,3 +199,121 @@ def test_a_run_continued_mid_epoch_carries_on_as_the_one_never_stopped(cli, tmp_
     for key in ("test/mse", "val/loss", "global_step"):
         assert results["with_state"][key] == reference[key], key
     assert results["without_state"]["test/mse"] != reference["test/mse"]
+
+
+# -- every sequence network takes it: the text RNN, a layer list's and a graph node's layers ------
+def text_rnn(**kwargs):
+    from nnlab.models.text import RecurrentTextClassifier
+
+    return RecurrentTextClassifier(
+        9, 2, embedding_dim=3, hidden_size=4, bidirectional=False, **kwargs
+    )
+
+
+def layer_list(**kwargs):
+    from nnlab.models.sequential import Sequential
+
+    return Sequential([{"gru": {"units": 4, **kwargs}}, "dense"], input_shape=[6, 3], output_size=2)
+
+
+def graph_node(**kwargs):
+    from nnlab.models.graph import Graph
+
+    layers = {
+        "read": {"inputs": "x", "lstm": {"units": 4, **kwargs}},
+        "out": {"inputs": "read", "dense": None},
+    }
+    return Graph({"x": [6, 3]}, layers, "out", output_size=2)
+
+
+FAMILIES = {  # a network, and a batch of 3 sequences of `steps` for it
+    "text_rnn": (text_rnn, lambda steps: torch.randint(1, 9, (3, steps))),
+    "sequential": (layer_list, lambda steps: torch.randn(3, steps, 3)),
+    "graph": (graph_node, lambda steps: torch.randn(3, steps, 3)),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_sequence_network_carries_its_state_and_learns_its_start(family):
+    """The same contract as model=recurrent's: batch 2 continues batch 1 row by row (the
+    stateless twin on the two joined in time), reset_states starts afresh, the carried state is
+    found and refused by the engines as model=recurrent's is; a learned start is a parameter that
+    the output reads and the gradient reaches."""
+    build, batch = FAMILIES[family]
+    torch.manual_seed(0)
+    stateful = build(stateful=True).eval()
+    plain = build().eval()
+    plain.load_state_dict(stateful.state_dict())
+    first, second = batch(6), batch(6)
+    with torch.no_grad():
+        assert torch.allclose(stateful(first), plain(first), atol=1e-6)
+        continued = stateful(second)
+        assert torch.allclose(continued, plain(torch.cat([first, second], 1)), atol=1e-5)
+        assert not torch.allclose(continued, plain(second), atol=1e-3)
+        (module,) = [m for m in stateful.modules() if getattr(m, "stateful", False)]
+        module.reset_states()
+        assert torch.allclose(stateful(second), plain(second), atol=1e-6)
+    task = RegressionTask(net={"_target_": "torch.nn.Identity"})
+    task.net = stateful
+    assert task.stateful_modules() == [module]
+    assert "is stateful" in why_not("captured", task=task)
+    stateful.train()
+    stateful(first)
+    checkpoint: dict = {}
+    task.on_save_checkpoint(checkpoint)  # a mid-epoch checkpoint holds the layer's state
+    (name,) = checkpoint["carried_states"]
+    assert dict(stateful.named_modules())[name] is module
+    task.on_train_epoch_start()
+    assert True not in module.carried  # training's state reset where an epoch starts
+    task.on_load_checkpoint(checkpoint)
+    assert module.carried[True] is checkpoint["carried_states"][name]
+
+    learned = build(initial_state="learned")
+    (start,) = [p for n, p in learned.named_parameters() if n.endswith("initial_h")]
+    x = batch(5)
+    before = learned(x).detach()
+    with torch.no_grad():
+        start.normal_()
+    assert not torch.allclose(learned(x), before)  # the start state is read
+    learned(x).pow(2).sum().backward()
+    assert start.grad.abs().sum() > 0
+    assert "learned initial state" in stackable(learned)
+
+
+@pytest.mark.parametrize(
+    ("net", "key"),
+    [
+        ({"_target_": "nnlab.models.text.RecurrentTextClassifier", "num_words": 9, "stateful": "yes"},
+         "model.stateful"),
+        ({"_target_": "nnlab.models.text.RecurrentTextClassifier", "num_words": 9,
+          "initial_state": "random"}, "model.initial_state"),
+        ({"_target_": "nnlab.models.sequential.Sequential", "input_shape": [6, 3],
+          "layers": [{"lstm": {"units": 4, "initial_state": "random"}}]},
+         "model.layers[0].initial_state"),
+        ({"_target_": "nnlab.models.sequential.Sequential", "input_shape": [6, 3],
+          "layers": [{"lstm": {"units": 4, "return_state": True}}]},
+         "model.layers[0].return_state"),
+        ({"_target_": "nnlab.models.graph.Graph", "inputs": {"x": [6, 3]}, "outputs": "out",
+          "layers": {"out": {"inputs": "x", "gru": {"units": 4, "stateful": 3}}}},
+         "model.layers.out.gru.stateful"),
+    ],
+)  # fmt: skip
+def test_the_schema_names_a_bad_state_key_as_typed(net, key):
+    with pytest.raises(ConfigError) as refused:
+        check_node(net, "model")
+    assert refused.value.key == key, str(refused.value)
+
+
+def test_a_stateful_text_rnn_trains_on_imdb_in_order(tmp_path, monkeypatch, capfd):
+    from conftest import train_in_process
+    from test_imdb import write_tree
+
+    write_tree(tmp_path / "data")
+    monkeypatch.setenv("NNLAB_DATA_DIR", str(tmp_path / "data"))
+    tiny = ["experiment=imdb_lstm", "debug=limit", "trainer.max_epochs=1", "data.num_words=40",
+            "data.max_len=24", "data.val_size=0.25", "data.batch_size=8", "logger=none",
+            "model.stateful=true", "model.initial_state=learned"]  # fmt: skip
+    code, output = train_in_process([*tiny, "data.shuffle=false"], tmp_path, monkeypatch, capfd)
+    assert code == 0, output[-3000:]
+    code, output = train_in_process([*tiny, "data.shuffle=true"], tmp_path, monkeypatch, capfd)
+    assert code == 2 and "error: data.shuffle: true, but model.stateful" in output, output[-3000:]

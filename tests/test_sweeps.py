@@ -13,23 +13,17 @@ from pathlib import Path
 
 import pytest
 from conftest import compose_config
+from inprocess import call
 
 from nnlab.runs import read_status
 
 QUICK = ["debug=limit", "logger=none", "callbacks=none", "print_config=false"]
 
 
-def nnlab(args: list[str], outputs: Path, cwd: Path, module: str = "nnlab.train", **kw):
+def nnlab(args: list[str], outputs: Path, cwd: Path, module: str = "nnlab.train"):
+    """`python -m module args` (in this process: tests/inprocess.py)."""
     env = {**os.environ, "NNLAB_OUTPUT_DIR": str(outputs), "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=900,
-        **kw,
-    )
+    return call(module, list(args), env=env, cwd=cwd)
 
 
 def sweep_dirs(outputs: Path) -> list[Path]:

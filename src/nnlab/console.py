@@ -23,7 +23,7 @@ def print_config_tree(
 ) -> None:
     """Each top-level section as a branch of YAML, the sections named in `order` first; printed
     (YAML-highlighted) when `echo`, saved to `save_to` always (plain text: a file shows no
-    colours, and highlighting was most of a packed sweep's ~50 ms per trial here)."""
+    colours, and highlighting is slow: docs/performance.md)."""
     from nnlab.runs import yaml_text
 
     keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order]

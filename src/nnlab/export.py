@@ -173,7 +173,8 @@ def main(
 
     datamodule = load_datamodule(cfg, "test")
     inputs = model_inputs(datamodule)
-    names, _ = batch_names(datamodule)
+    # a graph's inputs by its own names (model.inputs), another network's by the data's
+    names = list(getattr(net, "input_names", None) or batch_names(datamodule)[0])
     path = output_dir(run_dir, out, EXPORT) / EXPORTERS[format][1]
     record = {
         "format": format,

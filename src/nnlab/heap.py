@@ -1,8 +1,9 @@
 """The Python heap of a command's process: what was imported stays out of the garbage collector.
 
-torch, Lightning, torchmetrics (which imports torchvision) and Hydra leave ~500k long-lived
-objects. Every full collection walks them all again (a sine sweep makes 8, ~1 s in all) and
-the interpreter walks them once more on its way out (~1 s). `gc.freeze()` moves them to the
+torch, Lightning, torchmetrics (which imports torchvision) and Hydra leave hundreds of
+thousands of long-lived objects. Every full collection walks them all again and the
+interpreter walks them once more on its way out (what that costs: docs/benchmarks.md).
+`gc.freeze()` moves them to the
 permanent generation, which the collector never examines. Commands freeze once their modules
 are imported, again after importing torch and Lightning (nnlab-train imports them only when it
 trains, so that `--help` and a refused key answer at once), and at exit, so that exiting does not
@@ -25,7 +26,7 @@ _modules_when_frozen = 0  # len(sys.modules) at the last freeze; 0: never frozen
 def importing() -> Iterator[None]:
     """Import with the collector off, then freeze what the imports made (`freeze_imports`): the
     objects of modules live as long as the process, yet importing torch and Lightning triggered
-    ~8 full collections walking more and more of them (~0.6 s of CPU)."""
+    full collections walking more and more of them (what that cost: docs/performance.md)."""
     enabled = gc.isenabled()
     gc.disable()
     try:

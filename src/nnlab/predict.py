@@ -170,6 +170,39 @@ def regress(task, datamodule, encoded: Encoded, chunk: int = 256):
     return [datamodule.columns[0], *targets], rows
 
 
+def encode(task, datamodule, input: str | None, text: str | None) -> Encoded:  # noqa: A002
+    """The raw inputs as the network reads them: the data module's `encode`, or for a graph
+    (model=graph) given an `.npz` file, its arrays by the graph's input names."""
+    import torch
+
+    from nnlab.data.base import Encoded, input_file
+
+    names = getattr(task.net, "input_names", None)
+    path = input_file(input) if text is None else None
+    if names is None or path is None or path.suffix != ".npz":
+        return datamodule.encode([text] if text is not None else input)
+    import numpy as np
+
+    try:
+        arrays = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"input: {path} is not a readable .npz file ({exc})") from None
+    missing = [n for n in names if n not in arrays.files]
+    if missing:
+        raise UserError(
+            f"input: {path} has no array {', '.join(missing)}; the network's inputs are "
+            f"{', '.join(names)} (np.savez(path, {'=..., '.join(names)}=...))"
+        )
+    tensors = []
+    for name in names:
+        value = torch.as_tensor(arrays[name])
+        tensors.append(value.float() if value.is_floating_point() else value)
+    if len({len(t) for t in tensors}) != 1:
+        sizes = ", ".join(f"{n} {len(t)}" for n, t in zip(names, tensors, strict=True))
+        raise UserError(f"input: {path}'s arrays hold different numbers of rows ({sizes})")
+    return Encoded(tuple(tensors), [f"row{i}" for i in range(len(tensors[0]))])
+
+
 @no_grad
 def predict_outputs(task, datamodule, encoded: Encoded, chunk: int = 256):
     """Rows of (name, each output's prediction): task=multi_output. A classifying output gives
@@ -290,7 +323,7 @@ def main(
     if features is not None:  # a layer's activations, for the feature-extractor recipe
         if callable(getattr(task, "generate", None)):
             raise UserError("features: not for language-model runs (they generate text)")
-        encoded = datamodule.encode([text] if text is not None else input)
+        encoded = encode(task, datamodule, input, text)
         what, values = extract_features(task, datamodule, encoded, str(features).strip())
         target = output_dir(run_dir, out, f"predictions/{timestamp()}")
         import numpy as np
@@ -311,7 +344,7 @@ def main(
         return target
     if prompt is not None:
         raise UserError(f"prompt: {type(task).__name__} does not generate text; prompt= is for language-model runs (task=language_model)")  # fmt: skip
-    encoded = datamodule.encode([text] if text is not None else input)
+    encoded = encode(task, datamodule, input, text)
     forecasting = datamodule.horizon is not None  # else a classifier (datamodule.classes)
     if forecasting:  # one step ahead, then recursively
         rows = forecast(task, datamodule, encoded, steps)

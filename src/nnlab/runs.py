@@ -139,8 +139,8 @@ def yaml_text(data: Any, resolve: bool = False) -> str:
     """`OmegaConf.to_yaml(data)`, the same text, from a DictConfig / ListConfig or plain dicts and
     lists. The config files of a run (.hydra/, config.resolved.yaml, config_tree.log, TensorBoard's
     hparams.yaml) are written per trial of a sweep, and OmegaConf's pure-Python emitter was a
-    large part of a packed trial's start: libyaml's emitter (PyYAML's CDumper) writes text made
-    only of printable ASCII 3-4x faster, with the same representer, hence the same text (tests/
+    large part of a packed trial's start (docs/performance.md): libyaml's emitter (PyYAML's
+    CDumper) writes plain text faster, with the same representer, hence the same text (tests/
     test_runs.py compares them). Text with other characters, an empty or long key (where the two
     emitters quote differently), a value of another type, or no libyaml: OmegaConf's emitter."""
     import yaml

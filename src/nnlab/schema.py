@@ -925,7 +925,7 @@ def describe(plain: dict[str, Any]) -> str:
 def _with_output_dir(cfg: DictConfig, output_dir: str) -> None:
     """Point HydraConfig (what ${hydra:runtime.output_dir} reads) at `output_dir`, as Hydra's
     run_job does before the task function; the check resolves paths.output_dir through it.
-    HydraConfig reads `cfg` itself (Hydra's set_config would copy its hydra node, ~5 ms a
+    HydraConfig reads `cfg` itself (Hydra's set_config would copy its hydra node for every
     trial, for a check that only reads it)."""
     import os
 

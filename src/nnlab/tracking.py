@@ -79,9 +79,9 @@ class TensorBoardLogger(LightningTensorBoardLogger):
     """Lightning's TensorBoard logger, writing each `log_metrics` call as one event.
 
     Lightning's writes an event per scalar, and tensorboard checksums every event in pure Python
-    on its writer thread, which contends with training for the GIL: a 32-trial packed sine sweep
-    logs ~22k scalars. One event holding all of a call's values reads back the same
-    (TensorBoard's event readers take every value of an event's summary)."""
+    on its writer thread, which contends with training for the GIL (a packed sweep logs tens of
+    thousands of scalars: docs/packed.md). One event holding all of a call's values reads back
+    the same (TensorBoard's event readers take every value of an event's summary)."""
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
@@ -105,8 +105,8 @@ class TensorBoardLogger(LightningTensorBoardLogger):
     @rank_zero_only
     def save(self) -> None:
         """Lightning's `save` (flush; hparams.yaml once), the hparams.yaml written through
-        `runs.yaml_text` (the same text as Lightning's OmegaConf.save, at a third of the cost:
-        every trial of a sweep writes one) when the hyperparameters are plain data and the log
+        `runs.yaml_text` (the same text as Lightning's OmegaConf.save, faster: every trial of a
+        sweep writes one) when the hyperparameters are plain data and the log
         folder a local one; other hyperparameters are left to Lightning's writer."""
         folder = Path(self.log_dir)
         target = folder / self.NAME_HPARAMS_FILE

@@ -294,9 +294,14 @@ class IMDBDataModule(DataModule):
         folds: Folds | None = None,
         fold: NonNegativeInt = 0,
         val_from: Literal["random", "first"] = "random",
+        shuffle: bool = True,
     ):
         super().__init__(
-            batch_size, shuffle_seed=int(seed), in_memory=in_memory, num_workers=num_workers
+            batch_size,
+            shuffle=shuffle,
+            shuffle_seed=int(seed),
+            in_memory=in_memory,
+            num_workers=num_workers,
         )
         self.val_from = val_from
         self.save_hyperparameters()

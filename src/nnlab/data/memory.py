@@ -126,9 +126,8 @@ class MemoryBatcher:
     def _gather_group(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The rows `idx` of each tensor, gathered into the next of GROUP_BUFFERS buffers in turn,
         or into fresh memory in place of a buffer something still holds. Groups are megabytes
-        (GROUP_BYTES): fresh memory for each was page-faulted in anew every time (~1 ms of each
-        3-batch group of imdb_mlp's multi-hot rows, ~4% of its epoch, where a hand-written
-        loop's 5 MB batches come from reused memory)."""
+        (GROUP_BYTES): fresh memory for each would be page-faulted in anew every time, where a
+        hand-written loop's batches come from reused memory (docs/performance.md)."""
         slot = self._next_buffer
         self._next_buffer = (slot + 1) % GROUP_BUFFERS
         buffers = self._buffers.get(slot)
@@ -168,8 +167,7 @@ def fits_on(device: torch.device, tensors: Sequence[torch.Tensor], fraction: flo
 
 
 # A group's size cap, which bounds the memory its buffers hold for the whole run (GROUP_BUFFERS of
-# them). imdb_mlp's multi-hot rows (5 MB per batch of 512) come 9 to a group: Lightning's ~0.7 ms
-# per group is then ~1% of the steps' time (~3.5% at 3 to a 16 MB group; a hand loop pays none).
+# them); larger groups pay Lightning's per-batch cost less often (docs/performance.md).
 GROUP_BYTES = 48 * 2**20
 # Groups are gathered into buffers used in turn. While Lightning fetches a batch it still holds
 # two (the last one trained on and the one fetched ahead): the third buffer is free.

@@ -1,17 +1,33 @@
-"""What an optimizer step means, for every engine: Lightning's gradient accumulation
-(`trainer.accumulate_grad_batches`).
+"""One optimizer step for the fused loop (tasks/loops.py, tasks/captured.py) and packed groups
+(packed/group.py), as Lightning's own loop steps. `OptimizerStep` owns the sequence:
+1. accumulation (`trainer.accumulate_grad_batches`, `Accumulation`): each batch's loss is scaled
+   by 1/k before its backward pass; the optimizer steps after every k-th batch of an epoch and
+   after its last batch (a short window, still scaled by 1/k, as in Lightning); gradients start
+   from zero at each window;
+2. clipping (`trainer.gradient_clip_val`, by norm or by value);
+3. the optimizer step;
+4. counting it (the fused loop's `trainer.global_step`; stacked trials count in step 3, where
+   Adam's bias correction reads the count);
+5. the per-step schedulers (`task.scheduler_interval=step`);
+6. weight averaging after each step (engine/averaging.py);
+7. the non-finite-loss policy (`going_on`).
+1-3 (`backward`) run on the device and are graph-safe (the CUDA-graph step records them); 4-6
+(`after`) on the host, after the step or its graph's replay.
 
-With k batches accumulated, each batch's loss is scaled by 1/k before its backward pass, and the
-optimizer steps (gradients clipped first; step-interval schedulers after; one optimizer step
-counted) after every k-th batch of an epoch and after the epoch's last batch, whose window may
-be short (it is still scaled by 1/k, as in Lightning). Gradients start from zero at each window.
-The fused loop (tasks/loops.py, tasks/captured.py) and packed groups (packed/group.py) both ask
-this class; Lightning's own loop does the same by itself.
+The parameters: `ModuleParameters`, a network's with its torch.optim optimizer (the fused loop),
+or `TrialParameters`, trials' parameters stacked on a leading axis with hand-written optimizers
+(packed/stack.py), clipped per trial and updated under a mask of the trials that go on.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
+import torch
+
 from nnlab.errors import ConfigError
+from nnlab.packed import stack
 
 
 class Accumulation:
@@ -31,3 +47,152 @@ class Accumulation:
         """Whether the optimizer steps after the epoch's batch `index` (0-based; `last`: the
         epoch's final batch)."""
         return (index + 1) % self.batches == 0 or last
+
+
+class ModuleParameters:
+    """A network's parameters and its torch.optim optimizer, which counts its own steps and
+    reads its param groups at each; gradients add up in `.grad` (zeroed by the caller when a
+    window starts: the captured step keeps the graph's tensors)."""
+
+    def __init__(self, params, optimizer, clip_val: float | None = None, clip_algorithm="norm"):
+        self.params = [p for p in params if p.requires_grad]
+        self.optimizer, self.clip_val, self.clip_algorithm = optimizer, clip_val, clip_algorithm
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def clip(self) -> None:
+        if self.clip_val:
+            value = self.clip_algorithm == "value"
+            clip = torch.nn.utils.clip_grad_value_ if value else torch.nn.utils.clip_grad_norm_
+            clip(self.params, self.clip_val, foreach=True)
+
+    def update(self, use: Any = None) -> None:
+        self.optimizer.step()
+
+    def hyperparameters_changed(self) -> None:
+        pass
+
+
+class TrialParameters:
+    """Trials' parameters as one (trials, n) leaf `flat` (`layout`: packed/stack.py's `Flat`),
+    stepped by the hand-written optimizer of `optimizers`' kind (packed/stack.py: OPTIMIZERS)
+    with each trial's hyperparameters, read from the trial's own torch.optim optimizer (which
+    its scheduler steps). `clip`: each trial's gradient-norm limit (inf: none); `state`: the
+    optimizer's moments by name, (trials, n) each; `steps`: each trial's optimizer steps."""
+
+    def __init__(self, flat, layout, optimizers, clip: list[float], state: dict, steps: list[int]):
+        self.flat, self.layout, self.optimizers, self.state = flat, layout, optimizers, state
+        self.step_fn, self.decoupled, self.names, _ = stack.OPTIMIZERS[type(optimizers[0]).__name__]
+        self.max_norm = torch.tensor(clip, device=flat.device)
+        self.clipping = any(map(math.isfinite, clip))
+        self.steps = torch.tensor([float(s) for s in steps], device=flat.device)
+        self.grad: torch.Tensor | None = None  # the window's gradient so far
+        self.hyperparameters_changed()
+
+    def views(self) -> dict[str, torch.Tensor]:
+        """{name: (trials, ...)} views of `flat` for a forward pass whose loss `backward` takes
+        (a view's place in the autograd graph comes with it)."""
+        self._views = self.layout.split(self.flat)
+        return self._views
+
+    def backward(self, loss: torch.Tensor) -> None:
+        # each view's gradient, joined: through the views to the flat leaf, autograd would make a
+        # full-size zero gradient per view and add them up
+        views = self._views
+        grads = torch.autograd.grad(loss, list(views.values()), materialize_grads=True)
+        g = self.layout.join(dict(zip(views, grads, strict=True)))
+        self.grad = g if self.grad is None else self.grad.add_(g)
+
+    def clip(self) -> None:
+        """Each trial's gradient scaled as torch.nn.utils.clip_grad_norm_ scales a network's
+        (by max_norm / (total 2-norm + 1e-6), at most 1)."""
+        if self.clipping:
+            g, max_norm = self.grad, self.max_norm
+            coef = (max_norm / (g.pow(2).sum(1).sqrt() + 1e-6)).clamp(max=1.0)
+            coef = torch.where(torch.isfinite(max_norm), coef, torch.ones_like(coef))
+            self.grad = g * stack._b(coef, g)
+
+    @torch.no_grad()
+    def update(self, use: torch.Tensor) -> None:
+        """The `use`d trials' step; the others keep their parameters, moments and count."""
+        self.steps = self.steps + use.to(self.steps.dtype)
+        p, state = self.flat, self.state
+        new, new_state = self.step_fn(p, self.grad, state, self.hp, self.steps, self.decoupled)
+        keep = stack._b(use, p)
+        p.copy_(torch.where(keep, new, p))
+        for key, value in new_state.items():
+            state[key] = torch.where(keep, value, state.get(key, torch.zeros_like(value)))
+        self.grad = None
+
+    def hyperparameters_changed(self) -> None:
+        """(trials,) tensors of the hyperparameters in each trial's param_groups[0]."""
+        groups = [o.param_groups[0] for o in self.optimizers]
+        self.hp = {}
+        for name in self.names:
+            if name in ("beta1", "beta2"):
+                values = [g["betas"][0 if name == "beta1" else 1] for g in groups]
+            else:
+                values = [float(g.get(name, 0.0) or 0.0) for g in groups]
+            self.hp[name] = torch.tensor(values, dtype=torch.float32, device=self.flat.device)
+
+
+class OptimizerStep:
+    """The sequence of the module's text over `parameters` (ModuleParameters or
+    TrialParameters); after each step it calls `count(use)` and `averaging(use)` (the engine's)
+    and steps `schedulers` (the engine sets them each epoch). `use`: None for one network, the
+    mask of the trials that step for stacked ones."""
+
+    def __init__(
+        self, parameters, accumulation: Accumulation | None = None, count=None, averaging=None
+    ):
+        self.parameters = parameters
+        self.accumulation = accumulation or Accumulation(1)
+        self.count, self.averaging = count, averaging
+        self.schedulers: list = []
+        self.failed: bool | torch.Tensor = False  # (trials,): whose loss became NaN/inf
+
+    def ends_window(self, index: int, last: bool) -> bool:
+        return self.accumulation.steps_after(index, last)
+
+    def backward(self, loss: torch.Tensor, apply: bool, use: Any = None) -> None:
+        """1-3: the loss's gradients added to the window's; with `apply`, the clipped optimizer
+        step."""
+        self.parameters.backward(self.accumulation.scaled(loss))
+        if apply:
+            self.parameters.clip()
+            self.parameters.update(use)
+
+    def after(self, use: Any = None) -> None:
+        """4-6, on the host after an optimizer step."""
+        if self.count is not None:
+            self.count(use)
+        for scheduler in self.schedulers:
+            scheduler.step()
+        if self.schedulers:
+            self.parameters.hyperparameters_changed()
+        if self.averaging is not None:
+            self.averaging(use)
+
+    def __call__(self, loss: torch.Tensor, index: int, last: bool, use: Any = None) -> None:
+        """All of it for the epoch's batch `index` (`last`: its final one)."""
+        apply = self.ends_window(index, last)
+        self.backward(loss, apply, use)
+        if apply:
+            self.after(use)
+
+    def going_on(self, loss: torch.Tensor, active: torch.Tensor | None = None) -> Any:
+        """7, the non-finite-loss policy: a trial whose training loss became NaN/inf stops.
+
+        One network (`active` None): whether training goes on after this loss's step. On the
+        CPU the loss is read at once (that costs nothing): the loop stops after its step, and
+        the NaN check (callbacks/resilience.py) names the step and fails the run; on a GPU that
+        check reads losses in batches (no sync per step). Stacked trials: the mask of `active`
+        trials that go on, taken before the loss's backward pass: a failed trial keeps its
+        parameters, moments and step count from before it, and the group marks it failed at
+        the epoch's end.
+        """
+        if active is None:
+            return loss.device.type != "cpu" or math.isfinite(loss.item())
+        self.failed = self.failed | (active & ~torch.isfinite(loss.detach()))
+        return active & ~self.failed

@@ -443,6 +443,7 @@ class CellStack(nn.Module):
     ):
         super().__init__()
         self.num_layers, self.directions = num_layers, 2 if bidirectional else 1
+        self.cell_name = cell
         self.truncate = truncate_gradient
         self.hidden_size = hidden_size
         self.cells = nn.ModuleList(

@@ -21,7 +21,8 @@ units gets that output's width from the task (`output_size`). A padding mask (`m
 flows along single-input nodes while the steps stay in place; a merge ends it (as a conv does).
 
 `forward(*inputs)` takes the data's inputs in the order of `inputs` (unused ones are ignored:
-the sequence view's lengths, say) and returns the output tensor, or {output name: tensor}.
+the sequence view's lengths, say), or by name (`forward(ids=..., multihot=...)`, or one
+{name: tensor} mapping), and returns the output tensor, or {output name: tensor}.
 The schema checks the wiring before anything is built (`schema_check`): unknown names, cycles,
 unknown kinds, merges of shapes that do not fit, layers no output needs; each is one error
 naming the dotted key (`model.layers.both.inputs`).
@@ -39,11 +40,22 @@ from torch import nn
 
 from nnlab.errors import ConfigError
 from nnlab.models.init import Initializer
-from nnlab.models.sequential import KINDS, MaskAware, build_chain, check_layers, run_chain
+from nnlab.models.sequential import (
+    KINDS,
+    RECURRENT,
+    MaskAware,
+    Recurrent,
+    build_chain,
+    check_layers,
+    run_chain,
+)
 from nnlab.schema import PositiveInt
 
 MERGES = ("add", "subtract", "multiply", "average", "maximum", "minimum", "concatenate")
-NODE_KEYS = ("inputs",)  # besides the node's one kind (or `layers`)
+# besides the node's one kind (or `layers`): what it reads, and (a recurrent node) the nodes
+# its state starts from (Keras' `layer(x, initial_state=[h, c])`)
+NODE_KEYS = ("inputs", "initial_state")
+BACKWARD = "_backward"  # a bidirectional node's backward state: `enc.h_backward`
 
 
 class Merge(nn.Module):
@@ -88,6 +100,24 @@ class Chain(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
         x, mask = run_chain(self.layers, self.takes_mask, self.ends_mask, x, mask)
         return x, (mask if self.keeps_mask else None)
+
+    def run(self, x: torch.Tensor, mask: torch.Tensor | None, initial: list | None):
+        """`forward` for a node of one recurrent layer that starts from a given state or
+        returns its own: (output, mask, the final state as Keras' list)."""
+        end = None
+        for layer, takes, ends in zip(self.layers, self.takes_mask, self.ends_mask, strict=True):
+            if isinstance(layer, Recurrent):
+                x, mask, end = layer.run(x, mask, initial)
+            elif takes:
+                x, mask = layer(x, mask)
+            else:
+                x = layer(x)
+            if ends:
+                mask = None
+        return x, (mask if self.keeps_mask else None), end
+
+    def recurrent(self) -> Recurrent | None:
+        return next((m for m in self.layers if isinstance(m, Recurrent)), None)
 
 
 # -- the wiring, as the schema and the constructor both read it ----------------------------------
@@ -148,27 +178,34 @@ def _order(inputs: Mapping[str, Any], layers: Mapping[str, Any], outputs: list[s
             )
         if hasattr(nn.ModuleDict(), name):
             raise ConfigError(f"model.layers.{name}", f"{name!r} is reserved; choose another name")
-    reads = {}
+    reads, after = {}, {}  # what each node reads; and also needs first (its start state)
     for name, node in layers.items():
         key = f"model.layers.{name}"
         kind, _ = _node_kind(node, key)
         reads[name] = _names(node["inputs"], f"{key}.inputs")
+        starts = _starts(node, key)
+        after[name] = [*reads[name], *starts]
         if kind not in MERGES and len(reads[name]) != 1:
             raise ConfigError(
                 f"{key}.inputs",
                 f"a {kind} node reads one input, got {len(reads[name])} ({', '.join(reads[name])}); "
                 f"merge them first ({', '.join(MERGES)})",
             )
-        for source in reads[name]:
+        for source in after[name]:
+            field = "inputs" if source in reads[name] else "initial_state"
+            if _base(source) in layers and "." in source:
+                continue  # a node's state part (`enc.h`): build_graph checks that it has it
             if source not in inputs and source not in layers:
                 close = difflib.get_close_matches(source, [*inputs, *layers], n=3)
                 hint = f"did you mean {' or '.join(close)}? " if close else ""
                 raise ConfigError(
-                    f"{key}.inputs",
+                    f"{key}.{field}",
                     f"no input or layer named {source!r}; {hint}the inputs are "
                     f"{', '.join(inputs) or 'none'}, the layers {', '.join(layers)}",
                 )
     for name in outputs:
+        if "." in name and _base(name) in layers:
+            continue  # a node's state part (Keras' Model(x, [out, state_h])): checked when built
         if name not in layers and name not in inputs:
             raise ConfigError(
                 "model.outputs", f"no layer named {name!r}; the layers are {', '.join(layers)}"
@@ -187,20 +224,20 @@ def _order(inputs: Mapping[str, Any], layers: Mapping[str, Any], outputs: list[s
                 "its own output, directly or through others",
             )
         state[name] = "visiting"
-        for source in reads[name]:
-            visit(source, [*path, name])
+        for source in after[name]:
+            visit(_base(source), [*path, name])
         state[name] = "done"
         order.append(name)
 
     for name in layers:  # every node, so a cycle among unused ones is named as a cycle
         visit(name, [])
     needed: set[str] = set()
-    stack = [n for n in outputs if n in layers]
+    stack = [_base(n) for n in outputs if _base(n) in layers]
     while stack:
         name = stack.pop()
         if name not in needed:
             needed.add(name)
-            stack += [s for s in reads[name] if s in layers]
+            stack += [_base(s) for s in after[name] if _base(s) in layers]
     for name in layers:
         if name not in needed:
             raise ConfigError(
@@ -208,6 +245,77 @@ def _order(inputs: Mapping[str, Any], layers: Mapping[str, Any], outputs: list[s
                 f"no output reads it (outputs: {', '.join(outputs)}); remove it or read it",
             )
     return order
+
+
+def _base(source: str) -> str:
+    """The node or input a source names: `enc` of `enc.h` (a node's state part)."""
+    return source.split(".", 1)[0]
+
+
+def _starts(node: Mapping[str, Any], key: str) -> list[str]:
+    """A node's `initial_state`: the names its state starts from (none: its own start)."""
+    value = node.get("initial_state")
+    return [] if value is None else _names(value, f"{key}.initial_state")
+
+
+def state_names(node: str, layer: Recurrent) -> list[str]:
+    """The names a node of one recurrent layer with return_state gives its final state under,
+    in Keras' order: `node.h` (and `node.c` for an LSTM), then `node.h_backward`, ..."""
+    directions = ("", BACKWARD) if layer.bidirectional else ("",)
+    return [f"{node}.{part}{d}" for d in directions for part in layer.state_parts]
+
+
+def _initial_state(
+    name: str,
+    kind: str,
+    layer: Recurrent | None,
+    given: list[str],
+    shapes: dict[str, tuple[int, ...]],
+    published: dict[str, list[str]],
+) -> list[str]:
+    """The names node `name`'s given start state is read from, in Keras' order, checked
+    against what its recurrent layer takes: one name of a node with return_state stands for
+    that node's whole state."""
+    key = f"model.layers.{name}.initial_state"
+    if layer is None:
+        raise ConfigError(
+            key,
+            f"only a node of one recurrent layer ({', '.join(RECURRENT)}) starts from a given "
+            f"state; this node is {kind!r}: remove initial_state, or give it to a recurrent node",
+        )
+    if layer.stateful or hasattr(layer, "initial_h"):
+        raise ConfigError(
+            key,
+            "a given start state, but the layer also starts from its own (stateful or "
+            "initial_state: learned); keep one of them",
+        )
+    if len(given) == 1 and given[0] in published:
+        given = published[given[0]]
+    for source in given:
+        if source not in shapes:
+            node = _base(source)
+            has = ", ".join(published.get(node, [])) or "none (set return_state: true on its layer)"
+            raise ConfigError(key, f"no state named {source!r}; the states {node} gives: {has}")
+    directions = 2 if layer.bidirectional else 1
+    parts = [(f"{p}{BACKWARD if d else ''}", size)
+             for d in range(directions) for p, size in layer.state_parts.items()]  # fmt: skip
+    takes = ", ".join(f"{p} ({size},)" for p, size in parts)
+    got = ", ".join(f"{s} {shapes[s]}" for s in given)
+    if len(given) != len(parts) or any(
+        shapes[s] != (size,) for s, (_, size) in zip(given, parts, strict=False)
+    ):
+        fix = (
+            f"{given[0]} gives no state: set return_state: true on its recurrent layer"
+            if len(given) == 1 and "." not in given[0]
+            else f"give {len(parts)} name(s) of those shapes, or one node with return_state: "
+            "true of the same layer kind and units"
+        )
+        raise ConfigError(
+            key,
+            f"a {kind} layer of {layer.units} units starts from [{takes}] per sample, got "
+            f"[{got}]; {fix}",
+        )
+    return given
 
 
 def _outputs(outputs: Any) -> tuple[dict[str, str], bool]:
@@ -313,10 +421,22 @@ def build_graph(
     masked: dict[str, bool] = dict.fromkeys(inputs, False)
     modules: dict[str, nn.Module] = {}
     reads: dict[str, list[str]] = {}
+    starts: dict[str, list[str]] = {}  # node -> the names its given start state is read from
+    published: dict[str, list[str]] = {}  # node -> the names of its final state (return_state)
     for name in order:
         node, key = layers[name], f"model.layers.{name}"
         kind, args = _node_kind(node, key)
         reads[name] = _names(node["inputs"], f"{key}.inputs")
+        for source in reads[name]:
+            if source not in shapes:  # a state part (`enc.c`) the node does not give
+                node_name = _base(source)
+                has = ", ".join(published.get(node_name, [])) or (
+                    "none (set return_state: true on its recurrent layer)"
+                )
+                raise ConfigError(
+                    f"{key}.inputs",
+                    f"no state named {source!r}; the states {node_name} gives: {has}",
+                )
         if kind in MERGES:
             modules[name], shapes[name] = _merge_shape(
                 kind, args, {s: shapes[s] for s in reads[name]}, key
@@ -324,6 +444,7 @@ def build_graph(
             masked[name] = False
             continue
         (source,) = reads[name]  # one: _order checked it
+        one_recurrent = kind in RECURRENT
         if kind == "layers":
             entries, prefix = args, f"{key}.layers"
             if not isinstance(entries, Sequence) or isinstance(entries, str) or not entries:
@@ -341,13 +462,29 @@ def build_graph(
                 masked=masked[source],
                 head=name in widths,
                 from_input=source in inputs,
+                states=one_recurrent,
             )
         except ConfigError as exc:
             raise _rekey(exc, f"{key}[0]", f"{key}.{kind}") from None
-        modules[name] = Chain(built, keeps)
+        modules[name] = chain = Chain(built, keeps)
         shapes[name] = chain_shapes[-1]
         masked[name] = keeps
+        layer = chain.recurrent() if one_recurrent else None
+        given = _starts(node, key)
+        if given:
+            starts[name] = _initial_state(name, kind, layer, given, shapes, published)
+        if layer is not None and layer.return_state:
+            published[name] = state_names(name, layer)
+            for part, size in zip(published[name], [*layer.state_parts.values()] * 2, strict=False):
+                shapes[part], masked[part] = (size,), False
     for out_name, node in named.items():
+        if node not in shapes:  # a state part the node does not give
+            has = ", ".join(published.get(_base(node), [])) or (
+                "none (set return_state: true on its recurrent layer)"
+            )
+            raise ConfigError(
+                "model.outputs", f"no state named {node!r}; the states {_base(node)} gives: {has}"
+            )
         width = output_size.get(out_name) if isinstance(output_size, Mapping) else output_size
         if width is not None and (single or isinstance(output_size, Mapping)):
             if shapes[node] != (width,):
@@ -356,7 +493,7 @@ def build_graph(
                     f"output {out_name!r} has shape {shapes[node]}, but the task needs ({width},) "
                     "per sample; end it with `dense` (its width comes from the task)",
                 )
-    return modules, reads, order, named, single, shapes
+    return modules, reads, order, named, single, shapes, starts, published
 
 
 def check_graph(node: Mapping[str, Any], key: str) -> None:
@@ -373,7 +510,7 @@ def check_graph(node: Mapping[str, Any], key: str) -> None:
                     check_layers(args, f"{key}.layers.{name}.layers")
                 elif kind in KINDS:
                     try:
-                        check_layers([{kind: args}], f"{key}.layers.{name}")
+                        check_layers([{kind: args}], f"{key}.layers.{name}", states=True)
                     except ConfigError as exc:
                         prefix = f"{key}.layers.{name}"
                         raise _rekey(exc, f"{prefix}[0]", f"{prefix}.{kind}") from None
@@ -415,29 +552,61 @@ class Graph(nn.Module):
     ):
         super().__init__()
         self.input_names = list(inputs)
-        modules, reads, order, named, single, shapes = build_graph(
+        modules, reads, order, named, single, shapes, starts, published = build_graph(
             inputs, layers, outputs, output_size, init, inner_init
         )
         self.nodes = nn.ModuleDict({name: modules[name] for name in order})
         self.reads, self.order = reads, order
+        self.starts, self.published = starts, published
         self.outputs, self.single = named, single
         self.output_names = list(named)
         self.shapes = {name: shapes[name] for name in [*inputs, *order]}
+        self.shapes |= {part: shapes[part] for parts in published.values() for part in parts}
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        if len(inputs) != len(self.input_names):
+    def bind(self, inputs: tuple, named: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{input name: tensor} of a call's positional and keyword inputs, or a ValueError
+        naming what is missing, unknown or given twice."""
+        names = self.input_names
+        if len(inputs) > len(names):
             raise ValueError(
-                f"the network takes {len(self.input_names)} inputs ({', '.join(self.input_names)})"
-                f", got {len(inputs)}"
+                f"the network takes {len(names)} inputs ({', '.join(names)}), got {len(inputs)}"
             )
-        values: dict[str, torch.Tensor] = dict(zip(self.input_names, inputs, strict=True))
+        values = dict(zip(names, inputs, strict=False))
+        unknown = [n for n in named if n not in names]
+        twice = [n for n in named if n in values]
+        if unknown or twice:
+            what = f"unknown inputs {unknown}" if unknown else f"inputs {twice} given twice"
+            raise ValueError(f"{what}; the network's inputs are {', '.join(names)}")
+        values.update(named)
+        missing = [n for n in names if n not in values]
+        if missing:
+            raise ValueError(
+                f"missing inputs {', '.join(missing)}; the network takes {', '.join(names)} "
+                "(by position in that order, or by name)"
+            )
+        return {n: values[n] for n in names}
+
+    def forward(
+        self, *inputs: torch.Tensor | Mapping[str, torch.Tensor], **named: torch.Tensor
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The inputs in the order of `inputs`, by name (`net(ids=..., multihot=...)`), or as
+        one {name: tensor} mapping (Keras' `model({"ids": ..., "multihot": ...})`); positional
+        ones first, the rest by name."""
+        if len(inputs) == 1 and isinstance(inputs[0], Mapping):
+            inputs, named = (), {**inputs[0], **named}
+        values: dict[str, torch.Tensor] = self.bind(inputs, named)
         masks: dict[str, torch.Tensor | None] = dict.fromkeys(self.input_names)
         for name in self.order:
             module, sources = self.nodes[name], self.reads[name]
             if isinstance(module, Merge):
                 values[name], masks[name] = module(*(values[s] for s in sources)), None
+            elif name in self.starts or name in self.published:  # a state given or returned
+                initial = [values[s] for s in self.starts[name]] if name in self.starts else None
+                x, mask = values[sources[0]], masks.get(sources[0])
+                values[name], masks[name], end = module.run(x, mask, initial)
+                values.update(zip(self.published.get(name, []), end, strict=False))
             else:
-                values[name], masks[name] = module(values[sources[0]], masks[sources[0]])
+                values[name], masks[name] = module(values[sources[0]], masks.get(sources[0]))
         if self.single:
             return values[next(iter(self.outputs.values()))]
         return {out: values[node] for out, node in self.outputs.items()}

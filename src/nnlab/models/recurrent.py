@@ -29,16 +29,16 @@ direction, h and, for torch's LSTM, c; saved in checkpoints like any weight).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nnlab.errors import ConfigError
 from nnlab.models.cells import CELLS as CUSTOM_CELLS
 from nnlab.models.cells import CellStack, step_mask
 from nnlab.models.init import INITIALIZERS, Initializer, check, init_module
+from nnlab.models.state import RecurrentState, run_rnn, state_sizes
 from nnlab.schema import PositiveInt, Rate
 
 TORCH_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -59,7 +59,7 @@ Activation = Literal["tanh", "relu", "sigmoid", "hard_sigmoid"]
 KERAS_CELLS = {"rnn": "simple_rnn", "lstm": "keras_lstm", "gru": "keras_gru"}
 
 
-class RecurrentNet(nn.Module):
+class RecurrentNet(RecurrentState, nn.Module):
     # Keys only some cells use (nnlab.schema refuses them on the others); their defaults are
     # null so that "set" and "not set" differ, and null means the value in __init__.
     schema_applies = {
@@ -129,48 +129,8 @@ class RecurrentNet(nn.Module):
         )  # fmt: skip
         self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), output_size)
         init_module(self.head, init, key="model.init")  # Keras' Dense on top
-        self.stateful = stateful
-        self.carried: dict[bool, Any] = {}  # training? -> the state the next batch starts from
-        if initial_state == "learned":  # (layers * directions, 1, state) expanded to the batch
-            rows = num_layers * (2 if bidirectional else 1)
-            size = hidden_size if cell in TORCH_CELLS else self.rnn.state_size
-            self.initial_h = nn.Parameter(torch.zeros(rows, 1, size))
-            if cell == "lstm":
-                self.initial_c = nn.Parameter(torch.zeros(rows, 1, hidden_size))
-
-    def start_state(self, batch: int, device: torch.device | None = None) -> Any:
-        """The state a batch of `batch` sequences starts from: the one carried from the batch
-        before (stateful), the learned one, or None (zeros)."""
-        carried = self.carried.get(self.training) if self.carries() else None
-        if carried is not None:
-            first = carried[0] if isinstance(carried, tuple) else carried
-            if batch > first.shape[1]:
-                raise ValueError(
-                    f"model.stateful: a batch of {batch} sequences after one of "
-                    f"{first.shape[1]}; stateful training needs batches of one size (a shorter "
-                    "last batch is fine)"
-                )
-            if isinstance(carried, tuple):  # (one read from a checkpoint is on the CPU)
-                return tuple(c[:, :batch].to(device).contiguous() for c in carried)
-            return carried[:, :batch].to(device).contiguous()
-        if not hasattr(self, "initial_h"):
-            return None
-        h = self.initial_h.expand(-1, batch, -1).contiguous()
-        if hasattr(self, "initial_c"):
-            return h, self.initial_c.expand(-1, batch, -1).contiguous()
-        return h
-
-    def carries(self) -> bool:
-        """Stateful, and not being traced (a TensorBoard graph, an ONNX export: the network as
-        one call from its initial state)."""
-        return self.stateful and not (torch.jit.is_tracing() or torch.compiler.is_exporting())
-
-    def reset_states(self, training: bool | None = None) -> None:
-        """Forget the carried state (Keras' reset_states): training's, evaluation's or both."""
-        if training is None:
-            self.carried.clear()
-        else:
-            self.carried.pop(training, None)
+        rows = num_layers * (2 if bidirectional else 1)
+        self.init_state(stateful, initial_state, rows, state_sizes(self.rnn))
 
     def encode(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """(batch, steps, features) -> (batch, hidden * directions), or (batch, steps, ...)
@@ -180,20 +140,8 @@ class RecurrentNet(nn.Module):
         if lengths is not None:
             lengths = lengths.clamp(min=1, max=x.shape[1])
         h0 = self.start_state(x.shape[0], x.device)
-        start = () if h0 is None else (h0,)  # (packed trials' layers take no state)
-        if self.cell in TORCH_CELLS and lengths is not None:
-            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            packed_out, state = self.rnn(packed, *start)
-            outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=x.shape[1])
-            end = state
-        elif self.cell in TORCH_CELLS:
-            outputs, state = self.rnn(x, *start)
-            end = state
-        else:
-            outputs, state, end = self.rnn.run(x, lengths, h0)
-        if self.carries():  # the next batch's rows continue from here; no gradient across
-            detached = tuple(e.detach() for e in end) if isinstance(end, tuple) else end.detach()
-            self.carried[self.training] = detached
+        outputs, state, end = run_rnn(self.rnn, x, lengths, h0)
+        self.keep(end)  # stateful: the next batch's rows continue from here
         if self.readout == "all":
             return outputs
         if self.readout == "mean":

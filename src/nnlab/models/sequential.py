@@ -54,6 +54,7 @@ from nnlab.models.layers import (
     transposed_padding,
 )
 from nnlab.models.recurrent import keras_cell, make_rnn
+from nnlab.models.state import RecurrentState, run_rnn, state_sizes
 from nnlab.schema import PositiveInt, Rate
 
 log = logging.getLogger(__name__)
@@ -214,7 +215,7 @@ class LastStep(nn.Module):
         return torch.cat([last[:, : self.units], outputs[:, 0, self.units :]], dim=-1)
 
 
-class Recurrent(MaskAware, nn.Module):
+class Recurrent(RecurrentState, MaskAware, nn.Module):
     """One recurrent layer (models/recurrent.py's `make_rnn`: torch's or nnlab's cells).
 
     With a mask (from `masking` or an embedding's `mask_zero`), masked steps are skipped, as
@@ -222,36 +223,83 @@ class Recurrent(MaskAware, nn.Module):
     step is the one of the last real step before it (zeros before the first; the backward pass
     of a bidirectional layer: the first real step after it), and the last-step output is the
     last real step's. Done by moving each sequence's real steps to its front (in order) and
-    running the layer on them as on sequences of their lengths."""
+    running the layer on them as on sequences of their lengths.
 
-    def __init__(self, rnn: nn.Module, units: int, bidirectional: bool, return_sequences: bool):
+    Where it starts (models/state.py): zeros, a learned state (`initial_state: learned`), the
+    state carried from the batch before (`stateful: true`), or a state given by other nodes of
+    a graph (`run(..., initial)`, Keras' `layer(x, initial_state=[h, c])`). A given state and
+    the one `run` returns (Keras' `return_state`) are Keras' list: per direction (forward
+    first) `h`, and `c` for an LSTM, each (batch, units); nnlab's cells other than keras_lstm
+    carry one tensor of their whole state (`state_parts`)."""
+
+    def __init__(
+        self,
+        rnn: nn.Module,
+        units: int,
+        bidirectional: bool,
+        return_sequences: bool,
+        stateful: bool = False,
+        initial_state: str = "zeros",
+        return_state: bool = False,
+        key: str = "model.layers",
+    ):
         super().__init__()
         self.rnn = rnn
         self.units, self.bidirectional = units, bidirectional
         self.last = None if return_sequences else LastStep(units, bidirectional)
+        self.return_state = return_state
+        sizes = state_sizes(rnn)
+        self.init_state(stateful, initial_state, 2 if bidirectional else 1, sizes, key)
+        # Keras' names and sizes of one direction's state: torch's LSTM and keras_lstm (whose
+        # one tensor is [h | c]) have h and c; every other cell one tensor, h
+        lstm = isinstance(rnn, nn.LSTM) or getattr(rnn, "cell_name", None) == "keras_lstm"
+        self.state_parts = {"h": units, "c": units} if lstm else {"h": sizes[0]}
 
     def forward(self, x, mask=None):
+        out, mask, _ = self.run(x, mask)
+        return out, mask
+
+    def run(self, x, mask=None, initial: Sequence[torch.Tensor] | None = None):
+        """(output, mask, the final state as Keras' list) from the state `initial` (Keras'
+        list; None: the layer's own start)."""
+        h0 = self.given_state(initial) if initial is not None else None
+        if h0 is None:
+            h0 = self.start_state(x.shape[0], x.device)
         if mask is None:
-            outputs, _ = self.rnn(x)
-            return (outputs, None) if self.last is None else (self.last(outputs, None), None)
+            outputs, _, end = run_rnn(self.rnn, x, None, h0)
+            self.keep(end)
+            out = outputs if self.last is None else self.last(outputs, None)
+            return out, None, self.keras_state(end)
         lengths = mask.sum(1)
         # real steps first, each sequence's in their order (a stable sort of "is masked")
         order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices
         compact = x.gather(1, order[..., None].expand_as(x))
         run = lengths.clamp(min=1)  # a sequence with no real step: its output is zeroed below
-        if isinstance(self.rnn, nn.RNNBase):
-            packed = nn.utils.rnn.pack_padded_sequence(
-                compact, run.cpu(), batch_first=True, enforce_sorted=False
-            )
-            outputs, _ = self.rnn(packed)
-            outputs, _ = nn.utils.rnn.pad_packed_sequence(
-                outputs, batch_first=True, total_length=x.shape[1]
-            )
-        else:  # nnlab's cells hold their state after each sequence's length
-            outputs, _ = self.rnn(compact, run)
+        # (nnlab's cells hold their state after each sequence's length, torch's run packed)
+        outputs, _, end = run_rnn(self.rnn, compact, run, h0)
+        self.keep(end)
         if self.last is not None:
-            return self.last(outputs, run) * (lengths > 0)[:, None].to(outputs.dtype), None
-        return self.expand(outputs, mask, lengths), mask
+            out = self.last(outputs, run) * (lengths > 0)[:, None].to(outputs.dtype)
+            return out, None, self.keras_state(end)
+        return self.expand(outputs, mask, lengths), mask, self.keras_state(end)
+
+    def given_state(self, parts: Sequence[torch.Tensor]) -> Any:
+        """Keras' list (per direction: h[, c]) as the encoder's start state."""
+        n = len(self.state_parts)
+        directions = [parts[d * n : (d + 1) * n] for d in range(2 if self.bidirectional else 1)]
+        if isinstance(self.rnn, nn.LSTM):  # (h, c), each (directions, batch, units)
+            return tuple(torch.stack([d[i] for d in directions]) for i in range(2))
+        return torch.stack([torch.cat(list(d), dim=-1) for d in directions])
+
+    def keras_state(self, end: Any) -> list[torch.Tensor]:
+        """The encoder's end state as Keras' list (per direction: h[, c])."""
+        out: list[torch.Tensor] = []
+        for d in range(2 if self.bidirectional else 1):
+            if isinstance(end, tuple):  # torch's LSTM
+                out += [end[0][d], end[1][d]]
+            else:
+                out += list(end[d].split(list(self.state_parts.values()), dim=-1))
+        return out
 
     def expand(self, outputs: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor):
         """Outputs of the compacted real steps back at every step of the masked sequence."""
@@ -309,6 +357,7 @@ class Spec:
         self.key, self.kind, self.args, self.shape = f"{prefix}[{index}]", kind, args, shape
         self.index = index
         self.used: set[str] = set()
+        self.states = False  # whether a recurrent layer may return its state (a graph node)
 
     def error(self, message: str) -> ConfigError:
         return ConfigError(self.key, f"{self.kind} on input shape {self.shape}: {message}")
@@ -490,8 +539,25 @@ def _recurrent(spec: Spec, cell: str):
         truncate_gradient=truncate,
     )
     width = units * (2 if bidirectional else 1)
-    layer = Recurrent(rnn, units, bidirectional, return_sequences)
+    start = spec.get("initial_state", "zeros")
+    return_state = bool(spec.get("return_state", False))
+    if start not in ("zeros", "learned"):
+        raise ConfigError(f"{spec.key}.initial_state", f"zeros or learned, got {start!r}")
+    if return_state and not spec.states:
+        raise no_return_state(spec.key)
+    layer = Recurrent(
+        rnn, units, bidirectional, return_sequences, stateful=bool(spec.get("stateful", False)),
+        initial_state=start, return_state=return_state, key=spec.key,
+    )  # fmt: skip
     return [layer], ((spec.shape[0], width) if return_sequences else (width,))
+
+
+def no_return_state(key: str) -> ConfigError:
+    return ConfigError(
+        f"{key}.return_state",
+        "true, but only a graph node of one recurrent layer can give its final state to other "
+        "layers (model=graph: {inputs: x, lstm: {units: 8, return_state: true}}); remove it here",
+    )
 
 
 def _reshape(spec: Spec):
@@ -589,6 +655,9 @@ def _recurrent_args(cell: str) -> dict[str, Any]:
     args: dict[str, Any] = {
         "units": PositiveInt, "hidden_size": PositiveInt, "bidirectional": bool,
         "return_sequences": bool, "truncate_gradient": PositiveInt | None, **_INIT, **_INNER_INIT,
+        # where it starts (models/state.py): Keras' stateful=True, a learned start state;
+        # return_state: its final state readable by other nodes (model=graph)
+        "stateful": bool, "initial_state": Literal["zeros", "learned"], "return_state": bool,
     }  # fmt: skip
     if cell in _GATED:  # old Keras' inner_activation (Keras 2: recurrent_activation)
         args |= {"inner_activation": _Gate, "recurrent_activation": _Gate}
@@ -627,9 +696,10 @@ LAYER_ARGS: dict[str, dict[str, Any]] = {
 }
 
 
-def check_layers(entries: Any, key: str) -> None:
+def check_layers(entries: Any, key: str, states: bool = False) -> None:
     """Every entry of a layer list: a known kind, each argument known to it and of its type
-    (`model.layers[2].units`); raises nnlab.schema's ConfigError."""
+    (`model.layers[2].units`); raises nnlab.schema's ConfigError. `states`: whether a recurrent
+    layer may return its state (a graph node of that one layer)."""
     from nnlab.schema import validate_mapping
 
     for i, entry in enumerate(entries or []):
@@ -648,6 +718,8 @@ def check_layers(entries: Any, key: str) -> None:
                 )
         fields = {name: (annotation, None) for name, annotation in LAYER_ARGS[kind].items()}
         validate_mapping(fields, args, f"{key}[{i}]", f"a {kind} layer")
+        if args.get("return_state") and not states:
+            raise no_return_state(f"{key}[{i}]")
 
 
 def _parse(entry: Any, key: str) -> tuple[str, Any]:
@@ -729,12 +801,14 @@ def build_chain(
     masked: bool = False,
     head: bool = True,
     from_input: bool = True,
+    states: bool = False,
 ) -> tuple[list[nn.Module], list[tuple[int, ...]], bool]:
     """`build_layers`, for a part of a network (model=graph's nodes): `masked`, whether the
     input carries a padding mask; `head`, whether the list ends the network (a last softmax /
     sigmoid is then left to the loss); `from_input`, whether it reads the data itself (a 1-D
     series then gets one feature per step before a sequence layer). Also returns whether the
-    output still carries the mask."""
+    output still carries the mask. `states`: whether a recurrent layer may return its final
+    state (`return_state`: a graph node of that one layer)."""
     modules: list[nn.Module] = []
     shapes: list[tuple[int, ...]] = []
     start = shape
@@ -754,6 +828,7 @@ def build_chain(
             shapes.append(shape)
             continue
         spec = Spec(i, kind, _args(kind, value, f"{prefix}[{i}]"), shape, prefix)
+        spec.states = states
         sequence_layer = kind in (*RECURRENT, "masking") or (
             kind.endswith("1d") and "global" not in kind
         )

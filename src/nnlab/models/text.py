@@ -15,11 +15,11 @@ from typing import Annotated, Literal
 import torch
 from pydantic import Field
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nnlab.models.init import Initializer, init_module
 from nnlab.models.layers import ActivationName
 from nnlab.models.layers import activation as make_activation
+from nnlab.models.state import RecurrentState, run_rnn, state_sizes
 from nnlab.schema import PositiveInt, Rate
 
 PAD = 0
@@ -47,11 +47,13 @@ def embedding(num_words: int, dim: int, scale: float = 0.05) -> nn.Embedding:
     return layer
 
 
-class RecurrentTextClassifier(nn.Module):
+class RecurrentTextClassifier(RecurrentState, nn.Module):
     """Embedding -> (bi)LSTM/GRU over the packed sequence -> pooled state -> Dropout -> Linear.
 
     `pooling`: `last` (the final hidden state of each direction), or `mean` / `max` over the
-    top layer's outputs at the real time steps.
+    top layer's outputs at the real time steps. `stateful` and `initial_state` as
+    model=recurrent's (Keras' stateful=True; a learned start state; models/state.py): a stateful
+    network reads row i of a batch as the continuation of row i of the batch before.
     """
 
     CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
@@ -69,6 +71,8 @@ class RecurrentTextClassifier(nn.Module):
         dropout: Rate = 0.0,
         init: Initializer = "torch",
         inner_init: Initializer = "torch",
+        stateful: bool = False,
+        initial_state: Literal["zeros", "learned"] = "zeros",
     ):
         super().__init__()
         self.pooling = pooling
@@ -88,17 +92,17 @@ class RecurrentTextClassifier(nn.Module):
         # Keras' initialisers (models/init.py): `init` for the input weights and the head,
         # `inner_init` for the recurrent ones, as model=recurrent's; the embedding keeps its start
         init_module(self, init, inner_init)
+        rows = num_layers * self.directions
+        self.init_state(stateful, initial_state, rows, state_sizes(self.rnn))
 
     def features(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         lengths = _lengths(ids, lengths)
-        packed = pack_padded_sequence(
-            self.embedding(ids), lengths.cpu(), batch_first=True, enforce_sorted=False
-        )
-        outputs, state = self.rnn(packed)
+        h0 = self.start_state(ids.shape[0], ids.device)
+        padded, state, end = run_rnn(self.rnn, self.embedding(ids), lengths, h0)
+        self.keep(end)  # stateful: the next batch's rows continue from here
         if self.pooling == "last":
             h = state[0] if isinstance(state, tuple) else state  # (layers * dirs, batch, hidden)
             return torch.cat(list(h[-self.directions :]), dim=-1)
-        padded, _ = pad_packed_sequence(outputs, batch_first=True)  # (batch, max length, ...)
         mask = _mask(lengths.to(padded.device), padded.size(1))[..., None]
         if self.pooling == "mean":
             return (padded * mask).sum(1) / lengths.to(padded.device)[:, None]

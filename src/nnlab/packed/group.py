@@ -37,7 +37,7 @@ from torch import nn
 from nnlab.assemble import record
 from nnlab.engine.averaging import CURRENT, blend
 from nnlab.engine.policy import BestCheckpoint, EarlyStop
-from nnlab.engine.step import Accumulation
+from nnlab.engine.step import Accumulation, OptimizerStep, TrialParameters
 from nnlab.packed import dense, stack
 from nnlab.packed.recurrent import DROPOUT_RATE
 from nnlab.runs import LAST, PACKED_STATE, Run, atomic_save
@@ -214,8 +214,7 @@ class PackedGroup:
         self.native = self._trial_network()
         how = "its layers on the trial axis" if self.native else "vmapped over trials"
         log.info("Stacked network: %s", how)
-        names = self._optimizer_spec()
-        self.hp_names = names
+        self.optimizer_name = type(first.optimizer).__name__
         self._averaging_spec()
 
     def _averaging_spec(self) -> None:
@@ -258,12 +257,6 @@ class PackedGroup:
     @property
     def best_params(self) -> dict[str, torch.Tensor]:
         return self.layout.split(self.best_flat)
-
-    def _optimizer_spec(self) -> tuple[str, ...]:
-        kind = type(self.trials[0].optimizer).__name__
-        self.step_fn, self.decoupled, names, _ = stack.OPTIMIZERS[kind]
-        self.optimizer_name = kind
-        return names
 
     # -- the vectorised pieces -----------------------------------------------------------------
     def _call(self, params, buffers, batch, evaluate: bool = False):
@@ -337,9 +330,6 @@ class PackedGroup:
         train_loader = trials[0].data.train_loader
         batch_size = train_loader.batch_size
         num_batches = limit(train_loader._num_batches(), trials[0].cfg.trainer.limit_train_batches)
-        steps = torch.tensor([float(t.global_step) for t in trials], device=device)
-        clip = torch.tensor([t.clip for t in trials], device=device)
-        clipping = any(math.isfinite(t.clip) for t in trials)
         state: dict[str, torch.Tensor] = {}  # optimizer state name -> (trials, n), as flat
         for i, t in enumerate(trials):
             for name, saved in t.optimizer_state.items():
@@ -347,8 +337,19 @@ class PackedGroup:
                     if key not in state:
                         state[key] = torch.zeros_like(self.flat, requires_grad=False)
                     self.layout.split(state[key])[name][i] = value.to(device)
-        accumulation = Accumulation(trials[0].cfg.trainer.get("accumulate_grad_batches"))
-        per_step_average = self.averaging is not None and self.averaging.per_step
+        parameters = TrialParameters(
+            self.flat,
+            self.layout,
+            [t.optimizer for t in trials],
+            [t.clip for t in trials],
+            state,
+            [t.global_step for t in trials],
+        )
+        optimizer_step = OptimizerStep(
+            parameters,
+            Accumulation(trials[0].cfg.trainer.get("accumulate_grad_batches")),
+            averaging=self._average if self.averaging and self.averaging.per_step else None,
+        )
         train_step = self._stepper()
         # buffers a step may change (running statistics), not the dropout rates
         running = [n for n in self.buffers if not n.endswith(DROPOUT_RATE)]
@@ -370,36 +371,26 @@ class PackedGroup:
                 if on and t.averaging is not None:  # SWA's schedule takes over at its epoch
                     if (swa := t.averaging.take_over_lr(t.optimizer, epoch)) is not None:
                         t.scheduler, t.scheduler_interval = swa, "epoch"
-            step_schedulers = any(t.scheduler and t.scheduler_interval == "step" for t in trials)
-            hp = self._hyperparameters()
+            optimizer_step.schedulers = [
+                t.scheduler
+                for t, on in zip(trials, active, strict=True)
+                if on and t.scheduler is not None and t.scheduler_interval == "step"
+            ]
+            parameters.hyperparameters_changed()  # epoch schedulers, SWA's
             orders = torch.stack([loader.order(epoch) for loader in self.loaders["train"]])
             orders = orders.to(device)
-            bad = torch.zeros(n_trials, dtype=torch.bool, device=device)
             loss_sum = torch.zeros(n_trials, device=device)
             correct = torch.zeros(n_trials, device=device)
             seen = torch.zeros(n_trials, device=device)
             self.base.train()
-            grad = None  # gradients accumulated so far in this window
             for b in range(num_batches):
                 idx = orders[:, b * batch_size : (b + 1) * batch_size]
                 x, y = self._gather("train", idx)
                 before = {n: self.buffers[n].clone() for n in running}
-                params = self.params
-                losses, right = train_step(params, self.buffers, x, y)
-                bad |= mask & ~torch.isfinite(losses.detach())
-                use = mask & ~bad
+                losses, right = train_step(parameters.views(), self.buffers, x, y)
+                use = optimizer_step.going_on(losses, mask)  # NaN/inf: that trial stops
                 total = torch.where(use, losses, torch.zeros_like(losses)).sum()
-                # each view's gradient, joined: through the views to the flat leaf, autograd
-                # would make a full-size zero gradient per view and add them up
-                views = list(params.values())
-                grads = torch.autograd.grad(
-                    accumulation.scaled(total), views, materialize_grads=True
-                )
-                g = self.layout.join(dict(zip(params, grads, strict=True)))
-                if grad is not None:  # within an accumulation window (engine/step.py)
-                    g = grad.add_(g)
-                apply = accumulation.steps_after(b, b == num_batches - 1)
-                grad = None if apply else g
+                optimizer_step(total, b, b == num_batches - 1, use)
                 with torch.no_grad():
                     for n, old in before.items():  # frozen trials keep their statistics
                         buf = self.buffers[n]
@@ -408,26 +399,7 @@ class PackedGroup:
                     loss_sum += torch.where(use, losses.detach() * n, 0.0)
                     correct += torch.where(use, right.detach(), 0.0)
                     seen += use.to(seen.dtype) * n
-                if not apply:
-                    continue
-                steps = steps + use.to(steps.dtype)
-                with torch.no_grad():
-                    if clipping:
-                        g = g * stack._b(stack.clip_coefficients(g, clip), g)
-                    p = self.flat
-                    new, new_state = self.step_fn(p, g, state, hp, steps, self.decoupled)
-                    keep = stack._b(use, p)
-                    p.copy_(torch.where(keep, new, p))
-                    for key, value in new_state.items():
-                        old = state.get(key, torch.zeros_like(value))
-                        state[key] = torch.where(keep, value, old)
-                if per_step_average:
-                    self._average(use)
-                if step_schedulers:
-                    for t, on in zip(trials, active, strict=True):
-                        if on and t.scheduler is not None and t.scheduler_interval == "step":
-                            t.scheduler.step()
-                    hp = self._hyperparameters()
+            bad = mask & optimizer_step.failed  # the trials that failed in this epoch
             if self.averaging is not None and not self.averaging.per_step:  # SWA: epoch ends
                 ends = [
                     on and t.averaging.updates_after_epoch(epoch)
@@ -435,7 +407,7 @@ class PackedGroup:
                 ]
                 self._average(torch.tensor(ends, device=device) & ~bad)
             bad_now = bad.tolist()
-            step_counts = steps.long().tolist()
+            step_counts = parameters.steps.long().tolist()
             val = self.evaluate("val", self.layout.split(self.eval_flat), self.buffers)
             train_loss = (loss_sum / seen.clamp_min(1)).tolist()
             train_acc = (correct / seen.clamp_min(1)).tolist()
@@ -467,13 +439,9 @@ class PackedGroup:
             if any(improved):
                 self._keep_best(improved)
             if time.monotonic() - saved_at >= self.save_every_s or epoch + 1 == last_epoch:
-                self._save_group(state)
+                self._save_group(parameters.state)
                 saved_at = time.monotonic()
         self.finish()
-
-    def _hyperparameters(self) -> dict[str, torch.Tensor]:
-        groups = [t.optimizer.param_groups[0] for t in self.trials]
-        return stack.hyperparameters(groups, self.hp_names, self.device)
 
     def _end_of_epoch(self, t: Trial, epoch: int, metrics: dict) -> bool:
         """Checkpoints, early stopping and the scheduler, in Lightning's order; whether the

@@ -19,13 +19,12 @@ moves the vmapped axis to the front and picks the kernel (`TrialRNN.kernel`, the
 - `batched`: the batched recurrence above, for all trials at once;
 - `per_trial`: each trial's own torch RNN/LSTM/GRU call (oneDNN's fused kernel on a CPU), in a
   loop over the trials: exactly the sequential trial's arithmetic;
-- `auto` (default): `per_trial` on a CPU, `batched` elsewhere. On this project's CPU a fused
-  kernel per trial is ~2x faster than the batched recurrence: with one core the work is the same
+- `auto` (default): `per_trial` on a CPU, `batched` elsewhere. On a CPU the work is the same
   arithmetic either way, and the fused kernel does the gate math in cache, where the batched one
-  pays ~10 full passes over (trials, batch, hidden) per step. On a GPU one batched product per
-  step for all trials replaces a kernel launch per trial. The equations and gate order are torch's (LSTM i, f, g, o;
-GRU r, z, n with b_hn inside r * (.)), so a `state_dict` moves between `TrialRNN` and
-nn.RNN/LSTM/GRU as is.
+  makes several full passes over (trials, batch, hidden) per step (measured: docs/packed.md). On
+  a GPU one batched product per step for all trials replaces a kernel launch per trial.
+The equations and gate order are torch's (LSTM i, f, g, o; GRU r, z, n with b_hn inside
+r * (.)), so a `state_dict` moves between `TrialRNN` and nn.RNN/LSTM/GRU as is.
 """
 
 from __future__ import annotations

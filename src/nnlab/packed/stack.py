@@ -188,24 +188,3 @@ OPTIMIZERS: dict[str, tuple[Callable, bool, tuple[str, ...], tuple[str, ...]]] =
         (),
     ),
 }
-
-
-def hyperparameters(groups: list[dict], names: tuple[str, ...], device) -> dict[str, torch.Tensor]:
-    """Per-trial hyperparameter tensors (trials,) read from each trial's param_groups[0]."""
-    out = {}
-    for name in names:
-        if name in ("beta1", "beta2"):
-            values = [g["betas"][0 if name == "beta1" else 1] for g in groups]
-        else:
-            values = [float(g.get(name, 0.0) or 0.0) for g in groups]
-        out[name] = torch.tensor(values, dtype=torch.float32, device=device)
-    return out
-
-
-def clip_coefficients(grad: torch.Tensor, max_norm: torch.Tensor) -> torch.Tensor:
-    """Per-trial scale for gradient-norm clipping, as torch.nn.utils.clip_grad_norm_ computes it
-    (total 2-norm over every parameter: the (trials, n) gradient of `Flat`; max_norm/(norm +
-    1e-6), at most 1; inf: no clipping)."""
-    total = grad.pow(2).sum(1).sqrt()
-    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    return torch.where(torch.isfinite(max_norm), coef, torch.ones_like(coef))

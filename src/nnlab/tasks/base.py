@@ -84,11 +84,12 @@ class Task(L.LightningModule):
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
 
-    def forward(self, x: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
-        """The net's output; `extra` inputs (e.g. sequence lengths) are passed on to it."""
-        if self.channels_last and x.dim() == 4:
+    def forward(self, x: Any = None, *extra: torch.Tensor, **named: torch.Tensor) -> Any:
+        """The net's output; `extra` inputs (e.g. sequence lengths) are passed on to it, and
+        `named` ones (model=graph's inputs by name) too."""
+        if self.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = self.net(x, *extra)
+        out = self.net(*(() if x is None else (x,)), *extra, **named)
         if isinstance(out, Mapping) and torch.jit.is_tracing():
             # model=graph's outputs by name, as a tuple for a strict trace (TensorBoard's graph)
             return tuple(out.values())

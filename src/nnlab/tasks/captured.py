@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from nnlab.engine.step import Accumulation
+from nnlab.engine.step import Accumulation, ModuleParameters, OptimizerStep
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,10 @@ CAPTURABLE = "capturable"
 
 
 class CapturedStep:
-    """`step(micro_batch)`: `loss_fn(micro_batch)` + backward + clip + `optimizer.step()`, with the
-    loss and correct predictions added to `sums` (`add(loss, correct, n)`); replayed as one CUDA
-    graph when `capture` is set and the device is CUDA.
+    """`step(micro_batch)`: `loss_fn(micro_batch)`, then the device side of `optimizer_step`
+    (engine/step.py: backward, clip, optimizer step), with the loss and correct predictions
+    added to `sums` (`add(loss, correct, n)`); replayed as one CUDA graph when `capture` is set
+    and the device is CUDA. The loop calls `optimizer_step.after()` after each optimizer step.
 
     `loss_fn(batch) -> (mean loss, number of correct predictions or None)`. Micro-batches of
     `micro_batch_size` replay the graph; a smaller one (the epoch's last) takes an eager step on
@@ -47,14 +48,13 @@ class CapturedStep:
         capture: bool = True,
         accumulation: Accumulation | None = None,
     ):
-        self.params = [p for p in params if p.requires_grad]
+        parameters = ModuleParameters(params, optimizer, clip_val, clip_algorithm)
+        self.optimizer_step = OptimizerStep(parameters, accumulation)
         self.optimizer, self.loss_fn, self.sums = optimizer, loss_fn, sums
         self.micro_batch_size = int(micro_batch_size)
-        self.clip_val, self.clip_algorithm = clip_val, clip_algorithm
         self.autocast_dtype = autocast_dtype
-        self.accumulation = accumulation or Accumulation(1)
         self.window_start = True  # gradients start from zero at the next step
-        self.device = self.params[0].device
+        self.device = parameters.params[0].device
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: list[torch.Tensor] = []
         self.warmup_left = WARMUP_STEPS
@@ -96,14 +96,7 @@ class CapturedStep:
         """Forward to optimizer step (`apply`; else the gradients accumulate); also the body that
         is captured, where gradients are assigned, not accumulated (None when it starts)."""
         loss, correct = self._forward(batch)
-        self.accumulation.scaled(loss).backward()
-        if apply:
-            if self.clip_val:
-                if self.clip_algorithm == "value":
-                    torch.nn.utils.clip_grad_value_(self.params, self.clip_val, foreach=True)
-                else:
-                    torch.nn.utils.clip_grad_norm_(self.params, self.clip_val, foreach=True)
-            self.optimizer.step()
+        self.optimizer_step.backward(loss, apply)
         self.sums.add(loss, correct, batch[0].shape[0])
         return loss.detach()
 

@@ -28,7 +28,6 @@ and it asks the data module to group batches (`DataModule.group_training_batches
 from __future__ import annotations
 
 import logging
-import math
 import os
 from typing import Any
 
@@ -199,9 +198,10 @@ class TrainingLoop(L.Callback):
     def _build(self, task: L.LightningModule, trainer: L.Trainer) -> captured.CapturedStep:
         """Built at the first batch: the optimizer exists and is restored by then."""
         precision = str(trainer.precision)
-        return captured.CapturedStep(
+        optimizer = task.optimizers()
+        step = captured.CapturedStep(
             task.parameters(),
-            task.optimizers().optimizer,
+            optimizer.optimizer,
             task.training_loss,
             self.sums,
             micro_batch_size=self.micro_batch_size,
@@ -211,6 +211,16 @@ class TrainingLoop(L.Callback):
             capture=self.capture,
             accumulation=self.accumulation,
         )
+        # after each optimizer step: Lightning's count (trainer.global_step), as if the
+        # LightningOptimizer had stepped, and the averaging callbacks' updates
+        step.optimizer_step.count = lambda _: lightning_compat.count_optimizer_step(optimizer)
+
+        def average(_) -> None:
+            for averaging in self.averaging:
+                averaging.after_optimizer_step(task)
+
+        step.optimizer_step.averaging = average if self.averaging else None
+        return step
 
     def _schedulers(self, trainer: L.Trainer, interval: str) -> list:
         return [c.scheduler for c in trainer.lr_scheduler_configs if c.interval == interval]
@@ -225,11 +235,10 @@ class TrainingLoop(L.Callback):
             self._start_sums(task)
         if self.step is None:
             self.step = self._build(task, trainer)
-            self._optimizer = task.optimizers()
+        optimizer_step = self.step.optimizer_step
         if self._per_step is None:  # (each epoch: SWA's schedule may have replaced the task's)
-            self._per_step = self._schedulers(trainer, "step")
+            self._per_step = optimizer_step.schedulers = self._schedulers(trainer, "step")
         loss = None
-        on_cpu = self.step.device.type == "cpu"
         steps = 0
         # a group of the in-memory batcher's comes untransformed (data/memory.py): each
         # micro-batch is made the network's input (e.g. bool -> float) as its step comes
@@ -240,20 +249,14 @@ class TrainingLoop(L.Callback):
         for j, micro in enumerate(micros):
             if transform is not None:
                 micro = transform(micro)
-            last = final and j == len(micros) - 1
-            apply = self.accumulation.steps_after(self.micro_index, last)
-            loss = self.step(micro, apply)
+            apply = optimizer_step.ends_window(self.micro_index, final and j == len(micros) - 1)
+            loss = self.step(micro, apply)  # backward, clip, optimizer step (engine/step.py)
             self.micro_index += 1
             self.sums.samples += len(micro[-1])
             if apply:
                 steps += 1
-                # the raw optimizer stepped above: Lightning's count (trainer.global_step) too
-                lightning_compat.count_optimizer_step(self._optimizer)
-                for scheduler in self._per_step:
-                    scheduler.step()
-                for averaging in self.averaging:
-                    averaging.after_optimizer_step(task)
-            if on_cpu and not math.isfinite(loss.item()):  # reading it costs nothing on the CPU
+                optimizer_step.after()  # count, per-step schedulers, averaging
+            if not optimizer_step.going_on(loss):
                 break  # the NaN check (callbacks/resilience.py) names this step
         # The loggers' step axis: one per optimizer step, as in Lightning's own loop, so curves
         # of both loops line up (Lightning adds one where its own window of batches ends).

@@ -2,9 +2,8 @@
 
 On a CPU, torch's default for Adam, AdamW, SGD and Adagrad is the `for`-loop implementation:
 a handful of small kernels per parameter tensor, each a dispatcher round trip. Their `fused`
-implementation does one pass over all parameters; measured here (2-core CPU, torch 2.14) a
-step of the sine MLP takes 120 us instead of 170, one of a 5000 -> 64 -> 2 MLP 640 us instead
-of 1820. nnlab asks for it on a CPU whenever the config names no implementation (`fused` /
+implementation does one pass over all parameters (how much faster: docs/benchmarks.md).
+nnlab asks for it on a CPU whenever the config names no implementation (`fused` /
 `foreach`); on a GPU torch's own default (`foreach`) stands. The implementation is this
 process's choice, not a checkpoint's: a run resumed on another device gets that device's.
 """
