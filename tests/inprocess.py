@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import traceback
 import warnings
 from pathlib import Path
@@ -59,12 +60,10 @@ def _restore_logging(state) -> None:
             for handler in set(lg.handlers) - set(kept):
                 handler.close()
             lg.handlers[:] = kept
-        else:  # made by the command: as a fresh process would leave it to the next
+        else:  # made by the command (its level as the library set it on import stays)
             for handler in lg.handlers:
                 handler.close()
             lg.handlers.clear()
-            lg.setLevel(logging.NOTSET)
-            lg.disabled = False
     logging.Logger.manager._clear_cache()
 
 
@@ -97,6 +96,15 @@ def _restore_torch(state) -> None:
     torch.autograd.set_detect_anomaly(anomaly)
 
 
+def _stop_worker_pools() -> None:
+    """loky's reusable process pool (the joblib launcher's, a search's workers) ends with its
+    process; here it would outlive the call, its workers in the call's (deleted) directory."""
+    reusable = sys.modules.get("joblib.externals.loky.reusable_executor")
+    if reusable is not None and getattr(reusable, "_executor", None) is not None:
+        reusable._executor.shutdown(wait=True, kill_workers=True)
+        reusable._executor = None
+
+
 def _clear_hydra() -> None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
@@ -108,49 +116,74 @@ def _clear_hydra() -> None:
 def call(
     module: str, args: list[str], env: dict[str, str], cwd: Path
 ) -> subprocess.CompletedProcess:
-    """`python -m module *args` with `env` and `cwd`, run in this process."""
+    """`python -m module *args` with `env` and `cwd`, run in this process. Its output is taken
+    at the file descriptors, as a pipe to a process would take it: what the processes it starts
+    (a search's workers, a sweep's jobs) and C code print is in it too."""
     main = importlib.import_module(module).main
-    out, err = io.StringIO(), io.StringIO()
     saved_env, saved_cwd, saved_argv = dict(os.environ), os.getcwd(), sys.argv
     saved_logging, saved_torch = _logging_state(), _torch_state()
     saved_signals = {s: signal.getsignal(s) for s in _SIGNALS}
     code = 0
-    try:
-        os.environ.clear()
-        os.environ.update(env)
-        os.chdir(cwd)
-        sys.argv = [module.rsplit(".", 1)[-1], *args]
-        with (
-            contextlib.redirect_stdout(out),
-            contextlib.redirect_stderr(err),
-            warnings.catch_warnings(),
-        ):
-            warnings.filters[:] = list(_PYTHON_FILTERS)
-            warnings.showwarning = _show  # to sys.stderr, as a process does (not pytest's list)
-            try:
-                main()
-            except SystemExit as exc:  # as the interpreter turns it into an exit status
-                if exc.code is None:
-                    code = 0
-                elif isinstance(exc.code, int):
-                    code = exc.code
-                else:
-                    print(exc.code, file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="nnlab-call-") as folder:
+        files = [Path(folder) / name for name in ("stdout", "stderr")]
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        saved_fds = [os.dup(1), os.dup(2)]
+        for fd, path in zip((1, 2), files, strict=True):
+            target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            os.dup2(target, fd)
+            os.close(target)
+        out, err = (
+            io.TextIOWrapper(
+                io.FileIO(fd, "w", closefd=False),
+                encoding="utf-8",
+                errors="replace",
+                line_buffering=True,
+                write_through=True,
+            )  # fmt: skip
+            for fd in (1, 2)
+        )
+        try:
+            os.environ.clear()
+            os.environ.update(env)
+            os.chdir(cwd)
+            sys.argv = [module.rsplit(".", 1)[-1], *args]
+            with (
+                contextlib.redirect_stdout(out),
+                contextlib.redirect_stderr(err),
+                warnings.catch_warnings(),
+            ):
+                warnings.filters[:] = list(_PYTHON_FILTERS)
+                warnings.showwarning = _show  # to sys.stderr, as a process does (not pytest's)
+                try:
+                    main()
+                except SystemExit as exc:  # as the interpreter turns it into an exit status
+                    if exc.code is None:
+                        code = 0
+                    elif isinstance(exc.code, int):
+                        code = exc.code
+                    else:
+                        print(exc.code, file=sys.stderr)
+                        code = 1
+                except Exception:
+                    traceback.print_exc()
                     code = 1
-            except Exception:
-                traceback.print_exc()
-                code = 1
-    finally:
-        os.environ.clear()
-        os.environ.update(saved_env)
-        os.chdir(saved_cwd)
-        sys.argv = saved_argv
-        _restore_logging(saved_logging)
-        _restore_torch(saved_torch)
-        for s, handler in saved_signals.items():
-            if handler is not None:
-                signal.signal(s, handler)
-        _clear_hydra()
-    return subprocess.CompletedProcess(
-        [sys.executable, "-m", module, *args], code, out.getvalue(), err.getvalue()
-    )
+        finally:
+            out.flush()
+            err.flush()
+            for fd, saved in zip((1, 2), saved_fds, strict=True):
+                os.dup2(saved, fd)
+                os.close(saved)
+            os.environ.clear()
+            os.environ.update(saved_env)
+            os.chdir(saved_cwd)
+            sys.argv = saved_argv
+            _restore_logging(saved_logging)
+            _restore_torch(saved_torch)
+            for s, handler in saved_signals.items():
+                if handler is not None:
+                    signal.signal(s, handler)
+            _clear_hydra()
+            _stop_worker_pools()
+        stdout, stderr = (path.read_text(errors="replace") for path in files)
+    return subprocess.CompletedProcess([sys.executable, "-m", module, *args], code, stdout, stderr)
