@@ -143,6 +143,13 @@ def call(
             )  # fmt: skip
             for fd in (1, 2)
         )
+        # PYTHONPATH is read when Python starts: its entries join sys.path for the call, and
+        # the modules imported from them leave sys.modules after it (another test's my_data.py)
+        extra = [
+            str(Path(cwd, p).resolve()) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p
+        ]
+        sys.path[:0] = extra
+        modules_before = set(sys.modules)
         try:
             os.environ.clear()
             os.environ.update(env)
@@ -185,5 +192,89 @@ def call(
                     signal.signal(s, handler)
             _clear_hydra()
             _stop_worker_pools()
+            del sys.path[: len(extra)]
+            for name in set(sys.modules) - modules_before:
+                where = getattr(sys.modules[name], "__file__", None) or ""
+                if any(where.startswith(folder + os.sep) for folder in extra):
+                    del sys.modules[name]
         stdout, stderr = (path.read_text(errors="replace") for path in files)
     return subprocess.CompletedProcess([sys.executable, "-m", module, *args], code, stdout, stderr)
+
+
+# -- nnlab's commands inside a shell script, run in this process ----------------------------------
+COMMANDS = {
+    "nnlab-train": "nnlab.train",
+    "nnlab-eval": "nnlab.evaluate",
+    "nnlab-predict": "nnlab.predict",
+    "nnlab-export": "nnlab.export",
+    "nnlab-report": "nnlab.report",
+}
+# Each command on the script's PATH hands its words, working directory and environment to the
+# test's process and waits on a FIFO for its exit status; the test's process runs it (`call`)
+# and writes what it printed where the shim cats it from.
+SHIM = """#!/usr/bin/env bash
+req=$(mktemp -d "$NNLAB_SHIM_REQUESTS/req.XXXXXX")
+printf '%s' "{module}" > "$req/module"
+printf '%s' "$PWD" > "$req/cwd"
+printf '%s\\0' "$@" > "$req/args"
+env -0 > "$req/env"
+mkfifo "$req/status"
+touch "$req/ready"
+code=$(cat "$req/status")
+cat "$req/stdout"
+cat "$req/stderr" >&2
+exit "$code"
+"""
+
+
+def shell(
+    script: list[str], cwd: Path, env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess:
+    """`subprocess.run(script)` (a shell command line) with nnlab's commands on its PATH run in
+    this process: a shell script's own steps (variables, pipes, cat) as a user's shell runs
+    them, the commands without starting Python, torch and Lightning each time."""
+    import time
+
+    with tempfile.TemporaryDirectory(prefix="nnlab-shims-") as folder:
+        shims, requests = Path(folder, "bin"), Path(folder, "requests")
+        shims.mkdir()
+        requests.mkdir()
+        for name, module in COMMANDS.items():
+            (shims / name).write_text(SHIM.replace("{module}", module))
+            (shims / name).chmod(0o755)
+        env = {**env, "NNLAB_SHIM_REQUESTS": str(requests)}
+        env["PATH"] = f"{shims}{os.pathsep}{env.get('PATH', '')}"
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            proc = subprocess.Popen(script, cwd=cwd, env=env, stdout=out, stderr=err, text=True)
+            deadline = time.monotonic() + timeout
+            done: set[Path] = set()
+            while proc.poll() is None:
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    proc.wait()
+                    raise subprocess.TimeoutExpired(script, timeout)
+                for ready in sorted(requests.glob("req.*/ready")):
+                    if ready.parent not in done:
+                        done.add(ready.parent)
+                        _serve(ready.parent)
+                time.sleep(0.005)
+            out.seek(0)
+            err.seek(0)
+            return subprocess.CompletedProcess(script, proc.returncode, out.read(), err.read())
+
+
+def _serve(request: Path) -> None:
+    words = (request / "args").read_bytes().split(b"\0")[:-1]
+    pairs = (item.partition(b"=") for item in (request / "env").read_bytes().split(b"\0") if item)
+    env = {k.decode(): v.decode() for k, _, v in pairs}
+    env.pop("NNLAB_SHIM_REQUESTS", None)
+    result = call(
+        (request / "module").read_text(),
+        [w.decode() for w in words],
+        env=env,
+        cwd=Path((request / "cwd").read_text()),
+    )
+    (request / "stdout").write_text(result.stdout)
+    (request / "stderr").write_text(result.stderr)
+    with open(request / "status", "w") as status:  # the shim waits on this FIFO
+        status.write(str(result.returncode))
