@@ -5,7 +5,8 @@ A block's kind is its fence's language; an HTML comment on the line right above 
 rendered) says what the test does with it:
 
 - ```bash: run, in order with the page's other blocks (`bash -eo pipefail`, the page's scratch
-  directory as the working directory, run directories under it, nnlab's commands on PATH).
+  directory as the working directory, run directories under it, nnlab's commands on PATH; they
+  run in the test's process, `inprocess.shell`, a user's shell's steps as written).
   `<!-- docs-test: check: REASON -->` above it: not run (REASON says why: it trains for
   minutes, needs a data set or a cluster, ...) but checked: every `nnlab-train` line is composed
   with its overrides (the first value of a sweep's), the other commands' keys are parsed against
@@ -27,7 +28,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,7 @@ from conftest import compose_config
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep
+from inprocess import shell
 
 from nnlab import CONF_DIR
 from nnlab.cli import parse_args
@@ -184,14 +185,7 @@ def run_script(script: str, where: str, cwd: Path, timeout: float = 300) -> str:
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("NNLAB_CONFIG_PATH", None)
-    proc = subprocess.run(
-        ["bash", "-eo", "pipefail", "-c", script],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    proc = shell(["bash", "-eo", "pipefail", "-c", script], cwd=cwd, env=env, timeout=timeout)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{where}: exit {proc.returncode}\n{script}\n{output[-4000:]}"
     return output
@@ -232,10 +226,7 @@ def check_console(block: Block, tmp_path: Path) -> None:
     for command, expected in steps:
         env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
         env["NNLAB_OUTPUT_DIR"] = str(tmp_path / "outputs")
-        proc = subprocess.run(
-            ["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
-            timeout=300,
-        )  # fmt: skip
+        proc = shell(["bash", "-c", command], cwd=tmp_path, env=env, timeout=300)
         output = proc.stdout + proc.stderr
         for line in expected:
             pattern = ".*".join(re.escape(piece) for piece in line.split("..."))

@@ -1,5 +1,6 @@
-"""nnlab's sweeper (nnlab/search/) as users run it: real small searches of sine_mlp through the
-installed nnlab-train command, with the study read back from its storage."""
+"""nnlab's sweeper (nnlab/search/) as users run it: real small searches of sine_mlp through
+nnlab-train's main (in the test's process; a real process where a test kills it), with the
+study read back from its storage."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
+from inprocess import call  # noqa: E402
 from optuna.distributions import (  # noqa: E402
     CategoricalDistribution,
     FloatDistribution,
@@ -34,25 +36,15 @@ SEARCH += ["monitor=val/mse"]
 
 
 def nnlab_train(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    """nnlab-train (in this process: tests/inprocess.py)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "NNLAB_OUTPUT_DIR")}
-    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", NNLAB_OUTPUT_DIR=str(cwd / "outputs"))
-    return subprocess.run(
-        [str(BIN / "nnlab-train"), *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=timeout,
-    )
+    env.update(PYTHONUNBUFFERED="1", NNLAB_OUTPUT_DIR=str(cwd / "outputs"))
+    return call("nnlab.train", list(args), env=env, cwd=cwd)
 
 
 def nnlab_report(sweep: Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / "nnlab-report"), f"sweep={sweep}", "tensorboard=false"],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=600,
+    return call(
+        "nnlab.report", [f"sweep={sweep}", "tensorboard=false"], env=dict(os.environ), cwd=cwd
     )
 
 
