@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import compose_config, run_cli, train_in_process
+from inprocess import call
 from test_schema import WRONG_TYPES, out_of_range, refused
 
 import nnlab.evaluate
@@ -321,9 +322,6 @@ def test_a_rerun_saved_config_gets_old_keys_upgraded_with_a_note(lstm_run, tmp_p
 )
 def test_nothing_is_left_behind_in_a_scratch_directory(args, code, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "NNLAB_OUTPUT_DIR"}  # ./outputs
-    proc = subprocess.run(
-        [str(BIN / "nnlab-train"), *args], capture_output=True, text=True, cwd=tmp_path,
-        env=env, timeout=300,
-    )  # fmt: skip
+    proc = call("nnlab.train", args, env=env, cwd=tmp_path)
     assert proc.returncode == code, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert list(tmp_path.iterdir()) == [], sorted(tmp_path.rglob("*"))

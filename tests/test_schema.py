@@ -6,8 +6,7 @@ annotations), not listed by hand, so a new key or class is covered when it is ad
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
+import os
 import textwrap
 import typing
 from pathlib import Path
@@ -17,6 +16,7 @@ import annotated_types
 import pytest
 import torch
 from conftest import EXPERIMENTS, compose_config, train_in_process
+from inprocess import call
 from pydantic import TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
@@ -278,14 +278,8 @@ def test_third_party_constructor_errors_name_the_node():
     ],
 )
 def test_the_command_refuses_before_anything_runs(args, message, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "nnlab.train", "trainer.max_epochs=1", *args],
-        cwd=tmp_path,
-        env={**__import__("os").environ, "NNLAB_OUTPUT_DIR": str(tmp_path / "out")},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    env = {**os.environ, "NNLAB_OUTPUT_DIR": str(tmp_path / "out")}
+    proc = call("nnlab.train", ["trainer.max_epochs=1", *args], env=env, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith(message), proc.stderr[-2000:]

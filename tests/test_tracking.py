@@ -277,7 +277,8 @@ def test_missing_extra_is_one_clear_error(cli, tmp_path):
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('mlflow is not installed here')\n")
     path = os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])
-    result = cli(*SHORT, "logger=mlflow", check=False, env={"PYTHONPATH": path})
+    # a process of its own: an mlflow imported by an earlier test cannot be shadowed here
+    result = cli(*SHORT, "logger=mlflow", check=False, env={"PYTHONPATH": path}, process=True)
     assert result.returncode == 2, result.output[-2000:]
     assert "pip install 'nnlab[mlflow]'" in result.stderr
     assert "Traceback" not in result.stderr
