@@ -59,7 +59,8 @@ train: $(STAMP)
 test: $(STAMP) $(WHEEL_STAMP)
 	NNLAB_JOURNEY_BIN=$(abspath $(WHEEL_VENV))/bin $(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
-## The suite without the tests that train to a metric bound and without SLURM (minutes).
+## The suite without the tests marked slow (training to a metric bound, end-to-end runs of more
+## than a few seconds, the installed-wheel journey) and without SLURM: a few minutes.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest $(XDIST) -m "not slow and not slurm and not full_run" $(PYTEST_ARGS)
 

@@ -244,6 +244,7 @@ def test_bad_swa_settings_are_refused():
             check_node({"_target_": "nnlab.engine.averaging.SWA", key: value}, "averaging")
 
 
+@pytest.mark.slow
 def test_a_bad_decay_on_the_command_line_is_one_error_line(tmp_path):
     proc = subprocess.run(
         [

@@ -30,6 +30,7 @@ def run_bench(tmp_path, *args: str) -> subprocess.CompletedProcess:
         ["task.loop=lightning", "baseline=dataloader", "processes=one"],
     ],
 )
+@pytest.mark.slow
 def test_bench_compares_both_loops_on_the_same_model(tmp_path, extra):
     out = tmp_path / "bench.json"
     proc = run_bench(tmp_path, "configs=sine_mlp", "epochs=2", f"json={out}", *extra)
@@ -52,11 +53,13 @@ def test_bench_compares_both_loops_on_the_same_model(tmp_path, extra):
     assert not list(tmp_path.glob("outputs/runs/*"))  # benchmark runs leave no run directories
 
 
+@pytest.mark.slow
 def test_bench_names_an_unknown_configuration(tmp_path):
     proc = run_bench(tmp_path, "configs=[mnist_transformer]")
     assert proc.returncode == 2 and "unknown configuration 'mnist_transformer'" in proc.stderr
 
 
+@pytest.mark.slow
 def test_sweep_bench_times_each_launcher_and_marks_a_smaller_baseline(tmp_path):
     """scripts/bench_sweep.py runs the sweep through each launcher as `nnlab-train -m`; a
     baseline of fewer trials than the packed sweep is marked as overstating the speed-up."""

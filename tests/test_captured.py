@@ -203,6 +203,7 @@ def test_the_fused_loop_trains_like_lightnings_own(
     ],
     ids=["limit", "fraction", "max_steps", "overfit", "fast_dev_run"],
 )
+@pytest.mark.slow
 def test_batch_counts_mean_optimizer_steps_in_the_default_loop(make_cfg, caplog, counts, steps):
     """sine_mlp: 22 batches per epoch. The keys that count Lightning's batches count optimizer
     steps in the default (fused) loop too, and it trains like Lightning's loop."""
@@ -226,6 +227,7 @@ def test_a_nan_loss_is_named_at_the_same_step_in_both_loops(make_cfg):
     assert messages[0] == messages[1] and "at epoch 0, step" in messages[0]
 
 
+@pytest.mark.slow
 def test_the_fused_loop_logs_epoch_metrics_and_saves_plain_checkpoints(
     make_cfg, data_dir, monkeypatch, caplog
 ):
@@ -381,6 +383,7 @@ def test_device_losses_are_checked_in_batches_naming_the_first_bad_step(monkeypa
             callback.on_train_batch_end(trainer, None, {"loss": torch.tensor(1.0)}, None, 9 + i)
 
 
+@pytest.mark.slow
 def test_torch_compile_option_keeps_checkpoints_interchangeable(make_cfg, caplog):
     cfg = make_cfg("experiment=sine_mlp", "trainer.max_epochs=2", "task.compile={backend:eager}")
     with caplog.at_level(logging.INFO, logger="nnlab.tasks.base"):
@@ -453,6 +456,7 @@ WARMUP = (
 
 
 @pytest.mark.parametrize("accumulate", [1, 3])
+@pytest.mark.slow
 def test_accumulation_and_a_per_step_warm_up_train_as_in_lightnings_loop(
     make_cfg, caplog, accumulate
 ):

@@ -278,6 +278,7 @@ def lstm_run(tmp_path_factory) -> Path:
     ).run_dir()  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_rerun_saved_config_gets_old_keys_upgraded_with_a_note(lstm_run, tmp_path):
     saved = lstm_run / ".hydra" / "config.yaml"
     text = saved.read_text()

@@ -41,6 +41,7 @@ def tensorboard_images(run: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("experiment", CNN_EXPERIMENTS)
+@pytest.mark.slow
 def test_cnn_experiment_trains_a_few_steps(cli, data_dir, experiment):
     result = cli(f"experiment={experiment}", *FEW_STEPS, env={"NNLAB_DATA_DIR": str(data_dir)})
     run = result.run_dir()
@@ -65,6 +66,7 @@ def test_alexnet_preset_is_the_published_network_in_bf16_channels_last(make_cfg)
     assert cfg.data.dataset == "fashion_mnist" and cfg.model.num_classes == 10
 
 
+@pytest.mark.slow
 def test_summary_lists_the_alexnet_geometry(cli, data_dir):
     result = cli(
         "experiment=fashion_mnist_alexnet",

@@ -177,6 +177,7 @@ def test_private_members_are_used_in_the_compat_modules_only():
     assert "loop" not in (root / "tasks" / "base.py").read_text().lower()
 
 
+@pytest.mark.slow
 def test_lightning_log_lines_are_printed_once(tmp_path):
     """nnlab-train imports Lightning after Hydra set up logging: its records still print once
     (and reach the run's train.log through Hydra's handlers)."""

@@ -236,6 +236,7 @@ def check_console(block: Block, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+@pytest.mark.slow
 def test_the_page_s_commands_and_snippets(page, tmp_path):
     for block in blocks(page):
         if block.mode in ("skip", "check") and block.lang in ("bash", "console", "yaml"):

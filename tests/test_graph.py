@@ -239,6 +239,7 @@ def test_the_outputs_losses_are_checked_by_the_schema(override, key, words, tmp_
 # --- the commands, as a user runs them ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_inputs_two_outputs_train_checkpoint_predict_and_export(tmp_path):
     """nnlab-train, -predict and -export as subprocesses on a data module of the user's own with
     two inputs and two targets by name; the checkpoint alone rebuilds the network."""
@@ -306,6 +307,7 @@ TINY_IMDB = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_imdb_wide_deep_reads_both_views_of_a_review_by_name(tmp_path):
     write_tree(tmp_path / "data")
     env = {"NNLAB_DATA_DIR": str(tmp_path / "data")}
@@ -528,6 +530,7 @@ def test_a_given_state_that_does_not_fit_is_one_error_naming_the_node(case):
     assert words in str(refused.value), str(refused.value)
 
 
+@pytest.mark.slow
 def test_a_graph_with_given_states_trains_checkpoints_and_exports(
     users_data, tmp_path, monkeypatch, capfd
 ):

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+# a user's whole journey, command after command, each a process of its own: minutes
+pytestmark = pytest.mark.slow
 BIN = Path(os.environ.get("NNLAB_JOURNEY_BIN") or Path(sys.executable).parent)
 QUICK = ["logger=none", "print_config=false", "callbacks=none"]
 # sine_mlp for 8 epochs: the one-step MSE on the (standardised) series is well below 0.2 then;

@@ -220,6 +220,7 @@ def test_the_task_keeps_the_misclassified_test_samples():
 
 
 @pytest.mark.parametrize("experiment", MNIST_EXPERIMENTS)
+@pytest.mark.slow
 def test_each_mnist_experiment_runs_end_to_end(cli, data_dir, experiment):
     result = cli(
         f"experiment={experiment}",

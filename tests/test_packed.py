@@ -302,6 +302,7 @@ def last_epoch(sweep: Path, trial: int) -> int:
         return -1
 
 
+@pytest.mark.slow
 def test_the_group_resume_file_is_written_at_most_every_save_every_s(tmp_path):
     """With a long interval the group's resume file first appears after the last epoch; a
     watcher polling it while the sweep trains never sees an earlier epoch in it."""

@@ -93,6 +93,7 @@ def test_a_sweep_directory_in_use_is_refused(launcher, tmp_path, monkeypatch, ca
 
 
 @pytest.mark.parametrize("launcher", ["basic", "packed"])
+@pytest.mark.slow
 def test_a_sweep_rerun_with_other_settings_keeps_nothing_old(
     launcher, tmp_path, monkeypatch, capfd
 ):

@@ -209,6 +209,7 @@ def test_series_folds_are_time_blocks_and_keep_the_test_segment():
 # -- the real thing: sweeps over seeds and folds, then nnlab-report ----------------------------
 
 
+@pytest.mark.slow
 def test_lstm_vs_gru_over_seeds_end_to_end(cli, tmp_path):
     """A real sweep (TensorBoard logs only), the report's groups, curves and comparison."""
     cli(

@@ -101,6 +101,7 @@ def test_killed_runs_resume_to_bitwise_equal_metrics(tmp_path, loop):
         assert resumed[key] == reference[key], (key, resumed[key], reference[key])
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_marks_the_run_preempted(tmp_path):
     outputs = tmp_path / "outputs"
     args = [
@@ -147,6 +148,7 @@ def epoch_rows(run: Path) -> list[dict]:
     return [rows[e] for e in sorted(rows)]
 
 
+@pytest.mark.slow
 def test_preempted_at_epoch_ends_again_and_again_resumes_to_equal_metrics(tmp_path):
     """The fused loop on in-memory data takes a whole epoch as one Lightning batch, so every
     signal lands on an epoch's last batch: Lightning resumes a checkpoint saved there wrongly

@@ -96,6 +96,7 @@ def test_search_space_syntax_becomes_optuna_distributions():
         search_space(["x=tag(log, interval(0, 1))"])
 
 
+@pytest.mark.slow
 def test_an_asynchronous_pruned_search(tmp_path):
     """Two workers, trials of unequal length (trainer.max_epochs in the space) and the median
     pruner: the next trial starts as soon as one ends while the other still runs; every trial
@@ -311,6 +312,7 @@ def test_a_grid_sweep_killed_9_resumes_with_the_same_command(tmp_path, launcher)
     assert json.loads((sweep / "1" / "status.json").read_text()).get("resumed", 0) >= 1
 
 
+@pytest.mark.slow
 def test_a_pruned_member_of_a_packed_group_leaves_it(tmp_path):
     """Three learning rates trained as one stacked model (hydra/launcher=packed); the threshold
     pruner stops the one too small to learn after its third epoch. It is `pruned` in its
@@ -397,6 +399,7 @@ def test_a_search_killed_9_continues_in_its_sweep_directory(tmp_path):
         assert json.loads((sweep / job / "status.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_trials_as_submitit_jobs_report_to_the_study_themselves(tmp_path):
     """cluster=local: each trial is a submitit job, a process of its own as on SLURM, two at a
     time. The trials report to the study's journal file from their own processes, and the
@@ -422,6 +425,7 @@ def test_trials_as_submitit_jobs_report_to_the_study_themselves(tmp_path):
     assert len(pids) == 2  # each trial in a process of its own
 
 
+@pytest.mark.slow
 def test_batch_synchronous_workers_wait_for_the_batch(tmp_path):
     """asynchronous: false (Hydra's behaviour, the benchmark's baseline): batches of n_jobs
     trials, each batch asked for when the whole previous one has been told."""

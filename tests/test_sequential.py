@@ -376,6 +376,7 @@ def test_a_text_network_with_masking_trains_and_exports(imdb_root):
     assert json.loads((run / "export" / "export.json").read_text())["matches"]
 
 
+@pytest.mark.slow
 def test_sine_conv1d_gru_trains_summarises_exports_and_predicts(cli, tmp_path):
     result = cli("experiment=sine_conv1d_gru", "trainer.max_epochs=2", "data.num_points=300")
     run = result.run_dir()

@@ -63,6 +63,7 @@ def test_these_commands_answer_without_torch(tmp_path, module, args, code):
     assert not heavy, f"{module} {' '.join(args)} imported {heavy}"
 
 
+@pytest.mark.slow
 def test_a_training_still_imports_what_it_needs(tmp_path):
     """The same probe sees torch when a run trains: the check above can fail."""
     args = ["experiment=sine_mlp", "trainer.max_epochs=1", "logger=none", "callbacks=none"]

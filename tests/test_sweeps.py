@@ -52,6 +52,7 @@ def joblib_sweep(tmp_path_factory):
     return sweep
 
 
+@pytest.mark.slow
 def test_joblib_sweep_holds_every_trial_and_survives_a_crash(joblib_sweep):
     trials = sorted(p.parent.parent for p in joblib_sweep.glob("*/.hydra/overrides.yaml"))
     assert [t.name for t in trials] == ["0", "1", "2"]
@@ -120,6 +121,7 @@ def test_sweeps_started_together_get_their_own_directories(tmp_path):
     assert "sine_mlp" in dirs[0] and dirs[0] != dirs[1]
 
 
+@pytest.mark.slow
 def test_optuna_search_resumes_from_its_sqlite_study(tmp_path):
     optuna = pytest.importorskip("optuna")
     outputs = tmp_path / "outputs"
@@ -154,6 +156,7 @@ def test_search_direction_follows_monitor_mode(tmp_path):
     assert cfg.hydra.sweeper.storage == f"sqlite:///{Path('outputs').absolute()}/optuna/sine_mlp_optuna.db"  # fmt: skip
 
 
+@pytest.mark.slow
 def test_ddp_cpu_writes_once_and_ranks_see_disjoint_shards(tmp_path):
     outputs = tmp_path / "outputs"
     env = {**os.environ, "NNLAB_OUTPUT_DIR": str(outputs), "PYTHONUNBUFFERED": "1"}

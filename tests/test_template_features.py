@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 QUICK = ["experiment=sine_mlp", "logger=none", "callbacks=none"]
@@ -50,6 +51,7 @@ def test_the_switches_take_booleans_only(cli):
     assert "error: train: got 'maybe'; expected true or false (YAML booleans only)" in result.output
 
 
+@pytest.mark.slow
 def test_eval_of_a_checkpoint_alone(cli, tmp_path):
     """`nnlab-eval ckpt=PATH` with no run directory: the checkpoint holds its run's config, from
     which the data and the task are rebuilt; through the installed command, the run's own
@@ -114,6 +116,7 @@ def test_log_level_names_are_coloured_on_a_terminal_only(monkeypatch):
     assert ColourFormatter(fmt, stream=Terminal()).format(record) == "[WARNING] - careful"
 
 
+@pytest.mark.slow
 def test_a_run_on_a_terminal_prints_coloured_levels_and_a_plain_train_log(tmp_path):
     """nnlab-train's console (conf/train.yaml: hydra.job_logging) through a pseudo-terminal;
     the same command in a pipe prints no colour codes."""

@@ -86,6 +86,7 @@ def board(cli):
         server.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_tensorboard_serves_scalars_images_text_and_hparams(board):
     board, run, metrics = board
     # Scalars: the per-epoch validation curve (3 epochs, then the best checkpoint's evaluation)

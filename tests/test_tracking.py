@@ -90,6 +90,7 @@ def test_the_csv_loggers_hparams_file_holds_the_run_summary(cli):
 
 
 @needs_mlflow
+@pytest.mark.slow
 def test_logger_many_reaches_tensorboard_csv_and_mlflow(cli, tmp_path, monkeypatch):
     import mlflow
 
@@ -169,6 +170,7 @@ def free_port() -> int:
 
 
 @needs_mlflow
+@pytest.mark.slow
 def test_mlflow_tracking_server_receives_a_run(cli, tmp_path):
     import mlflow
 
@@ -247,6 +249,7 @@ def wandb_records(path: Path):
 
 
 @needs_wandb
+@pytest.mark.slow
 def test_wandb_offline_run_holds_the_summary(cli):
     import json
 
@@ -285,6 +288,7 @@ def test_missing_extra_is_one_clear_error(cli, tmp_path):
 
 
 @needs_mlflow
+@pytest.mark.slow
 def test_a_resumed_run_continues_its_mlflow_run(cli, tmp_path, monkeypatch):
     """resume= logs into the MLflow run the run started (its id in tracking.json), so the
     curves go on in one run instead of two half-runs."""

@@ -69,6 +69,7 @@ def test_csv_experiment(cli, tmp_path):
     assert metrics["test/mse"] == pytest.approx(metrics["test/loss"] * train.var().item(), rel=1e-3)
 
 
+@pytest.mark.slow
 def test_logger_choices(cli):
     result = cli("experiment=sine_mlp", "logger=csv", *SHORT)
     assert (result.run_dir() / "csv" / "metrics.csv").is_file()
@@ -76,6 +77,7 @@ def test_logger_choices(cli):
     assert len(result.run_dirs()) == 2
 
 
+@pytest.mark.slow
 def test_runs_started_together_get_their_own_directories(cli, tmp_path):
     import os
 
@@ -101,6 +103,7 @@ def test_runs_started_together_get_their_own_directories(cli, tmp_path):
     assert all((d / "metrics.json").is_file() for d in dirs)
 
 
+@pytest.mark.slow
 def test_cfg_job_and_help(cli):
     result = cli("--cfg", "job", "experiment=sine_mlp")
     assert "nnlab.models.mlp.MLP" in result.stdout and "window: 4" in result.stdout
