@@ -277,7 +277,8 @@ def test_a_grid_sweep_killed_9_resumes_with_the_same_command(tmp_path, launcher)
     the same hydra.sweep.dir) keeps the finished trial untouched, runs the unfinished ones, and
     every trial completes."""
     sweep = tmp_path / "sweep"
-    args = ["-m", "experiment=sine_mlp", "seed=1,2,3", "trainer.max_epochs=3"]
+    # epochs enough that the kill, within 0.2 s of trial 1's start, lands before it ends
+    args = ["-m", "experiment=sine_mlp", "seed=1,2,3", "trainer.max_epochs=40"]
     args += [f"hydra.sweep.dir={sweep}", *QUICK]
     if launcher == "joblib":  # one worker: trial 1 waits for trial 0
         args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=1"]
@@ -308,7 +309,7 @@ def test_a_grid_sweep_killed_9_resumes_with_the_same_command(tmp_path, launcher)
     for job in ("0", "1", "2"):
         status = json.loads((sweep / job / "status.json").read_text())
         assert status["status"] == "completed", (job, status)
-        assert json.loads((sweep / job / "metrics.json").read_text())["epochs"] == 3
+        assert json.loads((sweep / job / "metrics.json").read_text())["epochs"] == 40
     assert json.loads((sweep / "1" / "status.json").read_text()).get("resumed", 0) >= 1
 
 
