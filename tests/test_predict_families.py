@@ -58,6 +58,7 @@ def best(run):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["mnist_lstm", "mnist_lenet"])
 def test_predict_digits_from_npy_idx_and_png(runs, experiment, tmp_path, monkeypatch):
     from PIL import Image

@@ -178,6 +178,7 @@ def _tricky_config():
     }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_yaml_text_is_omegaconfs_text(make_cfg):
     """Run files are written with `yaml_text` (libyaml's emitter for plain ASCII): the same text
     as OmegaConf.to_yaml for every experiment's composed config (its Hydra node too, resolved or

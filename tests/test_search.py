@@ -271,6 +271,7 @@ def test_bad_search_settings_are_one_error_line(tmp_path, setting, message):
     assert not list((tmp_path / "outputs").glob("multiruns/*/*/0"))  # no trial started
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_a_grid_sweep_killed_9_resumes_with_the_same_command(tmp_path, launcher):
     """`kill -9` of the sweeping process while its second trial trains; the same command (with
@@ -359,6 +360,7 @@ def test_a_pruned_member_of_a_packed_group_leaves_it(tmp_path):
                 assert metrics[key] == pytest.approx(want[key], rel=1e-6), key
 
 
+@pytest.mark.slow
 def test_a_search_killed_9_continues_in_its_sweep_directory(tmp_path):
     """A search with its study in the sweep directory (the default storage), killed while its
     second trial trains: the same command with that hydra.sweep.dir continues the study. The

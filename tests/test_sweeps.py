@@ -66,6 +66,7 @@ def test_joblib_sweep_holds_every_trial_and_survives_a_crash(joblib_sweep):
     assert windows[0]["val/mse"] != windows[1]["val/mse"]  # different trials, different runs
 
 
+@pytest.mark.slow
 def test_report_on_a_real_sweep(joblib_sweep, tmp_path):
     out = tmp_path / "report"
     proc = nnlab([f"sweep={joblib_sweep}", f"out={out}"], tmp_path, tmp_path, module="nnlab.report")
