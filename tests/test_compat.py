@@ -160,7 +160,13 @@ def test_sweep_loads_are_routed_through_the_given_function():
 
 PRIVATE = {
     "lightning.py": ("fit_loop.", "_batches_that_stepped", "_on_before_step", "_connector"),
-    "hydra.py": ("hydra._internal", "_save_config", "_apply_overrides_to_config", "instance().cfg"),
+    "hydra.py": (
+        "hydra._internal",
+        "_save_config",
+        "_apply_overrides_to_config",
+        "instance().cfg",
+        "omegaconf._utils",
+    ),
 }
 
 
@@ -196,3 +202,13 @@ def test_lightning_log_lines_are_printed_once(tmp_path):
     output = proc.stdout + proc.stderr
     assert output.count("Seed set to 12345") == 1, output[-3000:]
     assert "Seed set to 12345" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_omegaconfs_dumper_quotes_as_to_yaml():
+    import yaml
+    from omegaconf import OmegaConf
+
+    dumper = hydra_compat.omegaconf_dumper()
+    assert dumper is not None  # the installed OmegaConf still has it where compat/ looks
+    data = {"a": "1", "b": "true", "c": "text"}
+    assert yaml.dump(data, Dumper=dumper, sort_keys=False) == OmegaConf.to_yaml(data)

@@ -146,13 +146,13 @@ def yaml_text(data: Any, resolve: bool = False) -> str:
     import yaml
     from omegaconf import ListConfig
 
-    try:  # OmegaConf's own Dumper class (its str representer quotes "1", "true" ...)
-        from omegaconf._utils import get_omega_conf_dumper
-    except ImportError:  # moved in another OmegaConf: its public function, slower
+    from nnlab.compat.hydra import omegaconf_dumper
+
+    dumper = omegaconf_dumper()  # its str representer quotes "1", "true" ...
+    if dumper is None:  # moved in another OmegaConf: its public function, slower
         return OmegaConf.to_yaml(data, resolve=resolve)
     if isinstance(data, DictConfig | ListConfig):
         data = OmegaConf.to_container(data, resolve=resolve, enum_to_str=True)
-    dumper = get_omega_conf_dumper()
     if getattr(yaml, "__with_libyaml__", False) and plain_data(data):
         dumper = _c_dumper(dumper)
     return yaml.dump(

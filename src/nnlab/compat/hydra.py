@@ -153,3 +153,13 @@ def compose_job(
 
 if (problem := version_problem()) is not None:
     log.warning(problem)
+
+
+def omegaconf_dumper() -> type | None:
+    """OmegaConf's YAML Dumper class (the representers behind `OmegaConf.to_yaml`), from its
+    private module; None where another OmegaConf moved it."""
+    try:
+        from omegaconf._utils import get_omega_conf_dumper
+    except ImportError:
+        return None
+    return get_omega_conf_dumper()
