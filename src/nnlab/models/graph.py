@@ -104,16 +104,17 @@ class Chain(nn.Module):
     def run(self, x: torch.Tensor, mask: torch.Tensor | None, initial: list | None):
         """`forward` for a node of one recurrent layer that starts from a given state or
         returns its own: (output, mask, the final state as Keras' list)."""
-        end = None
-        for layer, takes, ends in zip(self.layers, self.takes_mask, self.ends_mask, strict=True):
-            if isinstance(layer, Recurrent):
-                x, mask, end = layer.run(x, mask, initial)
-            elif takes:
-                x, mask = layer(x, mask)
-            else:
-                x = layer(x)
-            if ends:
-                mask = None
+        i = next(i for i, m in enumerate(self.layers) if isinstance(m, Recurrent))
+        before, after = slice(0, i), slice(i + 1, None)
+        x, mask = run_chain(
+            self.layers[before], self.takes_mask[before], self.ends_mask[before], x, mask
+        )
+        x, mask, end = self.layers[i].run(x, mask, initial)
+        if self.ends_mask[i]:
+            mask = None
+        x, mask = run_chain(
+            self.layers[after], self.takes_mask[after], self.ends_mask[after], x, mask
+        )
         return x, (mask if self.keeps_mask else None), end
 
     def recurrent(self) -> Recurrent | None:
