@@ -19,6 +19,7 @@ import torch
 from omegaconf import open_dict
 
 from nnlab.engine.capabilities import graph_optimizer, why_not
+from nnlab.engine.step import ModuleParameters, OptimizerStep
 from nnlab.errors import ConfigError
 from nnlab.runs import Run
 from nnlab.schema import check_node
@@ -267,14 +268,9 @@ def test_the_step_and_the_epoch_sums_match_plain_steps():
         ).sum()
 
     sums = loops.EpochSums(torch.device("cpu"))
-    step = CapturedStep(
-        list(net.parameters()),
-        torch.optim.Adam(net.parameters(), lr=0.1),
-        loss_fn,
-        sums,
-        micro_batch_size=4,
-        clip_val=0.5,
-    )
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.1)
+    parameters = ModuleParameters(net.parameters(), optimizer, clip_val=0.5)
+    step = CapturedStep(OptimizerStep(parameters), loss_fn, sums, micro_batch_size=4)
     for micro in zip(x.split(4), y.split(4), strict=True):  # 4 + 4 + 2
         step(micro)
         sums.samples += len(micro[0])
@@ -336,7 +332,8 @@ def test_the_graph_replays_the_eager_step_on_a_gpu(caplog):
             ).sum()
 
         sums = loops.EpochSums(device)
-        step = CapturedStep(params, optimizer, loss_fn, sums, micro_batch_size=16, clip_val=1.0)
+        parameters = ModuleParameters(params, optimizer, clip_val=1.0)
+        step = CapturedStep(OptimizerStep(parameters), loss_fn, sums, micro_batch_size=16)
         if not graphed:
             step.eager_reason = "reference"
         for _ in range(3):

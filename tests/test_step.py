@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from nnlab.engine.step import Accumulation, ModuleParameters, OptimizerStep, TrialParameters
+from nnlab.engine.step import ModuleParameters, OptimizerStep, TrialParameters
 from nnlab.packed.stack import Flat
 
 OPTIMIZERS = {
@@ -45,7 +45,7 @@ def alone(kind: str, trial: int, epochs: int = 2):
     counted = []
     step = OptimizerStep(
         ModuleParameters(net.parameters(), optimizer, clip),
-        Accumulation(ACCUMULATE),
+        ACCUMULATE,
         counted.append,
     )
     step.schedulers = [warm_up(optimizer)]
@@ -74,7 +74,7 @@ def stacked(kind: str, epochs: int = 2, nan_at: int | None = None):
     schedulers = [warm_up(o) for o in optimizers]  # (they set the first learning rate)
     averaged = []
     parameters = TrialParameters(flat, layout, optimizers, CLIPS, {}, [0, 0])
-    step = OptimizerStep(parameters, Accumulation(ACCUMULATE), averaging=averaged.append)
+    step = OptimizerStep(parameters, ACCUMULATE, averaging=averaged.append)
     step.schedulers = schedulers
     x, y = data(2)
     active = torch.tensor([True, True])
@@ -133,9 +133,12 @@ def test_one_network_stops_after_a_nan_loss_on_the_cpu():
     assert step.going_on(torch.tensor(math.nan)) is False
 
 
-def test_a_bad_accumulation_count_names_the_key():
+@pytest.mark.parametrize("bad", ["0", "2.5", "true"])
+def test_a_bad_accumulation_count_is_refused_by_the_schema(make_cfg, bad):
+    """The count is checked once, by the schema, before any engine is built."""
     from nnlab.errors import ConfigError
+    from nnlab.schema import check
 
-    for bad in (0, 2.5, True):
-        with pytest.raises(ConfigError, match="trainer.accumulate_grad_batches"):
-            Accumulation(bad)
+    cfg = make_cfg("experiment=sine_mlp", f"trainer.accumulate_grad_batches={bad}")
+    with pytest.raises(ConfigError, match="trainer.accumulate_grad_batches"):
+        check(cfg)

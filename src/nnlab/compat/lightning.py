@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import re
 
 import lightning as L
 import lightning.pytorch.loggers
+import torch
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
@@ -115,3 +117,14 @@ def log_once() -> None:
     for handler in list(lightning_log.handlers):
         if type(handler) is logging.StreamHandler:
             lightning_log.removeHandler(handler)
+
+
+def without_cuda() -> None:
+    """Importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (so that forks stay usable), and
+    then every `torch.cuda.is_available()` loads NVML again until CUDA is initialized, in every
+    step of Adam, RMSprop & co. (their graph-capture check). With no CUDA device there is
+    nothing to protect, so torch's own cached check comes back."""
+    nvml = "PYTORCH_NVML_BASED_CUDA_CHECK"
+    if os.environ.get(nvml) == "1" and not torch.cuda.is_available():
+        del os.environ[nvml]
+        log.debug("No CUDA device: %s unset (a CUDA check in every optimizer step)", nvml)

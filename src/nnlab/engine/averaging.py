@@ -3,7 +3,7 @@
 The rule (`blend`) works on any tensor: a network's parameter, or the packed group's stacked
 (trials, n) parameters with per-trial (trials, 1) settings. `Averaging` is the callback that
 applies it in Lightning's loop and in the fused loop (which calls `after_optimizer_step` after
-each of its steps); packed groups (packed/group.py) call `blend` on their stacked tensors.
+each of its steps); `StackedAverage` applies it to a packed group's stacked trials.
 
 Semantics (those of Lightning's `WeightAveraging` with `use_buffers=False`,
 tests/test_averaging.py compares them):
@@ -217,3 +217,29 @@ class SWA(Averaging):
         return torch.optim.swa_utils.SWALR(
             optimizer, self.lr, self.anneal_epochs, self.anneal_strategy
         )
+
+
+class StackedAverage:
+    """The averaged weights of stacked trials (packed/group.py): one (trials, n) tensor beside
+    their flat parameters, each trial with its own count and decay (from its `Averaging`; a
+    group's trials share one kind)."""
+
+    def __init__(self, averaging: list[Averaging], flat: torch.Tensor):
+        self.per_step = averaging[0].per_step
+        self.flat = flat.detach().clone()
+        self.count = torch.tensor([float(a.count) for a in averaging], device=flat.device)
+        self.decay = self.rest = None
+        if averaging[0].decay is not None:  # 1 - decay as each trial alone rounds it
+            self.decay = torch.tensor([a.decay for a in averaging], device=flat.device)[:, None]
+            self.rest = torch.tensor([1 - a.decay for a in averaging], device=flat.device)[:, None]
+
+    @torch.no_grad()
+    def update(self, current: torch.Tensor, mask: torch.Tensor) -> None:
+        """One update of the `mask`ed trials."""
+        new = blend(self.flat, current, self.count[:, None], self.decay, self.rest)
+        self.flat.copy_(torch.where(mask[:, None], new, self.flat))
+        self.count += mask.to(self.count.dtype)
+
+    def weights(self, current: torch.Tensor) -> torch.Tensor:
+        """The averaged weights of the trials that have any, else `current`."""
+        return torch.where((self.count > 0)[:, None], self.flat, current.detach())

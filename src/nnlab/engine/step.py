@@ -1,9 +1,9 @@
 """One optimizer step for the fused loop (tasks/loops.py, tasks/captured.py) and packed groups
 (packed/group.py), as Lightning's own loop steps. `OptimizerStep` owns the sequence:
-1. accumulation (`trainer.accumulate_grad_batches`, `Accumulation`): each batch's loss is scaled
-   by 1/k before its backward pass; the optimizer steps after every k-th batch of an epoch and
-   after its last batch (a short window, still scaled by 1/k, as in Lightning); gradients start
-   from zero at each window;
+1. accumulation (`trainer.accumulate_grad_batches`, k): each batch's loss is scaled by 1/k
+   before its backward pass; the optimizer steps after every k-th batch of an epoch and after
+   its last batch (a short window, still scaled by 1/k, as in Lightning); gradients start from
+   zero at each window;
 2. clipping (`trainer.gradient_clip_val`, by norm or by value);
 3. the optimizer step;
 4. counting it (the fused loop's `trainer.global_step`; stacked trials count in step 3, where
@@ -26,27 +26,7 @@ from typing import Any
 
 import torch
 
-from nnlab.errors import ConfigError
 from nnlab.packed import stack
-
-
-class Accumulation:
-    def __init__(self, batches: int | None = 1):
-        batches = 1 if batches is None else batches
-        if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
-            raise ConfigError(
-                "trainer.accumulate_grad_batches", f"must be a whole number >= 1, got {batches}"
-            )
-        self.batches = batches
-
-    def scaled(self, loss):
-        """A batch's loss as its backward pass takes it (divided by k, as Lightning divides)."""
-        return loss / self.batches if self.batches > 1 else loss
-
-    def steps_after(self, index: int, last: bool) -> bool:
-        """Whether the optimizer steps after the epoch's batch `index` (0-based; `last`: the
-        epoch's final batch)."""
-        return (index + 1) % self.batches == 0 or last
 
 
 class ModuleParameters:
@@ -143,22 +123,21 @@ class OptimizerStep:
     and steps `schedulers` (the engine sets them each epoch). `use`: None for one network, the
     mask of the trials that step for stacked ones."""
 
-    def __init__(
-        self, parameters, accumulation: Accumulation | None = None, count=None, averaging=None
-    ):
-        self.parameters = parameters
-        self.accumulation = accumulation or Accumulation(1)
+    def __init__(self, parameters, accumulate: int | None = 1, count=None, averaging=None):
+        self.parameters, self.accumulate = parameters, accumulate or 1
         self.count, self.averaging = count, averaging
         self.schedulers: list = []
         self.failed: bool | torch.Tensor = False  # (trials,): whose loss became NaN/inf
 
     def ends_window(self, index: int, last: bool) -> bool:
-        return self.accumulation.steps_after(index, last)
+        """Whether the optimizer steps after the epoch's batch `index` (0-based; `last`: the
+        epoch's final batch)."""
+        return (index + 1) % self.accumulate == 0 or last
 
     def backward(self, loss: torch.Tensor, apply: bool, use: Any = None) -> None:
         """1-3: the loss's gradients added to the window's; with `apply`, the clipped optimizer
         step."""
-        self.parameters.backward(self.accumulation.scaled(loss))
+        self.parameters.backward(loss / self.accumulate if self.accumulate > 1 else loss)
         if apply:
             self.parameters.clip()
             self.parameters.update(use)

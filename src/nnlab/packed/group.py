@@ -1,21 +1,18 @@
 """One packed group: the trials of a sweep whose networks have the same shapes, trained together
 as one stacked model, each ending in its own run directory as a sequential trial would.
 
-Per epoch and per trial this follows what nnlab-train's Lightning loop does: the batches come in
-the trial's own data order (`MemoryBatcher.order`, the same function), the loss is the task's,
-gradients are clipped by the trial's `trainer.gradient_clip_val`, the optimizer step uses the
-trial's hyperparameters (its scheduler steps its own lr), validation gives the same metrics
-(torchmetrics, the task's collections), ModelCheckpoint / EarlyStopping decide as Lightning's do,
-and the loggers get the same scalars at the same steps. A trial whose loss becomes NaN/inf is
-frozen, marked failed and masked out; the others go on.
+Per epoch and per trial this does what nnlab-train's Lightning loop does: the trial's own data
+order (`MemoryBatcher.order`), the task's loss, engine/step.py's optimizer step with the trial's
+hyperparameters, validation with the task's metrics, engine/policy.py's checkpoint and
+early-stopping decisions, the same scalars to the loggers. A trial whose loss becomes NaN/inf is
+frozen and marked failed; the others go on.
 
-Checkpoints and resume: after an epoch, at most every `hydra.launcher.save_every_s` seconds (and
-after the last), the group writes one file, `<sweep>/.packed/group<N>.ckpt`, with each trial's
-weights (current and best), optimizer moments, scheduler, best score and early-stopping counter.
-A file per trial per epoch would cost as much as the training itself for the small networks; the
-trials' own Lightning checkpoints (best and last, as ModelCheckpoint names them) are written when
-the trial ends. Running the same sweep again with
-`hydra.sweep.dir=<that sweep>` keeps the completed trials and continues the others.
+Resume: after an epoch, at most every `hydra.launcher.save_every_s` seconds (and after the last),
+the group rewrites one file, `<sweep>/.packed/group<N>.ckpt`: its stacked tensors (weights, best
+and averaged weights, buffers, optimizer moments) and each trial's counters (a file per trial per
+epoch would cost as much as training the small networks). The trials' own checkpoints (best and
+last) are written when they end. The same sweep command with `hydra.sweep.dir=<that sweep>` keeps
+the completed trials and continues the others from their rows of those tensors.
 """
 
 from __future__ import annotations
@@ -30,14 +27,14 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 from torch import nn
 
 from nnlab.assemble import record
-from nnlab.engine.averaging import CURRENT, blend
+from nnlab.engine.averaging import CURRENT, StackedAverage
 from nnlab.engine.policy import BestCheckpoint, EarlyStop
-from nnlab.engine.step import Accumulation, OptimizerStep, TrialParameters
+from nnlab.engine.step import OptimizerStep, TrialParameters
 from nnlab.packed import dense, stack
 from nnlab.packed.recurrent import DROPOUT_RATE
 from nnlab.runs import LAST, PACKED_STATE, Run, atomic_save
@@ -46,10 +43,17 @@ from nnlab.tracking import log_run_summary
 
 log = logging.getLogger("nnlab.packed")
 STATE_DIR = PACKED_STATE  # in the sweep directory: each group's resume state, one file per group
+STATE_FORMAT = 2  # stacked tensors as the group holds them (flat)
+
+
+def _map(tree: Any, fn) -> Any:
+    """`fn` applied to every tensor of a nest of dicts."""
+    return {k: _map(v, fn) for k, v in tree.items()} if isinstance(tree, dict) else fn(tree)
 
 
 def load_states(sweep_dir: Path) -> dict[int, dict]:
-    """Every trial's newest resume state found in `<sweep>/.packed/` (by job number)."""
+    """Every trial's newest resume state in `<sweep>/.packed/` (by job number), with its rows of
+    the group's stacked tensors under "rows"."""
     found: dict[int, dict] = {}
     for path in sorted((sweep_dir / STATE_DIR).glob("group*.ckpt")):
         try:
@@ -57,27 +61,14 @@ def load_states(sweep_dir: Path) -> dict[int, dict]:
         except Exception as exc:  # damaged: those trials start again
             log.warning("Skipping damaged packed state %s: %s", path, exc)
             continue
-        stacked = saved.get("stacked")  # absent from files written before stacked saving
-        for num, state in saved.get("trials", {}).items():
+        if saved.get("format") != STATE_FORMAT:
+            log.warning("Skipping %s: written by an older nnlab, its trials start again", path)
+            continue
+        for num, state in saved["trials"].items():
             if num not in found or state["epoch"] > found[num]["epoch"]:
-                found[num] = state if stacked is None else _trial_of(stacked, state)
+                rows = _map(saved["stacked"], lambda v, i=state["index"]: v[i].clone())
+                found[num] = {**state, "rows": rows}
     return found
-
-
-def _trial_of(stacked: dict, state: dict) -> dict:
-    """Trial `state["index"]`'s weights (current and best) and optimizer moments, sliced out
-    of a group file's stacked tensors."""
-    i = state["index"]
-    average = stacked.get("average")
-    return {
-        **state,
-        "average": None if average is None else {n: v[i].clone() for n, v in average.items()},
-        "state_dict": stack.state_dict_of(stacked["params"], stacked["buffers"], i),
-        "best_state_dict": stack.state_dict_of(stacked["best_params"], stacked["best_buffers"], i),
-        "optimizer": {
-            n: {k: v[i].clone() for k, v in s.items()} for n, s in stacked["optimizer"].items()
-        },
-    }
 
 
 @dataclass
@@ -108,33 +99,25 @@ class Trial:
     scheduler: Any = None
     scheduler_interval: str = "epoch"
     scheduler_monitor: str | None = None
-    checkpoint: ModelCheckpoint | None = None
-    early_stopping: EarlyStopping | None = None
+    checkpoint: ModelCheckpoint | None = None  # names the checkpoint files
+    best: BestCheckpoint | None = None  # its choice so far (None: no checkpoints)
+    stop: EarlyStop | None = None
     lr_monitor: bool = False
     loggers: list = field(default_factory=list)
     max_epochs: int = 1
-    min_epochs: int = 0
     clip: float = math.inf
     averaging: Any = None  # the averaging group's EMA / SWA (engine/averaging.py), or None
-    average_state: dict | None = None  # resumed: the averaged weights so far
     # training progress (restored on resume)
+    saved: dict | None = None  # resumed: its rows of the group's stacked tensors
     start_epoch: int = 0
     global_step: int = 0
-    optimizer_state: dict = field(default_factory=dict)  # param name -> {state name: tensor}
-    best_score: float | None = None
     best_path: str | None = None
-    best_epoch: int | None = None
-    best_step: int = 0
-    best_state: dict | None = None  # resumed: the best weights so far
     epoch: int = -1  # the last epoch trained
-    wait: int = 0
-    stop_best: float | None = None
-    stop_requested: bool = False  # early stopping asked, min_epochs not done yet
+    epochs_done: int = 0
     stopped: bool = False
     failed: str | None = None
     reporter: Any = None  # a search's trial: reports after each epoch, may be pruned
     pruned_at: int | None = None
-    epochs_done: int = 0
     file_log: logging.Logger | None = None
 
     signature: str = ""
@@ -194,11 +177,7 @@ class PackedGroup:
         distinct = list({t.data.key: t.data for t in trials}.values())
         keys = [d.key for d in distinct]
         self.data_index = torch.tensor([keys.index(t.data.key) for t in trials], device=device)
-        self.loaders = {
-            split: [getattr(d, f"{split}_loader") for d in distinct] for split in ("val", "test")
-        }
-        self.loaders["train"] = [t.data.train_loader for t in trials]
-        self.data = {  # every distinct data set once: (data sets, samples, ...) per tensor
+        self.data = {
             split: [
                 torch.stack([getattr(d, f"{split}_loader").tensors[i] for d in distinct]).to(device)
                 for i in range(len(first.data.train_loader.tensors))
@@ -208,6 +187,8 @@ class PackedGroup:
         self.base = stack.functional_copy(first.task, recurrent).to(device)
         self.caller = TaskCall(self.base)
         params, self.buffers = stack.stack_states([t.task for t in trials], device)
+        # buffers a step may change (running statistics), not the dropout rates
+        self.running = [n for n in self.buffers if not n.endswith(DROPOUT_RATE)]
         # all parameters in one (trials, n) leaf; `params` are views of it by name
         self.layout = stack.Flat(params)
         self.flat = self.layout.join(params).detach().requires_grad_(True)
@@ -215,60 +196,31 @@ class PackedGroup:
         how = "its layers on the trial axis" if self.native else "vmapped over trials"
         log.info("Stacked network: %s", how)
         self.optimizer_name = type(first.optimizer).__name__
-        self._averaging_spec()
-
-    def _averaging_spec(self) -> None:
-        """Every trial's averaged weights in one (trials, n) tensor, with its per-trial count
-        and decay (the group's trials share one kind: the launcher's signature)."""
-        self.averaging = self.trials[0].averaging
-        if self.averaging is None:
-            return
-        self.avg_flat = self.flat.detach().clone()
-        averaging = [t.averaging for t in self.trials]
-        self.avg_count = torch.tensor([float(a.count) for a in averaging], device=self.device)
-        if self.averaging.decay is not None:  # 1 - decay as each trial alone rounds it
-            self.decay = torch.tensor([a.decay for a in averaging], device=self.device)[:, None]
-            self.rest = torch.tensor([1 - a.decay for a in averaging], device=self.device)[:, None]
-        else:
-            self.decay = self.rest = None
+        averaging = [t.averaging for t in trials]
+        self.average = StackedAverage(averaging, self.flat) if first.averaging else None
 
     def _average(self, mask: torch.Tensor) -> None:
-        """One averaging update (engine/averaging.py's rule) of the `mask`ed trials."""
-        with torch.no_grad():
-            new = blend(self.avg_flat, self.flat, self.avg_count[:, None], self.decay, self.rest)
-            self.avg_flat.copy_(torch.where(mask[:, None], new, self.avg_flat))
-            self.avg_count += mask.to(self.avg_count.dtype)
+        self.average.update(self.flat, mask)
 
     @property
     def eval_flat(self) -> torch.Tensor:
         """The weights validation, checkpoints and test see: the averaged ones of the trials
         that have any, else the trained ones."""
-        flat = self.flat.detach()
-        if self.averaging is None:
-            return flat
-        return torch.where((self.avg_count > 0)[:, None], self.avg_flat, flat)
+        return self.flat.detach() if self.average is None else self.average.weights(self.flat)
 
-    @property
-    def params(self) -> dict[str, torch.Tensor]:
-        """{name: (trials, ...)} views of the flat parameters (made anew for each step: a
-        view's place in the autograd graph comes with it)."""
-        return self.layout.split(self.flat)
-
-    @property
-    def best_params(self) -> dict[str, torch.Tensor]:
-        return self.layout.split(self.best_flat)
+    def _stacked(self, optimizer_state: dict) -> dict[str, Any]:
+        """The tensors a resume file holds, by the names `load_states` gives their rows."""
+        stacked = {"flat": self.flat, "best_flat": self.best_flat, "buffers": self.buffers}
+        stacked.update(best_buffers=self.best_buffers, optimizer=optimizer_state)
+        if self.average is not None:
+            stacked["avg_flat"] = self.average.flat
+        return stacked
 
     # -- the vectorised pieces -----------------------------------------------------------------
-    def _call(self, params, buffers, batch, evaluate: bool = False):
+    def _call(self, params, buffers, x, y, evaluate: bool = False):
         """The task's own loss (TaskCall) with one trial's weights (vmapped over trials)."""
         named = {f"task.{k}": v for k, v in (params | buffers).items()}
-        return torch.func.functional_call(self.caller, named, (batch,), {"evaluate": evaluate})
-
-    def _train_fn(self, params, buffers, x, y):
-        return self._call(params, buffers, (x, y))
-
-    def _eval_fn(self, params, buffers, x, y):
-        return self._call(params, buffers, (x, y), evaluate=True)
+        return torch.func.functional_call(self.caller, named, ((x, y),), {"evaluate": evaluate})
 
     def _around_outputs(self, out, x, y, evaluate: bool = False):
         """The task's own code for one trial (vmapped) with `out` as its network's outputs."""
@@ -289,13 +241,12 @@ class PackedGroup:
         batch = self._slice("train", 0, 1)
         if len(batch) != 2:  # (inputs, targets) only
             return None
-        x, y = batch
         self.native = (network, dense.Outputs())
         try:  # the task's calling convention, training and evaluating
             with torch.no_grad():
                 for evaluate in (False, True):
                     self.base.train(not evaluate)
-                    self._stepper(evaluate)(self.params, self.buffers, x, y)
+                    self._stepper(evaluate)(self.layout.split(self.flat), self.buffers, *batch)
         except dense.NotNative:
             return None
         finally:
@@ -306,7 +257,7 @@ class PackedGroup:
         """fn(params, buffers, x, y) -> the task's per-trial results (TaskCall) for a stack of
         trials: the network on the trial axis (packed/dense.py) when it can, else vmapped."""
         if self.native is None:
-            fn = self._eval_fn if evaluate else self._train_fn
+            fn = functools.partial(self._call, evaluate=evaluate)
             return torch.vmap(fn, randomness="different")
         around = torch.vmap(
             functools.partial(self._around_outputs, evaluate=evaluate), randomness="different"
@@ -324,35 +275,20 @@ class PackedGroup:
 
     # -- training --------------------------------------------------------------------------------
     def run(self) -> None:
-        trials, device = self.trials, self.device
-        n_trials = len(trials)
-        self._restore()
-        train_loader = trials[0].data.train_loader
-        batch_size = train_loader.batch_size
-        num_batches = limit(train_loader._num_batches(), trials[0].cfg.trainer.limit_train_batches)
-        state: dict[str, torch.Tensor] = {}  # optimizer state name -> (trials, n), as flat
-        for i, t in enumerate(trials):
-            for name, saved in t.optimizer_state.items():
-                for key, value in saved.items():
-                    if key not in state:
-                        state[key] = torch.zeros_like(self.flat, requires_grad=False)
-                    self.layout.split(state[key])[name][i] = value.to(device)
+        trials = self.trials
         parameters = TrialParameters(
             self.flat,
             self.layout,
             [t.optimizer for t in trials],
             [t.clip for t in trials],
-            state,
+            self._restore(),
             [t.global_step for t in trials],
         )
-        optimizer_step = OptimizerStep(
+        self.optimizer_step = OptimizerStep(
             parameters,
-            Accumulation(trials[0].cfg.trainer.get("accumulate_grad_batches")),
-            averaging=self._average if self.averaging and self.averaging.per_step else None,
+            trials[0].cfg.trainer.get("accumulate_grad_batches"),
+            averaging=self._average if self.average and self.average.per_step else None,
         )
-        train_step = self._stepper()
-        # buffers a step may change (running statistics), not the dropout rates
-        running = [n for n in self.buffers if not n.endswith(DROPOUT_RATE)]
         last_epoch = max(t.max_epochs for t in trials)
         saved_at = time.monotonic()
         for epoch in range(min(t.start_epoch for t in trials), last_epoch):
@@ -362,111 +298,113 @@ class PackedGroup:
             ]
             if not any(active):
                 break
-            mask = torch.tensor(active, device=device)
-            improved = [False] * n_trials
-            for t, on in zip(trials, active, strict=True):
-                if on and t.lr_monitor:
-                    lr = t.optimizer.param_groups[0]["lr"]
-                    self._log(t, {f"lr-{self.optimizer_name}": lr}, t.global_step)
-                if on and t.averaging is not None:  # SWA's schedule takes over at its epoch
-                    if (swa := t.averaging.take_over_lr(t.optimizer, epoch)) is not None:
-                        t.scheduler, t.scheduler_interval = swa, "epoch"
-            optimizer_step.schedulers = [
-                t.scheduler
-                for t, on in zip(trials, active, strict=True)
-                if on and t.scheduler is not None and t.scheduler_interval == "step"
-            ]
-            parameters.hyperparameters_changed()  # epoch schedulers, SWA's
-            orders = torch.stack([loader.order(epoch) for loader in self.loaders["train"]])
-            orders = orders.to(device)
-            loss_sum = torch.zeros(n_trials, device=device)
-            correct = torch.zeros(n_trials, device=device)
-            seen = torch.zeros(n_trials, device=device)
-            self.base.train()
-            for b in range(num_batches):
-                idx = orders[:, b * batch_size : (b + 1) * batch_size]
-                x, y = self._gather("train", idx)
-                before = {n: self.buffers[n].clone() for n in running}
-                losses, right = train_step(parameters.views(), self.buffers, x, y)
-                use = optimizer_step.going_on(losses, mask)  # NaN/inf: that trial stops
-                total = torch.where(use, losses, torch.zeros_like(losses)).sum()
-                optimizer_step(total, b, b == num_batches - 1, use)
-                with torch.no_grad():
-                    for n, old in before.items():  # frozen trials keep their statistics
-                        buf = self.buffers[n]
-                        buf.copy_(torch.where(stack._b(use, buf), buf, old))
-                    n = float(idx.shape[1])
-                    loss_sum += torch.where(use, losses.detach() * n, 0.0)
-                    correct += torch.where(use, right.detach(), 0.0)
-                    seen += use.to(seen.dtype) * n
-            bad = mask & optimizer_step.failed  # the trials that failed in this epoch
-            if self.averaging is not None and not self.averaging.per_step:  # SWA: epoch ends
-                ends = [
-                    on and t.averaging.updates_after_epoch(epoch)
-                    for on, t in zip(active, trials, strict=True)
-                ]
-                self._average(torch.tensor(ends, device=device) & ~bad)
-            bad_now = bad.tolist()
-            step_counts = parameters.steps.long().tolist()
-            val = self.evaluate("val", self.layout.split(self.eval_flat), self.buffers)
-            train_loss = (loss_sum / seen.clamp_min(1)).tolist()
-            train_acc = (correct / seen.clamp_min(1)).tolist()
-            for i, t in enumerate(trials):
-                if not active[i]:
-                    continue
-                t.global_step = step_counts[i]
-                if bad_now[i]:
-                    t.failed = (
-                        f"training loss became nan/inf in epoch {epoch} (packed trial); lower "
-                        "task.optimizer.lr, clip gradients (trainer.gradient_clip_val=1.0) or "
-                        "check the data. The checkpoints from before are kept."
-                    )
-                    t.say("Trial failed: %s", t.failed)
-                    t.run.fail(t.failed)
-                    continue
-                metrics = {"train/loss": train_loss[i]}
-                if self.caller.counts_correct:  # the task's training_loss counts them
-                    metrics["train/acc"] = train_acc[i]
-                metrics.update(val[i])  # at the step Lightning logs epoch-end scalars at
-                self._log(t, {**metrics, "epoch": epoch}, t.global_step - 1)
-                t.say(
-                    "Epoch %d: %s",
-                    epoch,
-                    ", ".join(f"{k}={v:.6g}" for k, v in metrics.items()),
-                )
-                t.epochs_done = epoch + 1
-                improved[i] = self._end_of_epoch(t, epoch, metrics)
-            if any(improved):
-                self._keep_best(improved)
+            self._end_of_epoch(epoch, active, *self._train_epoch(epoch, active))
             if time.monotonic() - saved_at >= self.save_every_s or epoch + 1 == last_epoch:
-                self._save_group(parameters.state)
+                self._save_group()
                 saved_at = time.monotonic()
         self.finish()
 
-    def _end_of_epoch(self, t: Trial, epoch: int, metrics: dict) -> bool:
-        """Checkpoints, early stopping and the scheduler, in Lightning's order; whether the
-        trial's weights are its best so far (to keep: `_keep_best`)."""
-        improved = False
-        es = t.early_stopping
-        if es is not None:
-            stop = EarlyStop(es.monitor, es.mode, es.patience, es.min_delta, t.min_epochs)
-            stop.best, stop.wait, stop.requested = t.stop_best, t.wait, t.stop_requested
-            if stop.update(metrics, epoch):
-                t.stopped = True
-                t.say("Early stopping at epoch %d (%s did not improve)", epoch, es.monitor)
-            t.stop_best, t.wait, t.stop_requested = stop.best, stop.wait, stop.requested
+    def _train_epoch(self, epoch: int, active: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One epoch of the `active` trials: (the trials that failed in it, (3, trials) sums of
+        loss x samples, correct predictions and samples)."""
+        trials, step = self.trials, self.optimizer_step
+        for t, on in zip(trials, active, strict=True):
+            if on and t.lr_monitor:
+                lr = t.optimizer.param_groups[0]["lr"]
+                self._log(t, {f"lr-{self.optimizer_name}": lr}, t.global_step)
+            if on and t.averaging is not None:  # SWA's schedule takes over at its epoch
+                if (swa := t.averaging.take_over_lr(t.optimizer, epoch)) is not None:
+                    t.scheduler, t.scheduler_interval = swa, "epoch"
+        step.schedulers = [
+            t.scheduler
+            for t, on in zip(trials, active, strict=True)
+            if on and t.scheduler is not None and t.scheduler_interval == "step"
+        ]
+        step.parameters.hyperparameters_changed()  # epoch schedulers, SWA's
+        loader = trials[0].data.train_loader
+        size, batches = loader.batch_size, loader._num_batches()
+        batches = limit(batches, trials[0].cfg.trainer.limit_train_batches)
+        orders = torch.stack([t.data.train_loader.order(epoch) for t in trials]).to(self.device)
+        mask = torch.tensor(active, device=self.device)
+        sums = torch.zeros(3, len(trials), device=self.device)
+        train_step = self._stepper()
+        self.base.train()
+        for b in range(batches):
+            idx = orders[:, b * size : (b + 1) * size]
+            x, y = self._gather("train", idx)
+            before = {n: self.buffers[n].clone() for n in self.running}
+            losses, right = train_step(step.parameters.views(), self.buffers, x, y)
+            use = step.going_on(losses, mask)  # NaN/inf: that trial stops
+            step(torch.where(use, losses, torch.zeros_like(losses)).sum(), b, b == batches - 1, use)
+            with torch.no_grad():
+                for n, old in before.items():  # frozen trials keep their statistics
+                    buf = self.buffers[n]
+                    buf.copy_(torch.where(stack._b(use, buf), buf, old))
+                n = float(idx.shape[1])
+                added = torch.stack(
+                    [losses.detach() * n, right.detach(), torch.full_like(losses, n)]
+                )
+                sums += torch.where(use, added, 0.0)
+        return mask & step.failed, sums
+
+    def _end_of_epoch(self, epoch: int, active: list[bool], bad: torch.Tensor, sums) -> None:
+        """Averaging, validation, the loggers, and each trial's decisions; the best weights."""
+        if self.average is not None and not self.average.per_step:  # SWA: epoch ends
+            ends = [
+                on and t.averaging.updates_after_epoch(epoch)
+                for on, t in zip(active, self.trials, strict=True)
+            ]
+            self._average(torch.tensor(ends, device=self.device) & ~bad)
+        val = self.evaluate("val", self.layout.split(self.eval_flat), self.buffers)
+        train_loss, train_acc = (sums[:2] / sums[2].clamp_min(1)).tolist()
+        steps = self.optimizer_step.parameters.steps.long().tolist()
+        improved = [False] * len(self.trials)
+        for i, (t, failed) in enumerate(zip(self.trials, bad.tolist(), strict=True)):
+            if not active[i]:
+                continue
+            t.global_step = steps[i]
+            if failed:
+                t.failed = (
+                    f"training loss became nan/inf in epoch {epoch} (packed trial); lower "
+                    "task.optimizer.lr, clip gradients (trainer.gradient_clip_val=1.0) or "
+                    "check the data. The checkpoints from before are kept."
+                )
+                t.say("Trial failed: %s", t.failed)
+                t.run.fail(t.failed)
+                continue
+            metrics = {"train/loss": train_loss[i]}
+            if self.caller.counts_correct:  # the task's training_loss counts them
+                metrics["train/acc"] = train_acc[i]
+            metrics.update(val[i])  # at the step Lightning logs epoch-end scalars at
+            self._log(t, {**metrics, "epoch": epoch}, t.global_step - 1)
+            t.say("Epoch %d: %s", epoch, ", ".join(f"{k}={v:.6g}" for k, v in metrics.items()))
+            t.epochs_done = epoch + 1
+            improved[i] = self._decide(t, epoch, metrics)
+        if any(improved):  # the current weights become the best ones of those trials
+            keep = torch.tensor(improved, device=self.device)
+            with torch.no_grad():
+                flat = self.eval_flat
+                self.best_flat.copy_(torch.where(stack._b(keep, flat), flat, self.best_flat))
+                for name, b in self.buffers.items():
+                    best = self.best_buffers[name]
+                    best.copy_(torch.where(stack._b(keep, b), b, best))
+
+    def _decide(self, t: Trial, epoch: int, metrics: dict) -> bool:
+        """Early stopping, pruning, the best checkpoint and the scheduler, in Lightning's
+        order; whether the trial's weights are its best so far."""
+        if t.stop is not None and t.stop.update(metrics, epoch):
+            t.stopped = True
+            t.say("Early stopping at epoch %d (%s did not improve)", epoch, t.stop.monitor)
         rep = t.reporter  # as nnlab's TrialReporter callback does after a validation
         if rep is not None and t.pruned_at is None and rep.metric in metrics:
             if rep.check(float(metrics[rep.metric]), epoch):
                 t.stopped, t.pruned_at = True, epoch  # leaves the group; the others go on
                 t.say("Pruned by the search after epoch %d (%s)", epoch, rep.metric)
-        cb = t.checkpoint
-        if cb is not None:
-            best = BestCheckpoint(cb.monitor, cb.mode, t.best_score, t.best_epoch, t.best_step)
-            if best.update(metrics, epoch, t.global_step):  # written when the trial ends
-                t.best_path = cb.format_checkpoint_name({"epoch": epoch, "step": t.global_step})
-                t.best_score, t.best_epoch, t.best_step = best.score, best.epoch, best.step
-                improved = True
+        improved = t.best is not None and t.best.update(metrics, epoch, t.global_step)
+        if improved:  # written when the trial ends
+            t.best_path = t.checkpoint.format_checkpoint_name(
+                {"epoch": epoch, "step": t.global_step}
+            )
         if t.scheduler is not None and t.scheduler_interval == "epoch":
             if isinstance(t.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 t.scheduler.step(metrics[t.scheduler_monitor])
@@ -475,82 +413,110 @@ class PackedGroup:
         t.epoch = epoch
         return improved
 
-    def _resume_state(self, i: int, t: Trial) -> dict:
-        """What continues trial `i` after a crash besides its weights and optimizer moments
-        (those are the group's stacked tensors, index `i`): scheduler, best score and
-        early-stopping counter."""
-        if t.averaging is not None:
-            t.averaging.count = int(self.avg_count[i])
-        return {
-            "index": i,
-            "epoch": t.epoch,
-            "averaging": t.averaging.state_dict() if t.averaging is not None else None,
-            "global_step": t.global_step,
-            "optimizer_groups": t.optimizer.state_dict()["param_groups"],
-            "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
-            "best_score": t.best_score,
-            "best_path": t.best_path,
-            "best_epoch": t.best_epoch,
-            "best_step": t.best_step,
-            "wait": t.wait,
-            "stop_best": t.stop_best,
-            "stop_requested": t.stop_requested,
-            "stopped": t.stopped,
-            "pruned_at": t.pruned_at,
-            "failed": t.failed,
-        }
+    # -- resume ----------------------------------------------------------------------------------
+    def _save_group(self) -> None:
+        """The group's resume file, rewritten atomically: its stacked tensors as they are and
+        each trial's counters (besides its weights and optimizer moments, which are the rows
+        `index` of the tensors): scheduler, best score and early-stopping counter."""
+        trials = {}
+        for i, t in enumerate(self.trials):
+            if t.best is None or t.epoch < 0:
+                continue
+            if t.averaging is not None:
+                t.averaging.count = int(self.average.count[i])
+            trials[t.num] = {
+                "index": i,
+                "epoch": t.epoch,
+                "global_step": t.global_step,
+                "averaging": t.averaging.state_dict() if t.averaging is not None else None,
+                "optimizer_groups": t.optimizer.state_dict()["param_groups"],
+                "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
+                "best": (t.best.score, t.best.epoch, t.best.step),
+                "best_path": t.best_path,
+                "stop": None if t.stop is None else (t.stop.best, t.stop.wait, t.stop.requested),
+                "stopped": t.stopped,
+                "pruned_at": t.pruned_at,
+                "failed": t.failed,
+            }
+        if trials:  # not fsynced: rewritten often, and a kill (not a power loss) is the risk
+            state = self.optimizer_step.parameters.state
+            stacked = _map(self._stacked(state), lambda v: v.detach().cpu())
+            saved = {"format": STATE_FORMAT, "trials": trials, "stacked": stacked}
+            atomic_save(saved, self.state_path, durable=False)
 
-    def _save_group(self, state: dict) -> None:
-        """One file per group, rewritten atomically (`<sweep>/.packed/group<first job>.ckpt`,
-        at most every `save_every_s`): the stacked weights, best weights and optimizer moments
-        as they are, and each trial's own counters; `load_states` slices them into trials, once,
-        when a sweep resumes (what that saves: docs/performance.md)."""
-        trials = {
-            t.num: self._resume_state(i, t)
-            for i, t in enumerate(self.trials)
-            if t.checkpoint is not None and t.epoch >= 0
-        }
-        if not trials:
-            return
+    def _restore(self) -> dict[str, torch.Tensor]:
+        """The best weights so far (the current ones to start with), and resumed trials' rows
+        of the stacked tensors put back; returns the optimizer moments, (trials, n) by name."""
+        self.best_flat = self.flat.detach().clone()
+        self.best_buffers = {n: b.clone() for n, b in self.buffers.items()}
+        state: dict[str, torch.Tensor] = {}
 
-        def host(tensors: dict) -> dict:
-            return {n: v.detach().cpu() for n, v in tensors.items()}
+        def put(target: dict, rows: dict, i: int) -> None:
+            for name, row in rows.items():
+                if isinstance(row, dict):
+                    put(target[name], row, i)
+                else:  # (an optimizer moment the group has not made yet starts at zero)
+                    target.setdefault(name, torch.zeros_like(self.flat, requires_grad=False))
+                    target[name][i] = row
 
-        optimizer: dict[str, dict] = {name: {} for name, *_ in self.layout.layout}
-        for key, flat in state.items():  # by parameter name, as the trials' optimizers have it
-            for name, view in self.layout.split(flat).items():
-                optimizer[name][key] = view.cpu()
-        stacked = {
-            "params": host(self.params),
-            "buffers": host(self.buffers),
-            "best_params": host(self.best_params),
-            "best_buffers": host(self.best_buffers),
-            "optimizer": optimizer,
-        }
-        if self.averaging is not None:
-            stacked["average"] = host(self.layout.split(self.avg_flat))
-        # not fsynced (as before): rewritten often, and a kill (not a power loss) is the risk
-        atomic_save({"trials": trials, "stacked": stacked}, self.state_path, durable=False)
-
-    def _keep_best(self, improved: list[bool]) -> None:
-        """The current weights become the best ones of the `improved` trials."""
-        keep = torch.tensor(improved, device=self.device)
         with torch.no_grad():
-            flat = self.eval_flat
-            self.best_flat.copy_(torch.where(stack._b(keep, flat), flat, self.best_flat))
-            for name, b in self.buffers.items():
-                best = self.best_buffers[name]
-                best.copy_(torch.where(stack._b(keep, b), b, best))
+            for i, t in enumerate(self.trials):
+                put(self._stacked(state), t.saved or {}, i)
+        return state
 
-    def _weights(self, i: int, t: Trial, params: dict, buffers: dict) -> dict:
-        weights = stack.state_dict_of(params, buffers, i)
+    # -- validation, test and the end ------------------------------------------------------------
+    def _log(self, t: Trial, metrics: dict[str, float], step: int) -> None:
+        for logger in t.loggers:
+            logger.log_metrics(metrics, step=max(step, 0))
+
+    @torch.no_grad()
+    def evaluate(self, split: str, params: dict, buffers: dict) -> list[dict[str, float]]:
+        """Every trial's metrics on `split`, named as the task logs them."""
+        loader = getattr(self.trials[0].data, f"{split}_loader")
+        n, size = len(loader.tensors[0]), loader.batch_size
+        batches = limit(
+            math.ceil(n / size), self.trials[0].cfg.trainer.get(f"limit_{split}_batches")
+        )
+        fn = self._stepper(evaluate=True)
+        self.base.eval()
+        outputs, loss_sum, count = [], 0.0, 0
+        for b in range(batches):
+            x, y = self._slice(split, b * size, min((b + 1) * size, n))
+            out, y, loss = fn(params, buffers, x, y)
+            outputs.append((out, y))
+            loss_sum = loss_sum + loss * y.shape[1]
+            count += y.shape[1]
+        self.base.train()
+        losses = (loss_sum / max(count, 1)).tolist()
+        out, y = (torch.cat(parts, dim=1) for parts in zip(*outputs, strict=True))
+        if not self.classification and set(self.tasks[0].val_metrics) == {"val/mse", "val/mae"}:
+            # MeanSquaredError / MeanAbsoluteError over all samples, for every trial at once
+            mse = (out - y).pow(2).flatten(1).mean(1).tolist()
+            mae = (out - y).abs().flatten(1).mean(1).tolist()
+            return [
+                {f"{split}/loss": loss, f"{split}/mse": a, f"{split}/mae": b}
+                for loss, a, b in zip(losses, mse, mae, strict=True)
+            ]
+        results = []
+        for i, task in enumerate(self.tasks):
+            metrics = getattr(task, f"{split}_metrics")
+            metrics.reset()
+            metrics.update(
+                task.scores(out[i].cpu()) if self.classification else out[i].cpu(), y[i].cpu()
+            )
+            results.append(
+                {f"{split}/loss": losses[i], **{k: float(v) for k, v in metrics.compute().items()}}
+            )
+            metrics.reset()
+        return results
+
+    def _weights(self, i: int, t: Trial, flat: torch.Tensor, buffers: dict) -> dict:
+        weights = stack.state_dict_of(self.layout.split(flat), buffers, i)
         state_dict = t.task.state_dict()  # the task's own names (net.…), these weights in them
         state_dict.update({k: v for k, v in weights.items() if k in state_dict})
         return state_dict
 
-    def _save(
-        self, t: Trial, path: Path, state_dict: dict, epoch: int, step: int, current=None
-    ) -> None:
+    def _save(self, t: Trial, path: Path, state_dict: dict, epoch: int, step: int, current=None):
         """A Lightning-format checkpoint: `Task.load_from_checkpoint` and nnlab-eval read it
         (`current`: the trained weights when `state_dict` holds averaged ones)."""
         checkpoint = {
@@ -568,117 +534,36 @@ class PackedGroup:
             checkpoint[CURRENT] = current
         atomic_save(checkpoint, path, durable=False)
 
-    def _write_checkpoints(self, i: int, t: Trial) -> None:
-        """The trial's best and last checkpoints, as ModelCheckpoint leaves them."""
-        cb = t.checkpoint
-        if cb is None or t.epoch < 0:
-            return
-        if t.best_path and t.best_epoch is not None:
-            best = self._weights(i, t, self.best_params, self.best_buffers)
-            self._save(t, Path(t.best_path), best, t.best_epoch, t.best_step)
-        # the run manager always keeps last.ckpt (nnlab/runs.py)
-        last = self._weights(i, t, self.layout.split(self.eval_flat), self.buffers)
-        current = None
-        if self.averaging is not None and self.avg_count[i] > 0:  # as engine/averaging.py saves
-            current = self._weights(i, t, self.params, self.buffers)
-        self._save(t, Path(cb.dirpath) / LAST, last, t.epoch, t.global_step, current)
-
-    def _log(self, t: Trial, metrics: dict[str, float], step: int) -> None:
-        for logger in t.loggers:
-            logger.log_metrics(metrics, step=max(step, 0))
-
-    # -- validation and test -------------------------------------------------------------------
-    @torch.no_grad()
-    def evaluate(self, split: str, params: dict, buffers: dict) -> list[dict[str, float]]:
-        """Every trial's metrics on `split`, named as the task logs them."""
-        loader = self.loaders[split][0]
-        n = len(loader.tensors[0])
-        size = loader.batch_size
-        limit_key = f"limit_{split}_batches"
-        batches = limit(math.ceil(n / size), self.trials[0].cfg.trainer.get(limit_key))
-        fn = self._stepper(evaluate=True)
-        self.base.eval()
-        outputs, loss_sum, count = [], 0.0, 0
-        for b in range(batches):
-            x, y = self._slice(split, b * size, min((b + 1) * size, n))
-            out, y, loss = fn(params, buffers, x, y)
-            outputs.append((out, y))
-            loss_sum = loss_sum + loss * y.shape[1]
-            count += y.shape[1]
-        self.base.train()
-        losses = (loss_sum / max(count, 1)).tolist()
-        if not self.classification and set(self.tasks[0].val_metrics.keys()) == {
-            "val/mse",
-            "val/mae",
-        }:  # MeanSquaredError / MeanAbsoluteError over all samples, for every trial at once
-            out = torch.cat([o for o, _ in outputs], dim=1)
-            y = torch.cat([t for _, t in outputs], dim=1)
-            mse = (out - y).pow(2).flatten(1).mean(1).tolist()
-            mae = (out - y).abs().flatten(1).mean(1).tolist()
-            return [
-                {f"{split}/loss": loss, f"{split}/mse": a, f"{split}/mae": b}
-                for loss, a, b in zip(losses, mse, mae, strict=True)
-            ]
-        results = []
-        for i, task in enumerate(self.tasks):
-            metrics = getattr(task, f"{split}_metrics")
-            metrics.reset()
-            out = torch.cat([o[i] for o, _ in outputs]).cpu()
-            y = torch.cat([t[i] for _, t in outputs]).cpu()
-            metrics.update(task.scores(out) if self.classification else out, y)
-            values = {f"{split}/loss": losses[i]}
-            values.update({k: float(v) for k, v in metrics.compute().items()})
-            metrics.reset()
-            results.append(values)
-        return results
-
-    # -- resume and the end ----------------------------------------------------------------------
-    def _restore(self) -> None:
-        """Trials resumed from their last.ckpt: weights into the stacked tensors, the best
-        checkpoint's weights as the best so far."""
-        self.best_flat = self.flat.detach().clone()
-        self.best_buffers = {n: b.clone() for n, b in self.buffers.items()}
-        best_params = self.best_params
-        for i, t in enumerate(self.trials):
-            if t.average_state is not None:
-                with torch.no_grad():
-                    for name, view in self.layout.split(self.avg_flat).items():
-                        view[i] = t.average_state[name].to(view.device)
-            if t.best_state is None:
-                continue
-            with torch.no_grad():
-                for name, value in t.best_state.items():
-                    target = best_params.get(name)
-                    if target is None:
-                        target = self.best_buffers.get(name)
-                    if target is not None:
-                        target[i] = value.to(target.device)
-
     def finish(self) -> None:
-        """Validate and test every trial on its best weights; write metrics.json and status."""
-        have_best = torch.tensor(
-            [bool(t.checkpoint is not None and t.best_path) for t in self.trials],
-            device=self.device,
-        )
+        """Each trial's best and last checkpoints, as ModelCheckpoint leaves them; validate and
+        test every trial on its best weights; metrics.json and status."""
+        have_best = torch.tensor([bool(t.best_path) for t in self.trials], device=self.device)
         last = self.eval_flat  # the weights in memory at the end: averaged ones where any
         flat = torch.where(stack._b(have_best, last), self.best_flat, last)
-        params = self.layout.split(flat)
         buffers = {
             n: torch.where(stack._b(have_best, b), self.best_buffers[n], b)
             for n, b in self.buffers.items()
         }
-        val = self.evaluate("val", params, buffers)
-        test = self.evaluate("test", params, buffers)
+        val = self.evaluate("val", self.layout.split(flat), buffers)
+        test = self.evaluate("test", self.layout.split(flat), buffers)
         for i, t in enumerate(self.trials):
-            self._write_checkpoints(i, t)  # a failed trial keeps those from before the NaN
+            if t.best is not None and t.epoch >= 0:  # a failed trial's: from before the NaN
+                if t.best_path and t.best.epoch is not None:
+                    best = self._weights(i, t, self.best_flat, self.best_buffers)
+                    self._save(t, Path(t.best_path), best, t.best.epoch, t.best.step)
+                current = None  # the run manager always keeps last.ckpt (nnlab/runs.py)
+                if self.average is not None and self.average.count[i] > 0:  # as averaging.py saves
+                    current = self._weights(i, t, self.flat, self.buffers)
+                last_weights = self._weights(i, t, last, self.buffers)
+                path = Path(t.checkpoint.dirpath) / LAST
+                self._save(t, path, last_weights, t.epoch, t.global_step, current)
             if t.failed:
                 t.run.fail(t.failed)  # again for a resumed one: its start said running
                 for logger in t.loggers:
                     logger.finalize("failed")
                 continue
-            metrics = record(
-                val[i], test[i], t.best_path, t.best_epoch, t.epochs_done, t.global_step
-            )
+            best_epoch = t.best.epoch if t.best is not None else None
+            metrics = record(val[i], test[i], t.best_path, best_epoch, t.epochs_done, t.global_step)
             if t.pruned_at is not None:  # status.json: pruned
                 metrics["pruned_at_epoch"] = t.pruned_at
             self._log(t, {**val[i], "epoch": t.epochs_done}, t.global_step)

@@ -37,6 +37,7 @@ from nnlab.compat import hydra as hydra_compat
 from nnlab.config import build, build_all
 from nnlab.console import print_config_tree
 from nnlab.engine.capabilities import PLATEAU, SKIPPED_CALLBACKS, why_not
+from nnlab.engine.policy import BestCheckpoint, EarlyStop
 from nnlab.packed import stack
 from nnlab.packed.group import STATE_DIR, Data, PackedGroup, Trial, load_states
 from nnlab.runs import METRICS, Run, read_status
@@ -300,6 +301,11 @@ def prepare(
     # this job's own (set by _job_config; a deep copy would copy the job's whole config too,
     # the parent of its hydra node)
     hydra_cfg = hydra_compat.hydra_config()
+    checkpoint, es = parts.get("checkpoint"), parts.get("early_stopping")
+    if es is not None:
+        es = EarlyStop(
+            es.monitor, es.mode, es.patience, es.min_delta, trainer.get("min_epochs") or 0
+        )
     trial = Trial(
         num=num,
         overrides=overrides,
@@ -314,11 +320,11 @@ def prepare(
         scheduler=scheduler,
         scheduler_interval=interval,
         scheduler_monitor=task.hparams.get("scheduler_monitor"),
-        checkpoint=parts.get("checkpoint"),
-        early_stopping=parts.get("early_stopping"),
+        checkpoint=checkpoint,
+        best=None if checkpoint is None else BestCheckpoint(checkpoint.monitor, checkpoint.mode),
+        stop=es,
         lr_monitor=parts.get("lr_monitor", False),
         max_epochs=int(trainer.get("max_epochs") or 1000),
-        min_epochs=int(trainer.get("min_epochs") or 0),
         clip=float(clip) if clip else math.inf,
         averaging=averaging,
     )
@@ -365,29 +371,23 @@ def _is_cls(task: Any) -> bool:
 def _resume(t: Trial, states: dict[int, dict]) -> None:
     """A trial of a resumed sweep continues from its state in `<sweep>/.packed/`."""
     state = states.get(t.num)
-    if state is None or t.checkpoint is None:
+    if state is None or t.best is None:
         return
-    own = t.task.state_dict()  # the stacked weights in the task's names (swapped modules'
-    own.update({k: v for k, v in state["state_dict"].items() if k in own})  # rates left out)
-    t.task.load_state_dict(own)
-    t.best_state = state["best_state_dict"]
+    t.saved = state["rows"]  # its weights, optimizer moments, ...: the group puts them back
     t.optimizer.load_state_dict({"state": {}, "param_groups": state["optimizer_groups"]})
     if t.averaging is not None and state.get("averaging") is not None:
         t.averaging.load_state_dict(state["averaging"])
-        t.average_state = state["average"]
     swa_lr = t.averaging is not None and t.averaging.scheduler_state is not None
     if t.scheduler is not None and state.get("scheduler") is not None and not swa_lr:
         t.scheduler.load_state_dict(state["scheduler"])  # (else it is SWA's: taken over again)
-    t.optimizer_state = state["optimizer"]
     t.epoch = int(state["epoch"])
     t.start_epoch = t.epochs_done = t.epoch + 1
     t.global_step = int(state["global_step"])
-    t.best_score, t.best_path = state["best_score"], state["best_path"]
-    t.best_epoch, t.best_step = state["best_epoch"], state["best_step"]
-    t.wait, t.stop_best = state["wait"], state["stop_best"]
-    t.stop_requested = bool(state.get("stop_requested", False))  # (older state files: none)
-    t.stopped, t.failed = state["stopped"], state["failed"]
-    t.pruned_at = state.get("pruned_at")
+    t.best.score, t.best.epoch, t.best.step = state["best"]
+    if t.stop is not None and state["stop"] is not None:
+        t.stop.best, t.stop.wait, t.stop.requested = state["stop"]
+    t.best_path, t.stopped, t.failed = state["best_path"], state["stopped"], state["failed"]
+    t.pruned_at = state["pruned_at"]
     t.resumed = True
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from nnlab.engine.step import Accumulation, ModuleParameters, OptimizerStep
+from nnlab.engine.step import OptimizerStep
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +26,10 @@ CAPTURABLE = "capturable"
 
 class CapturedStep:
     """`step(micro_batch)`: `loss_fn(micro_batch)`, then the device side of `optimizer_step`
-    (engine/step.py: backward, clip, optimizer step), with the loss and correct predictions
-    added to `sums` (`add(loss, correct, n)`); replayed as one CUDA graph when `capture` is set
-    and the device is CUDA. The loop calls `optimizer_step.after()` after each optimizer step.
+    (engine/step.py over a network's ModuleParameters: backward, clip, optimizer step), with
+    the loss and correct predictions added to `sums` (`add(loss, correct, n)`); replayed as one
+    CUDA graph when `capture` is set and the device is CUDA. The loop calls
+    `optimizer_step.after()` after each optimizer step.
 
     `loss_fn(batch) -> (mean loss, number of correct predictions or None)`. Micro-batches of
     `micro_batch_size` replay the graph; a smaller one (the epoch's last) takes an eager step on
@@ -37,24 +38,19 @@ class CapturedStep:
 
     def __init__(
         self,
-        params: Sequence[torch.nn.Parameter],
-        optimizer: torch.optim.Optimizer,
+        optimizer_step: OptimizerStep,
         loss_fn: Callable[[Sequence[torch.Tensor]], tuple[torch.Tensor, torch.Tensor | None]],
         sums: Any,
         micro_batch_size: int,
-        clip_val: float | None = None,
-        clip_algorithm: str = "norm",
         autocast_dtype: torch.dtype | None = None,
         capture: bool = True,
-        accumulation: Accumulation | None = None,
     ):
-        parameters = ModuleParameters(params, optimizer, clip_val, clip_algorithm)
-        self.optimizer_step = OptimizerStep(parameters, accumulation)
-        self.optimizer, self.loss_fn, self.sums = optimizer, loss_fn, sums
+        self.optimizer_step, self.loss_fn, self.sums = optimizer_step, loss_fn, sums
+        self.optimizer = optimizer_step.parameters.optimizer
         self.micro_batch_size = int(micro_batch_size)
         self.autocast_dtype = autocast_dtype
         self.window_start = True  # gradients start from zero at the next step
-        self.device = parameters.params[0].device
+        self.device = optimizer_step.parameters.params[0].device
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: list[torch.Tensor] = []
         self.warmup_left = WARMUP_STEPS

@@ -28,7 +28,6 @@ and it asks the data module to group batches (`DataModule.group_training_batches
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import lightning as L
@@ -39,7 +38,7 @@ from nnlab.data.memory import MicroBatches
 from nnlab.engine.averaging import Averaging
 from nnlab.engine.capabilities import why_not
 from nnlab.engine.keys import LOOPS, loop_keys  # noqa: F401 (tasks.loops' names)
-from nnlab.engine.step import Accumulation
+from nnlab.engine.step import ModuleParameters, OptimizerStep
 from nnlab.tasks import captured
 
 log = logging.getLogger(__name__)
@@ -60,17 +59,6 @@ def batch_counter(trainer: L.Trainer) -> str | None:
     return None
 
 
-def without_cuda() -> None:
-    """Importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (so that forks stay usable), and
-    then every `torch.cuda.is_available()` loads NVML again until CUDA is initialized, in every
-    step of Adam, RMSprop & co. (their graph-capture check). With no CUDA device there is
-    nothing to protect, so torch's own cached check comes back."""
-    nvml = "PYTORCH_NVML_BASED_CUDA_CHECK"
-    if os.environ.get(nvml) == "1" and not torch.cuda.is_available():
-        del os.environ[nvml]
-        log.debug("No CUDA device: %s unset (a CUDA check in every optimizer step)", nvml)
-
-
 def training_loop(task: L.LightningModule) -> TrainingLoop | None:
     """The callback that chooses and runs the loop of `task.loop` when the run is assembled
     (None for a LightningModule of the user's own: Lightning's loop trains it)."""
@@ -82,19 +70,23 @@ def training_loop(task: L.LightningModule) -> TrainingLoop | None:
 
 
 class EpochSums:
-    """Training loss and correct predictions summed over an epoch on the device (inside the
-    captured step too), read once when the epoch is logged."""
+    """An epoch's training loss and correct predictions, summed on the device (inside the
+    captured step too) and read once when the epoch is logged; its samples and micro-batches
+    counted on the host. Its state goes into checkpoints: a run resumed mid-epoch logs the same
+    train/loss and train/acc as one never stopped."""
 
-    def __init__(self, device: torch.device):
-        self.loss = torch.zeros((), device=device)
-        self.correct = torch.zeros((), device=device, dtype=torch.long)
-        self.samples = 0  # counted on the host, outside any graph
-        self.counts_correct = False
+    def __init__(self, device: torch.device, state: dict[str, Any] | None = None):
+        state = state or {}
+        self.loss = torch.tensor(float(state.get("loss", 0.0)), device=device)
+        self.correct = torch.tensor(int(state.get("correct", 0)), device=device)
+        self.samples = state.get("samples", 0)
+        self.micro_batches = state.get("micro_index", 0)  # (accumulation windows)
+        self.counts_correct = state.get("counts_correct", False)
 
-    def reset(self) -> None:
+    def reset(self) -> None:  # in place: a captured step adds to these tensors
         self.loss.zero_()
         self.correct.zero_()
-        self.samples = 0
+        self.samples = self.micro_batches = 0
 
     def add(self, loss: torch.Tensor, correct: torch.Tensor | None, n: int) -> None:
         self.loss.add_(loss.detach().float(), alpha=n)
@@ -109,6 +101,15 @@ class EpochSums:
             metrics["train/acc"] = self.correct.float() / n
         return metrics
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "loss": float(self.loss),
+            "correct": int(self.correct),
+            "samples": self.samples,
+            "counts_correct": self.counts_correct,
+            "micro_index": self.micro_batches,
+        }
+
 
 class TrainingLoop(L.Callback):
     """Chooses the loop when fitting starts and, for the fused loop, runs each batch's steps."""
@@ -122,17 +123,14 @@ class TrainingLoop(L.Callback):
         self.sums: EpochSums | None = None
         self._restored: dict[str, Any] | None = None
         self.micro_batch_size: int | None = None
-        self.accumulation = Accumulation(1)
-        self.micro_index = 0  # micro-batches of this epoch so far (accumulation windows)
         self.averaging: list[Averaging] = []  # updated after each of the loop's steps
 
     # -- the choice ---------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        without_cuda()
+        lightning_compat.without_cuda()
         self.fused, self.capture = self._choose(trainer, pl_module)
-        self.accumulation = Accumulation(trainer.accumulate_grad_batches)
         group = 1
         if self.fused:
             counter = batch_counter(trainer)
@@ -197,30 +195,32 @@ class TrainingLoop(L.Callback):
 
     def _build(self, task: L.LightningModule, trainer: L.Trainer) -> captured.CapturedStep:
         """Built at the first batch: the optimizer exists and is restored by then."""
-        precision = str(trainer.precision)
         optimizer = task.optimizers()
-        step = captured.CapturedStep(
-            task.parameters(),
-            optimizer.optimizer,
-            task.training_loss,
-            self.sums,
-            micro_batch_size=self.micro_batch_size,
-            clip_val=trainer.gradient_clip_val,
-            clip_algorithm=getattr(trainer.gradient_clip_algorithm, "value", None) or "norm",
-            autocast_dtype=torch.bfloat16 if precision == "bf16-mixed" else None,
-            capture=self.capture,
-            accumulation=self.accumulation,
+        algorithm = getattr(trainer.gradient_clip_algorithm, "value", None) or "norm"
+        parameters = ModuleParameters(
+            task.parameters(), optimizer.optimizer, trainer.gradient_clip_val, algorithm
         )
-        # after each optimizer step: Lightning's count (trainer.global_step), as if the
-        # LightningOptimizer had stepped, and the averaging callbacks' updates
-        step.optimizer_step.count = lambda _: lightning_compat.count_optimizer_step(optimizer)
+
+        def after_step(_) -> None:  # as if the LightningOptimizer had stepped
+            lightning_compat.count_optimizer_step(optimizer)  # trainer.global_step
 
         def average(_) -> None:
             for averaging in self.averaging:
                 averaging.after_optimizer_step(task)
 
-        step.optimizer_step.averaging = average if self.averaging else None
-        return step
+        averages = average if self.averaging else None
+        optimizer_step = OptimizerStep(
+            parameters, trainer.accumulate_grad_batches, after_step, averages
+        )
+        bf16 = str(trainer.precision) == "bf16-mixed"
+        return captured.CapturedStep(
+            optimizer_step,
+            task.training_loss,
+            self.sums,
+            self.micro_batch_size,
+            autocast_dtype=torch.bfloat16 if bf16 else None,
+            capture=self.capture,
+        )
 
     def _schedulers(self, trainer: L.Trainer, interval: str) -> list:
         return [c.scheduler for c in trainer.lr_scheduler_configs if c.interval == interval]
@@ -232,7 +232,7 @@ class TrainingLoop(L.Callback):
         if self.micro_batch_size is None:  # a loader of plain batches (no data module)
             self.micro_batch_size = len(batch[-1])
         if self.sums is None:  # resumed mid-epoch: Lightning skips on_train_epoch_start
-            self._start_sums(task)
+            self.sums, self._restored = EpochSums(task.device, self._restored), None
         if self.step is None:
             self.step = self._build(task, trainer)
         optimizer_step = self.step.optimizer_step
@@ -249,9 +249,10 @@ class TrainingLoop(L.Callback):
         for j, micro in enumerate(micros):
             if transform is not None:
                 micro = transform(micro)
-            apply = optimizer_step.ends_window(self.micro_index, final and j == len(micros) - 1)
+            last = final and j == len(micros) - 1
+            apply = optimizer_step.ends_window(self.sums.micro_batches, last)
             loss = self.step(micro, apply)  # backward, clip, optimizer step (engine/step.py)
-            self.micro_index += 1
+            self.sums.micro_batches += 1
             self.sums.samples += len(micro[-1])
             if apply:
                 steps += 1
@@ -260,19 +261,9 @@ class TrainingLoop(L.Callback):
                 break  # the NaN check (callbacks/resilience.py) names this step
         # The loggers' step axis: one per optimizer step, as in Lightning's own loop, so curves
         # of both loops line up (Lightning adds one where its own window of batches ends).
-        counted = self.accumulation.steps_after(batch_idx, final)
+        counted = optimizer_step.ends_window(batch_idx, final)
         lightning_compat.add_logged_steps(trainer, steps - int(counted))
         return loss
-
-    def _start_sums(self, task: L.LightningModule) -> None:
-        self.sums = EpochSums(task.device)
-        if self._restored:  # the epoch's sums so far, from a mid-epoch checkpoint
-            self.sums.loss.fill_(self._restored["loss"])
-            self.sums.correct.fill_(self._restored["correct"])
-            self.sums.samples = self._restored["samples"]
-            self.sums.counts_correct = self._restored["counts_correct"]
-            self.micro_index = self._restored.get("micro_index", 0)
-        self._restored = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.fused:
@@ -280,22 +271,10 @@ class TrainingLoop(L.Callback):
         if self.sums is None:
             self.sums = EpochSums(pl_module.device)
         self.sums.reset()
-        self.micro_index = 0
-        self._restored = None
-        self._per_step = None
+        self._restored = self._per_step = None
 
-    # The epoch's sums so far go into checkpoints: a run resumed mid-epoch logs the same
-    # train/loss and train/acc as one never stopped.
     def state_dict(self) -> dict[str, Any]:
-        if self.sums is None:
-            return {}
-        return {
-            "loss": float(self.sums.loss),
-            "correct": int(self.sums.correct),
-            "samples": self.sums.samples,
-            "counts_correct": self.sums.counts_correct,
-            "micro_index": self.micro_index,
-        }
+        return {} if self.sums is None else self.sums.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored = dict(state_dict) or None
