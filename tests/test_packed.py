@@ -11,6 +11,7 @@ packed/recurrent.py); the differences seen are ~1e-6 relative after a few epochs
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -507,3 +508,30 @@ def test_each_trial_is_composed_and_checked_once(tmp_path, monkeypatch, capfd):
     assert "Training 4 trials as one stacked model: #0, #1, #2, #3" in out
     assert len(composed) == len(set(composed)) == 4  # each trial's overrides, once
     assert checked == [] and schema.CHECKED_JOBS == {}  # all taken
+
+
+def test_a_resume_file_gives_each_trial_its_rows_and_other_files_are_skipped(tmp_path, caplog):
+    """load_states: a trial's rows of its group's stacked tensors (row `index`), the newest
+    epoch of a trial found in two files; a damaged file or one of an older format is skipped
+    with a warning (those trials start again)."""
+    from nnlab.packed.group import STATE_DIR, STATE_FORMAT, load_states
+
+    folder = tmp_path / STATE_DIR
+    folder.mkdir()
+    stacked = {"flat": torch.arange(6.0).view(2, 3), "buffers": {"b": torch.tensor([[1.0], [2.0]])}}
+    trials = {5: {"index": 1, "epoch": 2}, 7: {"index": 0, "epoch": 2}}
+    torch.save(
+        {"format": STATE_FORMAT, "trials": trials, "stacked": stacked}, folder / "group5.ckpt"
+    )
+    older = {"format": STATE_FORMAT, "trials": {7: {"index": 1, "epoch": 1}}, "stacked": stacked}
+    torch.save(older, folder / "group7.ckpt")
+    torch.save({"trials": {9: {"epoch": 3}}}, folder / "group9.ckpt")  # no format: older nnlab
+    (folder / "group11.ckpt").write_bytes(b"not a checkpoint")
+    with caplog.at_level(logging.WARNING):
+        states = load_states(tmp_path)
+    assert sorted(states) == [5, 7]
+    assert torch.equal(states[5]["rows"]["flat"], torch.tensor([3.0, 4.0, 5.0]))
+    assert states[5]["rows"]["buffers"]["b"].item() == 2.0
+    assert states[7]["epoch"] == 2 and torch.equal(states[7]["rows"]["flat"], torch.arange(3.0))
+    assert "group9.ckpt: written by an older nnlab" in caplog.text
+    assert "damaged packed state" in caplog.text and "group11.ckpt" in caplog.text

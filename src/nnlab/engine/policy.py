@@ -17,11 +17,6 @@ def improved(current: float, best: float | None, mode: str, min_delta: float = 0
     return current < best - delta if mode == "min" else current > best + delta
 
 
-def worst(mode: str) -> float:
-    """What a non-finite metric counts as (ModelCheckpoint: +inf when minimising)."""
-    return math.inf if mode == "min" else -math.inf
-
-
 @dataclass
 class BestCheckpoint:
     """ModelCheckpoint(save_top_k=1)'s choice: `update` says whether this epoch's weights are
@@ -38,8 +33,8 @@ class BestCheckpoint:
             current, mode = float(epoch), "max"
         else:
             current, mode = float(metrics[self.monitor]), self.mode
-            if not math.isfinite(current):
-                current = worst(mode)
+            if not math.isfinite(current):  # the worst (ModelCheckpoint: +inf when minimising)
+                current = math.inf if mode == "min" else -math.inf
         if self.score is not None and not improved(current, self.score, mode):
             return False
         self.score, self.epoch, self.step = current, epoch, step

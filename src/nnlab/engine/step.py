@@ -1,22 +1,9 @@
 """One optimizer step for the fused loop (tasks/loops.py, tasks/captured.py) and packed groups
-(packed/group.py), as Lightning's own loop steps. `OptimizerStep` owns the sequence:
-1. accumulation (`trainer.accumulate_grad_batches`, k): each batch's loss is scaled by 1/k
-   before its backward pass; the optimizer steps after every k-th batch of an epoch and after
-   its last batch (a short window, still scaled by 1/k, as in Lightning); gradients start from
-   zero at each window;
-2. clipping (`trainer.gradient_clip_val`, by norm or by value);
-3. the optimizer step;
-4. counting it (the fused loop's `trainer.global_step`; stacked trials count in step 3, where
-   Adam's bias correction reads the count);
-5. the per-step schedulers (`task.scheduler_interval=step`);
-6. weight averaging after each step (engine/averaging.py);
-7. the non-finite-loss policy (`going_on`).
-1-3 (`backward`) run on the device and are graph-safe (the CUDA-graph step records them); 4-6
-(`after`) on the host, after the step or its graph's replay.
-
-The parameters: `ModuleParameters`, a network's with its torch.optim optimizer (the fused loop),
-or `TrialParameters`, trials' parameters stacked on a leading axis with hand-written optimizers
-(packed/stack.py), clipped per trial and updated under a mask of the trials that go on.
+(packed/group.py), as Lightning's own loop steps: `OptimizerStep` over a network's parameters
+(`ModuleParameters`) or stacked trials' (`TrialParameters`). Its sequence (docs/architecture.md,
+"The training engines"): accumulation, clipping, the optimizer step (`backward`: on the device,
+graph-safe), then counting, per-step schedulers and averaging (`after`: on the host), and the
+non-finite-loss policy (`going_on`).
 """
 
 from __future__ import annotations
@@ -118,10 +105,10 @@ class TrialParameters:
 
 
 class OptimizerStep:
-    """The sequence of the module's text over `parameters` (ModuleParameters or
-    TrialParameters); after each step it calls `count(use)` and `averaging(use)` (the engine's)
-    and steps `schedulers` (the engine sets them each epoch). `use`: None for one network, the
-    mask of the trials that step for stacked ones."""
+    """The step's sequence over `parameters` (ModuleParameters or TrialParameters); after each
+    step it calls `count(use)` and `averaging(use)` (the engine's) and steps `schedulers` (the
+    engine sets them each epoch). `use`: None for one network, the mask of the trials that step
+    for stacked ones."""
 
     def __init__(self, parameters, accumulate: int | None = 1, count=None, averaging=None):
         self.parameters, self.accumulate = parameters, accumulate or 1
@@ -135,15 +122,15 @@ class OptimizerStep:
         return (index + 1) % self.accumulate == 0 or last
 
     def backward(self, loss: torch.Tensor, apply: bool, use: Any = None) -> None:
-        """1-3: the loss's gradients added to the window's; with `apply`, the clipped optimizer
-        step."""
+        """The loss's gradients added to the window's (scaled by 1/k); with `apply`, the clipped
+        optimizer step. On the device: a CUDA graph records it."""
         self.parameters.backward(loss / self.accumulate if self.accumulate > 1 else loss)
         if apply:
             self.parameters.clip()
             self.parameters.update(use)
 
     def after(self, use: Any = None) -> None:
-        """4-6, on the host after an optimizer step."""
+        """Counting, per-step schedulers, averaging: on the host, after an optimizer step."""
         if self.count is not None:
             self.count(use)
         for scheduler in self.schedulers:
@@ -161,16 +148,11 @@ class OptimizerStep:
             self.after(use)
 
     def going_on(self, loss: torch.Tensor, active: torch.Tensor | None = None) -> Any:
-        """7, the non-finite-loss policy: a trial whose training loss became NaN/inf stops.
-
-        One network (`active` None): whether training goes on after this loss's step. On the
-        CPU the loss is read at once (that costs nothing): the loop stops after its step, and
-        the NaN check (callbacks/resilience.py) names the step and fails the run; on a GPU that
-        check reads losses in batches (no sync per step). Stacked trials: the mask of `active`
-        trials that go on, taken before the loss's backward pass: a failed trial keeps its
-        parameters, moments and step count from before it, and the group marks it failed at
-        the epoch's end.
-        """
+        """The non-finite-loss policy. One network (`active` None): whether training goes on
+        after this loss's step (read at once on the CPU, where that costs nothing; on a GPU the
+        NaN check, callbacks/resilience.py, reads losses in batches). Stacked trials: the mask
+        of `active` trials that go on, taken before the loss's backward pass (a failed trial
+        keeps its parameters, moments and count from before it)."""
         if active is None:
             return loss.device.type != "cpu" or math.isfinite(loss.item())
         self.failed = self.failed | (active & ~torch.isfinite(loss.detach()))

@@ -1,18 +1,8 @@
 """One packed group: the trials of a sweep whose networks have the same shapes, trained together
-as one stacked model, each ending in its own run directory as a sequential trial would.
-
-Per epoch and per trial this does what nnlab-train's Lightning loop does: the trial's own data
-order (`MemoryBatcher.order`), the task's loss, engine/step.py's optimizer step with the trial's
-hyperparameters, validation with the task's metrics, engine/policy.py's checkpoint and
-early-stopping decisions, the same scalars to the loggers. A trial whose loss becomes NaN/inf is
-frozen and marked failed; the others go on.
-
-Resume: after an epoch, at most every `hydra.launcher.save_every_s` seconds (and after the last),
-the group rewrites one file, `<sweep>/.packed/group<N>.ckpt`: its stacked tensors (weights, best
-and averaged weights, buffers, optimizer moments) and each trial's counters (a file per trial per
-epoch would cost as much as training the small networks). The trials' own checkpoints (best and
-last) are written when they end. The same sweep command with `hydra.sweep.dir=<that sweep>` keeps
-the completed trials and continues the others from their rows of those tensors.
+as one stacked model, each as nnlab-train's Lightning loop would train it alone (its data
+order, the task's loss, engine/step.py's step, engine/policy.py's decisions) and each ending in
+its own run directory. A trial whose loss becomes NaN/inf is frozen and marked failed; the
+others go on. The group's resume file and checkpoints: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -29,7 +19,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
-from torch import nn
+from torch import Tensor, nn
 
 from nnlab.assemble import record
 from nnlab.engine.averaging import CURRENT, StackedAverage
@@ -46,9 +36,16 @@ STATE_DIR = PACKED_STATE  # in the sweep directory: each group's resume state, o
 STATE_FORMAT = 2  # stacked tensors as the group holds them (flat)
 
 
-def _map(tree: Any, fn) -> Any:
-    """`fn` applied to every tensor of a nest of dicts."""
-    return {k: _map(v, fn) for k, v in tree.items()} if isinstance(tree, dict) else fn(tree)
+def _map(fn, tree: Any, *others: Any) -> Any:
+    """`fn(tensor, *the same place in others)` for every tensor of a nest of dicts."""
+    if isinstance(tree, dict):
+        return {k: _map(fn, v, *(o[k] for o in others)) for k, v in tree.items()}
+    return fn(tree, *others)
+
+
+def _where(mask: torch.Tensor, new: Any, old: Any) -> Any:
+    """Per trial (`mask`, (trials,)), `new`'s rows or `old`'s, for nests of stacked tensors."""
+    return _map(lambda a, b: torch.where(stack._b(mask, a), a, b), new, old)
 
 
 def load_states(sweep_dir: Path) -> dict[int, dict]:
@@ -66,7 +63,7 @@ def load_states(sweep_dir: Path) -> dict[int, dict]:
             continue
         for num, state in saved["trials"].items():
             if num not in found or state["epoch"] > found[num]["epoch"]:
-                rows = _map(saved["stacked"], lambda v, i=state["index"]: v[i].clone())
+                rows = _map(lambda v, i=state["index"]: v[i].clone(), saved["stacked"])
                 found[num] = {**state, "rows": rows}
     return found
 
@@ -98,7 +95,6 @@ class Trial:
     optimizer: torch.optim.Optimizer
     scheduler: Any = None
     scheduler_interval: str = "epoch"
-    scheduler_monitor: str | None = None
     checkpoint: ModelCheckpoint | None = None  # names the checkpoint files
     best: BestCheckpoint | None = None  # its choice so far (None: no checkpoints)
     stop: EarlyStop | None = None
@@ -109,11 +105,9 @@ class Trial:
     averaging: Any = None  # the averaging group's EMA / SWA (engine/averaging.py), or None
     # training progress (restored on resume)
     saved: dict | None = None  # resumed: its rows of the group's stacked tensors
-    start_epoch: int = 0
     global_step: int = 0
     best_path: str | None = None
-    epoch: int = -1  # the last epoch trained
-    epochs_done: int = 0
+    epoch: int = -1  # the last epoch trained (resumed: it goes on at the next)
     stopped: bool = False
     failed: str | None = None
     reporter: Any = None  # a search's trial: reports after each epoch, may be pruned
@@ -202,26 +196,23 @@ class PackedGroup:
     def _average(self, mask: torch.Tensor) -> None:
         self.average.update(self.flat, mask)
 
-    @property
-    def eval_flat(self) -> torch.Tensor:
-        """The weights validation, checkpoints and test see: the averaged ones of the trials
-        that have any, else the trained ones."""
-        return self.flat.detach() if self.average is None else self.average.weights(self.flat)
+    def weights(self, averaged: bool = True) -> dict[str, Any]:
+        """The stacked weights ("flat" parameters, "buffers") that validation, checkpoints and
+        test see: the averaged ones of the trials that have any, else the trained ones."""
+        flat = self.flat.detach()
+        if averaged and self.average is not None:
+            flat = self.average.weights(self.flat)
+        return {"flat": flat, "buffers": self.buffers}
 
     def _stacked(self, optimizer_state: dict) -> dict[str, Any]:
         """The tensors a resume file holds, by the names `load_states` gives their rows."""
-        stacked = {"flat": self.flat, "best_flat": self.best_flat, "buffers": self.buffers}
-        stacked.update(best_buffers=self.best_buffers, optimizer=optimizer_state)
+        stacked = {"flat": self.flat, "buffers": self.buffers, "best": self.best_weights}
+        stacked["optimizer"] = optimizer_state
         if self.average is not None:
             stacked["avg_flat"] = self.average.flat
         return stacked
 
     # -- the vectorised pieces -----------------------------------------------------------------
-    def _call(self, params, buffers, x, y, evaluate: bool = False):
-        """The task's own loss (TaskCall) with one trial's weights (vmapped over trials)."""
-        named = {f"task.{k}": v for k, v in (params | buffers).items()}
-        return torch.func.functional_call(self.caller, named, ((x, y),), {"evaluate": evaluate})
-
     def _around_outputs(self, out, x, y, evaluate: bool = False):
         """The task's own code for one trial (vmapped) with `out` as its network's outputs."""
         stand_in = self.native[1]
@@ -256,9 +247,15 @@ class PackedGroup:
     def _stepper(self, evaluate: bool = False):
         """fn(params, buffers, x, y) -> the task's per-trial results (TaskCall) for a stack of
         trials: the network on the trial axis (packed/dense.py) when it can, else vmapped."""
-        if self.native is None:
-            fn = functools.partial(self._call, evaluate=evaluate)
-            return torch.vmap(fn, randomness="different")
+        if self.native is None:  # the task's own loss (TaskCall) with one trial's weights
+
+            def call(params, buffers, x, y):
+                named = {f"task.{k}": v for k, v in (params | buffers).items()}
+                return torch.func.functional_call(
+                    self.caller, named, ((x, y),), {"evaluate": evaluate}
+                )
+
+            return torch.vmap(call, randomness="different")
         around = torch.vmap(
             functools.partial(self._around_outputs, evaluate=evaluate), randomness="different"
         )
@@ -291,10 +288,9 @@ class PackedGroup:
         )
         last_epoch = max(t.max_epochs for t in trials)
         saved_at = time.monotonic()
-        for epoch in range(min(t.start_epoch for t in trials), last_epoch):
+        for epoch in range(min(t.epoch + 1 for t in trials), last_epoch):
             active = [
-                not (t.stopped or t.failed) and t.start_epoch <= epoch < t.max_epochs
-                for t in trials
+                not (t.stopped or t.failed) and t.epoch < epoch < t.max_epochs for t in trials
             ]
             if not any(active):
                 break
@@ -338,8 +334,7 @@ class PackedGroup:
             step(torch.where(use, losses, torch.zeros_like(losses)).sum(), b, b == batches - 1, use)
             with torch.no_grad():
                 for n, old in before.items():  # frozen trials keep their statistics
-                    buf = self.buffers[n]
-                    buf.copy_(torch.where(stack._b(use, buf), buf, old))
+                    self.buffers[n].copy_(_where(use, self.buffers[n], old))
                 n = float(idx.shape[1])
                 added = torch.stack(
                     [losses.detach() * n, right.detach(), torch.full_like(losses, n)]
@@ -355,7 +350,7 @@ class PackedGroup:
                 for on, t in zip(active, self.trials, strict=True)
             ]
             self._average(torch.tensor(ends, device=self.device) & ~bad)
-        val = self.evaluate("val", self.layout.split(self.eval_flat), self.buffers)
+        val = self.evaluate("val", self.weights())
         train_loss, train_acc = (sums[:2] / sums[2].clamp_min(1)).tolist()
         steps = self.optimizer_step.parameters.steps.long().tolist()
         improved = [False] * len(self.trials)
@@ -378,16 +373,10 @@ class PackedGroup:
             metrics.update(val[i])  # at the step Lightning logs epoch-end scalars at
             self._log(t, {**metrics, "epoch": epoch}, t.global_step - 1)
             t.say("Epoch %d: %s", epoch, ", ".join(f"{k}={v:.6g}" for k, v in metrics.items()))
-            t.epochs_done = epoch + 1
             improved[i] = self._decide(t, epoch, metrics)
         if any(improved):  # the current weights become the best ones of those trials
             keep = torch.tensor(improved, device=self.device)
-            with torch.no_grad():
-                flat = self.eval_flat
-                self.best_flat.copy_(torch.where(stack._b(keep, flat), flat, self.best_flat))
-                for name, b in self.buffers.items():
-                    best = self.best_buffers[name]
-                    best.copy_(torch.where(stack._b(keep, b), b, best))
+            _map(Tensor.copy_, self.best_weights, _where(keep, self.weights(), self.best_weights))
 
     def _decide(self, t: Trial, epoch: int, metrics: dict) -> bool:
         """Early stopping, pruning, the best checkpoint and the scheduler, in Lightning's
@@ -407,7 +396,7 @@ class PackedGroup:
             )
         if t.scheduler is not None and t.scheduler_interval == "epoch":
             if isinstance(t.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                t.scheduler.step(metrics[t.scheduler_monitor])
+                t.scheduler.step(metrics[t.task.hparams.get("scheduler_monitor")])
             else:
                 t.scheduler.step()
         t.epoch = epoch
@@ -440,15 +429,14 @@ class PackedGroup:
             }
         if trials:  # not fsynced: rewritten often, and a kill (not a power loss) is the risk
             state = self.optimizer_step.parameters.state
-            stacked = _map(self._stacked(state), lambda v: v.detach().cpu())
+            stacked = _map(lambda v: v.detach().cpu(), self._stacked(state))
             saved = {"format": STATE_FORMAT, "trials": trials, "stacked": stacked}
             atomic_save(saved, self.state_path, durable=False)
 
     def _restore(self) -> dict[str, torch.Tensor]:
         """The best weights so far (the current ones to start with), and resumed trials' rows
         of the stacked tensors put back; returns the optimizer moments, (trials, n) by name."""
-        self.best_flat = self.flat.detach().clone()
-        self.best_buffers = {n: b.clone() for n, b in self.buffers.items()}
+        self.best_weights = _map(Tensor.clone, self.weights(averaged=False))
         state: dict[str, torch.Tensor] = {}
 
         def put(target: dict, rows: dict, i: int) -> None:
@@ -470,8 +458,9 @@ class PackedGroup:
             logger.log_metrics(metrics, step=max(step, 0))
 
     @torch.no_grad()
-    def evaluate(self, split: str, params: dict, buffers: dict) -> list[dict[str, float]]:
-        """Every trial's metrics on `split`, named as the task logs them."""
+    def evaluate(self, split: str, weights: dict) -> list[dict[str, float]]:
+        """Every trial's metrics on `split` with `weights`, named as the task logs them."""
+        params, buffers = self.layout.split(weights["flat"]), weights["buffers"]
         loader = getattr(self.trials[0].data, f"{split}_loader")
         n, size = len(loader.tensors[0]), loader.batch_size
         batches = limit(
@@ -510,8 +499,8 @@ class PackedGroup:
             metrics.reset()
         return results
 
-    def _weights(self, i: int, t: Trial, flat: torch.Tensor, buffers: dict) -> dict:
-        weights = stack.state_dict_of(self.layout.split(flat), buffers, i)
+    def _weights(self, i: int, t: Trial, weights: dict) -> dict:
+        weights = stack.state_dict_of(self.layout.split(weights["flat"]), weights["buffers"], i)
         state_dict = t.task.state_dict()  # the task's own names (net.…), these weights in them
         state_dict.update({k: v for k, v in weights.items() if k in state_dict})
         return state_dict
@@ -538,23 +527,18 @@ class PackedGroup:
         """Each trial's best and last checkpoints, as ModelCheckpoint leaves them; validate and
         test every trial on its best weights; metrics.json and status."""
         have_best = torch.tensor([bool(t.best_path) for t in self.trials], device=self.device)
-        last = self.eval_flat  # the weights in memory at the end: averaged ones where any
-        flat = torch.where(stack._b(have_best, last), self.best_flat, last)
-        buffers = {
-            n: torch.where(stack._b(have_best, b), self.best_buffers[n], b)
-            for n, b in self.buffers.items()
-        }
-        val = self.evaluate("val", self.layout.split(flat), buffers)
-        test = self.evaluate("test", self.layout.split(flat), buffers)
+        last = self.weights()  # the weights in memory at the end: averaged ones where any
+        chosen = _where(have_best, self.best_weights, last)
+        val, test = self.evaluate("val", chosen), self.evaluate("test", chosen)
         for i, t in enumerate(self.trials):
             if t.best is not None and t.epoch >= 0:  # a failed trial's: from before the NaN
                 if t.best_path and t.best.epoch is not None:
-                    best = self._weights(i, t, self.best_flat, self.best_buffers)
+                    best = self._weights(i, t, self.best_weights)
                     self._save(t, Path(t.best_path), best, t.best.epoch, t.best.step)
                 current = None  # the run manager always keeps last.ckpt (nnlab/runs.py)
                 if self.average is not None and self.average.count[i] > 0:  # as averaging.py saves
-                    current = self._weights(i, t, self.flat, self.buffers)
-                last_weights = self._weights(i, t, last, self.buffers)
+                    current = self._weights(i, t, self.weights(averaged=False))
+                last_weights = self._weights(i, t, last)
                 path = Path(t.checkpoint.dirpath) / LAST
                 self._save(t, path, last_weights, t.epoch, t.global_step, current)
             if t.failed:
@@ -563,11 +547,11 @@ class PackedGroup:
                     logger.finalize("failed")
                 continue
             best_epoch = t.best.epoch if t.best is not None else None
-            metrics = record(val[i], test[i], t.best_path, best_epoch, t.epochs_done, t.global_step)
+            metrics = record(val[i], test[i], t.best_path, best_epoch, t.epoch + 1, t.global_step)
             if t.pruned_at is not None:  # status.json: pruned
                 metrics["pruned_at_epoch"] = t.pruned_at
-            self._log(t, {**val[i], "epoch": t.epochs_done}, t.global_step)
-            self._log(t, {**test[i], "epoch": t.epochs_done}, t.global_step)
+            self._log(t, {**val[i], "epoch": t.epoch + 1}, t.global_step)
+            self._log(t, {**test[i], "epoch": t.epoch + 1}, t.global_step)
             # hyperparameters, final metrics, tags: what a sequential run sends (nnlab/tracking.py)
             log_run_summary(t.loggers, t.cfg, t.task, metrics)
             for logger in t.loggers:

@@ -319,7 +319,6 @@ def prepare(
         optimizer=optimizer,
         scheduler=scheduler,
         scheduler_interval=interval,
-        scheduler_monitor=task.hparams.get("scheduler_monitor"),
         checkpoint=checkpoint,
         best=None if checkpoint is None else BestCheckpoint(checkpoint.monitor, checkpoint.mode),
         stop=es,
@@ -381,7 +380,6 @@ def _resume(t: Trial, states: dict[int, dict]) -> None:
     if t.scheduler is not None and state.get("scheduler") is not None and not swa_lr:
         t.scheduler.load_state_dict(state["scheduler"])  # (else it is SWA's: taken over again)
     t.epoch = int(state["epoch"])
-    t.start_epoch = t.epochs_done = t.epoch + 1
     t.global_step = int(state["global_step"])
     t.best.score, t.best.epoch, t.best.step = state["best"]
     if t.stop is not None and state["stop"] is not None:

@@ -1,28 +1,11 @@
-"""The training loop, one key: `task.loop: lightning | fused | cuda_graph | auto`.
+"""The training loop, one key: `task.loop: lightning | fused | cuda_graph | auto`
+(docs/architecture.md, "The training engines").
 
-Every loop trains with the task's one loss function, `training_loss(batch) -> (mean loss,
-correct predictions or None)`.
-
-- `lightning`: Lightning's automatic loop (the task's `training_step`, one step per batch).
-- `fused`: nnlab's loop inside Lightning's (manual optimization, so checkpoints, callbacks,
-  validation and logging work as usual). Each Lightning batch carries `task.micro_batches`
-  batches of `data.batch_size` (the training loader is told so: `datamodule.micro_batches`),
-  each one optimizer step, so Lightning's per-batch cost is paid once for all of them; loss and
-  correct predictions are summed on the device and logged once per epoch.
-- `cuda_graph`: the fused loop with its step replayed as one CUDA graph (`tasks/captured.py`).
-- `auto` (the default): `cuda_graph` where it can run, else `fused`, else `lightning`.
-
-Each has conditions (nnlab/engine/capabilities.py); where one is not met the run says why in
-one log line (a warning when the loop was asked for by name) and takes the next loop down.
-`trainer.accumulate_grad_batches` accumulates micro-batches as Lightning accumulates batches
-(nnlab/engine/step.py). A run whose length
-is counted in Lightning batches (`trainer.max_steps`, `limit_train_batches`, `fast_dev_run`,
-`overfit_batches`, an integer `val_check_interval`) gets one micro-batch per Lightning batch, so
-those counts mean optimizer steps as they do in Lightning's loop.
-
-`TrainingLoop` is a callback that the run's assembly adds (`training_loop(task)`); while the
-fused loop runs it takes the task's training step (the task does not know which loop runs it),
-and it asks the data module to group batches (`DataModule.group_training_batches`).
+`TrainingLoop` is the callback that the run's assembly adds (`training_loop(task)`): it chooses
+the loop when fitting starts (engine/capabilities.py says why one cannot run), and while the
+fused loop runs it takes the task's training step and asks the data module to group batches
+into micro-batches (`group_training_batches`). Every loop trains with the task's one loss,
+`training_loss(batch) -> (mean loss, correct predictions or None)`.
 """
 
 from __future__ import annotations
@@ -153,7 +136,10 @@ class TrainingLoop(L.Callback):
         # this fit's training step is the loop's (an attribute of this task object only).
         pl_module.automatic_optimization = not self.fused
         if self.fused:
-            pl_module.training_step = self._training_step(pl_module)
+            # (Lightning passes batch_idx when the signature names it)
+            pl_module.training_step = lambda batch, batch_idx: self.train_batch(
+                pl_module, batch, batch_idx
+            )
         # weight averaging after every optimizer step: Lightning's loop ends one per batch at
         # most, the fused loop several, so it tells the averaging callback itself
         self.averaging = [c for c in trainer.callbacks if isinstance(c, Averaging)]
@@ -187,12 +173,6 @@ class TrainingLoop(L.Callback):
         self.step = None
 
     # -- the fused loop -----------------------------------------------------------------------
-    def _training_step(self, task: L.LightningModule):
-        def training_step(batch, batch_idx):
-            return self.train_batch(task, batch, batch_idx)
-
-        return training_step
-
     def _build(self, task: L.LightningModule, trainer: L.Trainer) -> captured.CapturedStep:
         """Built at the first batch: the optimizer exists and is restored by then."""
         optimizer = task.optimizers()
