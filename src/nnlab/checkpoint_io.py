@@ -41,15 +41,41 @@ def _atomic_checkpoint_io() -> type:
 
 
 def _save_atomically(
-    self: Any, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    self: Any,
+    checkpoint: dict[str, Any],
+    path: Any,
+    storage_options: Any | None = None,
+    durable: bool = True,
 ) -> None:
     from nnlab.runs import atomic_save  # (runs.py imports this module)
 
     try:
-        atomic_save(checkpoint, Path(path))
+        atomic_save(checkpoint, Path(path), durable=durable)
     except (OSError, RuntimeError) as exc:
         # torch's zip writer says only "unexpected pos ..." when the disk fills up
         raise write_error(Path(path), exc) from exc
+
+
+def save_task_checkpoint(
+    path: Path, task: Any, datamodule: Any, state_dict: dict, epoch: int, step: int, **extra: Any
+) -> None:
+    """A checkpoint in Lightning's format written without a Trainer (packed trials), which
+    `Task.load_from_checkpoint`, the commands and a resume read as a Trainer's; not fsynced."""
+    import lightning as L
+
+    checkpoint = {
+        "epoch": epoch,
+        "global_step": step,
+        "pytorch-lightning_version": L.__version__,
+        "state_dict": state_dict,
+        "hparams_name": None,
+        "hyper_parameters": dict(task.hparams),
+        **extra,
+    }
+    if getattr(datamodule, "hparams", None):
+        checkpoint["datamodule_hparams_name"] = "kwargs"
+        checkpoint["datamodule_hyper_parameters"] = dict(datamodule.hparams)
+    _save_atomically(None, checkpoint, path, durable=False)
 
 
 def write_error(path: Path, exc: BaseException) -> OSError:

@@ -157,3 +157,51 @@ class OptimizerStep:
             return loss.device.type != "cpu" or math.isfinite(loss.item())
         self.failed = self.failed | (active & ~torch.isfinite(loss.detach()))
         return active & ~self.failed
+
+
+class EpochSums:
+    """An epoch's training loss and correct predictions (of one network, or per trial: `shape`
+    (trials,)), summed on the device (inside a captured step too) and read once when the
+    epoch is logged; its samples and micro-batches counted on the host. Its state goes into
+    checkpoints: a run resumed mid-epoch logs the same train/loss and train/acc as one never
+    stopped."""
+
+    def __init__(self, device: torch.device, state: dict | None = None, shape: tuple = ()):
+        state = state or {}
+        self.loss = torch.full(shape, float(state.get("loss", 0.0)), device=device)
+        self.correct = torch.full(shape, int(state.get("correct", 0)), device=device)
+        self.samples = state.get("samples", 0)
+        self.micro_batches = state.get("micro_index", 0)  # (accumulation windows)
+        self.counts_correct = state.get("counts_correct", False)
+
+    def reset(self) -> None:  # in place: a captured step adds to these tensors
+        self.loss.zero_()
+        self.correct.zero_()
+        self.samples = self.micro_batches = 0
+
+    def add(self, loss: torch.Tensor, correct: torch.Tensor | None, n: int, use=None) -> None:
+        """A batch of `n` samples; stacked trials: those `use`d (the others are not logged)."""
+        loss = loss.detach().float()
+        if use is not None:
+            loss = torch.where(use, loss, 0.0)
+            correct = None if correct is None else torch.where(use, correct, 0).long()
+        self.loss.add_(loss, alpha=n)
+        if correct is not None:
+            self.correct.add_(correct)
+            self.counts_correct = True
+
+    def metrics(self) -> dict[str, torch.Tensor]:
+        n = max(self.samples, 1)
+        metrics = {"train/loss": self.loss / n}
+        if self.counts_correct:
+            metrics["train/acc"] = self.correct.float() / n
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "loss": float(self.loss),
+            "correct": int(self.correct),
+            "samples": self.samples,
+            "counts_correct": self.counts_correct,
+            "micro_index": self.micro_batches,
+        }

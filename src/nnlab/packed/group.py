@@ -15,16 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from nnlab.assemble import record
+from nnlab.checkpoint_io import save_task_checkpoint
 from nnlab.engine.averaging import CURRENT, StackedAverage
 from nnlab.engine.policy import BestCheckpoint, EarlyStop
-from nnlab.engine.step import OptimizerStep, TrialParameters
+from nnlab.engine.step import EpochSums, OptimizerStep, TrialParameters
 from nnlab.packed import dense, stack
 from nnlab.packed.recurrent import DROPOUT_RATE
 from nnlab.runs import LAST, PACKED_STATE, Run, atomic_save
@@ -164,7 +164,6 @@ class PackedGroup:
     ):
         self.trials, self.device, self.state_path = trials, device, state_path
         self.save_every_s = save_every_s
-        self.tasks = [t.task for t in trials]
         first = trials[0]
         self.classification = isinstance(first.task, ClassificationTask)
         # One copy of every distinct data set, stacked: (datasets, samples, ...) per tensor.
@@ -189,12 +188,8 @@ class PackedGroup:
         self.native = self._trial_network()
         how = "its layers on the trial axis" if self.native else "vmapped over trials"
         log.info("Stacked network: %s", how)
-        self.optimizer_name = type(first.optimizer).__name__
         averaging = [t.averaging for t in trials]
         self.average = StackedAverage(averaging, self.flat) if first.averaging else None
-
-    def _average(self, mask: torch.Tensor) -> None:
-        self.average.update(self.flat, mask)
 
     def weights(self, averaged: bool = True) -> dict[str, Any]:
         """The stacked weights ("flat" parameters, "buffers") that validation, checkpoints and
@@ -281,11 +276,10 @@ class PackedGroup:
             self._restore(),
             [t.global_step for t in trials],
         )
-        self.optimizer_step = OptimizerStep(
-            parameters,
-            trials[0].cfg.trainer.get("accumulate_grad_batches"),
-            averaging=self._average if self.average and self.average.per_step else None,
-        )
+        per_step = self.average is not None and self.average.per_step  # EMA after each step
+        average = functools.partial(self.average.update, self.flat) if per_step else None
+        accumulate = trials[0].cfg.trainer.get("accumulate_grad_batches")
+        self.optimizer_step = OptimizerStep(parameters, accumulate, averaging=average)
         last_epoch = max(t.max_epochs for t in trials)
         saved_at = time.monotonic()
         for epoch in range(min(t.epoch + 1 for t in trials), last_epoch):
@@ -300,14 +294,14 @@ class PackedGroup:
                 saved_at = time.monotonic()
         self.finish()
 
-    def _train_epoch(self, epoch: int, active: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One epoch of the `active` trials: (the trials that failed in it, (3, trials) sums of
-        loss x samples, correct predictions and samples)."""
+    def _train_epoch(self, epoch: int, active: list[bool]) -> tuple[torch.Tensor, EpochSums]:
+        """One epoch of the `active` trials: the trials that failed in it, and the epoch's
+        training loss and correct predictions of the others."""
         trials, step = self.trials, self.optimizer_step
         for t, on in zip(trials, active, strict=True):
             if on and t.lr_monitor:
                 lr = t.optimizer.param_groups[0]["lr"]
-                self._log(t, {f"lr-{self.optimizer_name}": lr}, t.global_step)
+                self._log(t, {f"lr-{type(t.optimizer).__name__}": lr}, t.global_step)
             if on and t.averaging is not None:  # SWA's schedule takes over at its epoch
                 if (swa := t.averaging.take_over_lr(t.optimizer, epoch)) is not None:
                     t.scheduler, t.scheduler_interval = swa, "epoch"
@@ -322,7 +316,7 @@ class PackedGroup:
         batches = limit(batches, trials[0].cfg.trainer.limit_train_batches)
         orders = torch.stack([t.data.train_loader.order(epoch) for t in trials]).to(self.device)
         mask = torch.tensor(active, device=self.device)
-        sums = torch.zeros(3, len(trials), device=self.device)
+        sums = EpochSums(self.device, shape=(len(trials),))
         train_step = self._stepper()
         self.base.train()
         for b in range(batches):
@@ -335,23 +329,21 @@ class PackedGroup:
             with torch.no_grad():
                 for n, old in before.items():  # frozen trials keep their statistics
                     self.buffers[n].copy_(_where(use, self.buffers[n], old))
-                n = float(idx.shape[1])
-                added = torch.stack(
-                    [losses.detach() * n, right.detach(), torch.full_like(losses, n)]
-                )
-                sums += torch.where(use, added, 0.0)
+                counted = right if self.caller.counts_correct else None  # the task counts them
+                sums.add(losses, counted, idx.shape[1], use)
+                sums.samples += idx.shape[1]
         return mask & step.failed, sums
 
-    def _end_of_epoch(self, epoch: int, active: list[bool], bad: torch.Tensor, sums) -> None:
+    def _end_of_epoch(self, epoch: int, active: list[bool], bad, sums: EpochSums) -> None:
         """Averaging, validation, the loggers, and each trial's decisions; the best weights."""
         if self.average is not None and not self.average.per_step:  # SWA: epoch ends
             ends = [
                 on and t.averaging.updates_after_epoch(epoch)
                 for on, t in zip(active, self.trials, strict=True)
             ]
-            self._average(torch.tensor(ends, device=self.device) & ~bad)
+            self.average.update(self.flat, torch.tensor(ends, device=self.device) & ~bad)
         val = self.evaluate("val", self.weights())
-        train_loss, train_acc = (sums[:2] / sums[2].clamp_min(1)).tolist()
+        train = {k: v.tolist() for k, v in sums.metrics().items()}
         steps = self.optimizer_step.parameters.steps.long().tolist()
         improved = [False] * len(self.trials)
         for i, (t, failed) in enumerate(zip(self.trials, bad.tolist(), strict=True)):
@@ -367,10 +359,9 @@ class PackedGroup:
                 t.say("Trial failed: %s", t.failed)
                 t.run.fail(t.failed)
                 continue
-            metrics = {"train/loss": train_loss[i]}
-            if self.caller.counts_correct:  # the task's training_loss counts them
-                metrics["train/acc"] = train_acc[i]
-            metrics.update(val[i])  # at the step Lightning logs epoch-end scalars at
+            metrics = {k: v[i] for k, v in train.items()} | val[
+                i
+            ]  # at the step Lightning logs epoch-end scalars at
             self._log(t, {**metrics, "epoch": epoch}, t.global_step - 1)
             t.say("Epoch %d: %s", epoch, ", ".join(f"{k}={v:.6g}" for k, v in metrics.items()))
             improved[i] = self._decide(t, epoch, metrics)
@@ -478,7 +469,10 @@ class PackedGroup:
         self.base.train()
         losses = (loss_sum / max(count, 1)).tolist()
         out, y = (torch.cat(parts, dim=1) for parts in zip(*outputs, strict=True))
-        if not self.classification and set(self.tasks[0].val_metrics) == {"val/mse", "val/mae"}:
+        if not self.classification and set(self.trials[0].task.val_metrics) == {
+            "val/mse",
+            "val/mae",
+        }:
             # MeanSquaredError / MeanAbsoluteError over all samples, for every trial at once
             mse = (out - y).pow(2).flatten(1).mean(1).tolist()
             mae = (out - y).abs().flatten(1).mean(1).tolist()
@@ -487,7 +481,7 @@ class PackedGroup:
                 for loss, a, b in zip(losses, mse, mae, strict=True)
             ]
         results = []
-        for i, task in enumerate(self.tasks):
+        for i, task in enumerate(t.task for t in self.trials):
             metrics = getattr(task, f"{split}_metrics")
             metrics.reset()
             metrics.update(
@@ -505,24 +499,6 @@ class PackedGroup:
         state_dict.update({k: v for k, v in weights.items() if k in state_dict})
         return state_dict
 
-    def _save(self, t: Trial, path: Path, state_dict: dict, epoch: int, step: int, current=None):
-        """A Lightning-format checkpoint: `Task.load_from_checkpoint` and nnlab-eval read it
-        (`current`: the trained weights when `state_dict` holds averaged ones)."""
-        checkpoint = {
-            "epoch": epoch,
-            "global_step": step,
-            "pytorch-lightning_version": L.__version__,
-            "state_dict": state_dict,
-            "hparams_name": None,
-            "hyper_parameters": dict(t.task.hparams),
-        }
-        if getattr(t.data.module, "hparams", None):
-            checkpoint["datamodule_hparams_name"] = "kwargs"
-            checkpoint["datamodule_hyper_parameters"] = dict(t.data.module.hparams)
-        if current is not None:
-            checkpoint[CURRENT] = current
-        atomic_save(checkpoint, path, durable=False)
-
     def finish(self) -> None:
         """Each trial's best and last checkpoints, as ModelCheckpoint leaves them; validate and
         test every trial on its best weights; metrics.json and status."""
@@ -534,13 +510,16 @@ class PackedGroup:
             if t.best is not None and t.epoch >= 0:  # a failed trial's: from before the NaN
                 if t.best_path and t.best.epoch is not None:
                     best = self._weights(i, t, self.best_weights)
-                    self._save(t, Path(t.best_path), best, t.best.epoch, t.best.step)
-                current = None  # the run manager always keeps last.ckpt (nnlab/runs.py)
+                    save_task_checkpoint(
+                        Path(t.best_path), t.task, t.data.module, best, t.best.epoch, t.best.step
+                    )
+                trained = {}  # the run manager always keeps last.ckpt (nnlab/runs.py)
                 if self.average is not None and self.average.count[i] > 0:  # as averaging.py saves
-                    current = self._weights(i, t, self.weights(averaged=False))
-                last_weights = self._weights(i, t, last)
-                path = Path(t.checkpoint.dirpath) / LAST
-                self._save(t, path, last_weights, t.epoch, t.global_step, current)
+                    trained[CURRENT] = self._weights(i, t, self.weights(averaged=False))
+                path, weights = Path(t.checkpoint.dirpath) / LAST, self._weights(i, t, last)
+                save_task_checkpoint(
+                    path, t.task, t.data.module, weights, t.epoch, t.global_step, **trained
+                )
             if t.failed:
                 t.run.fail(t.failed)  # again for a resumed one: its start said running
                 for logger in t.loggers:

@@ -21,7 +21,7 @@ from nnlab.data.memory import MicroBatches
 from nnlab.engine.averaging import Averaging
 from nnlab.engine.capabilities import why_not
 from nnlab.engine.keys import LOOPS, loop_keys  # noqa: F401 (tasks.loops' names)
-from nnlab.engine.step import ModuleParameters, OptimizerStep
+from nnlab.engine.step import EpochSums, ModuleParameters, OptimizerStep
 from nnlab.tasks import captured
 
 log = logging.getLogger(__name__)
@@ -50,48 +50,6 @@ def training_loop(task: L.LightningModule) -> TrainingLoop | None:
     if not isinstance(task, Task):
         return None
     return TrainingLoop(task.hparams.get("loop", "auto"), task.hparams.get("micro_batches", 32))
-
-
-class EpochSums:
-    """An epoch's training loss and correct predictions, summed on the device (inside the
-    captured step too) and read once when the epoch is logged; its samples and micro-batches
-    counted on the host. Its state goes into checkpoints: a run resumed mid-epoch logs the same
-    train/loss and train/acc as one never stopped."""
-
-    def __init__(self, device: torch.device, state: dict[str, Any] | None = None):
-        state = state or {}
-        self.loss = torch.tensor(float(state.get("loss", 0.0)), device=device)
-        self.correct = torch.tensor(int(state.get("correct", 0)), device=device)
-        self.samples = state.get("samples", 0)
-        self.micro_batches = state.get("micro_index", 0)  # (accumulation windows)
-        self.counts_correct = state.get("counts_correct", False)
-
-    def reset(self) -> None:  # in place: a captured step adds to these tensors
-        self.loss.zero_()
-        self.correct.zero_()
-        self.samples = self.micro_batches = 0
-
-    def add(self, loss: torch.Tensor, correct: torch.Tensor | None, n: int) -> None:
-        self.loss.add_(loss.detach().float(), alpha=n)
-        if correct is not None:
-            self.correct.add_(correct)
-            self.counts_correct = True
-
-    def metrics(self) -> dict[str, torch.Tensor]:
-        n = max(self.samples, 1)
-        metrics = {"train/loss": self.loss / n}
-        if self.counts_correct:
-            metrics["train/acc"] = self.correct.float() / n
-        return metrics
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "loss": float(self.loss),
-            "correct": int(self.correct),
-            "samples": self.samples,
-            "counts_correct": self.counts_correct,
-            "micro_index": self.micro_batches,
-        }
 
 
 class TrainingLoop(L.Callback):
