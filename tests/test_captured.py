@@ -123,7 +123,12 @@ def test_the_capability_check_names_what_keeps_a_run_in_lightnings_loop():
     own = OwnStep(net=MLP, num_classes=3)
     assert "OwnStep defines its own training_step" in why_not("fused", task=own, trainer=trainer)
     plateau = ClassificationTask(net=MLP, num_classes=3, scheduler=PLATEAU)
-    assert "ReduceLROnPlateau" in why_not("fused", task=plateau, trainer=trainer)
+    assert why_not("fused", task=plateau, trainer=trainer) is None  # stepped at the epoch's end
+    assert "ReduceLROnPlateau" in why_not("captured", task=plateau, trainer=trainer)
+    per_step = ClassificationTask(
+        net=MLP, num_classes=3, scheduler=PLATEAU, scheduler_interval="step"
+    )
+    assert "ReduceLROnPlateau stepped per step" in why_not("fused", task=per_step, trainer=trainer)
     trainer.world_size = 2
     assert "DDP" in why_not("fused", task=task, trainer=trainer)
 
@@ -191,6 +196,34 @@ def test_the_fused_loop_trains_like_lightnings_own(
         assert graphed["global_step"] == eager["global_step"]
         for key in ("test/acc", "test/loss", "val/loss"):
             assert graphed[key] == pytest.approx(eager[key], rel=1e-4, abs=1e-6), (group, key)
+
+
+def test_a_plateau_schedule_in_the_fused_loop_steps_as_in_lightnings_loop(
+    make_cfg, data_dir, monkeypatch
+):
+    """ReduceLROnPlateau (patience 0, factor 0.5) reads val/loss at each epoch's end in both loops:
+    the same steps and metrics after 4 epochs of reduced rates."""
+    monkeypatch.setenv("NNLAB_DATA_DIR", str(data_dir))
+    plateau = (
+        "trainer.max_epochs=4",
+        "task.scheduler._target_=torch.optim.lr_scheduler.ReduceLROnPlateau",
+        "~task.scheduler.T_max",  # (the preset's cosine schedule's)
+        "+task.scheduler.patience=0",
+        "+task.scheduler.factor=0.5",
+        "+task.scheduler.threshold=0.5",
+    )
+    runs = {}
+    for loop in ("lightning", "fused"):
+        cfg = make_cfg(*RECIPE, *plateau, f"task.loop={loop}", "task.micro_batches=3")
+        runs[loop] = train(cfg)
+        checkpoint = torch.load(Run(cfg.paths.output_dir).checkpoint("last"), weights_only=False)
+        runs[loop]["lr"] = checkpoint["optimizer_states"][0]["param_groups"][0]["lr"]
+    # both reduced the rate (the last checkpoint is written before Lightning's loop steps its
+    # epoch schedulers and after the fused loop's: equal metrics say they reduced alike)
+    assert runs["fused"]["lr"] < 1e-3 and runs["lightning"]["lr"] < 1e-3
+    assert runs["fused"]["global_step"] == runs["lightning"]["global_step"]
+    for key in ("test/acc", "test/loss", "val/loss"):
+        assert runs["fused"][key] == pytest.approx(runs["lightning"][key], rel=1e-4, abs=1e-6), key
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -276,6 +277,15 @@ def test_packed_sweep_runs_read_like_sequential_ones(tmp_path):
     proc = nnlab([f"run={good}", "split=val"], outputs, tmp_path, module="nnlab.evaluate")
     assert proc.returncode == 0, proc.stderr[-3000:]
     evaluated = json.loads((good / "eval_metrics.json").read_text())
+    assert evaluated["val/mse"] == pytest.approx(metrics["val/mse"], rel=1e-5)
+
+    # ... alone, as a sequential run's: it holds the run's config
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(next((good / "checkpoints").glob("epoch*.ckpt")), alone / "best.ckpt")
+    proc = nnlab([f"ckpt={alone / 'best.ckpt'}", "split=val"], outputs, tmp_path, "nnlab.evaluate")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluated = json.loads((alone / "best.eval_metrics.json").read_text())
     assert evaluated["val/mse"] == pytest.approx(metrics["val/mse"], rel=1e-5)
 
     # ... and nnlab-predict / nnlab-export read them as well (last.ckpt too)

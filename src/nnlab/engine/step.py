@@ -104,6 +104,16 @@ class TrialParameters:
             self.hp[name] = torch.tensor(values, dtype=torch.float32, device=self.flat.device)
 
 
+def step_scheduler(scheduler: Any, metrics: dict | None = None, monitor: str | None = None):
+    """An epoch-interval scheduler's step at the epoch's end: ReduceLROnPlateau's with its
+    monitored metric (as Lightning's loop steps it), the others' without."""
+    if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        return scheduler.step()
+    if metrics is None or metrics.get(monitor) is None:
+        raise RuntimeError(f"ReduceLROnPlateau watches {monitor}, which this run does not log")
+    scheduler.step(float(metrics[monitor]))
+
+
 class OptimizerStep:
     """The step's sequence over `parameters` (ModuleParameters or TrialParameters); after each
     step it calls `count(use)` and `averaging(use)` (the engine's) and steps `schedulers` (the

@@ -17,17 +17,18 @@ from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from nnlab.assemble import record
+from nnlab.callbacks.run_config import CONFIG_KEY
 from nnlab.checkpoint_io import save_task_checkpoint
 from nnlab.engine.averaging import CURRENT, StackedAverage
 from nnlab.engine.policy import BestCheckpoint, EarlyStop
-from nnlab.engine.step import EpochSums, OptimizerStep, TrialParameters
+from nnlab.engine.step import EpochSums, OptimizerStep, TrialParameters, step_scheduler
 from nnlab.packed import dense, stack
 from nnlab.packed.recurrent import DROPOUT_RATE
-from nnlab.runs import LAST, PACKED_STATE, Run, atomic_save
+from nnlab.runs import LAST, PACKED_STATE, RESOLVED_CONFIG, Run, atomic_save
 from nnlab.tasks.classification import ClassificationTask
 from nnlab.tracking import log_run_summary
 
@@ -386,10 +387,7 @@ class PackedGroup:
                 {"epoch": epoch, "step": t.global_step}
             )
         if t.scheduler is not None and t.scheduler_interval == "epoch":
-            if isinstance(t.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                t.scheduler.step(metrics[t.task.hparams.get("scheduler_monitor")])
-            else:
-                t.scheduler.step()
+            step_scheduler(t.scheduler, metrics, t.task.hparams.get("scheduler_monitor"))
         t.epoch = epoch
         return improved
 
@@ -499,6 +497,26 @@ class PackedGroup:
         state_dict.update({k: v for k, v in weights.items() if k in state_dict})
         return state_dict
 
+    def _checkpoints(self, i: int, t: Trial, last: dict) -> None:
+        """Trial `i`'s best and last checkpoints, as a sequential run leaves them: the run's
+        config inside (nnlab-eval ckpt=PATH reads a checkpoint alone), the trained weights
+        beside averaged ones (as engine/averaging.py saves them)."""
+        saved = t.run.root / RESOLVED_CONFIG
+        extra = (
+            {CONFIG_KEY: OmegaConf.to_container(OmegaConf.load(saved))} if saved.is_file() else {}
+        )
+
+        def save(path, weights: dict, epoch: int, step: int, **more: Any) -> None:
+            weights = self._weights(i, t, weights)
+            save_task_checkpoint(Path(path), t.task, t.data.module, weights, epoch, step, **more)
+
+        if t.best_path and t.best.epoch is not None:
+            save(t.best_path, self.best_weights, t.best.epoch, t.best.step, **extra)
+        if self.average is not None and self.average.count[i] > 0:
+            extra[CURRENT] = self._weights(i, t, self.weights(averaged=False))
+        # the run manager always keeps last.ckpt (nnlab/runs.py)
+        save(Path(t.checkpoint.dirpath) / LAST, last, t.epoch, t.global_step, **extra)
+
     def finish(self) -> None:
         """Each trial's best and last checkpoints, as ModelCheckpoint leaves them; validate and
         test every trial on its best weights; metrics.json and status."""
@@ -508,18 +526,7 @@ class PackedGroup:
         val, test = self.evaluate("val", chosen), self.evaluate("test", chosen)
         for i, t in enumerate(self.trials):
             if t.best is not None and t.epoch >= 0:  # a failed trial's: from before the NaN
-                if t.best_path and t.best.epoch is not None:
-                    best = self._weights(i, t, self.best_weights)
-                    save_task_checkpoint(
-                        Path(t.best_path), t.task, t.data.module, best, t.best.epoch, t.best.step
-                    )
-                trained = {}  # the run manager always keeps last.ckpt (nnlab/runs.py)
-                if self.average is not None and self.average.count[i] > 0:  # as averaging.py saves
-                    trained[CURRENT] = self._weights(i, t, self.weights(averaged=False))
-                path, weights = Path(t.checkpoint.dirpath) / LAST, self._weights(i, t, last)
-                save_task_checkpoint(
-                    path, t.task, t.data.module, weights, t.epoch, t.global_step, **trained
-                )
+                self._checkpoints(i, t, last)
             if t.failed:
                 t.run.fail(t.failed)  # again for a resumed one: its start said running
                 for logger in t.loggers:

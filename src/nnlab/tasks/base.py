@@ -211,8 +211,10 @@ class Task(L.LightningModule):
                 f"set task.scheduler_interval={counts}",
             )
         config = {"scheduler": scheduler, "interval": interval}
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = self.hparams.scheduler_monitor  # (Lightning's engine only)
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and (
+            self.automatic_optimization  # (with manual optimization the step reads it itself)
+        ):
+            config["monitor"] = self.hparams.scheduler_monitor
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     def on_train_start(self) -> None:

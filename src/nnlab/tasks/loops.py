@@ -21,7 +21,7 @@ from nnlab.data.memory import MicroBatches
 from nnlab.engine.averaging import Averaging
 from nnlab.engine.capabilities import why_not
 from nnlab.engine.keys import LOOPS, loop_keys  # noqa: F401 (tasks.loops' names)
-from nnlab.engine.step import EpochSums, ModuleParameters, OptimizerStep
+from nnlab.engine.step import EpochSums, ModuleParameters, OptimizerStep, step_scheduler
 from nnlab.tasks import captured
 
 log = logging.getLogger(__name__)
@@ -223,8 +223,11 @@ class TrainingLoop(L.Callback):
         metrics = self.sums.metrics()
         pl_module.log("train/loss", metrics.pop("train/loss"), prog_bar=True)
         pl_module.log_dict(metrics)
-        for scheduler in self._schedulers(trainer, "epoch"):
-            scheduler.step()
+        for config in trainer.lr_scheduler_configs:
+            if config.interval == "epoch":
+                # (manual optimization drops the config's monitor: the task names it)
+                monitor = pl_module.hparams.get("scheduler_monitor")
+                step_scheduler(config.scheduler, trainer.callback_metrics, monitor)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         if self.capture:
