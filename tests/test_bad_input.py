@@ -65,6 +65,24 @@ CASES = [
     ("unknown trainer", ["trainer=nope"], 2, "Could not find 'trainer/nope'"),
     ("unknown key", ["data.windw=3"], 2, "Could not override 'data.windw'"),
     (
+        "a validation metric watched without validation",
+        ["trainer.limit_val_batches=0"],
+        2,
+        "monitor: watches val/mse, a validation metric, and trainer.limit_val_batches=0",
+    ),
+    (
+        "a plateau's validation metric without validation",
+        [
+            "trainer.limit_val_batches=0",
+            "monitor=train/loss",
+            "optimized_metric=null",
+            "+task.scheduler={{_target_:torch.optim.lr_scheduler.ReduceLROnPlateau,_partial_:true}}",
+            "task.scheduler_monitor=val/loss",
+        ],
+        2,
+        "task.scheduler_monitor: watches val/loss",
+    ),
+    (
         "epochs not a number",
         ["trainer.max_epochs=abc"],
         2,

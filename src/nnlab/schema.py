@@ -879,6 +879,34 @@ def check_plain(plain: dict[str, Any]) -> None:
         refuse_unknown_from_source(plain.get(group), group)
     for group in groups:
         _walk(plain.get(group), group)
+    _watched_without_validation(plain)
+
+
+def _watched_without_validation(plain: dict[str, Any]) -> None:
+    """A validation metric (`val/...`) that a run watches although it never validates
+    (trainer.limit_val_batches=0): the key that watches it, refused before anything runs (else
+    a plateau schedule fails after the first epoch, the search's metric after the training)."""
+    if (plain.get("trainer") or {}).get("limit_val_batches") != 0:
+        return
+    task, callbacks = plain.get("task") or {}, plain.get("callbacks") or {}
+    watchers: dict[str, Any] = {}
+    if (plain.get("checkpoint") or {}).get("enabled", True):
+        watchers["monitor"] = plain.get("monitor")  # the best checkpoint's metric
+    watchers["optimized_metric"] = plain.get("optimized_metric")
+    if str((task.get("scheduler") or {}).get("_target_", "")).endswith("ReduceLROnPlateau"):
+        watchers["task.scheduler_monitor"] = task.get("scheduler_monitor")
+    for name, callback in callbacks.items():
+        if isinstance(callback, dict) and "monitor" in callback:
+            watchers[f"callbacks.{name}.monitor"] = callback["monitor"]
+    for key, value in watchers.items():
+        for metric in value if isinstance(value, list) else [value]:
+            if isinstance(metric, str) and metric.startswith("val/"):
+                raise ConfigError(
+                    key,
+                    f"watches {metric}, a validation metric, and trainer.limit_val_batches=0 "
+                    f"turns validation off; watch a training metric ({key}=train/loss) or "
+                    "let validation run",
+                )
 
 
 # Groups composed into the run config that hold no run setting (presets' own bookkeeping).
