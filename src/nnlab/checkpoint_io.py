@@ -41,19 +41,20 @@ def _atomic_checkpoint_io() -> type:
 
 
 def _save_atomically(
-    self: Any,
-    checkpoint: dict[str, Any],
-    path: Any,
-    storage_options: Any | None = None,
-    durable: bool = True,
+    self: Any, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
 ) -> None:
+    write_checkpoint(checkpoint, Path(path))
+
+
+def write_checkpoint(checkpoint: dict[str, Any], path: Path, durable: bool = True) -> None:
+    """torch.save, atomically; a failed write names the file and the space left for it."""
     from nnlab.runs import atomic_save  # (runs.py imports this module)
 
     try:
-        atomic_save(checkpoint, Path(path), durable=durable)
+        atomic_save(checkpoint, path, durable=durable)
     except (OSError, RuntimeError) as exc:
         # torch's zip writer says only "unexpected pos ..." when the disk fills up
-        raise write_error(Path(path), exc) from exc
+        raise write_error(path, exc) from exc
 
 
 def save_task_checkpoint(
@@ -75,7 +76,7 @@ def save_task_checkpoint(
     if getattr(datamodule, "hparams", None):
         checkpoint["datamodule_hparams_name"] = "kwargs"
         checkpoint["datamodule_hyper_parameters"] = dict(datamodule.hparams)
-    _save_atomically(None, checkpoint, path, durable=False)
+    write_checkpoint(checkpoint, path, durable=False)
 
 
 def write_error(path: Path, exc: BaseException) -> OSError:

@@ -882,6 +882,12 @@ def check_plain(plain: dict[str, Any]) -> None:
     _watched_without_validation(plain)
 
 
+def is_plateau(scheduler: Any) -> bool:
+    """Whether a `task.scheduler` node builds a ReduceLROnPlateau (which watches a metric)."""
+    target = scheduler.get("_target_", "") if isinstance(scheduler, dict | DictConfig) else ""
+    return str(target).endswith("ReduceLROnPlateau")
+
+
 def _watched_without_validation(plain: dict[str, Any]) -> None:
     """A validation metric (`val/...`) that a run watches although it never validates
     (trainer.limit_val_batches=0): the key that watches it, refused before anything runs (else
@@ -893,7 +899,7 @@ def _watched_without_validation(plain: dict[str, Any]) -> None:
     if (plain.get("checkpoint") or {}).get("enabled", True):
         watchers["monitor"] = plain.get("monitor")  # the best checkpoint's metric
     watchers["optimized_metric"] = plain.get("optimized_metric")
-    if str((task.get("scheduler") or {}).get("_target_", "")).endswith("ReduceLROnPlateau"):
+    if is_plateau(task.get("scheduler")):
         watchers["task.scheduler_monitor"] = task.get("scheduler_monitor")
     for name, callback in callbacks.items():
         if isinstance(callback, dict) and "monitor" in callback:

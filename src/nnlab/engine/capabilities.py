@@ -23,6 +23,7 @@ from hydra.utils import get_class
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 
+from nnlab.schema import is_plateau
 from nnlab.tasks.captured import CAPTURABLE
 
 ENGINES = ("fused", "captured", "packed")
@@ -92,13 +93,12 @@ def _accumulation(trainer) -> str | None:
     return None
 
 
-def _is_plateau(task) -> bool:
-    return str((task.hparams.get("scheduler") or {}).get("_target_", "")).endswith("Plateau")
-
-
 @check("fused", "captured")
 def _plateau_per_step(task) -> str | None:
-    if _is_plateau(task) and task.hparams.get("scheduler_interval") == "step":
+    if (
+        is_plateau(task.hparams.get("scheduler"))
+        and task.hparams.get("scheduler_interval") == "step"
+    ):
         return "ReduceLROnPlateau stepped per step watches a metric of Lightning's loop"
     return None
 
@@ -151,7 +151,7 @@ def _cuda(trainer) -> str | None:
 
 @check("captured")
 def _plateau(task) -> str | None:
-    if _is_plateau(task):
+    if is_plateau(task.hparams.get("scheduler")):
         return "ReduceLROnPlateau (not yet tried with a captured step on a GPU)"
     return None
 

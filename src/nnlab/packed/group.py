@@ -432,8 +432,9 @@ class PackedGroup:
             for name, row in rows.items():
                 if isinstance(row, dict):
                     put(target[name], row, i)
-                else:  # (an optimizer moment the group has not made yet starts at zero)
-                    target.setdefault(name, torch.zeros_like(self.flat, requires_grad=False))
+                else:
+                    if name not in target:  # an optimizer moment the group has none of yet
+                        target[name] = torch.zeros_like(self.flat, requires_grad=False)
                     target[name][i] = row
 
         with torch.no_grad():
