@@ -355,6 +355,20 @@ CASES = [
         "optimized_metric: 'val/mss' is not a metric of this run; it has",
     ),
     ("monitor misspelled", ["trainer.max_epochs=1", "monitor=val/mss"], 2, "monitor: "),
+    *[
+        (
+            f"plateau monitor misspelled ({loop} loop)",
+            [
+                "trainer.max_epochs=1",
+                f"task.loop={loop}",
+                "+task.scheduler={{_target_:torch.optim.lr_scheduler.ReduceLROnPlateau,_partial_:true}}",
+                "task.scheduler_monitor=val/mss",
+            ],
+            2,
+            "task.scheduler_monitor: ReduceLROnPlateau",
+        )
+        for loop in ("fused", "lightning")
+    ],
     # files where directories belong, and the other way round
     ("data dir is a file", ["experiment=mnist_lstm", "paths.data_dir={csv}"], 2, "a.csv"),
     ("output dir is a file", ["paths.log_dir={csv}"], 2, "paths.log_dir"),

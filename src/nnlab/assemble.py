@@ -107,9 +107,13 @@ def fit(cfg: DictConfig, parts: Parts) -> None:
     try:
         parts.trainer.fit(parts.task, datamodule=parts.datamodule, ckpt_path=cfg.get("ckpt_path"))
     except MisconfigurationException as exc:
-        if f"monitor='{cfg.monitor}'" not in str(exc):
+        if f"monitor='{cfg.monitor}'" in str(exc):
+            key = "monitor"
+        elif str(exc).startswith("ReduceLROnPlateau conditioned on metric"):
+            key = "task.scheduler_monitor"  # (the fused loop says so itself: engine/step.py)
+        else:
             raise
-        raise ConfigError("monitor", f"{str(exc).splitlines()[0]}; name a logged metric") from None
+        raise ConfigError(key, f"{str(exc).splitlines()[0]}; name a logged metric") from None
 
 
 def record(

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from nnlab.errors import ConfigError
 from nnlab.packed import stack
 
 
@@ -110,7 +111,12 @@ def step_scheduler(scheduler: Any, metrics: dict | None = None, monitor: str | N
     if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         return scheduler.step()
     if metrics is None or metrics.get(monitor) is None:
-        raise RuntimeError(f"ReduceLROnPlateau watches {monitor}, which this run does not log")
+        logged = ", ".join(sorted(metrics or {})) or "none"
+        raise ConfigError(
+            "task.scheduler_monitor",
+            f"ReduceLROnPlateau watches {monitor}, which this run does not log (it logs "
+            f"{logged}); name a logged metric",
+        )
     scheduler.step(float(metrics[monitor]))
 
 
