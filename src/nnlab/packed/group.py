@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from nnlab.assemble import record
-from nnlab.callbacks.run_config import CONFIG_KEY
+from nnlab.callbacks.run_config import RunConfigInCheckpoint
 from nnlab.checkpoint_io import save_task_checkpoint
 from nnlab.engine.averaging import CURRENT, StackedAverage
 from nnlab.engine.policy import BestCheckpoint, EarlyStop
@@ -89,7 +89,6 @@ class Trial:
     cfg: DictConfig  # resolved, without the hydra block
     raw_cfg: DictConfig  # as Hydra composed it (saved in the run directory)
     hydra_cfg: DictConfig
-    job_config: DictConfig  # both together, as Hydra composed them for this job
     run: Run
     task: Any
     data: Data
@@ -123,15 +122,6 @@ class Trial:
     def say(self, message: str, *args: Any) -> None:
         if self.file_log is not None:
             self.file_log.info(message, *args)
-
-
-def limit(count: int, value: Any) -> int:
-    """Lightning's limit_*_batches: None/1.0 all, an int a count, a float a fraction."""
-    if value is None:
-        return count
-    if isinstance(value, float) and value <= 1.0:
-        return int(count * value) if value < 1.0 else count
-    return min(count, int(value))
 
 
 class TaskCall(nn.Module):
@@ -266,6 +256,16 @@ class PackedGroup:
     def _slice(self, split: str, start: int, end: int) -> list[torch.Tensor]:
         return [t[self.data_index, start:end] for t in self.data[split]]
 
+    def _batches(self, split: str) -> tuple[Any, int]:
+        """`split`'s loader (the first trial's: the group's have its sizes) and the batches an
+        epoch reads: limit_<split>_batches as Lightning reads it (None all, a float up to 1.0 a
+        fraction, else a count)."""
+        loader = getattr(self.trials[0].data, f"{split}_loader")
+        count, value = len(loader), self.trials[0].cfg.trainer.get(f"limit_{split}_batches")
+        if isinstance(value, float) and value <= 1.0:
+            return loader, int(count * value)
+        return loader, count if value is None else min(count, int(value))
+
     # -- training --------------------------------------------------------------------------------
     def run(self) -> None:
         trials = self.trials
@@ -312,9 +312,8 @@ class PackedGroup:
             if on and t.scheduler is not None and t.scheduler_interval == "step"
         ]
         step.parameters.hyperparameters_changed()  # epoch schedulers, SWA's
-        loader = trials[0].data.train_loader
-        size, batches = loader.batch_size, loader._num_batches()
-        batches = limit(batches, trials[0].cfg.trainer.limit_train_batches)
+        loader, batches = self._batches("train")
+        size = loader.batch_size
         orders = torch.stack([t.data.train_loader.order(epoch) for t in trials]).to(self.device)
         mask = torch.tensor(active, device=self.device)
         sums = EpochSums(self.device, shape=(len(trials),))
@@ -360,9 +359,8 @@ class PackedGroup:
                 t.say("Trial failed: %s", t.failed)
                 t.run.fail(t.failed)
                 continue
-            metrics = {k: v[i] for k, v in train.items()} | val[
-                i
-            ]  # at the step Lightning logs epoch-end scalars at
+            metrics = {k: v[i] for k, v in train.items()} | val[i]
+            # at the step Lightning logs epoch-end scalars at
             self._log(t, {**metrics, "epoch": epoch}, t.global_step - 1)
             t.say("Epoch %d: %s", epoch, ", ".join(f"{k}={v:.6g}" for k, v in metrics.items()))
             improved[i] = self._decide(t, epoch, metrics)
@@ -451,11 +449,8 @@ class PackedGroup:
     def evaluate(self, split: str, weights: dict) -> list[dict[str, float]]:
         """Every trial's metrics on `split` with `weights`, named as the task logs them."""
         params, buffers = self.layout.split(weights["flat"]), weights["buffers"]
-        loader = getattr(self.trials[0].data, f"{split}_loader")
+        loader, batches = self._batches(split)
         n, size = len(loader.tensors[0]), loader.batch_size
-        batches = limit(
-            math.ceil(n / size), self.trials[0].cfg.trainer.get(f"limit_{split}_batches")
-        )
         fn = self._stepper(evaluate=True)
         self.base.eval()
         outputs, loss_sum, count = [], 0.0, 0
@@ -468,10 +463,8 @@ class PackedGroup:
         self.base.train()
         losses = (loss_sum / max(count, 1)).tolist()
         out, y = (torch.cat(parts, dim=1) for parts in zip(*outputs, strict=True))
-        if not self.classification and set(self.trials[0].task.val_metrics) == {
-            "val/mse",
-            "val/mae",
-        }:
+        regression = {"val/mse", "val/mae"}
+        if not self.classification and set(self.trials[0].task.val_metrics) == regression:
             # MeanSquaredError / MeanAbsoluteError over all samples, for every trial at once
             mse = (out - y).pow(2).flatten(1).mean(1).tolist()
             mae = (out - y).abs().flatten(1).mean(1).tolist()
@@ -502,10 +495,8 @@ class PackedGroup:
         """Trial `i`'s best and last checkpoints, as a sequential run leaves them: the run's
         config inside (nnlab-eval ckpt=PATH reads a checkpoint alone), the trained weights
         beside averaged ones (as engine/averaging.py saves them)."""
-        saved = t.run.root / RESOLVED_CONFIG
-        extra = (
-            {CONFIG_KEY: OmegaConf.to_container(OmegaConf.load(saved))} if saved.is_file() else {}
-        )
+        extra: dict[str, Any] = {}
+        RunConfigInCheckpoint(t.run.root / RESOLVED_CONFIG).on_save_checkpoint(None, t.task, extra)
 
         def save(path, weights: dict, epoch: int, step: int, **more: Any) -> None:
             weights = self._weights(i, t, weights)

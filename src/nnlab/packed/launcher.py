@@ -312,7 +312,6 @@ def prepare(
         cfg=cfg,
         raw_cfg=raw_cfg,
         hydra_cfg=hydra_cfg,
-        job_config=job_config,
         run=run,
         task=task,
         data=data,

@@ -61,18 +61,7 @@ def architecture(module: nn.Module) -> str:
 def stack_states(modules: list[nn.Module], device: torch.device):
     """({name: (trials, ...) parameter}, {name: (trials, ...) buffer}) of the functional copies
     of `modules`; the parameters are leaves that take gradients."""
-    copies = [functional_copy(m) for m in modules]
-    params = {
-        name: torch.stack([dict(c.named_parameters())[name].detach() for c in copies])
-        .to(device)
-        .requires_grad_(True)
-        for name, _ in copies[0].named_parameters()
-    }
-    buffers = {
-        name: torch.stack([dict(c.named_buffers())[name] for c in copies]).to(device)
-        for name, _ in copies[0].named_buffers()
-    }
-    return params, buffers
+    return torch.func.stack_module_state([functional_copy(m).to(device) for m in modules])
 
 
 class Flat:
