@@ -1,10 +1,6 @@
-"""One optimizer step for the fused loop (tasks/loops.py, tasks/captured.py) and packed groups
-(packed/group.py), as Lightning's own loop steps: `OptimizerStep` over a network's parameters
-(`ModuleParameters`) or stacked trials' (`TrialParameters`). Its sequence (docs/architecture.md,
-"The training engines"): accumulation, clipping, the optimizer step (`backward`: on the device,
-graph-safe), then counting, per-step schedulers and averaging (`after`: on the host), and the
-non-finite-loss policy (`going_on`).
-"""
+"""One optimizer step, as Lightning's loop steps, for the fused loop and packed groups:
+`OptimizerStep` over a network's parameters (`ModuleParameters`) or stacked trials'
+(`TrialParameters`); its sequence: docs/architecture.md, "The training engines"."""
 
 from __future__ import annotations
 
@@ -18,9 +14,8 @@ from nnlab.packed import stack
 
 
 class ModuleParameters:
-    """A network's parameters and its torch.optim optimizer, which counts its own steps and
-    reads its param groups at each; gradients add up in `.grad` (zeroed by the caller when a
-    window starts: the captured step keeps the graph's tensors)."""
+    """A network's parameters and its torch.optim optimizer; gradients add up in `.grad` (the
+    caller zeroes them when a window starts: the captured step keeps the graph's tensors)."""
 
     def __init__(self, params, optimizer, clip_val: float | None = None, clip_algorithm="norm"):
         self.params = [p for p in params if p.requires_grad]
@@ -97,11 +92,11 @@ class TrialParameters:
         """(trials,) tensors of the hyperparameters in each trial's param_groups[0]."""
         groups = [o.param_groups[0] for o in self.optimizers]
         self.hp = {}
-        for name in self.names:
+        for name in self.names:  # (torch.optim keeps Adam's two betas as one pair)
             if name in ("beta1", "beta2"):
-                values = [g["betas"][0 if name == "beta1" else 1] for g in groups]
+                values = [g["betas"][name == "beta2"] for g in groups]
             else:
-                values = [float(g.get(name, 0.0) or 0.0) for g in groups]
+                values = [float(g.get(name) or 0.0) for g in groups]
             self.hp[name] = torch.tensor(values, dtype=torch.float32, device=self.flat.device)
 
 
@@ -121,10 +116,9 @@ def step_scheduler(scheduler: Any, metrics: dict | None = None, monitor: str | N
 
 
 class OptimizerStep:
-    """The step's sequence over `parameters` (ModuleParameters or TrialParameters); after each
-    step it calls `count(use)` and `averaging(use)` (the engine's) and steps `schedulers` (the
-    engine sets them each epoch). `use`: None for one network, the mask of the trials that step
-    for stacked ones."""
+    """The step's sequence over `parameters` (ModuleParameters or TrialParameters), then the
+    engine's `count(use)`, its per-step `schedulers` (set each epoch) and `averaging(use)`.
+    `use`: None for one network, the mask of the stacked trials that step."""
 
     def __init__(self, parameters, accumulate: int | None = 1, count=None, averaging=None):
         self.parameters, self.accumulate = parameters, accumulate or 1
@@ -165,10 +159,9 @@ class OptimizerStep:
 
     def going_on(self, loss: torch.Tensor, active: torch.Tensor | None = None) -> Any:
         """The non-finite-loss policy. One network (`active` None): whether training goes on
-        after this loss's step (read at once on the CPU, where that costs nothing; on a GPU the
-        NaN check, callbacks/resilience.py, reads losses in batches). Stacked trials: the mask
-        of `active` trials that go on, taken before the loss's backward pass (a failed trial
-        keeps its parameters, moments and count from before it)."""
+        (read at once on the CPU only; on a GPU callbacks/resilience.py reads losses in
+        batches). Stacked trials, before the backward pass: the mask of `active` trials that go
+        on (a failed one keeps its parameters, moments and count from before)."""
         if active is None:
             return loss.device.type != "cpu" or math.isfinite(loss.item())
         self.failed = self.failed | (active & ~torch.isfinite(loss.detach()))
@@ -176,11 +169,9 @@ class OptimizerStep:
 
 
 class EpochSums:
-    """An epoch's training loss and correct predictions (of one network, or per trial: `shape`
-    (trials,)), summed on the device (inside a captured step too) and read once when the
-    epoch is logged; its samples and micro-batches counted on the host. Its state goes into
-    checkpoints: a run resumed mid-epoch logs the same train/loss and train/acc as one never
-    stopped."""
+    """An epoch's training loss and correct predictions (per trial: `shape` (trials,)), summed
+    on the device (in a captured step too), read once when the epoch is logged; samples and
+    micro-batches counted on the host. Checkpointed: a run resumed mid-epoch logs the same."""
 
     def __init__(self, device: torch.device, state: dict | None = None, shape: tuple = ()):
         state = state or {}

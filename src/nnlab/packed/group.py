@@ -33,7 +33,7 @@ from nnlab.tasks.classification import ClassificationTask
 from nnlab.tracking import log_run_summary
 
 log = logging.getLogger("nnlab.packed")
-STATE_DIR = PACKED_STATE  # in the sweep directory: each group's resume state, one file per group
+STATE_DIR = PACKED_STATE  # in the sweep directory: each group's resume state, one file each
 STATE_FORMAT = 2  # stacked tensors as the group holds them (flat)
 
 
@@ -125,10 +125,9 @@ class Trial:
 
 
 class TaskCall(nn.Module):
-    """A task's own methods as a module's forward, so that functional_call + vmap run them with
-    each trial's weights: the packed trainer has no loss of its own. Training: the task's
-    `training_loss(batch)` (mean loss, correct predictions or None); evaluation: the task's
-    `outputs(batch)` and `loss(outputs, targets)`."""
+    """The task's own methods as a module's forward, for functional_call + vmap with each trial's
+    weights: training, `training_loss(batch)` (mean loss, correct predictions or None);
+    evaluation, `outputs(batch)` and `loss(outputs, targets)`."""
 
     def __init__(self, task: nn.Module):
         super().__init__()
@@ -185,9 +184,8 @@ class PackedGroup:
     def weights(self, averaged: bool = True) -> dict[str, Any]:
         """The stacked weights ("flat" parameters, "buffers") that validation, checkpoints and
         test see: the averaged ones of the trials that have any, else the trained ones."""
-        flat = self.flat.detach()
-        if averaged and self.average is not None:
-            flat = self.average.weights(self.flat)
+        averaged = averaged and self.average is not None
+        flat = self.average.weights(self.flat) if averaged else self.flat.detach()
         return {"flat": flat, "buffers": self.buffers}
 
     def _stacked(self, optimizer_state: dict) -> dict[str, Any]:
@@ -391,9 +389,8 @@ class PackedGroup:
 
     # -- resume ----------------------------------------------------------------------------------
     def _save_group(self) -> None:
-        """The group's resume file, rewritten atomically: its stacked tensors as they are and
-        each trial's counters (besides its weights and optimizer moments, which are the rows
-        `index` of the tensors): scheduler, best score and early-stopping counter."""
+        """The group's resume file, rewritten atomically: the stacked tensors (a trial's weights
+        and moments are their rows `index`) and each trial's counters and decisions."""
         trials = {}
         for i, t in enumerate(self.trials):
             if t.best is None or t.epoch < 0:
@@ -450,19 +447,17 @@ class PackedGroup:
         """Every trial's metrics on `split` with `weights`, named as the task logs them."""
         params, buffers = self.layout.split(weights["flat"]), weights["buffers"]
         loader, batches = self._batches(split)
-        n, size = len(loader.tensors[0]), loader.batch_size
+        size = loader.batch_size
         fn = self._stepper(evaluate=True)
         self.base.eval()
-        outputs, loss_sum, count = [], 0.0, 0
+        outputs, loss_sum = [], 0.0
         for b in range(batches):
-            x, y = self._slice(split, b * size, min((b + 1) * size, n))
-            out, y, loss = fn(params, buffers, x, y)
+            out, y, loss = fn(params, buffers, *self._slice(split, b * size, (b + 1) * size))
             outputs.append((out, y))
             loss_sum = loss_sum + loss * y.shape[1]
-            count += y.shape[1]
         self.base.train()
-        losses = (loss_sum / max(count, 1)).tolist()
         out, y = (torch.cat(parts, dim=1) for parts in zip(*outputs, strict=True))
+        losses = (loss_sum / y.shape[1]).tolist()
         regression = {"val/mse", "val/mae"}
         if not self.classification and set(self.trials[0].task.val_metrics) == regression:
             # MeanSquaredError / MeanAbsoluteError over all samples, for every trial at once
@@ -486,15 +481,17 @@ class PackedGroup:
         return results
 
     def _weights(self, i: int, t: Trial, weights: dict) -> dict:
-        weights = stack.state_dict_of(self.layout.split(weights["flat"]), weights["buffers"], i)
-        state_dict = t.task.state_dict()  # the task's own names (net.…), these weights in them
-        state_dict.update({k: v for k, v in weights.items() if k in state_dict})
+        """Trial `i`'s rows of stacked `weights` under its task's own names (net.…)."""
+        rows = self.layout.split(weights["flat"]) | weights["buffers"]
+        state_dict = t.task.state_dict()  # (the base's dropout-rate buffers are not in it)
+        state_dict.update(
+            {k: v[i].detach().cpu().clone() for k, v in rows.items() if k in state_dict}
+        )
         return state_dict
 
     def _checkpoints(self, i: int, t: Trial, last: dict) -> None:
-        """Trial `i`'s best and last checkpoints, as a sequential run leaves them: the run's
-        config inside (nnlab-eval ckpt=PATH reads a checkpoint alone), the trained weights
-        beside averaged ones (as engine/averaging.py saves them)."""
+        """Trial `i`'s best and last checkpoints as a sequential run leaves them: the run's
+        config inside, the trained weights beside averaged ones (engine/averaging.py)."""
         extra: dict[str, Any] = {}
         RunConfigInCheckpoint(t.run.root / RESOLVED_CONFIG).on_save_checkpoint(None, t.task, extra)
 

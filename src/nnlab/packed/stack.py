@@ -1,14 +1,10 @@
-"""Many copies of one network as one: parameters stacked on a leading trial axis, the forward pass
-vectorised over it (`torch.func.functional_call` + `torch.vmap`), and optimizer steps that apply
-each trial's own hyperparameters to the stacked tensors.
+"""Many copies of one network as one: parameters stacked on a leading trial axis, and optimizer
+steps that apply each trial's own hyperparameters to the stacked tensors.
 
-Two module swaps make a network vmappable with per-trial settings (done on a private copy, the
-functional "base"; the trials' own modules are untouched):
-- `nn.Dropout` -> `TrialDropout`, whose rate is a buffer, so each trial keeps its own rate;
-- `nn.RNN/LSTM/GRU` -> `TrialRNN` (same parameter names, torch's gate equations; `recurrent.py`):
-  torch's fused recurrent kernels have no vmap batching rule, and a vmapped step-by-step cell is
-  slow (small ops, autograd through every one); TrialRNN runs all trials' recurrence with one
-  batched product per step and a hand-written backward.
+A private copy of the network (the functional "base") gets two module swaps: `nn.Dropout` ->
+`TrialDropout` (its rate a buffer, so each trial keeps its own) and `nn.RNN/LSTM/GRU` ->
+`TrialRNN` (recurrent.py: torch's fused kernels have no vmap rule; it runs all trials'
+recurrence with one batched product per step and a hand-written backward).
 """
 
 from __future__ import annotations
@@ -87,20 +83,9 @@ class Flat:
         return {name: flat[:, a:b].view(t, *shape) for name, shape, a, b in self.layout}
 
 
-def state_dict_of(params: dict, buffers: dict, trial: int) -> dict[str, torch.Tensor]:
-    """One trial's weights, named as its own module names them (the swapped modules' dropout
-    rates left out)."""
-    out = {n: p[trial].detach().clone().cpu() for n, p in params.items()}
-    out.update(
-        {n: b[trial].clone().cpu() for n, b in buffers.items() if not n.endswith(DROPOUT_RATE)}
-    )
-    return out
-
-
 # -- optimizer steps on stacked tensors, per-trial hyperparameters ------------------------------
-# Each function takes a parameter (trials, ...), its gradient, its state dict and the per-trial
-# hyperparameters as tensors of shape (trials,), and returns the new parameter; the state is
-# updated in place. The arithmetic follows torch.optim's single-tensor implementations.
+# (parameters, gradient, moments, {name: (trials,) hyperparameter}, (trials,) step counts) ->
+# (new parameters, new moments), by torch.optim's single-tensor arithmetic.
 
 
 def _b(h: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,6 @@
-"""The fused loop's step (tasks/loops.py), eager or replayed as one CUDA graph.
-
-On CUDA the whole step (forward, loss, backward, gradient clipping, optimizer step, the epoch's
-sums) is recorded once as a CUDA graph and replayed for every full micro-batch. A capture that
-fails anyway falls back to eager steps at the first batch, with a log line.
-"""
+"""The fused loop's step (tasks/loops.py), eager or, on CUDA, the whole step (forward, loss,
+backward, clipping, optimizer step, the epoch's sums) recorded once as a CUDA graph and replayed
+for every full micro-batch. A capture that fails falls back to eager steps, with a log line."""
 
 from __future__ import annotations
 
@@ -25,16 +22,10 @@ CAPTURABLE = "capturable"
 
 
 class CapturedStep:
-    """`step(micro_batch)`: `loss_fn(micro_batch)`, then the device side of `optimizer_step`
-    (engine/step.py over a network's ModuleParameters: backward, clip, optimizer step), with
-    the loss and correct predictions added to `sums` (`add(loss, correct, n)`); replayed as one
-    CUDA graph when `capture` is set and the device is CUDA. The loop calls
-    `optimizer_step.after()` after each optimizer step.
-
-    `loss_fn(batch) -> (mean loss, number of correct predictions or None)`. Micro-batches of
-    `micro_batch_size` replay the graph; a smaller one (the epoch's last) takes an eager step on
-    the same parameters, gradients and optimizer state.
-    """
+    """`step(micro_batch, apply)`: `loss_fn(micro_batch)` -> (mean loss, correct predictions or
+    None), the device side of `optimizer_step` (engine/step.py: backward, clip, optimizer step)
+    and the sums (`sums.add`). With `capture` on CUDA, micro-batches of `micro_batch_size` replay
+    a graph; a smaller one (the epoch's last) takes an eager step on the same tensors."""
 
     def __init__(
         self,

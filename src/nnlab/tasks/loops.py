@@ -1,12 +1,7 @@
-"""The training loop, one key: `task.loop: lightning | fused | cuda_graph | auto`
-(docs/architecture.md, "The training engines").
-
-`TrainingLoop` is the callback that the run's assembly adds (`training_loop(task)`): it chooses
-the loop when fitting starts (engine/capabilities.py says why one cannot run), and while the
-fused loop runs it takes the task's training step and asks the data module to group batches
-into micro-batches (`group_training_batches`). Every loop trains with the task's one loss,
-`training_loss(batch) -> (mean loss, correct predictions or None)`.
-"""
+"""The training loop, `task.loop: lightning | fused | cuda_graph | auto` (docs/architecture.md,
+"The training engines"). The run's assembly adds the `TrainingLoop` callback: it chooses the loop
+when fitting starts (engine/capabilities.py says why one cannot run); the fused loop takes the
+task's training step and has the data module group batches (`group_training_batches`)."""
 
 from __future__ import annotations
 
@@ -90,11 +85,11 @@ class TrainingLoop(L.Callback):
             self.micro_batch_size = getattr(datamodule, "batch_size", None)
             if hasattr(datamodule, "group_training_batches"):  # nnlab's data modules
                 datamodule.group_training_batches(group)
-        # The fused loop does backward and optimizer steps itself: Lightning's manual mode, and
-        # this fit's training step is the loop's (an attribute of this task object only).
+        # The fused loop steps itself (Lightning's manual mode) and this fit's training step is
+        # the loop's, an attribute of this task object only (batch_idx: Lightning passes it when
+        # the signature names it).
         pl_module.automatic_optimization = not self.fused
         if self.fused:
-            # (Lightning passes batch_idx when the signature names it)
             pl_module.training_step = lambda batch, batch_idx: self.train_batch(
                 pl_module, batch, batch_idx
             )
@@ -160,9 +155,6 @@ class TrainingLoop(L.Callback):
             capture=self.capture,
         )
 
-    def _schedulers(self, trainer: L.Trainer, interval: str) -> list:
-        return [c.scheduler for c in trainer.lr_scheduler_configs if c.interval == interval]
-
     def train_batch(self, task: L.LightningModule, batch, batch_idx: int) -> torch.Tensor:
         """One Lightning batch: its micro-batches (the last may be short), one step each, or one
         step per window of accumulated micro-batches (engine/step.py)."""
@@ -175,7 +167,9 @@ class TrainingLoop(L.Callback):
             self.step = self._build(task, trainer)
         optimizer_step = self.step.optimizer_step
         if self._per_step is None:  # (each epoch: SWA's schedule may have replaced the task's)
-            self._per_step = optimizer_step.schedulers = self._schedulers(trainer, "step")
+            configs = trainer.lr_scheduler_configs
+            self._per_step = [c.scheduler for c in configs if c.interval == "step"]
+            optimizer_step.schedulers = self._per_step
         loss = None
         steps = 0
         # a group of the in-memory batcher's comes untransformed (data/memory.py): each
