@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from nnlab.engine.capabilities import ENGINES, why_not
-from nnlab.packed.stack import OPTIMIZERS
+from nnlab.engine.stacked import OPTIMIZERS
 from nnlab.tasks.classification import ClassificationTask
 from nnlab.tasks.language_model import LanguageModelTask
 

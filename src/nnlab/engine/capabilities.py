@@ -23,6 +23,7 @@ from hydra.utils import get_class
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 
+from nnlab.engine.stacked import OPTIMIZERS  # the optimizers written for stacked parameters
 from nnlab.schema import is_plateau
 from nnlab.tasks.captured import CAPTURABLE
 
@@ -330,13 +331,11 @@ def stackable(module: nn.Module) -> str | None:
 
 @check("packed")
 def _packed_optimizer(optimizer) -> str | None:
-    from nnlab.packed.stack import OPTIMIZERS  # the optimizers written for stacked parameters
-
     name = type(optimizer).__name__
     if name not in OPTIMIZERS or type(optimizer).__module__.split(".")[0] != "torch":
         return f"optimizer {name} (packed: {', '.join(OPTIMIZERS)})"
     group = optimizer.param_groups[0]
-    for option in (*OPTIMIZERS[name][3], "maximize", "differentiable"):
+    for option in (*OPTIMIZERS[name][2], "maximize", "differentiable"):
         if group.get(option):
             return f"optimizer option {option}=true"
     if isinstance(group.get("lr"), torch.Tensor):

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
+from nnlab.engine.stacked import OPTIMIZERS, bcast
 from nnlab.errors import ConfigError
-from nnlab.packed import stack
 
 
 class ModuleParameters:
@@ -39,14 +39,14 @@ class ModuleParameters:
 
 class TrialParameters:
     """Trials' parameters as one (trials, n) leaf `flat` (`layout`: packed/stack.py's `Flat`),
-    stepped by the hand-written optimizer of `optimizers`' kind (packed/stack.py: OPTIMIZERS)
+    stepped by the hand-written optimizer of `optimizers`' kind (engine/stacked.py: OPTIMIZERS)
     with each trial's hyperparameters, read from the trial's own torch.optim optimizer (which
     its scheduler steps). `clip`: each trial's gradient-norm limit (inf: none); `state`: the
     optimizer's moments by name, (trials, n) each; `steps`: each trial's optimizer steps."""
 
     def __init__(self, flat, layout, optimizers, clip: list[float], state: dict, steps: list[int]):
         self.flat, self.layout, self.optimizers, self.state = flat, layout, optimizers, state
-        self.step_fn, self.decoupled, self.names, _ = stack.OPTIMIZERS[type(optimizers[0]).__name__]
+        self.step_fn, self.names, _ = OPTIMIZERS[type(optimizers[0]).__name__]
         self.max_norm = torch.tensor(clip, device=flat.device)
         self.clipping = any(map(math.isfinite, clip))
         self.steps = torch.tensor([float(s) for s in steps], device=flat.device)
@@ -74,22 +74,22 @@ class TrialParameters:
             g, max_norm = self.grad, self.max_norm
             coef = (max_norm / (g.pow(2).sum(1).sqrt() + 1e-6)).clamp(max=1.0)
             coef = torch.where(torch.isfinite(max_norm), coef, torch.ones_like(coef))
-            self.grad = g * stack._b(coef, g)
+            self.grad = g * bcast(coef, g)
 
     @torch.no_grad()
     def update(self, use: torch.Tensor) -> None:
         """The `use`d trials' step; the others keep their parameters, moments and count."""
         self.steps = self.steps + use.to(self.steps.dtype)
         p, state = self.flat, self.state
-        new, new_state = self.step_fn(p, self.grad, state, self.hp, self.steps, self.decoupled)
-        keep = stack._b(use, p)
+        new, new_state = self.step_fn(p, self.grad, state, self.hp, self.steps[:, None])
+        keep = bcast(use, p)
         p.copy_(torch.where(keep, new, p))
         for key, value in new_state.items():
             state[key] = torch.where(keep, value, state.get(key, torch.zeros_like(value)))
         self.grad = None
 
     def hyperparameters_changed(self) -> None:
-        """(trials,) tensors of the hyperparameters in each trial's param_groups[0]."""
+        """The hyperparameters in each trial's param_groups[0], (trials, 1) each."""
         groups = [o.param_groups[0] for o in self.optimizers]
         self.hp = {}
         for name in self.names:  # (torch.optim keeps Adam's two betas as one pair)
@@ -97,7 +97,8 @@ class TrialParameters:
                 values = [g["betas"][name == "beta2"] for g in groups]
             else:
                 values = [float(g.get(name) or 0.0) for g in groups]
-            self.hp[name] = torch.tensor(values, dtype=torch.float32, device=self.flat.device)
+            hp = torch.tensor(values, dtype=torch.float32, device=self.flat.device)
+            self.hp[name] = hp[:, None]
 
 
 def step_scheduler(scheduler: Any, metrics: dict | None = None, monitor: str | None = None):

@@ -25,6 +25,7 @@ from nnlab.callbacks.run_config import RunConfigInCheckpoint
 from nnlab.checkpoint_io import save_task_checkpoint
 from nnlab.engine.averaging import CURRENT, StackedAverage
 from nnlab.engine.policy import BestCheckpoint, EarlyStop
+from nnlab.engine.stacked import bcast
 from nnlab.engine.step import EpochSums, OptimizerStep, TrialParameters, step_scheduler
 from nnlab.packed import dense, stack
 from nnlab.packed.recurrent import DROPOUT_RATE
@@ -46,7 +47,7 @@ def _map(fn, tree: Any, *others: Any) -> Any:
 
 def _where(mask: torch.Tensor, new: Any, old: Any) -> Any:
     """Per trial (`mask`, (trials,)), `new`'s rows or `old`'s, for nests of stacked tensors."""
-    return _map(lambda a, b: torch.where(stack._b(mask, a), a, b), new, old)
+    return _map(lambda a, b: torch.where(bcast(mask, a), a, b), new, old)
 
 
 def load_states(sweep_dir: Path) -> dict[int, dict]:
