@@ -135,11 +135,11 @@ def _elapsed_s(job: str) -> int:
 def test_a_job_signalled_before_its_time_limit_is_requeued_and_continues(tmp_path):
     """SLURM's own time-limit signal (sbatch --signal, 120 s before the limit): once the job is
     training, the test lowers its time limit so that SLURM signals it at its next check (within
-    about 30 s; the job trains for over a minute) and kills it a minute or more later. nnlab saves
-    last.ckpt at a batch boundary and requeues the job; the requeued job (its limit raised
-    again, so it is not signalled twice) continues in the same run directory (resume counted,
-    wall time added up), and the final metrics equal those of the same training without
-    interruption."""
+    about 30 s; the job trains for over a minute) and kills it a minute or more later. nnlab
+    saves last.ckpt at a batch boundary and requeues the job; the requeued job (its limit raised
+    again when its log says it was requeued, so it is signalled once) continues in the same run
+    directory (resume counted, wall time added up), and the final metrics equal those of the
+    same training without interruption."""
     recipe = ["experiment=sine_lstm", "trainer.max_epochs=2000", "checkpoint.every_n_train_steps=0"]
     recipe += ["logger=none", "callbacks=none", "print_config=false", "trainer.enable_progress_bar=false"]  # fmt: skip
     outputs = tmp_path / "outputs"
@@ -155,7 +155,7 @@ def test_a_job_signalled_before_its_time_limit_is_requeued_and_continues(tmp_pat
     with ref_log.open("w") as out:
         env = {**env_for(tmp_path / "ref"), "OMP_NUM_THREADS": "1"}
         ref = subprocess.Popen([sys.executable, "-m", "nnlab.train", *recipe], env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-    limited = False
+    limited = raised = False
     deadline = time.monotonic() + 1500
     while proc.poll() is None and time.monotonic() < deadline:
         logs = list(outputs.glob("multiruns/*/*/0/train.log"))
@@ -166,15 +166,19 @@ def test_a_job_signalled_before_its_time_limit_is_requeued_and_continues(tmp_pat
             minutes = _elapsed_s(job) // 60 + 2
             subprocess.run(["scontrol", "update", f"JobId={job}", f"TimeLimit={minutes}"], check=True)  # fmt: skip
             limited = True
+        elif limited and not raised and logs and "SLURM job requeued" in logs[0].read_text():
+            # its limit back up whether or not SLURM holds it (below): signalled once
+            subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=30"], check=True)  # fmt: skip
+            raised = True
         # SLURM holds a requeued job back for minutes (reason BeginTime): start it at once
         pending = subprocess.run(["squeue", "-h", "-t", "PD", "-o", "%i %r"], capture_output=True, text=True).stdout  # fmt: skip
         for job, reason in (line.split() for line in pending.splitlines() if line.strip()):
             if reason == "BeginTime":
-                subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now", "TimeLimit=30"], capture_output=True)  # fmt: skip
+                subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)  # fmt: skip
         time.sleep(1)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, output[-4000:]
-    assert limited, "the job never logged its training loop"
+    assert limited and raised, "the job never logged its training loop or its requeue"
     assert ref.wait(timeout=900) == 0, ref_log.read_text()[-3000:]
     (ref_run,) = (tmp_path / "ref").glob("runs/*/*/metrics.json")
     (sweep,) = sweep_dirs(outputs)
