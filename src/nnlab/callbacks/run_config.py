@@ -14,15 +14,18 @@ from omegaconf import OmegaConf
 CONFIG_KEY = "nnlab_config"
 
 
+def saved_config(path: Path) -> dict[str, Any]:
+    """{CONFIG_KEY: the run's config as `path` saved it}, or {} when it has none."""
+    return {CONFIG_KEY: OmegaConf.to_container(OmegaConf.load(path))} if path.is_file() else {}
+
+
 class RunConfigInCheckpoint(Callback):
     """Adds the run's saved config (`path`, read once) to every checkpoint the run writes."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.config: dict[str, Any] | None = None
+        self.config: dict[str, Any] = {}
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        if self.config is None and self.path.is_file():
-            self.config = OmegaConf.to_container(OmegaConf.load(self.path))
-        if self.config is not None:
-            checkpoint[CONFIG_KEY] = self.config
+        self.config = self.config or saved_config(self.path)
+        checkpoint.update(self.config)

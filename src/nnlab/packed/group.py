@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from nnlab.assemble import record
-from nnlab.callbacks.run_config import RunConfigInCheckpoint
+from nnlab.callbacks.run_config import saved_config
 from nnlab.checkpoint_io import save_task_checkpoint
 from nnlab.engine.averaging import CURRENT, StackedAverage
 from nnlab.engine.policy import BestCheckpoint, EarlyStop
@@ -493,8 +493,7 @@ class PackedGroup:
     def _checkpoints(self, i: int, t: Trial, last: dict) -> None:
         """Trial `i`'s best and last checkpoints as a sequential run leaves them: the run's
         config inside, the trained weights beside averaged ones (engine/averaging.py)."""
-        extra: dict[str, Any] = {}
-        RunConfigInCheckpoint(t.run.root / RESOLVED_CONFIG).on_save_checkpoint(None, t.task, extra)
+        extra = saved_config(t.run.root / RESOLVED_CONFIG)
 
         def save(path, weights: dict, epoch: int, step: int, **more: Any) -> None:
             weights = self._weights(i, t, weights)

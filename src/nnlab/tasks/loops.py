@@ -155,6 +155,9 @@ class TrainingLoop(L.Callback):
             capture=self.capture,
         )
 
+    def _schedulers(self, trainer: L.Trainer, interval: str) -> list:
+        return [c.scheduler for c in trainer.lr_scheduler_configs if c.interval == interval]
+
     def train_batch(self, task: L.LightningModule, batch, batch_idx: int) -> torch.Tensor:
         """One Lightning batch: its micro-batches (the last may be short), one step each, or one
         step per window of accumulated micro-batches (engine/step.py)."""
@@ -167,9 +170,7 @@ class TrainingLoop(L.Callback):
             self.step = self._build(task, trainer)
         optimizer_step = self.step.optimizer_step
         if self._per_step is None:  # (each epoch: SWA's schedule may have replaced the task's)
-            configs = trainer.lr_scheduler_configs
-            self._per_step = [c.scheduler for c in configs if c.interval == "step"]
-            optimizer_step.schedulers = self._per_step
+            self._per_step = optimizer_step.schedulers = self._schedulers(trainer, "step")
         loss = None
         steps = 0
         # a group of the in-memory batcher's comes untransformed (data/memory.py): each
@@ -217,11 +218,10 @@ class TrainingLoop(L.Callback):
         metrics = self.sums.metrics()
         pl_module.log("train/loss", metrics.pop("train/loss"), prog_bar=True)
         pl_module.log_dict(metrics)
-        for config in trainer.lr_scheduler_configs:
-            if config.interval == "epoch":
-                # (manual optimization drops the config's monitor: the task names it)
-                monitor = pl_module.hparams.get("scheduler_monitor")
-                step_scheduler(config.scheduler, trainer.callback_metrics, monitor)
+        # (manual optimization drops the scheduler config's monitor: the task names it)
+        monitor = pl_module.hparams.get("scheduler_monitor")
+        for scheduler in self._schedulers(trainer, "epoch"):
+            step_scheduler(scheduler, trainer.callback_metrics, monitor)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         if self.capture:
